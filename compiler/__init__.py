@@ -1,0 +1,1 @@
+"""The compiler: AST -> networkx IR -> passes; never imports torch."""

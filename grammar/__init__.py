@@ -1,0 +1,1 @@
+"""The .nas grammar, its parser and the AST (no torch, no networkx)."""

@@ -1,0 +1,1 @@
+"""The runtime: ops, supernet lowering, relaxations, selectors, search loop (torch)."""

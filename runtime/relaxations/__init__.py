@@ -1,0 +1,1 @@
+"""Relaxation plugins, one module each."""
