@@ -1,0 +1,84 @@
+"""Pass: parameters, multiply-adds and activation memory, from shapes alone (no torch).
+
+Costs are per sample and per candidate, so a summary can show what each op
+costs on every edge and what the whole supernet holds. Activation memory is
+the number of output elements each step produces (what a naive autograd
+keeps for backward), times 4 bytes.
+
+Before:  shapes of cell0 (width 16, 32x32), edge n0<-s0 candidates [..., sep_conv_3x3, ...]
+After:   meta.costs.layers["cell0"].edges["n0<-s0"]["sep_conv_3x3"] = {params: 608, madds: ..., act: ...}
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from nasc.compiler.infer_shapes import cell_affine
+from nasc.compiler.instantiate import FLOAT_BYTES, Placed, place
+from nasc.compiler.ir import SpaceIR
+
+
+def _cost(placed: list[Placed]) -> dict[str, int]:
+    return {"params": sum(p.params for p in placed), "madds": sum(p.madds for p in placed),
+            "act": sum(p.activation for p in placed) * FLOAT_BYTES}
+
+
+def _add(total: dict[str, int], cost: dict[str, int]) -> None:
+    for k, v in cost.items():
+        total[k] = total.get(k, 0) + v
+
+
+def compute_costs(ir: SpaceIR) -> SpaceIR:
+    out = ir.copy()
+    searching = out.meta.get("searching", True)
+    shapes = out.meta["shapes"]
+    layers: dict[str, dict] = {}
+    per_op: dict[str, dict[str, int]] = defaultdict(dict)
+    total = {"params": 0, "madds": 0, "act": 0}
+    for layer in out.layers():
+        s = shapes[layer.id]
+        entry: dict = {"fixed": {"params": 0, "madds": 0, "act": 0}}
+        if layer.kind == "cell":
+            affine = cell_affine(out, searching)
+            g = out.cells[layer.cell]
+            for slot, stride in enumerate(s["pre"]):
+                if stride is not None:
+                    placed = place(out.impls[f"preprocess@{stride}"], c_in=s["c_in"][slot], c=s["width"],
+                                   h=s["h_in"][slot], searching=searching, affine=affine)
+                    _add(entry["fixed"], _cost(placed))
+            entry["edges"] = {}
+            for e in out.cell_edges(layer.cell):
+                c, h = s["states"][e.src]
+                ops = {}
+                for op in e.candidates:
+                    cost = _cost(place(out.impl(op, e.stride), c_in=c, c=s["width"], h=h, searching=searching,
+                                       affine=affine))
+                    ops[op] = cost
+                    _add(per_op[op], cost)
+                    per_op[op]["count"] = per_op[op].get("count", 0) + 1
+                entry["edges"][e.key] = ops
+            del g
+        elif layer.kind == "choice":
+            entry["edges"] = {layer.id: {}}
+            for op in layer.candidates:
+                cost = _cost(place(out.impl(op, layer.stride), c_in=s["c_in"][0], c=layer.width, h=s["h_in"][0],
+                                   searching=searching, affine=True))
+                entry["edges"][layer.id][op] = cost
+                _add(per_op[op], cost)
+                per_op[op]["count"] = per_op[op].get("count", 0) + 1
+        else:
+            placed = place(layer.steps, c_in=s["c_in"][0], c=s["c_in"][0], h=s["h_in"][0], searching=searching,
+                           affine=True)
+            entry["fixed"] = _cost(placed)
+        _add(total, entry["fixed"])
+        for ops in entry.get("edges", {}).values():
+            for cost in ops.values():
+                _add(total, cost)
+        layers[layer.id] = entry
+    aux = [l.id for l in out.layers() if l.kind == "aux"]
+    total_no_aux = dict(total)
+    for a in aux:
+        for k, v in layers[a]["fixed"].items():
+            total_no_aux[k] -= v
+    out.meta["costs"] = {"layers": layers, "per_op": dict(per_op), "total": total, "total_without_aux": total_no_aux}
+    return out

@@ -1,0 +1,138 @@
+"""Pass: channels and resolution of every macro layer, cell input and cell state.
+
+Cells read the outputs of earlier layers; an input that arrives at a higher
+resolution than the cell's newest input is brought down by the preprocessing
+rule at stride 2 (DARTS' FactorizedReduce after a reduction cell). Every edge
+into a node must agree on channels and resolution; a concat output sums the
+channels of its states.
+
+Before:  stem conv(3, out=48) > bn;  stack 8 x normal, reduce at [2, 5], widen 2 at reduce
+After:   meta.shapes["cell2"] = {c_in: [48, 64], h_in: [32, 32], pre: [1, 1], width: 32,
+                                 c_out: 128, h_out: 16, states: {...}}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nasc.compiler.instantiate import output_shape, place
+from nasc.compiler.ir import Layer, SpaceIR
+from nasc.errors import NascError, NasSemanticError
+
+
+def cell_affine(ir: SpaceIR, searching: bool) -> bool:
+    """BN inside cells is affine-free during search (DARTS, NB201), unless the space says otherwise."""
+    return bool(ir.search.get("affine", False)) or not searching
+
+
+def _cell_shapes(ir: SpaceIR, layer: Layer, c_in: list[int], h_in: list[int | None], searching: bool) -> dict:
+    g = ir.cells[layer.cell]
+    width = layer.width
+    where = f" (in {layer.id}, cell {layer.cell!r})"
+    inputs = g.graph["inputs"]
+    h_cell = h_in[-1]
+    pre: list[int | None] = []
+    states: dict[str, tuple[int, int | None]] = {}
+    affine = cell_affine(ir, searching)
+    for slot, name in enumerate(inputs):
+        c, h = c_in[slot], h_in[slot]
+        if h is None or h_cell is None:
+            raise NasSemanticError(f"cell input {name!r} receives a vector{where}", span=layer.span)
+        ratio = h // h_cell if h_cell else 0
+        if ratio not in (1, 2) or (ratio == 2 and h not in (2 * h_cell, 2 * h_cell - 1)):
+            raise NasSemanticError(f"cell input {name!r} has resolution {h}x{h} but the cell works at "
+                                   f"{h_cell}x{h_cell}{where}", span=layer.span)
+        if ir.preprocess is None:
+            if ratio != 1 or c != width:
+                raise NasSemanticError(
+                    f"cell input {name!r} receives {c} channels at {h}x{h} but the cell expects {width} at "
+                    f"{h_cell}x{h_cell}{where}", span=layer.span,
+                    hint="add a `preprocess` rule to the network, e.g. `preprocess relu > conv(1) > bn`")
+            pre.append(None)
+            states[name] = (c, h)
+            continue
+        steps = ir.impls[f"preprocess@{ratio}"]
+        placed = place(steps, c_in=c, c=width, h=h, searching=searching, affine=affine, where=where)
+        c2, h2 = output_shape(placed, c, h)
+        if (c2, h2) != (width, h_cell):
+            raise NasSemanticError(f"preprocessing input {name!r} gives {c2} channels at {h2}x{h2}, "
+                                   f"expected {width} at {h_cell}x{h_cell}{where}", span=ir.preprocess.span)
+        pre.append(ratio)
+        states[name] = (width, h_cell)
+    for node in g.graph["nodes"]:
+        shapes = {}
+        for src in sorted(g.predecessors(node), key=lambda n: g.nodes[n]["index"]):
+            e = g.edges[src, node]["edge"]
+            c, h = states[src]
+            for op in e.candidates:
+                placed = place(ir.impl(op, e.stride), c_in=c, c=width, h=h, searching=searching, affine=affine,
+                               where=f" (op {op!r} on edge {e.key} in {layer.id}, cell {layer.cell!r})")
+                shapes[(src, op)] = output_shape(placed, c, h)
+        distinct = set(shapes.values())
+        if len(distinct) > 1:
+            desc = "; ".join(f"{op} from {src}: {c}x{h}x{h}" for (src, op), (c, h) in sorted(shapes.items()))
+            span = g.edges[next(iter(shapes))[0], node]["edge"].span
+            raise NasSemanticError(f"inputs of node {node!r} disagree in shape{where}: {desc}", span=span,
+                                   hint="edges into one node need the same channels and stride")
+        if distinct:
+            states[node] = distinct.pop()
+        else:
+            states[node] = (width, h_cell)  # a constant-zero node (all its edges were removed)
+    out = g.graph["output"]
+    res = {states[s][1] for s in out.states}
+    if len(res) > 1:
+        raise NasSemanticError(f"the output of cell {layer.cell!r} mixes resolutions {sorted(res)}{where}",
+                               span=g.graph.get("output_span", layer.span))
+    c_out = sum(states[s][0] for s in out.states) if out.kind == "concat" else states[out.states[0]][0]
+    return {"c_in": c_in, "h_in": h_in, "pre": pre, "width": width, "c_out": c_out, "h_out": res.pop(),
+            "states": {k: list(v) for k, v in states.items()}}
+
+
+def infer_shapes(ir: SpaceIR, *, searching: bool = True) -> SpaceIR:
+    out = ir.copy()
+    shapes: dict[str, Any] = {}
+    errors: list[NascError] = []
+    c0, h0, _ = out.input_shape
+    for layer in out.layers():
+        preds = sorted(out.macro.in_edges(layer.id, data=True), key=lambda e: e[2]["slot"])
+        if preds:
+            c_in = [shapes[u]["c_out"] for u, _, _ in preds]
+            h_in = [shapes[u]["h_out"] for u, _, _ in preds]
+        else:
+            c_in, h_in = [c0], [h0]
+        try:
+            if layer.kind == "cell":
+                shapes[layer.id] = _cell_shapes(out, layer, c_in, h_in, searching)
+            elif layer.kind == "choice":
+                per_op = {}
+                for op in layer.candidates:
+                    placed = place(out.impl(op, layer.stride), c_in=c_in[0], c=layer.width, h=h_in[0],
+                                   searching=searching, affine=True, where=f" (op {op!r} in {layer.id})")
+                    per_op[op] = output_shape(placed, c_in[0], h_in[0])
+                if len(set(per_op.values())) > 1:
+                    desc = "; ".join(f"{op}: {c}x{h}x{h}" for op, (c, h) in per_op.items())
+                    raise NasSemanticError(f"candidates of {layer.id} disagree in shape: {desc}", span=layer.span)
+                c, h = next(iter(per_op.values()))
+                if layer.residual and (c, h) != (c_in[0], h_in[0]):
+                    raise NasSemanticError(f"{layer.id} has a residual shortcut but changes the shape", span=layer.span)
+                shapes[layer.id] = {"c_in": c_in, "h_in": h_in, "c_out": c, "h_out": h}
+            else:
+                placed = place(layer.steps, c_in=c_in[0], c=c_in[0], h=h_in[0], searching=searching, affine=True,
+                               where=f" (in {layer.id})")
+                c, h = output_shape(placed, c_in[0], h_in[0])
+                shapes[layer.id] = {"c_in": c_in, "h_in": h_in, "c_out": c, "h_out": h}
+        except NasSemanticError as e:
+            errors.extend(e.errors)
+            break
+    if not errors:
+        head = [l for l in out.layers() if l.kind == "head"]
+        if head and shapes[head[0].id]["h_out"] is not None:
+            s = shapes[head[0].id]
+            errors.append(NasSemanticError(
+                f"the head ends with a {s['c_out']}x{s['h_out']}x{s['h_out']} feature map, not class scores",
+                span=head[0].span, hint="end the head with `global_avg_pool > linear(classes)`"))
+    if errors:
+        raise NasSemanticError(errors[0].message, span=errors[0].span, hint=errors[0].hint, errors=errors)
+    out.meta["shapes"] = shapes
+    out.meta["searching"] = searching
+    return out

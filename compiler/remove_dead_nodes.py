@@ -1,0 +1,42 @@
+"""Pass: drop edges that can only ever produce zeros, and nodes left with no input.
+
+A searchable edge always keeps its row of α, but an edge whose *only*
+candidate is a zero op (as in a derived NAS-Bench-201 cell with `none`
+chosen) adds nothing to its node, so the network need not compute it. A node
+whose every incoming edge was dropped is a constant zero: it is kept as a
+state (its channels still count in a concat) and marked `zero` in
+`ir.meta["zero_nodes"]` so the runtime emits zeros without computing.
+
+Before:  edge x0 -> x1: [none]; edge x0 -> x2: [conv]; edge x1 -> x2: [conv]
+After:   edges x0 -> x2, x1 -> x2;  meta.zero_nodes = {"cell": ["x1"]}
+"""
+
+from __future__ import annotations
+
+from nasc.compiler.ir import SpaceIR
+
+
+def _is_zero(ir: SpaceIR, op: str, stride: int) -> bool:
+    steps = ir.impls.get(f"{op}@{stride}", ())
+    return len(steps) >= 1 and steps[-1].prim == "zero" and all(s.prim in ("zero", "relu", "identity") for s in steps)
+
+
+def remove_dead_nodes(ir: SpaceIR) -> SpaceIR:
+    out = ir.copy()
+    zero_nodes: dict[str, list[str]] = {}
+    removed: dict[str, list[str]] = {}
+    for name, g in out.cells.items():
+        for e in out.cell_edges(name):
+            if len(e.candidates) == 1 and _is_zero(out, e.candidates[0], e.stride):
+                g.remove_edge(e.src, e.dst)
+                removed.setdefault(name, []).append(e.key)
+        if name in removed:
+            # α rows are only meaningful for searchable edges; renumber the rest densely
+            for i, e in enumerate(sorted((d["edge"] for _, _, d in g.edges(data=True)), key=lambda e: e.index)):
+                g.edges[e.src, e.dst]["edge"] = type(e)(src=e.src, dst=e.dst, index=i, stride=e.stride,
+                                                        candidates=e.candidates, span=e.span)
+            zero_nodes[name] = sorted(n for n in g.graph["nodes"] if g.in_degree(n) == 0)
+    if removed:
+        out.meta["removed_edges"] = removed
+        out.meta["zero_nodes"] = {k: v for k, v in zero_nodes.items() if v}
+    return out

@@ -1,0 +1,153 @@
+"""Files → one merged declaration set: follows `import` and `extends`, applies overrides.
+
+`extends "darts.nas"` starts from everything the base declares and lets the
+extending file replace any definition by name (ops, op sets, cells) or any
+statement (network, alpha, relax, select), add or change parameters and
+search settings. `import "x.nas"` brings in only the definitions (ops, op sets,
+cells). Paths are relative to the file that names them; a name not found
+there is looked up among the bundled spaces, so `extends "darts.nas"` works
+from anywhere.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import attrs
+
+from nasc.errors import NasSemanticError, NasSyntaxError, SourceSpan
+from nasc.grammar import ast as A
+from nasc.grammar.parser import parse, parse_file
+
+
+@attrs.define(kw_only=True)
+class SpaceDecl:
+    """Every declaration in scope for one space, keyed by name; still unevaluated AST."""
+
+    name: str
+    path: str
+    params: dict[str, A.Param] = attrs.field(factory=dict)
+    ops: dict[str, A.OpDef] = attrs.field(factory=dict)
+    patterns: dict[str, A.OpDef] = attrs.field(factory=dict)
+    op_sets: dict[str, A.OpsDef] = attrs.field(factory=dict)
+    cells: dict[str, A.CellDef | A.CellDerive] = attrs.field(factory=dict)
+    network: A.Network | None = None
+    alpha: A.AlphaStmt | None = None
+    relax: A.MethodStmt | None = None
+    select: A.MethodStmt | None = None
+    search: dict[str, A.Setting] = attrs.field(factory=dict)
+    files: list[str] = attrs.field(factory=list)  # every file read, in order
+
+
+def bundled_dir() -> Path:
+    return Path(str(resources.files("nasc.spaces")))
+
+
+def find_file(name: str, relative_to: str | None, span: SourceSpan | None = None) -> Path:
+    """Locate `name` next to the naming file, else among the bundled spaces."""
+    candidates = []
+    if relative_to and relative_to != "<string>":
+        candidates.append(Path(relative_to).parent / name)
+    candidates.append(Path(name))
+    candidates.append(bundled_dir() / name)
+    if not name.endswith(".nas"):
+        candidates.append(bundled_dir() / f"{name}.nas")
+    for path in candidates:
+        if path.is_file():
+            return path
+    bundled = ", ".join(sorted(p.name for p in bundled_dir().glob("*.nas")))
+    raise NasSemanticError(f"cannot find {name!r}", span=span, hint=f"bundled spaces: {bundled}")
+
+
+def _add_definitions(decl: SpaceDecl, stmts: tuple, *, definitions_only: bool, file: str) -> None:
+    seen: dict[tuple[str, str], SourceSpan] = {}
+
+    def once(kind: str, name: str, span: SourceSpan) -> None:
+        key = (kind, name)
+        if key in seen:
+            first = seen[key]
+            raise NasSemanticError(f"{kind} {name!r} is defined twice in this file", span=span,
+                                   hint=f"the first definition is at line {first.line}")
+        seen[key] = span
+
+    for stmt in stmts:
+        if isinstance(stmt, A.OpDef):
+            once("op", stmt.name, stmt.span)
+            (decl.patterns if stmt.is_pattern else decl.ops)[stmt.name] = stmt
+        elif isinstance(stmt, A.OpsDef):
+            once("ops", stmt.name, stmt.span)
+            decl.op_sets[stmt.name] = stmt
+        elif isinstance(stmt, (A.CellDef, A.CellDerive)):
+            once("cell", stmt.name, stmt.span)
+            decl.cells[stmt.name] = stmt
+        elif definitions_only or isinstance(stmt, A.Import):
+            continue
+        elif isinstance(stmt, A.Network):
+            once("statement", "network", stmt.span)
+            decl.network = stmt
+        elif isinstance(stmt, A.AlphaStmt):
+            once("statement", "alpha", stmt.span)
+            decl.alpha = stmt
+        elif isinstance(stmt, A.MethodStmt):
+            once("statement", stmt.kind, stmt.span)
+            setattr(decl, stmt.kind, stmt)
+        elif isinstance(stmt, A.SearchBlock):
+            for setting in stmt.settings:
+                once("search setting", setting.name, setting.span)
+                decl.search[setting.name] = setting
+
+
+def _load(path: Path, stack: tuple[str, ...], span: SourceSpan | None, text: str | None = None) -> A.SpaceFile:
+    key = str(path.resolve()) if text is None else str(path)
+    if key in stack:
+        chain = " -> ".join(Path(p).name for p in stack + (key,))
+        raise NasSemanticError(f"circular import or extends: {chain}", span=span)
+    return parse(text, str(path)) if text is not None else parse_file(str(path))
+
+
+def _resolve_file(tree: A.SpaceFile, stack: tuple[str, ...]) -> SpaceDecl:
+    here = tree.path
+    key = str(Path(here).resolve()) if here != "<string>" else here
+    stack = stack + (key,)
+    header = tree.header
+    if header and header.extends:
+        base_path = find_file(header.extends, here, header.span)
+        base_tree = _load(base_path, stack, header.span)
+        decl = _resolve_file(base_tree, stack)
+    else:
+        decl = SpaceDecl(name=Path(here).stem, path=here)
+    decl.files.append(here)
+    for stmt in tree.statements:
+        if isinstance(stmt, A.Import):
+            imp_path = find_file(stmt.path, here, stmt.span)
+            imp_tree = _load(imp_path, stack, stmt.span)
+            imported = _resolve_file(imp_tree, stack)
+            decl.files.extend(f for f in imported.files if f not in decl.files)
+            decl.ops.update(imported.ops)
+            decl.patterns.update(imported.patterns)
+            decl.op_sets.update(imported.op_sets)
+            decl.cells.update(imported.cells)
+    if header:
+        decl.name = header.name
+        for param in header.params:
+            decl.params[param.name] = param
+    decl.path = here
+    _add_definitions(decl, tree.statements, definitions_only=False, file=here)
+    return decl
+
+
+def resolve_source(text: str, file: str = "<string>") -> SpaceDecl:
+    """Parse and resolve source text (imports are relative to `file`)."""
+    return _resolve_file(parse(text, file), ())
+
+
+def resolve_path(path: str | Path) -> SpaceDecl:
+    """Parse and resolve a `.nas` file; a bare bundled name such as `darts` also works."""
+    p = Path(path)
+    if not p.is_file():
+        if p.suffix in ("", ".nas") and len(p.parts) == 1:
+            p = find_file(str(path), None)
+        else:
+            raise NasSyntaxError(f"cannot read {path}: no such file")
+    return _resolve_file(parse_file(str(p)), ())

@@ -1,0 +1,413 @@
+"""Genotype formats: round trips, every published encoding, and the errors bad input gets."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nasc.compiler import genotype as G
+from nasc.compiler.genotype import GenoCell, GenoEdge, Genotype
+from nasc.errors import GenotypeError
+
+DARTS_V2 = (
+    "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+    "('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], "
+    "normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), "
+    "('max_pool_3x3', 1), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], "
+    "reduce_concat=[2, 3, 4, 5])"
+)
+PC_DARTS = (
+    "Genotype(normal=[('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 0), ('dil_conv_3x3', 1), "
+    "('sep_conv_5x5', 0), ('sep_conv_3x3', 1), ('avg_pool_3x3', 0), ('dil_conv_3x3', 1)], "
+    "normal_concat=range(2, 6), reduce=[('sep_conv_5x5', 1), ('max_pool_3x3', 0), ('sep_conv_5x5', 1), "
+    "('sep_conv_5x5', 2), ('sep_conv_3x3', 0), ('sep_conv_3x3', 3), ('sep_conv_3x3', 1), ('sep_conv_3x3', 2)], "
+    "reduce_concat=range(2, 6))"
+)
+NB201 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+NB201_NONE = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"
+
+V2_NORMAL = [(2, 0, "sep_conv_3x3"), (2, 1, "sep_conv_3x3"), (3, 0, "sep_conv_3x3"), (3, 1, "sep_conv_3x3"),
+             (4, 1, "sep_conv_3x3"), (4, 0, "skip_connect"), (5, 0, "skip_connect"), (5, 2, "dil_conv_3x3")]
+V2_REDUCE = [(2, 0, "max_pool_3x3"), (2, 1, "max_pool_3x3"), (3, 2, "skip_connect"), (3, 1, "max_pool_3x3"),
+             (4, 0, "max_pool_3x3"), (4, 2, "skip_connect"), (5, 2, "skip_connect"), (5, 1, "max_pool_3x3")]
+
+
+def triples(cell: GenoCell) -> list[tuple[int, int, str]]:
+    return [(e.node, e.input, e.op) for e in cell.edges]
+
+
+def cell(n_inputs, n_nodes, edges, concat) -> GenoCell:
+    return GenoCell(n_inputs=n_inputs, n_nodes=n_nodes, edges=tuple(GenoEdge(node=n, input=i, op=o)
+                                                                     for n, i, o in edges), concat=concat)
+
+
+# ---------------------------------------------------------------- published genotypes
+
+
+def test_darts_v2_parses_to_the_published_edges():
+    g = G.from_darts(DARTS_V2, space="darts")
+    assert list(g.cells) == ["normal", "reduce"]
+    assert triples(g.cells["normal"]) == V2_NORMAL
+    assert triples(g.cells["reduce"]) == V2_REDUCE
+    assert g.cells["normal"].concat == (2, 3, 4, 5)
+    assert (g.cells["normal"].n_inputs, g.cells["normal"].n_nodes) == (2, 4)
+    assert g.space == "darts"
+
+
+@pytest.mark.parametrize("text", [DARTS_V2, PC_DARTS])
+def test_darts_round_trips_through_json_and_text(text, tmp_path):
+    g = G.from_darts(text)
+    assert G.from_json(G.to_json(g)) == g
+    assert G.from_json(json.loads(json.dumps(G.to_json(g)))) == g
+    assert G.from_darts(G.to_darts(g)) == g
+    assert G.parse_any(G.to_text(g)) == g
+    G.save(g, tmp_path / "g.json")
+    assert G.load(tmp_path / "g.json") == g
+    (tmp_path / "g.txt").write_text(text + "\n")
+    assert G.load(tmp_path / "g.txt") == g
+
+
+def test_darts_v2_text_is_reproduced_exactly():
+    assert G.to_darts(G.from_darts(DARTS_V2)) == DARTS_V2
+
+
+def test_pc_darts_range_concat_becomes_a_list():
+    g = G.from_darts(PC_DARTS)
+    assert g.cells["reduce"].concat == (2, 3, 4, 5)
+    assert "reduce_concat=[2, 3, 4, 5]" in G.to_darts(g)
+    assert triples(g.cells["reduce"])[3] == (3, 2, "sep_conv_5x5")
+
+
+@pytest.mark.parametrize("text", [NB201, NB201_NONE])
+def test_nb201_round_trips(text, tmp_path):
+    g = G.from_nb201(text)
+    c = g.cells["cell"]
+    assert (c.n_inputs, c.n_nodes, c.concat, len(c.edges)) == (1, 3, (3,), 6)
+    assert G.to_nb201(g) == text
+    assert G.to_text(g) == text
+    assert G.parse_any(text) == g
+    assert G.from_json(G.to_json(g)) == g
+    (tmp_path / "arch.txt").write_text(text)
+    assert G.load(tmp_path / "arch.txt") == g
+
+
+def test_nb201_edges_and_any_input_order():
+    g = G.from_nb201(NB201, cell_name="c")
+    assert triples(g.cells["c"]) == [(1, 0, "nor_conv_3x3"), (2, 0, "nor_conv_3x3"), (2, 1, "avg_pool_3x3"),
+                                     (3, 0, "skip_connect"), (3, 1, "nor_conv_3x3"), (3, 2, "skip_connect")]
+    shuffled = "|nor_conv_3x3~0|+|avg_pool_3x3~1|nor_conv_3x3~0|+|skip_connect~2|skip_connect~0|nor_conv_3x3~1|"
+    assert G.from_nb201(shuffled, cell_name="c") == g
+
+
+def test_nb201_general_node_count():
+    g = G.from_nb201("|skip_connect~0|+|none~0|none~1|")
+    assert g.cells["cell"].n_nodes == 2 and g.cells["cell"].concat == (2,)
+
+
+# ---------------------------------------------------------------- other encodings
+
+PT_DARTS = """Genotype(
+    normal=[[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], [('sep_conv_3x3', 0), ('sep_conv_3x3', 1)],
+            [('sep_conv_3x3', 1), ('skip_connect', 0)], [('skip_connect', 0), ('dil_conv_3x3', 2)]],
+    normal_concat=range(2, 6),
+    reduce=[[('max_pool_3x3', 0), ('max_pool_3x3', 1)], [('skip_connect', 2), ('max_pool_3x3', 1)],
+            [('max_pool_3x3', 0), ('skip_connect', 2)], [('skip_connect', 2), ('max_pool_3x3', 1)]],
+    reduce_concat=range(2, 6))"""
+
+AUTODL = """DARTS_V2 = Genotype(
+  normal=[
+    (('dua_sepc_3x3', 0), ('dua_sepc_3x3', 1)), # step 1
+    (('sep_conv_3x3', 0), ('sep_conv_3x3', 1)), # step 2
+    (('sep_conv_3x3', 1), ('skip_connect', 0)), # step 3
+    (('skip_connect', 0), ('dil_sepc_3x3', 2))  # step 4
+  ],
+  normal_concat=[2, 3, 4, 5],
+  reduce=[
+    (('max_pool_3x3', 0), ('max_pool_3x3', 1)),
+    (('skip_connect', 2), ('max_pool_3x3', 1)),
+    (('max_pool_3x3', 0), ('skip_connect', 2)),
+    (('skip_connect', 2), ('max_pool_3x3', 1, 0.25))
+  ],
+  reduce_concat=[2, 3, 4, 5],
+  connectN=None, connects=None,
+)"""
+
+SHARP = ("genotypes.Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
+         "('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), "
+         "('dil_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), "
+         "('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), "
+         "('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5], layout='cell')")
+
+SNAS = """Genotype(
+    normal=[('skip_connect', 0), ('sep_conv_3x3', 1),
+            ('dil_conv_3x3', 1), ('none', 0), ('sep_conv_3x3', 2),
+            ('skip_connect', 3), ('sep_conv_5x5', 0), ('none', 1), ('none', 2),
+            ('none', 4), ('dil_conv_5x5', 3), ('max_pool_3x3', 0), ('none', 1), ('none', 2)],
+    normal_concat=range(2, 6),
+    reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1),
+            ('max_pool_3x3', 0), ('skip_connect', 2), ('none', 1),
+            ('max_pool_3x3', 0), ('none', 1), ('none', 2), ('none', 3),
+            ('none', 0), ('none', 1), ('none', 2), ('none', 3), ('none', 4)],
+    reduce_concat=range(2, 6))"""
+
+
+@pytest.mark.parametrize("text", [PT_DARTS, AUTODL, SHARP])
+def test_alternate_encodings_of_darts_v2(text):
+    g = G.from_darts(text)
+    assert triples(g.cells["normal"]) == V2_NORMAL
+    assert triples(g.cells["reduce"]) == V2_REDUCE
+    assert g.cells["reduce"].concat == (2, 3, 4, 5)
+
+
+def test_snas_edge_all_assigns_2_3_4_5_entries_to_nodes():
+    g = G.from_darts(SNAS)
+    normal = g.cells["normal"]
+    assert [len(normal.incoming(n)) for n in (2, 3, 4, 5)] == [2, 3, 4, 5]
+    assert triples(normal)[2:5] == [(3, 1, "dil_conv_3x3"), (3, 0, "none"), (3, 2, "sep_conv_3x3")]
+    assert triples(normal)[9] == (5, 4, "none")
+    # The 14-entry form is written back and read as edge_all again.
+    assert len(G.to_darts(g).split("normal=[")[1].split("]")[0].split("), (")) == 14
+    assert G.from_darts(G.to_darts(g)) == g
+
+
+def test_positional_namedtuple_fields_are_read():
+    text = "Genotype([('a', 0), ('b', 1)], [2], [('c', 1), ('d', 0)], [2], None, None)"
+    g = G.from_darts(text)
+    assert triples(g.cells["reduce"]) == [(2, 1, "c"), (2, 0, "d")]
+
+
+# ---------------------------------------------------------------- malformed input
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("Genotype(normal=[('sep_conv_3x3', 0)", "cannot parse"),
+    ("__import__('os')", "expected a Genotype(...) call, got \"__import__('os')\""),
+    ("Genotype(normal=__import__('os').system('true'), normal_concat=[2])", "is not a literal"),
+    ("Genotype(normal=[('a', 0), ('b', 1)], normal_concat=[2], reduce=[('a', 0), ('b', 1)])",
+     "missing field 'reduce_concat'"),
+    ("Genotype(normal_concat=[2, 3])", "has no matching 'normal' field"),
+    ("Genotype(layout='cell')", "no cell found"),
+    ("Genotype(normal=[('a', 0), ('b', 7)], normal_concat=[2])", "input 7 of node 2 must be a state before it"),
+    ("Genotype(normal=[('a', 0), ('b', 1)], normal_concat=[2, 9])", "concat index 9 is not a state"),
+    ("Genotype(normal=[('a', 0), ('b', 1), ('c', 0)], normal_concat=[2])", "got 3 entries"),
+    ("Genotype(normal=[('a', '0'), ('b', 1)], normal_concat=[2])", "entry 0: expected an (op: str, input: int)"),
+    ("Genotype(normal=[('a', 0), ('b', 1)], normal_concat='2345')", "field 'normal_concat'"),
+    ("x = 1\ny = Genotype(normal=[('a', 0), ('b', 1)], normal_concat=[2])", "found 2 statements"),
+    ("Genotype(normal=[('a', 0), ('b', 1)], normal_concat=[2], **extra)", "unsupported **extra"),
+])
+def test_malformed_darts_text(text, needle):
+    with pytest.raises(GenotypeError) as info:
+        G.from_darts(text)
+    assert needle in info.value.message
+    assert info.value.message.startswith("invalid DARTS genotype")
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("|nor_conv_3x3~0|+|nor_conv_3x3~0|", "node 2: no entry for input(s) [1]"),
+    ("|nor_conv_3x3~1|", "node 1: input 1 is not an earlier node"),
+    ("|nor_conv_3x3~0|+|none~0|none~0|none~1|", "node 2: input 0 is listed twice"),
+    ("|nor_conv_3x3-0|", "bad entry 'nor_conv_3x3-0'"),
+    ("nor_conv_3x3~0", "node 1: expected '|op~j|op~j|...|'"),
+    ("|nor_conv_3x3~0|++|none~0|none~1|", "node 2: expected"),
+    ("||", "bad entry ''"),
+    ("   ", "empty string"),
+])
+def test_malformed_nb201(text, needle):
+    with pytest.raises(GenotypeError) as info:
+        G.from_nb201(text)
+    assert needle in info.value.message
+
+
+def _json():
+    return G.to_json(G.from_darts(DARTS_V2, space="darts"))
+
+
+@pytest.mark.parametrize(("mutate", "needle"), [
+    (lambda d: d.pop("format"), "missing key 'format'"),
+    (lambda d: d.update(format="nasc-genotype/9"), "format: expected 'nasc-genotype/1'"),
+    (lambda d: d.update(cels={}), "unknown key 'cels' (did you mean 'cells'?)"),
+    (lambda d: d["cells"]["normal"]["edges"][3].update(input="1"), "cells.normal.edges[3].input: expected an integer"),
+    (lambda d: d["cells"]["normal"]["edges"][3].update(input=True), "expected an integer, got True"),
+    (lambda d: d["cells"]["normal"]["edges"][0].update(node=6), "cells.normal: edge 0: node 6 is not an intermediate"),
+    (lambda d: d["cells"]["normal"]["edges"][2].update(input=3), "edge 2: input 3 of node 3 must be a state before"),
+    (lambda d: d["cells"]["normal"].update(concat=[2, 2]), "repeats a state"),
+    (lambda d: d["cells"]["normal"].update(concat=[]), "concat must name at least one state"),
+    (lambda d: d["cells"]["normal"]["edges"].__delitem__(slice(6, 8)), "node(s) [5] have no incoming edge"),
+    (lambda d: d["cells"]["normal"].pop("n_nodes"), "cells.normal: missing key 'n_nodes'"),
+    (lambda d: d["cells"]["normal"]["edges"][0].update(op=""), "edges[0].op: expected a non-empty string"),
+    (lambda d: d.update(space=3), "space: expected a non-empty string or null"),
+    (lambda d: d.update(layers=[{"layer": "a", "op": "x"}, {"layer": "a", "op": "y"}]), "layer 'a' is chosen twice"),
+    (lambda d: d.update(layers={"a": "x"}), "layers: expected a list"),
+])
+def test_invalid_json(mutate, needle):
+    d = _json()
+    mutate(d)
+    with pytest.raises(GenotypeError) as info:
+        G.from_json(d)
+    assert needle in info.value.message
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(GenotypeError, match="cannot read genotype file .*missing.json"):
+        G.load(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": ')
+    with pytest.raises(GenotypeError) as info:
+        G.load(bad)
+    assert info.value.message.startswith(f"{bad}: invalid genotype JSON")
+    bad.write_text("|none~1|")
+    with pytest.raises(GenotypeError, match="bad.json: invalid NB201 arch string"):
+        G.load(bad)
+    bad.write_bytes(b"\xff\xfe")
+    with pytest.raises(GenotypeError, match="cannot read genotype file"):
+        G.load(bad)
+
+
+def test_save_is_atomic_and_readable(tmp_path):
+    path = tmp_path / "g.json"
+    g = G.from_nb201(NB201, space="nb201")
+    G.save(g, path)
+    G.save(g, path)
+    assert os.listdir(tmp_path) == ["g.json"]
+    assert json.loads(path.read_text())["format"] == "nasc-genotype/1"
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+    assert G.load(path) == g
+    with pytest.raises(GenotypeError, match="cannot write genotype"):
+        G.save(g, tmp_path / "no_such_dir" / "g.json")
+
+
+# ---------------------------------------------------------------- writers refuse what they cannot hold
+
+
+def test_to_darts_refuses_other_topologies():
+    snas_like = Genotype(cells={"normal": cell(2, 2, [(2, 0, "a"), (2, 1, "a"), (3, 0, "b"), (3, 1, "c"), (3, 2, "d")], [2, 3])})
+    with pytest.raises(GenotypeError, match="exactly 2 incoming edges per node .* node 3 has 3"):
+        G.to_darts(snas_like)
+    with pytest.raises(GenotypeError, match="has 1 input"):
+        G.to_darts(G.from_nb201(NB201))
+    with pytest.raises(GenotypeError, match="searchable layers"):
+        G.to_darts(Genotype(layers=(("l1", "conv"),)))
+    # Not expressible as DARTS, so to_text falls back to JSON, which parse_any reads back.
+    assert G.parse_any(G.to_text(snas_like)) == snas_like
+
+
+def test_to_nb201_refuses_incomplete_or_two_input_cells():
+    with pytest.raises(GenotypeError, match="has 2 inputs"):
+        G.to_nb201(Genotype(cells={"n": G.from_darts(DARTS_V2).cells["normal"]}))
+    partial = Genotype(cells={"c": cell(1, 2, [(1, 0, "a"), (2, 1, "b")], [2])})
+    with pytest.raises(GenotypeError, match="not a complete DAG"):
+        G.to_nb201(partial)
+    with pytest.raises(GenotypeError, match="exactly one cell"):
+        G.to_nb201(G.from_darts(DARTS_V2))
+
+
+def test_seven_node_cell_is_not_mistaken_for_edge_all():
+    edges = [(n, i, "op") for n in range(2, 9) for i in (0, 1)]
+    g = Genotype(cells={"normal": cell(2, 7, edges, [2, 3])})
+    assert G.from_darts(G.to_darts(g)) == g
+
+
+# ---------------------------------------------------------------- canonical form and space check
+
+
+def test_canonical_str_ignores_strength_order():
+    g = G.from_darts(DARTS_V2)
+    swapped = G.from_darts(DARTS_V2.replace("('sep_conv_3x3', 1), ('skip_connect', 0)",
+                                            "('skip_connect', 0), ('sep_conv_3x3', 1)"))
+    assert swapped != g
+    assert G.canonical_str(swapped) == G.canonical_str(g)
+    assert "\n" not in G.canonical_str(g)
+    assert G.canonical_str(G.from_nb201(NB201)) == NB201
+    chain = Genotype(layers=(("b1", "mb3_k3"), ("b2", "zero")))
+    assert G.canonical_str(chain) == "b1:mb3_k3|b2:zero"
+
+
+DARTS_OPS = {"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
+             "dil_conv_3x3", "dil_conv_5x5"}
+DARTS_EDGES = {(n, i): DARTS_OPS for n in range(2, 6) for i in range(n)}
+
+
+def test_check_against_accepts_a_fitting_genotype():
+    G.check_against(G.from_darts(DARTS_V2), {"normal": (2, 4, DARTS_EDGES), "reduce": (2, 4, None)})
+    G.check_against(Genotype(layers=(("b1", "k3"),)), {}, {"b1": {"k3", "k5"}})
+
+
+def test_check_against_lists_every_problem():
+    g = G.from_darts(DARTS_V2.replace("'dil_conv_3x3'", "'dil_conv_3x4'"))
+    g = Genotype(cells={"normal": g.cells["normal"], "reduse": g.cells["reduce"]}, layers=(("blk9", "k3"),))
+    restricted = dict(DARTS_EDGES)
+    del restricted[(4, 1)]
+    with pytest.raises(GenotypeError) as info:
+        G.check_against(g, {"normal": (2, 4, restricted), "reduce": (2, 4, None)}, {"blk1": {"k3"}})
+    msg = info.value.message
+    assert "unknown cell 'reduse' (did you mean 'reduce'?)" in msg
+    assert "missing cell 'reduce'" in msg
+    assert "edge 4<-1 does not exist in the space; node 4 takes inputs [0, 2, 3]" in msg
+    assert "op 'dil_conv_3x4' is not a candidate (did you mean 'dil_conv_3x3'?); candidates: avg_pool_3x3" in msg
+    assert "unknown layer 'blk9' (did you mean 'blk1'?)" in msg
+    assert "missing layer 'blk1'" in msg
+
+
+def test_check_against_node_counts_and_duplicates():
+    nb = G.from_nb201(NB201)
+    with pytest.raises(GenotypeError, match="has 1 inputs and 3 nodes; the space's has 2 inputs and 4 nodes"):
+        G.check_against(nb, {"cell": (2, 4, None)})
+    dup = Genotype(cells={"c": cell(2, 1, [(2, 0, "a"), (2, 0, "b")], [2])})
+    with pytest.raises(GenotypeError, match="edge 2<-0 is chosen twice"):
+        G.check_against(dup, {"c": (2, 1, None)})
+
+
+# ---------------------------------------------------------------- properties
+
+OPS = st.sampled_from(sorted(DARTS_OPS) + ["nor_conv_1x1", "x"])
+
+
+@st.composite
+def darts_cells(draw):
+    n_nodes = draw(st.integers(1, 8))
+    edges = [GenoEdge(node=n, input=draw(st.integers(0, n - 1)), op=draw(OPS))
+             for n in range(2, 2 + n_nodes) for _ in range(2)]
+    concat = draw(st.lists(st.integers(0, n_nodes + 1), min_size=1, max_size=n_nodes + 2, unique=True))
+    return GenoCell(n_inputs=2, n_nodes=n_nodes, edges=edges, concat=concat)
+
+
+@st.composite
+def any_cells(draw):
+    n_inputs, n_nodes = draw(st.integers(1, 3)), draw(st.integers(1, 5))
+    edges = []
+    for n in range(n_inputs, n_inputs + n_nodes):
+        inputs = draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=n + 1))
+        edges += [GenoEdge(node=n, input=i, op=draw(OPS)) for i in inputs]
+    edges = draw(st.permutations(edges))
+    concat = draw(st.lists(st.integers(0, n_inputs + n_nodes - 1), min_size=1, unique=True))
+    return GenoCell(n_inputs=n_inputs, n_nodes=n_nodes, edges=edges, concat=concat)
+
+
+NAMES = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(NAMES, darts_cells(), min_size=1, max_size=3))
+def test_random_darts_cells_round_trip(cells):
+    g = Genotype(cells=cells)
+    assert G.from_darts(G.to_darts(g)) == g
+    assert G.from_json(G.to_json(g)) == g
+    assert G.parse_any(G.to_text(g)) == g
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(NAMES, any_cells(), max_size=3),
+       st.lists(st.tuples(NAMES, OPS), unique_by=lambda t: t[0], max_size=4),
+       st.none() | NAMES)
+def test_random_genotypes_round_trip_through_json(cells, layers, space):
+    g = Genotype(space=space, fingerprint="abc123", cells=cells, layers=tuple(layers))
+    assert G.from_json(json.loads(json.dumps(G.to_json(g)))) == g
+
+
+def test_compiler_genotype_does_not_import_torch():
+    code = "import sys, nasc.compiler.genotype; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
