@@ -82,6 +82,8 @@ def place(steps: tuple[Step, ...], *, c_in: int, c: int, h: int | None, searchin
         if not vector_only and cur_h is None and step.prim not in ("dropout", "relu", "relu6", "sigmoid", "identity"):
             raise NasSemanticError(f"{step.prim} needs a feature map but receives a vector{where}", span=step.span)
         c_out = spec.channels(cur_c, c, args)
+        if step.prim == "flatten":
+            c_out = cur_c * (cur_h or 1) ** 2
         if step.prim == "conv" and (cur_c % args["groups"] or c_out % args["groups"]):
             raise NasSemanticError(f"conv: groups = {args['groups']} must divide {cur_c} and {c_out} channels{where}",
                                    span=step.span)

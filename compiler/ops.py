@@ -66,7 +66,9 @@ class OpResolver:
         examples = [re.sub(r"\{[^}]*\}", "3", p) for p in self.decl.patterns]
         return sorted(set(self.decl.ops) | set(examples) | set(PRIMITIVES) | set(self.decl.op_sets))
 
-    def _find(self, name: str) -> tuple[str, Any, dict[str, Any]] | None:
+    def _find(self, name: str, *, prefer_primitive: bool = False) -> tuple[str, Any, dict[str, Any]] | None:
+        if prefer_primitive and name in PRIMITIVES:
+            return "prim", PRIMITIVES[name], {}
         if name in self.decl.ops:
             return "op", self.decl.ops[name], {}
         for (regex, names), d in self._patterns:
@@ -172,7 +174,8 @@ class OpResolver:
             if not is_sym(guard) and not isinstance(guard, bool):
                 raise NasSemanticError("a step condition must be true/false", span=step.guard.span,
                                        hint="e.g. `bn if searching`")
-            found = self._find(step.call.name)
+            # inside `op noise = noise(stride)` the body's `noise` is the primitive, not the op itself
+            found = self._find(step.call.name, prefer_primitive=step.call.name in self._active)
             if found is None:
                 raise self.unknown(step.call.name, step.call.span)
             kind, target, bound = found

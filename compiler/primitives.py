@@ -208,6 +208,12 @@ PRIMITIVES: dict[str, Primitive] = {
             spatial=lambda h, a: None,
         ),
         Primitive(
+            name="flatten",
+            doc="flattens a feature map to a vector (C*H*W)",
+            channels=lambda c_in, c, a: c_in,
+            spatial=lambda h, a: None,
+        ),
+        Primitive(
             name="dropout",
             doc="dropout with probability p",
             params=(Param(name="p", kind=float, default=0.0),),
@@ -226,4 +232,4 @@ PRIMITIVES: dict[str, Primitive] = {
 # Primitives with no learnable weights of their own; the relaxations and the
 # optimised lowering treat candidates made only of these specially.
 PARAMETER_FREE = frozenset({"relu", "relu6", "sigmoid", "identity", "zero", "noise", "max_pool", "avg_pool",
-                            "global_avg_pool", "dropout"})
+                            "global_avg_pool", "flatten", "dropout"})

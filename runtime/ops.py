@@ -240,6 +240,12 @@ def build_global_avg_pool(c_in: int, c_out: int, args: Args, *, affine: bool) ->
     return GlobalAvgPool()
 
 
+@OPS.register("flatten")
+def build_flatten(c_in: int, c_out: int, args: Args, *, affine: bool) -> nn.Module:
+    """Flatten (B, C, H, W) to (B, C*H*W); the aux heads end with a 1x1 map."""
+    return nn.Flatten(1)
+
+
 @OPS.register("dropout")
 def build_dropout(c_in: int, c_out: int, args: Args, *, affine: bool) -> nn.Module:
     """Dropout with probability p."""

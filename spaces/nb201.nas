@@ -1,0 +1,42 @@
+# NAS-Bench-201 (Dong & Yang, ICLR 2020): a cell of 4 nodes whose 6 edges each
+# choose one of 5 ops, 5^6 = 15,625 cells; 3 stages of 5 cells joined by
+# residual reduction blocks, one α shared by every cell. As in AutoDL-Projects'
+# search model (xautodl/models/cell_searchs), convolutions carry a bias while
+# searching (affine-free BN) and none in the benchmark networks.
+space nb201(C = 16, N = 5, classes = 10)
+
+op nor_conv_{k}x{k} = relu > conv(k, stride, bias = searching) > bn
+op avg_pool_3x3     = avg_pool(3, stride)
+op skip_connect     = identity | on stride 2: factorized_reduce
+op none             = zero(stride)
+
+ops nb201_ops = [none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3]
+
+cell cell(x0):
+    nodes x1..x3 = sum
+    edges dense: nb201_ops
+    output x3
+
+network:
+    input 3 x 32 x 32
+    stem conv(3, out = C) > bn
+    stack N x cell, width C
+    layer resblock(out = 2 * C, stride = 2)
+    stack N x cell, width 2 * C
+    layer resblock(out = 4 * C, stride = 2)
+    stack N x cell, width 4 * C
+    head bn > relu > global_avg_pool > linear(classes)
+
+alpha shared per cell
+relax softmax
+select argmax per edge
+
+search:
+    epochs = 50
+    batch = 64
+    train_portion = 0.5
+    weights = sgd(lr = 0.025, momentum = 0.9, weight_decay = 5e-4, nesterov = true)
+    lr_schedule = cosine(min = 0.001)
+    clip = 5
+    arch = adam(lr = 3e-4, betas = (0.5, 0.999), weight_decay = 1e-3)
+    order = 1
