@@ -22,6 +22,7 @@ from nasc.compiler.infer_shapes import infer_shapes
 from nasc.compiler.ir import SpaceIR, fingerprint, lint
 from nasc.compiler.remove_dead_nodes import remove_dead_nodes
 from nasc.compiler.resolve import SpaceDecl, resolve_path, resolve_source
+from nasc.compiler.settings import check_settings
 from nasc.compiler.specialise_ops import specialise_ops
 from nasc.errors import NasSemanticError, did_you_mean
 
@@ -64,8 +65,9 @@ def check_methods(ir: SpaceIR, ctx: PassContext) -> None:
         if known is None or method.name in known:
             continue
         names = ", ".join(sorted(known))
+        guess = did_you_mean(method.name, known)
         raise NasSemanticError(f"unknown {kind} {method.name!r}", span=method.span,
-                               hint=(did_you_mean(method.name, known) or "") + f" registered: {names}")
+                               hint=f"{guess} (registered: {names})" if guess else f"registered: {names}")
 
 
 def compile_decl(decl: SpaceDecl, *, params: Mapping[str, Any] | None = None,
@@ -74,6 +76,7 @@ def compile_decl(decl: SpaceDecl, *, params: Mapping[str, Any] | None = None,
     ir = build_ir(decl, params)
     if input_shape is not None:
         ir.input_shape = tuple(input_shape)
+    check_settings(ir)
     if ctx is not None:
         check_methods(ir, ctx)
     ir = run_passes(ir, passes)

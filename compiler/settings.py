@@ -1,0 +1,62 @@
+"""The search settings a space may declare, with their types and meaning.
+
+Kept in the compiler (as data) so that `nasc compile` rejects a misspelt
+setting at its line, long before a search would have ignored it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nasc.compiler.expr import CallValue, Ramp
+from nasc.compiler.ir import SpaceIR
+from nasc.errors import NascError, NasSemanticError, did_you_mean
+
+NUMBER = (int, float)
+
+# name -> (accepted python types, allowed call names or None, one-line meaning)
+SEARCH_SETTINGS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | None, str]] = {
+    "epochs": ((int,), None, "search epochs"),
+    "batch": ((int,), None, "batch size (of each of the train and validation batches)"),
+    "train_portion": (NUMBER, None, "share of the training set used for weights; the rest drives α"),
+    "levels": ((int,), None, "2: bi-level (α on validation data); 1: single-level on the training data"),
+    "order": ((int,), None, "1: first-order α gradient; 2: second-order (unrolled) DARTS"),
+    "weights": ((CallValue,), ("sgd",), "weight optimiser, e.g. sgd(lr = 0.025, momentum = 0.9, weight_decay = 3e-4)"),
+    "lr_schedule": ((CallValue,), ("cosine", "cosine_power", "constant"), "weight learning-rate schedule"),
+    "clip": (NUMBER, None, "gradient-norm clip for the weights (0: none)"),
+    "arch": ((CallValue,), ("adam", "sgd"), "architecture optimiser, e.g. adam(lr = 3e-4, betas = (0.5, 0.999))"),
+    "arch_clip": (NUMBER, None, "gradient-norm clip for α (0: none)"),
+    "arch_start": ((int,), None, "first epoch with α updates (earlier epochs train weights only)"),
+    "affine": ((bool,), None, "learnable BN affine parameters inside cells during search (default false)"),
+    "cutout": ((int,), None, "cutout square side during search (0: off)"),
+    "drop_path": (NUMBER + (Ramp,), None, "drop-path probability on non-identity candidates during search"),
+    "seed": ((int,), None, "default random seed"),
+}
+
+
+def check_settings(ir: SpaceIR) -> None:
+    """Unknown names, wrong types and unknown optimiser/schedule calls, at the setting's line."""
+    errors: list[NascError] = []
+    for name, value in ir.search.items():
+        span = ir.spans.get(f"search.{name}")
+        if name not in SEARCH_SETTINGS:
+            errors.append(NasSemanticError(f"unknown search setting {name!r}", span=span,
+                                           hint=did_you_mean(name, SEARCH_SETTINGS) or
+                                           f"settings: {', '.join(sorted(SEARCH_SETTINGS))}"))
+            continue
+        types, calls, meaning = SEARCH_SETTINGS[name]
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok:
+            errors.append(NasSemanticError(f"search setting {name!r} has the wrong type ({_kind(value)})",
+                                           span=span, hint=meaning))
+        elif calls is not None and value.name not in calls:
+            errors.append(NasSemanticError(f"{name} = {value.name}(...) is not supported", span=span,
+                                           hint=did_you_mean(value.name, calls) or f"one of: {', '.join(calls)}"))
+    if errors:
+        raise NasSemanticError(errors[0].message, span=errors[0].span, hint=errors[0].hint, errors=errors)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, CallValue):
+        return f"a call of {value.name}"
+    return type(value).__name__

@@ -1,0 +1,250 @@
+"""The `nasc` command line: the only code that prints or exits.
+
+Every command is a thin layer over the library. A `NascError` is rendered
+with its source context and exits 1; command-line misuse exits 2 (typer);
+anything unexpected is reported in one line (set NASC_DEBUG=1 for the
+traceback) — a user never sees a raw traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nasc import __version__
+from nasc.errors import NascError
+
+app = typer.Typer(
+    name="nasc",
+    help="A compiler for differentiable neural-architecture-search spaces.",
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+genotype_app = typer.Typer(help="Read, convert and check genotypes.", no_args_is_help=True)
+app.add_typer(genotype_app, name="genotype")
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def fail(error: NascError) -> None:
+    from nasc.report import error_text
+
+    err_console.print(error_text(error.render()))
+    raise typer.Exit(code=1)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: int, float, true/false, or a string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"{what} must look like NAME=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def parse_shape(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        c, h, w = (int(p) for p in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"--input must look like 3x32x32, got {text!r}") from None
+    return c, h, w
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        console.print(f"nasc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=version_callback, is_eager=True,
+                                                    help="Show the version and exit.")] = None,
+) -> None:
+    """nasc: write a search space as a `.nas` file, compile it, search it, train the result."""
+
+
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-p", help="Override a space parameter: NAME=VALUE.")]
+
+
+def _ctx():
+    from nasc.catalog import relaxation_names, selector_names
+    from nasc.compiler.pipeline import PassContext
+
+    return PassContext(relaxations=relaxation_names(), selectors=selector_names())
+
+
+@app.command("compile")
+def compile_cmd(
+    file: Annotated[str, typer.Argument(help="A .nas file (or the name of a bundled space).")],
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Where to write the IR JSON "
+                                                  "(default: SPACE.ir.json here; '-' for stdout).")] = None,
+    set_: SetOpt = None,
+    input_shape: Annotated[Optional[str], typer.Option("--input", help="Input shape CxHxW, e.g. 1x28x28.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Check a space, summarise it and write its IR as JSON."""
+    from nasc.compiler.ir import to_json_dict
+    from nasc.compiler.pipeline import compile_space
+    from nasc.compiler.summary import summarise
+    from nasc.report import compile_summary
+
+    params = parse_assignments(set_, "--set")
+    try:
+        ir = compile_space(file, params=params, input_shape=parse_shape(input_shape), ctx=_ctx())
+    except NascError as e:
+        fail(e)
+    summary = summarise(ir)
+    data = json.dumps(to_json_dict(ir), indent=1, sort_keys=True)
+    target = output or f"{ir.name}.ir.json"
+    if target == "-":
+        sys.stdout.write(data + "\n")
+        return
+    try:
+        _write_atomic(Path(target), data + "\n")
+    except OSError as e:
+        fail(NascError(f"cannot write {target}: {e.strerror or e}"))
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=1) + "\n")
+    else:
+        console.print(compile_summary(summary, files=[_short(f) for f in ir.files], out=target))
+
+
+def _short(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return Path(path).name if "nasc/spaces" in path or "/spaces/" in path else path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@app.command()
+def check(
+    files: Annotated[list[str], typer.Argument(help="One or more .nas files.")],
+    set_: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print errors only.")] = False,
+) -> None:
+    """Validate .nas files: exit 0 when all are valid, 1 when any is not."""
+    from nasc.compiler.pipeline import compile_space
+    from nasc.report import error_text
+
+    params = parse_assignments(set_, "--set")
+    failed = 0
+    ctx = _ctx()
+    for f in files:
+        try:
+            compile_space(f, params=params, ctx=ctx)
+        except NascError as e:
+            failed += 1
+            err_console.print(error_text(e.render()))
+            continue
+        if not quiet:
+            console.print(f"[green]ok[/green] {f}")
+    if failed:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def spaces() -> None:
+    """List the bundled search spaces."""
+    from nasc.compiler.resolve import bundled_dir
+
+    table = Table(show_edge=False)
+    table.add_column("space", style="bold")
+    table.add_column("what it is")
+    for path in sorted(bundled_dir().glob("*.nas")):
+        first = next((l[1:].strip() for l in path.read_text(encoding="utf-8").splitlines() if l.startswith("#")), "")
+        table.add_row(path.stem, first)
+    console.print(table)
+    console.print("[dim]use a name directly (`nasc compile darts`) or copy the file from "
+                  f"{bundled_dir()}[/dim]")
+
+
+@app.command()
+def ops(
+    space: Annotated[Optional[str], typer.Argument(help="Also list the ops a space defines.")] = None,
+) -> None:
+    """List the primitives op bodies are built from (and a space's own ops)."""
+    from nasc.compiler.primitives import PRIMITIVES
+
+    table = Table(show_edge=False, title="primitives", title_justify="left")
+    table.add_column("primitive", style="bold")
+    table.add_column("parameters")
+    table.add_column("what it is")
+    for name, p in sorted(PRIMITIVES.items()):
+        params = ", ".join(q.name + ("" if q.required else f"={_default(q.default)}") for q in p.params)
+        table.add_row(name, params, p.doc)
+    console.print(table)
+    if space:
+        from nasc.compiler.resolve import resolve_path
+
+        try:
+            decl = resolve_path(space)
+        except NascError as e:
+            fail(e)
+        t = Table(show_edge=False, title=f"ops of {decl.name}", title_justify="left")
+        t.add_column("op", style="bold")
+        t.add_column("defined at")
+        for name, d in sorted({**decl.ops, **decl.patterns}.items()):
+            t.add_row(name, f"{_short(d.span.file)}:{d.span.line}")
+        for name, d in sorted(decl.op_sets.items()):
+            t.add_row(f"{name} (set)", f"{_short(d.span.file)}:{d.span.line}")
+        console.print(t)
+
+
+def _default(value: Any) -> str:
+    return "auto" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning unexpected failures into one clear line."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/yellow]")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except NascError as e:  # raised outside a command's own handling
+        from nasc.report import error_text
+
+        err_console.print(error_text(e.render()))
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - the last line of defence against tracebacks
+        if os.environ.get("NASC_DEBUG") == "1":
+            raise
+        err_console.print(f"[bold red]internal error:[/bold red] {type(e).__name__}: {e}")
+        err_console.print("[cyan]  hint: this is a bug in nasc; rerun with NASC_DEBUG=1 for the traceback "
+                          "and report it[/cyan]")
+        sys.exit(3)
