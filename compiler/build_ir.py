@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 import networkx as nx
 
 from nasc.compiler.expr import as_int, bind, evaluate, is_sym
@@ -252,6 +253,8 @@ def build_macro(decl: SpaceDecl, ops: OpResolver, cells: dict[str, nx.DiGraph], 
             counter[kind] += 1
         else:
             lid = prefix
+            if lid in g:
+                raise NasSemanticError(f"the network has more than one `{kind}`", span=kw.get("span"))
         layer = Layer(id=lid, kind=kind, position=g.number_of_nodes(), **kw)
         g.add_node(lid, layer=layer)
         return layer
@@ -365,6 +368,10 @@ def build_macro(decl: SpaceDecl, ops: OpResolver, cells: dict[str, nx.DiGraph], 
     if not head_seen:
         raise NasSemanticError("the network has no `head`", span=net.span,
                                hint="e.g. `head global_avg_pool > linear(classes)`")
+    # head and aux are both sinks: number the aux head last, however the two were written
+    order = sorted(g.nodes, key=lambda n: (g.nodes[n]["layer"].kind == "aux", g.nodes[n]["layer"].position))
+    for i, n in enumerate(order):
+        g.nodes[n]["layer"] = attrs.evolve(g.nodes[n]["layer"], position=i)
     return g, input_shape, preprocess
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from nasc.compiler.instantiate import output_shape, place
 from nasc.compiler.ir import Layer, SpaceIR
 from nasc.errors import NascError, NasSemanticError
@@ -93,6 +95,7 @@ def infer_shapes(ir: SpaceIR, *, searching: bool = True) -> SpaceIR:
     shapes: dict[str, Any] = {}
     errors: list[NascError] = []
     c0, h0, _ = out.input_shape
+    warnings: list[str] = []
     for layer in out.layers():
         preds = sorted(out.macro.in_edges(layer.id, data=True), key=lambda e: e[2]["slot"])
         if preds:
@@ -122,6 +125,12 @@ def infer_shapes(ir: SpaceIR, *, searching: bool = True) -> SpaceIR:
                 c, h = output_shape(placed, c_in[0], h_in[0])
                 shapes[layer.id] = {"c_in": c_in, "h_in": h_in, "c_out": c, "h_out": h}
         except NasSemanticError as e:
+            if layer.kind == "aux":
+                # the auxiliary head only matters for training a derived network; an input too small
+                # for it (e.g. 8x8 digits) should not stop a search, so it is dropped with a warning
+                warnings.append(f"auxiliary head dropped: {e.message}")
+                out.macro.remove_node(layer.id)
+                continue
             errors.extend(e.errors)
             break
     if not errors:
@@ -133,6 +142,10 @@ def infer_shapes(ir: SpaceIR, *, searching: bool = True) -> SpaceIR:
                 span=head[0].span, hint="end the head with `global_avg_pool > linear(classes)`"))
     if errors:
         raise NasSemanticError(errors[0].message, span=errors[0].span, hint=errors[0].hint, errors=errors)
+    if warnings:
+        for i, layer in enumerate(out.layers()):  # keep positions dense after a removal
+            out.macro.nodes[layer.id]["layer"] = attrs.evolve(layer, position=i)
+        out.meta["warnings"] = warnings
     out.meta["shapes"] = shapes
     out.meta["searching"] = searching
     return out

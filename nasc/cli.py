@@ -223,6 +223,159 @@ def ops(
         console.print(t)
 
 
+OptList = Annotated[Optional[list[str]], typer.Option()]
+
+
+@app.command()
+def search(
+    space: Annotated[str, typer.Argument(help="A .nas file or bundled space name.")] = "darts",
+    relax: Annotated[Optional[str], typer.Option("--relax", help="Relaxation or method preset "
+                                                 "(overrides the file), e.g. darts.")] = None,
+    relax_opt: Annotated[Optional[list[str]], typer.Option("--relax-opt", help="Relaxation option NAME=VALUE.")] = None,
+    select: Annotated[Optional[str], typer.Option("--select", help="Selector (overrides the file).")] = None,
+    select_opt: Annotated[Optional[list[str]], typer.Option("--select-opt", help="Selector option NAME=VALUE.")] = None,
+    set_: SetOpt = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Search epochs.")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    second_order: Annotated[bool, typer.Option("--second-order", help="Unrolled (second-order) DARTS.")] = False,
+    first_order: Annotated[bool, typer.Option("--first-order", help="First-order α gradient.")] = False,
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset: digits (default, embedded), "
+                                                "cifar10, cifar100, mnist, fashion_mnist.")] = None,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where datasets live.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
+    opt: Annotated[Optional[list[str]], typer.Option("--opt", help="Any search setting NAME=VALUE "
+                                                     "(lr, lr_min, arch_lr, arch_start, clip, cutout, ...).")] = None,
+    run_dir: Annotated[Optional[str], typer.Option("--run-dir", help="Run directory (default runs/SPACE-TIME-sSEED).")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the run in this directory.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Build the supernet, show the resolved "
+                                          "configuration and memory estimate, and exit.")] = False,
+) -> None:
+    """Search a space (the bundled DARTS space by default) and write a genotype."""
+    from nasc.compiler import genotype as G
+    from nasc.progress import SearchDisplay
+    from nasc.report import human
+    from nasc.runtime import search as S
+
+    if second_order and first_order:
+        raise typer.BadParameter("--first-order and --second-order exclude each other")
+    overrides = parse_assignments(opt, "--opt")
+    for key, value in (("epochs", epochs), ("batch", batch), ("seed", seed), ("dataset", data),
+                       ("data_dir", data_dir), ("device", device)):
+        if value is not None:
+            overrides[key] = value
+    if second_order:
+        overrides["order"] = 2
+    if first_order:
+        overrides["order"] = 1
+    display = SearchDisplay(console)
+    try:
+        if resume:
+            with display:
+                result = S.resume(resume, on_event=display)
+        else:
+            request = S.Request(space=space, params=parse_assignments(set_, "--set"), relax=relax,
+                                relax_options=parse_assignments(relax_opt, "--relax-opt"), select=select,
+                                select_options=parse_assignments(select_opt, "--select-opt"), overrides=overrides)
+            job = S.prepare(request)
+            info = S.describe(job)
+            if dry_run:
+                _print_dry_run(info, human)
+                return
+            target = run_dir or str(S.default_run_dir(job.ir.name, job.config.seed))
+            with display:
+                result = S.run_search(job, target, on_event=display)
+    except NascError as e:
+        fail(e)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/yellow]: resume with [bold]nasc search --resume RUN_DIR[/bold]")
+        raise typer.Exit(code=130)
+    console.print(display.summary())
+    console.print(f"[bold green]genotype[/bold green] (written to "
+                  f"{result.run_dir / 'genotype.json'}):")
+    console.print(G.to_text(result.genotype), soft_wrap=True)
+
+
+def _print_dry_run(info: dict[str, Any], human) -> None:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold cyan")
+    table.add_column()
+    table.add_row("space", f"{info['space']} ({info['space_file']})")
+    table.add_row("fingerprint", info["fingerprint"])
+    table.add_row("input", " x ".join(str(d) for d in info["input"]))
+    table.add_row("supernet", f"{info['supernet_weights']:,} weights, {info['arch_parameters']:,} architecture parameters")
+    table.add_row("activations", f"~{human(info['activation_bytes_estimate'], 'B')} for one step at batch "
+                                 f"{info['search']['batch']} (compiler estimate)")
+    table.add_row("relaxation", f"{info['relax']['name']} {info['relax']['options'] or ''}")
+    table.add_row("selector", f"{info['select']['name']} {info['select']['options'] or ''}")
+    table.add_row("device", info["device"])
+    for key, value in info["search"].items():
+        table.add_row(f"  {key}", str(value))
+    console.print(table)
+
+
+@genotype_app.command("convert")
+def genotype_convert(
+    source: Annotated[str, typer.Argument(help="A genotype file (JSON or text) or a genotype string.")],
+    to: Annotated[str, typer.Option("--to", help="json, darts or nb201.")] = "json",
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Convert between genotype JSON, DARTS `Genotype(...)` notation and NAS-Bench-201 strings."""
+    from nasc.compiler import genotype as G
+
+    try:
+        g = _read_genotype(source)
+        if to == "json":
+            text = json.dumps(G.to_json(g), indent=1)
+        elif to == "darts":
+            text = G.to_darts(g)
+        elif to == "nb201":
+            text = G.to_nb201(g)
+        else:
+            raise typer.BadParameter(f"--to must be json, darts or nb201, not {to!r}")
+    except NascError as e:
+        fail(e)
+    if output:
+        try:
+            _write_atomic(Path(output), text + "\n")
+        except OSError as e:
+            fail(NascError(f"cannot write {output}: {e.strerror or e}"))
+    else:
+        sys.stdout.write(text + "\n")
+
+
+@genotype_app.command("show")
+def genotype_show(source: Annotated[str, typer.Argument(help="A genotype file, string, or run directory.")]) -> None:
+    """Print a genotype cell by cell."""
+    from nasc.compiler import genotype as G
+
+    try:
+        g = _read_genotype(source)
+    except NascError as e:
+        fail(e)
+    for name, cell in g.cells.items():
+        console.print(f"[bold]{name}[/bold] ({cell.n_inputs} inputs, {cell.n_nodes} nodes, output {list(cell.concat)})")
+        for e in cell.edges:
+            console.print(f"  {e.input} -> {e.node}: {e.op}")
+    for layer, op in g.layers:
+        console.print(f"  {layer}: {op}")
+
+
+def _read_genotype(source: str):
+    from nasc.compiler import genotype as G
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / "genotype.json"
+        if not path.is_file():
+            from nasc.errors import GenotypeError
+
+            raise GenotypeError(f"{source} has no genotype.json (is the search finished?)")
+    if path.is_file():
+        return G.load(path)
+    return G.parse_any(source)
+
+
 def _default(value: Any) -> str:
     return "auto" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 

@@ -1,0 +1,73 @@
+"""The live display of a search: epoch and step bars, loss/accuracy, throughput, ETA, final table."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+class SearchDisplay:
+    """Receives the search loop's events and renders them; the loop itself never prints."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.epoch_task = None
+        self.step_task = None
+        self.t0 = time.perf_counter()
+        self.seen = 0
+        self.history: list[dict[str, Any]] = []
+
+    def __enter__(self) -> "SearchDisplay":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "start":
+            cfg = event["config"]
+            self.console.print(f"[bold]searching[/bold] {cfg['space']} ({cfg['fingerprint']}) with "
+                               f"{cfg['relax']['name']} on {cfg['search']['dataset']}, "
+                               f"{cfg['supernet_weights']:,} weights, device {cfg['device']}, "
+                               f"run dir {event['run_dir']}")
+            self.epoch_task = self.progress.add_task("epochs", total=event["epochs"], completed=event["first_epoch"],
+                                                     info="")
+            self.step_task = self.progress.add_task("steps", total=event["steps"], info="")
+        elif kind == "step":
+            self.seen += 1
+            rate = self.seen / max(time.perf_counter() - self.t0, 1e-9)
+            self.progress.update(self.step_task, completed=event["step"] + 1, total=event["steps"],
+                                 info=f"loss {event['loss']:.3f} acc {event['acc']:.2f} lr {event['lr']:.4f} "
+                                      f"{rate:.1f} steps/s")
+        elif kind == "epoch":
+            self.history.append(event)
+            self.progress.update(self.epoch_task, completed=event["epoch"] + 1,
+                                 info=f"val acc {event['val_acc']:.3f} val loss {event['val_loss']:.3f}")
+            self.progress.reset(self.step_task)
+        elif kind == "end":
+            self.progress.update(self.step_task, visible=False)
+
+    def summary(self) -> Table:
+        table = Table(title="search", title_justify="left", show_edge=False)
+        for col in ("epoch", "lr", "train loss", "train acc", "val loss", "val acc"):
+            table.add_column(col, justify="right")
+        for e in self.history[-10:]:
+            table.add_row(str(e["epoch"] + 1), f"{e['lr']:.4f}", f"{e['train_loss']:.4f}", f"{e['train_acc']:.3f}",
+                          f"{e['val_loss']:.4f}", f"{e['val_acc']:.3f}")
+        return table

@@ -1,0 +1,144 @@
+"""The resolved settings of one search: the space's `search:` block, then CLI overrides.
+
+Everything a run depends on lives here, so that the run directory's
+`config.json` plus the space file reproduce the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from nasc.compiler.expr import CallValue, Ramp
+from nasc.errors import SearchError, did_you_mean
+
+
+def _positive(instance, attribute, value) -> None:
+    if value is None or value <= 0:
+        raise SearchError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _non_negative(instance, attribute, value) -> None:
+    if value is None or value < 0:
+        raise SearchError(f"{attribute.name} must be ≥ 0, got {value!r}")
+
+
+def _portion(instance, attribute, value) -> None:
+    if not 0 < value < 1:
+        raise SearchError(f"train_portion must lie strictly between 0 and 1, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class SearchConfig:
+    epochs: int = attrs.field(default=50, validator=_positive)
+    batch: int = attrs.field(default=64, validator=_positive)
+    train_portion: float = attrs.field(default=0.5, validator=_portion)
+    levels: int = 2  # 2: bi-level (α on the validation split); 1: single-level on the training split
+    order: int = 1
+    lr: float = attrs.field(default=0.025, validator=_positive)
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    nesterov: bool = False
+    schedule: str = "cosine"  # cosine | cosine_power | constant
+    lr_min: float = attrs.field(default=0.001, validator=_non_negative)
+    schedule_exponent: float = 2.0
+    warmup: int = 0
+    clip: float = 5.0
+    arch_optimizer: str = "adam"
+    arch_lr: float = attrs.field(default=3e-4, validator=_non_negative)
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    arch_momentum: float = 0.0
+    arch_clip: float = 0.0
+    arch_start: int = 0
+    affine: bool = False
+    cutout: int = 0
+    drop_path: float = 0.0
+    seed: int = 0
+    deterministic: bool = True
+    dataset: str = "digits"
+    data_dir: str | None = None
+    device: str = "auto"
+
+    def __attrs_post_init__(self) -> None:
+        if self.levels not in (1, 2):
+            raise SearchError(f"levels must be 1 or 2, got {self.levels}")
+        if self.order not in (1, 2):
+            raise SearchError(f"order must be 1 (first-order) or 2 (second-order), got {self.order}")
+        if self.order == 2 and self.levels == 1:
+            raise SearchError("second-order DARTS needs bi-level search (levels = 2)")
+        if self.schedule not in ("cosine", "cosine_power", "constant"):
+            raise SearchError(f"unknown learning-rate schedule {self.schedule!r}",
+                              hint=did_you_mean(self.schedule, ["cosine", "cosine_power", "constant"]))
+        if self.arch_optimizer not in ("adam", "sgd"):
+            raise SearchError(f"unknown architecture optimiser {self.arch_optimizer!r}", hint="adam or sgd")
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def _call_kwargs(value: Any, name: str) -> tuple[str, dict[str, Any]]:
+    if isinstance(value, CallValue):
+        return value.name, dict(value.kwargs)
+    raise SearchError(f"search setting {name!r} must be a call such as sgd(lr = 0.025)")
+
+
+def from_space(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Translate a space's `search:` block (already type-checked by the compiler) to config fields."""
+    out: dict[str, Any] = {}
+    plain = {"epochs", "batch", "train_portion", "levels", "order", "clip", "arch_clip", "arch_start", "affine",
+             "cutout", "seed"}
+    for key, value in settings.items():
+        if key in plain:
+            out[key] = value
+        elif key == "drop_path":
+            out["drop_path"] = value.end if isinstance(value, Ramp) else value
+        elif key == "weights":
+            _, kw = _call_kwargs(value, key)
+            for src, dst in (("lr", "lr"), ("momentum", "momentum"), ("weight_decay", "weight_decay"),
+                             ("nesterov", "nesterov")):
+                if src in kw:
+                    out[dst] = kw.pop(src)
+            if kw:
+                raise SearchError(f"sgd() has no option {next(iter(kw))!r}",
+                                  hint="options: lr, momentum, weight_decay, nesterov")
+        elif key == "lr_schedule":
+            name, kw = _call_kwargs(value, key)
+            out["schedule"] = name
+            for src, dst in (("min", "lr_min"), ("exponent", "schedule_exponent"), ("warmup", "warmup")):
+                if src in kw:
+                    out[dst] = kw.pop(src)
+            if kw:
+                raise SearchError(f"{name}() has no option {next(iter(kw))!r}", hint="options: min, exponent, warmup")
+        elif key == "arch":
+            name, kw = _call_kwargs(value, key)
+            out["arch_optimizer"] = name
+            for src, dst in (("lr", "arch_lr"), ("betas", "arch_betas"), ("weight_decay", "arch_weight_decay"),
+                             ("momentum", "arch_momentum")):
+                if src in kw:
+                    out[dst] = tuple(kw.pop(src)) if src == "betas" else kw.pop(src)
+            if kw:
+                raise SearchError(f"{name}() has no option {next(iter(kw))!r}",
+                                  hint="options: lr, betas, weight_decay, momentum")
+    return out
+
+
+FIELDS = tuple(f.name for f in attrs.fields(SearchConfig))
+
+
+def make_config(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> SearchConfig:
+    """Space settings, then overrides (CLI flags or `--opt name=value` with config field names)."""
+    values = from_space(settings)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in FIELDS:
+            raise SearchError(f"unknown search option {key!r}", hint=did_you_mean(key, FIELDS) or
+                              f"options: {', '.join(FIELDS)}")
+        values[key] = value
+    try:
+        return SearchConfig(**values)
+    except (TypeError, ValueError) as e:
+        raise SearchError(f"invalid search settings: {e}") from None

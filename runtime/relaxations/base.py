@@ -1,0 +1,131 @@
+"""The relaxation interface: what a differentiable-NAS variant has to provide.
+
+A relaxation owns the mixed edge (how the candidates of one edge are
+combined), the architecture parameters of every α group, what happens at
+each step (temperatures, samples, masks), and how α's gradient is formed. The
+supernet builder and the search loop only talk to this interface, so adding a
+variant is adding one module that subclasses `Relaxation` and registers it:
+
+    @RELAXATIONS.register("my-variant")
+    class MyVariant(Relaxation): ...
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasc.catalog import BUILTIN_RELAXATIONS, PRESETS
+from nasc.errors import BuildError
+from nasc.runtime.registry import Registry
+
+RELAXATIONS: Registry[type["Relaxation"]] = Registry("relaxation")
+
+
+class GroupWeights:
+    """What a relaxation hands a cell for one α group in one forward pass.
+
+    `ops[row]` weights the candidates of searchable edge `row`; `edges[row]`,
+    when not None, scales that edge's whole output (PC-DARTS' edge
+    normalisation, for instance).
+    """
+
+    __slots__ = ("ops", "edges")
+
+    def __init__(self, ops: torch.Tensor, edges: torch.Tensor | None = None):
+        self.ops = ops  # (rows, max candidates)
+        self.edges = edges  # (rows,) or None
+
+
+class MixedEdge(nn.Module):
+    """Σ_o w_o · o(x): the DARTS mixture; relaxations subclass it to run fewer candidates."""
+
+    def __init__(self, candidates: list[nn.Module], names: list[str]):
+        super().__init__()
+        self.candidates = nn.ModuleList(candidates)
+        self.names = list(names)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return sum(wi * op(x) for wi, op in zip(w, self.candidates))
+
+
+class Relaxation:
+    """Base class; the defaults implement plain DARTS (softmax over every candidate)."""
+
+    name = "softmax"
+    #: option name -> default; options not listed here are rejected with a clear error
+    defaults: dict[str, Any] = {}
+    #: whether the relaxation needs the supernet's α to receive gradients from the validation loss
+    bilevel = True
+
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            known = ", ".join(f"{k} (default {v!r})" for k, v in self.defaults.items()) or "none"
+            raise BuildError(f"relaxation {self.name!r} has no option {unknown[0]!r}", hint=f"options: {known}")
+        self.options = {**self.defaults, **options}
+        self.epoch = 0
+        self.epochs = 1
+        self.step = 0
+
+    # ---- construction ----
+    def edge_channels(self, channels: int) -> int:
+        """Channels the candidates of an edge operate on (PC-DARTS uses C/K)."""
+        return channels
+
+    def make_edge(self, candidates: list[nn.Module], names: list[str], *, channels: int, stride: int) -> nn.Module:
+        return MixedEdge(candidates, names)
+
+    def init_alpha(self, rows: int, cols: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Initial α: 1e-3·N(0, 1), as the DARTS code does (the paper says zeros)."""
+        return 1e-3 * torch.randn(rows, cols, generator=generator)
+
+    def extra_parameters(self, group: str, rows: int, node_of_row: list[int]) -> dict[str, torch.Tensor]:
+        """Further architecture tensors of a group (e.g. PC-DARTS' β), by name."""
+        return {}
+
+    # ---- every forward pass ----
+    def group_weights(self, alpha: torch.Tensor, mask: torch.Tensor, extras: Mapping[str, torch.Tensor],
+                      node_of_row: list[int]) -> GroupWeights:
+        """The weights one α group contributes to this forward pass."""
+        return GroupWeights(masked_softmax(alpha, mask))
+
+    # ---- schedule ----
+    def set_progress(self, epoch: int, epochs: int, step: int = 0) -> None:
+        self.epoch, self.epochs, self.step = epoch, epochs, step
+
+    # ---- selection ----
+    def probabilities(self, alpha: torch.Tensor, mask: torch.Tensor, extras: Mapping[str, torch.Tensor],
+                      node_of_row: list[int]) -> torch.Tensor:
+        """Per-edge op strengths a magnitude selector reads (softmax of α by default)."""
+        return masked_softmax(alpha.detach(), mask)
+
+    def edge_strengths(self, alpha: torch.Tensor, mask: torch.Tensor, extras: Mapping[str, torch.Tensor],
+                       node_of_row: list[int]) -> torch.Tensor | None:
+        """Per-edge multipliers for selection (PC-DARTS' normalised β); None when there are none."""
+        return None
+
+    def describe(self) -> str:
+        opts = ", ".join(f"{k} = {v}" for k, v in self.options.items())
+        return f"{self.name}({opts})" if opts else self.name
+
+
+def masked_softmax(alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Row-wise softmax over the valid candidates; padded entries get exactly 0."""
+    return torch.softmax(alpha.masked_fill(~mask, float("-inf")), dim=-1)  # (rows, cols)
+
+
+def load_relaxation(name: str, options: Mapping[str, Any] | None = None) -> Relaxation:
+    """Instantiate a relaxation by name or preset (`darts` → softmax), importing it on first use."""
+    base_options: dict[str, Any] = {}
+    if name in PRESETS:
+        name, base_options = PRESETS[name][0], dict(PRESETS[name][1])
+    if name not in RELAXATIONS and name in BUILTIN_RELAXATIONS:
+        importlib.import_module(BUILTIN_RELAXATIONS[name])
+    cls = RELAXATIONS.get(name)
+    return cls({**base_options, **dict(options or {})})

@@ -1,0 +1,44 @@
+"""Learning-rate schedules, as pure functions of the epoch.
+
+`cosine` is DARTS' CosineAnnealingLR stepped once per epoch;
+`cosine_power` is sharpDARTS' cosine power annealing (Hundt et al. 2019,
+cnn/cosine_power_annealing.py): with c_i = (1 + cos(π i / T)) / 2 and
+P_i = e^(c_i + 1), the rate is min + (max − min)(P_i − min_j P_j)/(max_j P_j − min_j P_j),
+after a linear warm-up of W epochs.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def cosine(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
+    """Epoch 0 → lr; approaches lr_min at the end (DARTS, PC-DARTS)."""
+    return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+def cosine_power(epoch: int, epochs: int, lr: float, lr_min: float, exponent: float = 2.0, warmup: int = 0) -> float:
+    """sharpDARTS' schedule: epoch index 0-based here, i = epoch + 1 in the paper's 1-based terms."""
+    if warmup and epoch <= warmup:
+        return lr * (epoch + 1) / (warmup + 1)
+    total = epochs - warmup
+    i = epoch + 1 - warmup
+
+    def power(j: int) -> float:
+        c = (1 + math.cos(math.pi * j / total)) / 2
+        return c if exponent == 1 else exponent ** (c + 1)
+
+    values = [power(j) for j in range(1, total + 1)]
+    lo, hi = min(values), max(values)
+    if hi == lo:
+        return lr
+    return lr_min + (lr - lr_min) * (power(i) - lo) / (hi - lo)
+
+
+def learning_rate(name: str, epoch: int, epochs: int, lr: float, lr_min: float, *, exponent: float = 2.0,
+                  warmup: int = 0) -> float:
+    if name == "constant":
+        return lr
+    if name == "cosine_power":
+        return cosine_power(epoch, epochs, lr, lr_min, exponent, warmup)
+    return cosine(epoch, epochs, lr, lr_min)

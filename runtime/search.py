@@ -1,0 +1,387 @@
+"""The search loop: bi-level (or single-level) optimisation of a supernet, one epoch at a time.
+
+Per step, as in the official DARTS code: an α step on a validation batch
+(first- or second-order), then a weight step on a training batch (SGD,
+gradient clipping). Both halves come from the training set (train_portion).
+Every random choice flows from the run's seed, so the same seed on the same
+machine gives the same metrics file and genotype, and a resumed run ends
+exactly where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+from nasc.compiler import genotype as G
+from nasc.compiler.ir import SpaceIR, to_json_dict
+from nasc.compiler.pipeline import compile_decl
+from nasc.compiler.resolve import resolve_path
+from nasc.errors import NascError, SearchError
+from nasc.runtime.architect import first_order, second_order
+from nasc.runtime.augment import Augment
+from nasc.runtime.config import SearchConfig, make_config
+from nasc.runtime.data import Batches, Dataset, load_dataset, split_indices
+from nasc.runtime.relaxations.base import Relaxation, load_relaxation
+from nasc.runtime.rundir import RunDir, environment
+from nasc.runtime.schedules import learning_rate
+from nasc.runtime.selectors import Selector, load_selector, strengths
+from nasc.runtime.supernet import Network, build_supernet
+
+Event = dict[str, Any]
+
+
+@attrs.frozen(kw_only=True)
+class Request:
+    """What the user asked for; everything else is derived (and recorded in config.json)."""
+
+    space: str = "darts"
+    params: dict[str, Any] = attrs.field(factory=dict)
+    relax: str | None = None
+    relax_options: dict[str, Any] = attrs.field(factory=dict)
+    select: str | None = None
+    select_options: dict[str, Any] = attrs.field(factory=dict)
+    overrides: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.define(kw_only=True)
+class Job:
+    request: Request
+    ir: SpaceIR
+    config: SearchConfig
+    dataset: Dataset
+    relax: Relaxation
+    selector: Selector
+    net: Network
+    device: torch.device
+    space_path: str
+
+
+@attrs.frozen(kw_only=True)
+class SearchResult:
+    genotype: G.Genotype
+    run_dir: Path
+    final: dict[str, Any]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SearchError(f"unknown device {name!r}", hint="auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SearchError("--device cuda was asked for but no CUDA device is available")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def prepare(request: Request) -> Job:
+    """Compile the space for the dataset, resolve every setting, build the supernet."""
+    decl = resolve_path(request.space)
+    base = make_config(dict(_evaluated_search(decl)), request.overrides)
+    dataset = load_dataset(base.dataset, base.data_dir)
+    params = dict(request.params)
+    if "classes" in decl.params and "classes" not in params:
+        params["classes"] = dataset.classes
+    ir = compile_decl(decl, params=params, input_shape=dataset.shape)
+    head_out = ir.meta["shapes"][[l.id for l in ir.layers() if l.kind == "head"][0]]["c_out"]
+    if head_out != dataset.classes:
+        raise SearchError(f"the network outputs {head_out} scores but {dataset.name} has {dataset.classes} classes",
+                          hint="declare a `classes` parameter in the space and use it in the head")
+    relax_name = request.relax or ir.relax.name
+    relax_opts = dict(ir.relax.options) if relax_name == ir.relax.name else {}
+    relax_opts.update(request.relax_options)
+    relax = load_relaxation(relax_name, relax_opts)
+    select_name = request.select or ir.select.name
+    select_opts = dict(ir.select.options) if select_name == ir.select.name else {}
+    select_opts.update(request.select_options)
+    selector = load_selector(select_name, select_opts)
+    config = base
+    if config.drop_path:
+        raise SearchError("drop_path during search is not supported yet", hint="set drop_path = 0")
+    seed_everything(config.seed, config.deterministic)
+    generator = torch.Generator().manual_seed(config.seed)
+    net = build_supernet(ir, relax, generator=generator)
+    if not net.alphas:
+        raise SearchError(f"space {ir.name!r} has nothing to search (no edge or layer has two candidates)")
+    device = pick_device(config.device)
+    return Job(request=request, ir=ir, config=config, dataset=dataset, relax=relax, selector=selector,
+               net=net.to(device), device=device, space_path=str(Path(decl.path).resolve()))
+
+
+def _evaluated_search(decl) -> dict[str, Any]:
+    from nasc.compiler.expr import evaluate
+    from nasc.compiler.build_ir import eval_params
+
+    params = eval_params(decl, {})
+    return {k: evaluate(s.value, params) for k, s in decl.search.items()}
+
+
+def describe(job: Job) -> dict[str, Any]:
+    """The resolved configuration (what `--dry-run` shows and config.json records)."""
+    costs = job.ir.meta["costs"]["total_without_aux"]
+    return {
+        "space": job.ir.name,
+        "space_file": job.space_path,
+        "fingerprint": job.ir.meta["fingerprint"],
+        "params": dict(job.request.params),
+        "resolved_params": {k: v for k, v in job.ir.params.items()},
+        "input": list(job.ir.input_shape),
+        "relax": {"name": job.relax.name, "options": job.relax.options},
+        "select": {"name": job.selector.name, "options": job.selector.options},
+        "search": job.config.to_json(),
+        "supernet_weights": sum(p.numel() for p in job.net.weight_parameters()),
+        "arch_parameters": sum(p.numel() for p in job.net.arch_parameters()),
+        "activation_bytes_estimate": costs["act"] * job.config.batch * (2 if job.config.levels == 2 else 1),
+        "device": str(job.device),
+        "request": {"relax": job.request.relax, "relax_options": job.request.relax_options,
+                    "select": job.request.select, "select_options": job.request.select_options,
+                    "overrides": job.request.overrides, "params": job.request.params},
+        **environment(),
+    }
+
+
+def alpha_table(net: Network) -> dict[str, dict[str, dict[str, float]]]:
+    """Per group, per edge, per op: the strength a magnitude selector reads (softmax of α)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for group in net.alphas:
+        probs = strengths(net, group)
+        out[group] = {row: {op: round(float(probs[r, i]), 6) for i, op in enumerate(net.group_ops[group][r])}
+                      for r, row in enumerate(net.group_rows[group])}
+    return out
+
+
+class Trainer:
+    """Owns the optimisers, data and RNG state of one search; `run_epoch` is resumable at epoch boundaries."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        cfg = job.config
+        net = job.net
+        self.weights = net.weight_parameters()
+        self.arch = net.arch_parameters()
+        self.w_opt = torch.optim.SGD(self.weights, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                     nesterov=cfg.nesterov and cfg.momentum > 0)
+        if cfg.arch_optimizer == "adam":
+            self.a_opt = torch.optim.Adam(self.arch, lr=cfg.arch_lr, betas=tuple(cfg.arch_betas),
+                                          weight_decay=cfg.arch_weight_decay)
+        else:
+            self.a_opt = torch.optim.SGD(self.arch, lr=cfg.arch_lr, momentum=cfg.arch_momentum,
+                                         weight_decay=cfg.arch_weight_decay)
+        data = job.dataset.train
+        if cfg.levels == 2:
+            train_idx, val_idx = split_indices(len(data), cfg.train_portion)
+        else:
+            train_idx = val_idx = torch.arange(len(data))
+        self.train = Batches(data, train_idx, cfg.batch, shuffle=True, seed=cfg.seed)
+        self.val = Batches(data, val_idx, cfg.batch, shuffle=True, seed=cfg.seed + 1)
+        self.val_eval = Batches(data, val_idx, max(cfg.batch, 256), shuffle=False, seed=0)
+        self.augment = Augment(job.dataset, cutout=cfg.cutout, train=True)
+        self.plain = Augment(job.dataset, train=False)
+        self.aug_gen = torch.Generator().manual_seed(cfg.seed + 2)
+        self.epoch = 0
+
+    # ---- state ----
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "net": self.job.net.state_dict(), "w_opt": self.w_opt.state_dict(),
+                "a_opt": self.a_opt.state_dict(), "rng": torch.get_rng_state(), "aug_rng": self.aug_gen.get_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        try:
+            self.job.net.load_state_dict(state["net"])
+            self.w_opt.load_state_dict(state["w_opt"])
+            self.a_opt.load_state_dict(state["a_opt"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise SearchError(f"the checkpoint does not fit this supernet: {str(e).splitlines()[0]}") from None
+        torch.set_rng_state(state["rng"])
+        self.aug_gen.set_state(state["aug_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.epoch = int(state["epoch"])
+
+    # ---- one epoch ----
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.job.net(x), y)
+
+    def _batch(self, images: torch.Tensor, labels: torch.Tensor, augment: Augment) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.job.device
+        return augment(images.to(device), self.aug_gen).to(device), labels.to(device)
+
+    def run_epoch(self, emit: Callable[[Event], None]) -> dict[str, Any]:
+        job, cfg, net = self.job, self.job.config, self.job.net
+        epoch = self.epoch
+        lr = learning_rate(cfg.schedule, epoch, cfg.epochs, cfg.lr, cfg.lr_min, exponent=cfg.schedule_exponent,
+                           warmup=cfg.warmup)
+        for g in self.w_opt.param_groups:
+            g["lr"] = lr
+        job.relax.set_progress(epoch, cfg.epochs)
+        update_arch = epoch >= cfg.arch_start
+        net.train()
+        val_iter = self.val.epoch(epoch)
+        tot_loss = tot_correct = tot_n = 0.0
+        steps = len(self.train)
+        for step, (xb, yb) in enumerate(self.train.epoch(epoch)):
+            job.relax.set_progress(epoch, cfg.epochs, step)
+            x, y = self._batch(xb, yb, self.augment)
+            arch_loss = None
+            if update_arch and cfg.levels == 2:
+                try:
+                    xv, yv = next(val_iter)
+                except StopIteration:
+                    val_iter = self.val.epoch(epoch + 10_000)
+                    xv, yv = next(val_iter)
+                xv, yv = self._batch(xv, yv, self.augment)
+                self.a_opt.zero_grad(set_to_none=True)
+                if cfg.order == 2:
+                    arch_loss = second_order(self._loss, self.weights, self.arch, self.w_opt, lr, x, y, xv, yv)
+                else:
+                    arch_loss = first_order(self._loss, self.arch, xv, yv)
+                if cfg.arch_clip:
+                    torch.nn.utils.clip_grad_norm_(self.arch, cfg.arch_clip)
+                self.a_opt.step()
+            self.w_opt.zero_grad(set_to_none=True)
+            if update_arch and cfg.levels == 1:
+                self.a_opt.zero_grad(set_to_none=True)
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
+            loss.backward()
+            if not (update_arch and cfg.levels == 1):
+                for p in self.arch:
+                    p.grad = None
+            if cfg.clip:
+                torch.nn.utils.clip_grad_norm_(self.weights, cfg.clip)
+            self.w_opt.step()
+            if update_arch and cfg.levels == 1:
+                if cfg.arch_clip:
+                    torch.nn.utils.clip_grad_norm_(self.arch, cfg.arch_clip)
+                self.a_opt.step()
+            loss_v = float(loss.detach())
+            if not math.isfinite(loss_v):
+                raise SearchError(f"the training loss became {loss_v} at epoch {epoch + 1}, step {step + 1}",
+                                  hint="lower the learning rate or check the data")
+            correct = int((logits.argmax(1) == y).sum())
+            n = y.numel()
+            tot_loss += loss_v * n
+            tot_correct += correct
+            tot_n += n
+            emit({"type": "step", "epoch": epoch, "step": step, "steps": steps, "loss": loss_v,
+                  "acc": correct / n, "arch_loss": arch_loss, "lr": lr})
+        val_loss, val_acc = self.evaluate()
+        self.epoch += 1
+        genotype = job.selector.select(net, job.ir, relax=job.relax)
+        return {"type": "epoch", "epoch": epoch, "lr": lr, "train_loss": tot_loss / max(tot_n, 1),
+                "train_acc": tot_correct / max(tot_n, 1), "val_loss": val_loss, "val_acc": val_acc,
+                "arch_updates": bool(update_arch), "alpha": alpha_table(net), "genotype": G.canonical_str(genotype),
+                "_genotype": genotype}
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        net = self.job.net
+        net.eval()
+        loss = correct = n = 0.0
+        for xb, yb in self.val_eval.epoch(0):
+            x, y = self._batch(xb, yb, self.plain)
+            logits = net(x)
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            n += y.numel()
+        net.train()
+        return loss / max(n, 1), correct / max(n, 1)
+
+
+def _emit_to(run: RunDir, on_event: Callable[[Event], None] | None) -> Callable[[Event], None]:
+    def emit(event: Event) -> None:
+        record = {k: v for k, v in event.items() if not k.startswith("_")}
+        if event["type"] in ("step", "epoch"):
+            run.append(run.metrics, record)
+        if on_event is not None:
+            on_event(event)
+    return emit
+
+
+def run_search(job: Job, run_path: str | Path, *, on_event: Callable[[Event], None] | None = None,
+               resume_state: Mapping[str, Any] | None = None, stop_after: int | None = None) -> SearchResult:
+    """Train `job` in `run_path` (new, or continuing from `resume_state`); `stop_after` epochs is for tests."""
+    run = RunDir(run_path)
+    trainer = Trainer(job)
+    if resume_state is None:
+        run.create()
+        run.write("config.json", describe(job))
+        run.write("space.ir.json", to_json_dict(job.ir))
+    else:
+        trainer.load_state(resume_state)
+        run.truncate_metrics(int(resume_state["metrics_size"]))
+    emit = _emit_to(run, on_event)
+    cfg = job.config
+    emit({"type": "start", "epochs": cfg.epochs, "first_epoch": trainer.epoch, "steps": len(trainer.train),
+          "batch": cfg.batch, "config": describe(job), "run_dir": str(run.path)})
+    final: dict[str, Any] = {}
+    genotype = None
+    done = 0
+    while trainer.epoch < cfg.epochs:
+        t0 = time.perf_counter()
+        record = trainer.run_epoch(emit)
+        genotype = record["_genotype"]
+        emit(record)
+        seconds = time.perf_counter() - t0
+        run.append(run.timing, {"epoch": record["epoch"], "seconds": round(seconds, 3),
+                                "images_per_second": round(len(trainer.train) * cfg.batch / max(seconds, 1e-9), 1)})
+        run.save_checkpoint({**trainer.state(), "fingerprint": job.ir.meta["fingerprint"],
+                             "metrics_size": run.metrics_size(), "space": job.ir.name})
+        final = {k: v for k, v in record.items() if not k.startswith("_") and k != "alpha"}
+        done += 1
+        if stop_after is not None and done >= stop_after and trainer.epoch < cfg.epochs:
+            raise KeyboardInterrupt  # simulated interruption (tests)
+    if genotype is None:
+        genotype = job.selector.select(job.net, job.ir, relax=job.relax)
+    try:
+        G.save(genotype, run.path / "genotype.json")
+    except OSError as e:
+        raise SearchError(f"cannot write {run.path / 'genotype.json'}: {e}") from None
+    emit({"type": "end", "genotype": genotype, "final": final, "run_dir": str(run.path)})
+    return SearchResult(genotype=genotype, run_dir=run.path, final=final)
+
+
+def resume(run_path: str | Path, *, on_event: Callable[[Event], None] | None = None,
+           stop_after: int | None = None) -> SearchResult:
+    """Continue an interrupted run from its last checkpoint, with the settings it started with."""
+    run = RunDir(run_path)
+    config = run.read_config()
+    req = config.get("request", {})
+    request = Request(space=config["space_file"], params=req.get("params") or {}, relax=req.get("relax"),
+                      relax_options=req.get("relax_options") or {}, select=req.get("select"),
+                      select_options=req.get("select_options") or {}, overrides=req.get("overrides") or {})
+    if not Path(request.space).is_file():
+        raise SearchError(f"the run's space file {request.space} no longer exists")
+    job = prepare(request)
+    state = run.load_checkpoint(job.ir.meta["fingerprint"])
+    if (run.path / "genotype.json").exists() and int(state["epoch"]) >= job.config.epochs:
+        raise SearchError(f"the run in {run.path} is already finished",
+                          hint="its genotype is in genotype.json")
+    return run_search(job, run.path, on_event=on_event, resume_state=state, stop_after=stop_after)
+
+
+def default_run_dir(space_name: str, seed: int) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{space_name}-{stamp}-s{seed}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path

@@ -1,0 +1,125 @@
+"""Selectors: turning a trained supernet into one architecture (a genotype).
+
+`magnitude` is the rule of DARTS and most of its descendants: read each
+edge's op strengths (softmax of α, times PC-DARTS' β where the relaxation
+has one) and keep, per node, the k strongest incoming edges with their
+strongest op (DARTS: k = 2, `none` excluded), or take the argmax on every
+edge (NAS-Bench-201) or every chain layer (ProxylessNAS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from nasc.compiler.count import selection_rule
+from nasc.compiler.genotype import GenoCell, GenoEdge, Genotype
+from nasc.compiler.ir import SpaceIR
+from nasc.errors import BuildError, RegistryError
+from nasc.runtime.registry import Registry
+from nasc.runtime.supernet import Network
+
+SELECTORS: Registry[type["Selector"]] = Registry("selector")
+
+
+class Selector:
+    """Base class: `select(net, ir)` returns a genotype."""
+
+    name = "selector"
+    defaults: dict[str, Any] = {}
+
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            known = ", ".join(self.defaults) or "none"
+            raise BuildError(f"selector {self.name!r} has no option {unknown[0]!r}", hint=f"options: {known}")
+        self.options = {**self.defaults, **options}
+
+    def select(self, net: Network, ir: SpaceIR, **context: Any) -> Genotype:
+        raise NotImplementedError
+
+
+def strengths(net: Network, group: str) -> torch.Tensor:
+    """Op strengths of a group (rows × candidates), with edge multipliers applied; padding is −1."""
+    relax = net.relax
+    alpha, mask = net.alphas[group].detach(), net.mask(group)
+    extras = {k: v.detach() for k, v in net.extras(group).items()}
+    probs = relax.probabilities(alpha, mask, extras, net.group_nodes[group]).clone()
+    edge = relax.edge_strengths(alpha, mask, extras, net.group_nodes[group])
+    if edge is not None:
+        probs = probs * edge.unsqueeze(1)
+    return probs.masked_fill(~mask, -1.0)
+
+
+def _best(row: torch.Tensor, ops: list[str], exclude: frozenset[str]) -> tuple[float, int]:
+    allowed = [i for i, o in enumerate(ops) if o not in exclude] or list(range(len(ops)))
+    i = max(allowed, key=lambda j: (float(row[j]), -j))
+    return float(row[i]), i
+
+
+def derive(ir: SpaceIR, net: Network, *, per: str, k: int, exclude: frozenset[str],
+           probs: Mapping[str, torch.Tensor] | None = None) -> Genotype:
+    """The magnitude rule over every α group (probabilities may be supplied, e.g. by a perturbation selector)."""
+    cells: dict[str, GenoCell] = {}
+    layers: list[tuple[str, str]] = []
+    for group, info in ir.alpha_groups.items():
+        table = probs[group] if probs is not None else strengths(net, group)
+        ops = net.group_ops[group]
+        if info["kind"] == "choice":
+            _, i = _best(table[0], ops[0], exclude)
+            layers.append((info["layers"][0], ops[0][i]))
+            continue
+        cell = ir.cells[info["cell"]]
+        index = {n: cell.nodes[n]["index"] for n in cell.nodes}
+        row_of = {key: r for r, key in enumerate(net.group_rows[group])}
+        edges: list[GenoEdge] = []
+        for node in cell.graph["nodes"]:
+            scored = []
+            for src in sorted(cell.predecessors(node), key=lambda n: index[n]):
+                e = cell.edges[src, node]["edge"]
+                if e.key in row_of:
+                    r = row_of[e.key]
+                    score, i = _best(table[r], ops[r], exclude)
+                    scored.append((score, index[src], ops[r][i]))
+                else:  # a fixed edge always stays
+                    scored.append((float("inf"), index[src], e.candidates[0]))
+            if per == "node":
+                scored.sort(key=lambda t: (-t[0], t[1]))
+                scored = scored[:k] + [t for t in scored[k:] if t[0] == float("inf")]
+            edges.extend(GenoEdge(node=index[node], input=src, op=op) for _, src, op in scored)
+        out = cell.graph["output"]
+        cells[group] = GenoCell(n_inputs=len(cell.graph["inputs"]), n_nodes=len(cell.graph["nodes"]),
+                                edges=tuple(edges), concat=tuple(index[n] for n in out.states))
+    return Genotype(space=ir.name, fingerprint=ir.meta.get("fingerprint"), cells=cells, layers=tuple(layers))
+
+
+@SELECTORS.register("magnitude")
+class Magnitude(Selector):
+    """Strongest ops by α (after softmax): top-k edges per node, or argmax per edge / per layer."""
+
+    name = "magnitude"
+    defaults = {"k": None, "per": None, "exclude": None}
+
+    def select(self, net: Network, ir: SpaceIR, **context: Any) -> Genotype:
+        per, k, exclude = selection_rule(ir)
+        if self.options["per"] is not None:
+            per = self.options["per"]
+        if self.options["k"] is not None:
+            k = int(self.options["k"])
+        if self.options["exclude"] is not None:
+            ex = self.options["exclude"]
+            exclude = frozenset((ex,) if isinstance(ex, str) else ex)
+        if per not in ("node", "edge", "layer"):
+            raise BuildError(f"magnitude selection per {per!r} is not defined", hint="per node, edge or layer")
+        return derive(ir, net, per=per, k=k, exclude=exclude)
+
+
+def load_selector(name: str, options: Mapping[str, Any] | None = None) -> Selector:
+    try:
+        cls = SELECTORS.get(name)
+    except RegistryError:
+        raise
+    return cls(options)

@@ -1,0 +1,259 @@
+"""Lowering: compiled IR → a plain PyTorch network (a supernet, or a derived network).
+
+The IR is read once here; `forward` only walks precomputed integer plans and
+`nn.ModuleDict`s (networkx never runs per step). Candidate modules are built
+from the same `place` the compiler's cost model uses, so parameter counts
+agree with `nasc compile` by construction.
+
+A supernet has several candidates on searchable edges, combined by the
+relaxation's mixed edge and weighted per α group; a derived network (one
+candidate per edge, `searching=False`) is built by the same code with no
+relaxation at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasc.compiler.infer_shapes import cell_affine
+from nasc.compiler.instantiate import place
+from nasc.compiler.ir import SpaceIR, Step
+from nasc.errors import BuildError
+from nasc.runtime.ops import build_step
+from nasc.runtime.relaxations.base import GroupWeights, Relaxation
+
+
+def build_steps(steps: tuple[Step, ...], *, c_in: int, c: int, h: int | None, searching: bool,
+                affine: bool) -> nn.Module:
+    """One op (a pipeline of primitives) as a module; a single primitive is returned bare."""
+    placed = place(steps, c_in=c_in, c=c, h=h, searching=searching, affine=affine)
+    mods = [build_step(p.prim, p.c_in, p.c_out, p.args, affine=p.affine) for p in placed]
+    if not mods:
+        return nn.Identity()
+    return mods[0] if len(mods) == 1 else nn.Sequential(*mods)
+
+
+class Cell(nn.Module):
+    """A cell instance: preprocessing per input, one module per edge, an integer plan."""
+
+    def __init__(self, pre: list[nn.Module], edges: dict[str, nn.Module],
+                 plan: list[tuple[int, list[tuple[str, int, int]], str, tuple[int, int]]],
+                 output: tuple[str, list[int]]):
+        super().__init__()
+        self.pre = nn.ModuleList(pre)
+        self.edges = nn.ModuleDict(edges)
+        # per node: (state index, [(edge key, source state index, α row or -1)], combine, zero shape)
+        self.plan = plan
+        self.output = output
+
+    def forward(self, inputs: list[torch.Tensor], w: GroupWeights | None) -> torch.Tensor:
+        states = [pre(x) for pre, x in zip(self.pre, inputs)]
+        for _, edges, combine, zero_shape in self.plan:
+            parts = []
+            for key, src, row in edges:
+                edge = self.edges[key]
+                if row < 0:
+                    out = edge(states[src])
+                else:
+                    out = edge(states[src], w.ops[row])
+                    if w.edges is not None:
+                        out = out * w.edges[row]
+                parts.append(out)
+            if not parts:  # every input edge was removed: a constant zero state
+                ref = states[0]
+                states.append(ref.new_zeros(ref.shape[0], zero_shape[0], zero_shape[1], zero_shape[1]))
+                continue
+            s = sum(parts)
+            states.append(s / len(parts) if combine == "mean" else s)
+        kind, idx = self.output
+        if kind == "concat":
+            return torch.cat([states[i] for i in idx], dim=1)  # (B, n·C, H, W)
+        return states[idx[0]]
+
+
+class Choice(nn.Module):
+    """A chain block choosing one op (ProxylessNAS): mixed edge plus an optional identity shortcut."""
+
+    def __init__(self, edge: nn.Module, residual: bool, searchable: bool):
+        super().__init__()
+        self.edge = edge
+        self.residual = residual
+        self.searchable = searchable
+
+    def forward(self, x: torch.Tensor, w: GroupWeights | None) -> torch.Tensor:
+        out = self.edge(x, w.ops[0]) if self.searchable else self.edge(x)
+        return out + x if self.residual else out
+
+
+class Network(nn.Module):
+    """A lowered space: stem, cells / fixed layers / choice blocks, head (and aux head when derived)."""
+
+    def __init__(self, ir: SpaceIR, relax: Relaxation | None, searching: bool,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.space = ir.name
+        self.fingerprint = ir.meta.get("fingerprint")
+        self.relax = relax
+        self.searching = searching
+        self.layers = nn.ModuleDict()
+        self.alphas = nn.ParameterDict()
+        self.arch_extras = nn.ParameterDict()  # "<group>__<name>" -> tensor
+        self.group_rows: dict[str, list[str]] = {}
+        self.group_ops: dict[str, list[list[str]]] = {}
+        self.group_nodes: dict[str, list[int]] = {}
+        self.masks: dict[str, torch.Tensor] = {}
+        self.schedule: list[tuple[str, str, list[str], str | None]] = []
+        self.aux_ids: list[str] = []
+        self.aux_weight = 0.0
+        shapes = ir.meta["shapes"]
+        group_of: dict[str, str] = {}
+        for gname, g in ir.alpha_groups.items():
+            for lid in g["layers"]:
+                group_of[lid] = gname
+        if relax is None and ir.alpha_groups:
+            raise BuildError(f"space {ir.name!r} still has choices to make; build it with a relaxation "
+                             "(a supernet) or specialise it to a genotype first")
+        for gname, g in ir.alpha_groups.items():
+            rows = [r["edge"] for r in g["rows"]]
+            ops = [list(r["ops"]) for r in g["rows"]]
+            cols = max(len(o) for o in ops)
+            mask = torch.zeros(len(rows), cols, dtype=torch.bool)
+            for i, o in enumerate(ops):
+                mask[i, : len(o)] = True
+            nodes = self._row_nodes(ir, g, rows)
+            self.group_rows[gname], self.group_ops[gname], self.group_nodes[gname] = rows, ops, nodes
+            self.masks[gname] = mask
+            self.register_buffer(f"mask_{gname}", mask, persistent=False)
+            self.alphas[gname] = nn.Parameter(relax.init_alpha(len(rows), cols, generator))
+            for ename, tensor in relax.extra_parameters(gname, len(rows), nodes).items():
+                self.arch_extras[f"{gname}__{ename}"] = nn.Parameter(tensor)
+        for layer in ir.layers():
+            s = shapes[layer.id]
+            sources = [u for u, _, _ in sorted(ir.macro.in_edges(layer.id, data=True), key=lambda e: e[2]["slot"])]
+            if layer.kind == "aux" and searching:
+                continue
+            if layer.kind == "cell":
+                module = self._cell(ir, layer, s, group_of.get(layer.id))
+            elif layer.kind == "choice":
+                module = self._choice(ir, layer, s, group_of.get(layer.id))
+            else:
+                module = build_steps(layer.steps, c_in=s["c_in"][0], c=s["c_in"][0], h=s["h_in"][0],
+                                     searching=searching, affine=True)
+            self.layers[layer.id] = module
+            if layer.kind == "aux":
+                self.aux_ids.append(layer.id)
+                self.aux_weight = layer.weight or 0.0
+            self.schedule.append((layer.id, layer.kind, sources, group_of.get(layer.id)))
+
+    # ---- construction helpers ----
+    @staticmethod
+    def _row_nodes(ir: SpaceIR, group: dict, rows: list[str]) -> list[int]:
+        if group["kind"] != "cell":
+            return [0 for _ in rows]
+        g = ir.cells[group["cell"]]
+        by_key = {e.key: e for e in ir.cell_edges(group["cell"])}
+        return [g.nodes[by_key[r].dst]["index"] for r in rows]
+
+    def _candidates(self, ir: SpaceIR, names, stride: int, c_in: int, c: int, h: int, affine: bool):
+        return [build_steps(ir.impl(op, stride), c_in=c_in, c=c, h=h, searching=self.searching, affine=affine)
+                for op in names]
+
+    def _cell(self, ir: SpaceIR, layer, s: dict, group: str | None) -> Cell:
+        g = ir.cells[layer.cell]
+        affine = cell_affine(ir, self.searching)
+        width = s["width"]
+        pre = []
+        for slot, stride in enumerate(s["pre"]):
+            if stride is None:
+                pre.append(nn.Identity())
+            else:
+                pre.append(build_steps(ir.impls[f"preprocess@{stride}"], c_in=s["c_in"][slot], c=width,
+                                       h=s["h_in"][slot], searching=self.searching, affine=affine))
+        rows = {key: i for i, key in enumerate(self.group_rows.get(group, []))}
+        index = {n: g.nodes[n]["index"] for n in g.nodes}
+        edges: dict[str, nn.Module] = {}
+        plan = []
+        for node in g.graph["nodes"]:
+            entries = []
+            for src in sorted(g.predecessors(node), key=lambda n: index[n]):
+                e = g.edges[src, node]["edge"]
+                c, h = s["states"][src]
+                if len(e.candidates) > 1:
+                    ce = self.relax.edge_channels(c)
+                    cands = self._candidates(ir, e.candidates, e.stride, ce, ce * width // c, h, affine)
+                    edges[e.key] = self.relax.make_edge(cands, list(e.candidates), channels=c, stride=e.stride)
+                    entries.append((e.key, index[src], rows[e.key]))
+                else:
+                    edges[e.key] = self._candidates(ir, e.candidates, e.stride, c, width, h, affine)[0]
+                    entries.append((e.key, index[src], -1))
+            c_node, h_node = s["states"][node]
+            plan.append((index[node], entries, g.nodes[node].get("combine", "sum"), (c_node, h_node)))
+        out = g.graph["output"]
+        return Cell(pre, edges, plan, (out.kind, [index[n] for n in out.states]))
+
+    def _choice(self, ir: SpaceIR, layer, s: dict, group: str | None) -> Choice:
+        cands = self._candidates(ir, layer.candidates, layer.stride, s["c_in"][0], layer.width, s["h_in"][0], True)
+        if len(cands) > 1:
+            edge = self.relax.make_edge(cands, list(layer.candidates), channels=s["c_in"][0], stride=layer.stride)
+            return Choice(edge, layer.residual, True)
+        return Choice(cands[0], layer.residual, False)
+
+    # ---- parameters ----
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.alphas.values()) + list(self.arch_extras.values())
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def extras(self, group: str) -> dict[str, torch.Tensor]:
+        prefix = f"{group}__"
+        return {k[len(prefix):]: v for k, v in self.arch_extras.items() if k.startswith(prefix)}
+
+    def mask(self, group: str) -> torch.Tensor:
+        return getattr(self, f"mask_{group}")
+
+    def group_weights(self) -> dict[str, GroupWeights]:
+        """Every group's weights for one forward pass (sampled once per pass, shared by its cells)."""
+        return {g: self.relax.group_weights(a, self.mask(g), self.extras(g), self.group_nodes[g])
+                for g, a in self.alphas.items()}
+
+    # ---- forward ----
+    def forward(self, x: torch.Tensor, *, weights: dict[str, GroupWeights] | None = None,
+                with_aux: bool = False) -> Any:
+        if weights is None and self.alphas:
+            weights = self.group_weights()
+        outputs: dict[str, torch.Tensor] = {}
+        logits = aux = None
+        for lid, kind, sources, group in self.schedule:
+            ins = [outputs[s] for s in sources] if sources else [x]
+            module = self.layers[lid]
+            w = weights.get(group) if (weights and group) else None
+            if kind == "cell":
+                out = module(ins, w)
+            elif kind == "choice":
+                out = module(ins[0], w)
+            else:
+                out = module(ins[0])
+            if kind == "head":
+                logits = out
+            elif kind == "aux":
+                aux = out
+            else:
+                outputs[lid] = out
+        if with_aux:
+            return logits, aux
+        return logits
+
+
+def build_supernet(ir: SpaceIR, relax: Relaxation, *, generator: torch.Generator | None = None) -> Network:
+    """The supernet of a compiled space under a relaxation."""
+    return Network(ir, relax, searching=True, generator=generator)
+
+
+def build_network(ir: SpaceIR) -> Network:
+    """A derived network (every edge one op, BN affine, no search-only steps)."""
+    return Network(ir, None, searching=False)

@@ -1,0 +1,124 @@
+"""The command line through typer's CliRunner: output, files written and exit codes."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from nasc import __version__
+from nasc.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # short relative paths in messages; nothing written into the repo
+
+
+def test_compile_writes_json_and_summarises(tmp_path, spaces_dir):
+    out = tmp_path / "darts.ir.json"
+    result = runner.invoke(app, ["compile", str(spaces_dir / "darts.nas"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["format"] == "nasc-ir/1" and data["space"] == "darts"
+    fp = data["meta"]["fingerprint"]
+    assert fp in result.output
+    assert "1,076,746,950,455,072,400" in result.output  # the architecture count
+    assert "1,930,618" in result.output
+
+
+def test_compile_default_output_name(tmp_path):
+    result = runner.invoke(app, ["compile", "nb201"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "nb201.ir.json").is_file()
+    assert "15,625" in result.output
+
+
+def test_compile_to_stdout():
+    result = runner.invoke(app, ["compile", "nb201", "-o", "-"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["space"] == "nb201" and len(data["meta"]["fingerprint"]) == 16
+
+
+def test_compile_with_parameter_override(tmp_path):
+    result = runner.invoke(app, ["compile", "darts", "--set", "C=8", "-o", "-"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["params"]["C"] == 8
+
+
+def test_check_valid(spaces_dir):
+    result = runner.invoke(app, ["check", str(spaces_dir / "darts.nas"), str(spaces_dir / "nb201.nas")])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("ok ") == 2
+
+
+def test_check_invalid_file(tmp_path):
+    (tmp_path / "bad.nas").write_text("space bad(C = 16)\nop x = relu >\n")
+    result = runner.invoke(app, ["check", "bad.nas"])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[0] == "bad.nas:2:14: error: unexpected end of file; expected a name"
+    assert lines[1] == "  op x = relu >"
+    assert lines[2] == "  " + " " * 13 + "^"
+    assert "hint:" in lines[3]
+    assert "Traceback" not in result.output
+
+
+def test_check_semantic_error(tmp_path):
+    text = (tmp_path / "x.nas")
+    text.write_text('space x extends "darts.nas"\nops darts_ops = [none, sep_conv3x3]\n')
+    result = runner.invoke(app, ["check", "x.nas"])
+    assert result.exit_code == 1
+    assert "x.nas:2:24: error: unknown op 'sep_conv3x3'" in result.output
+    assert "did you mean 'sep_conv_3x3'?" in result.output
+    assert "^^^^^^^^^^^" in result.output
+
+
+def test_check_mixed_files_exit_1(tmp_path, spaces_dir):
+    (tmp_path / "bad.nas").write_text("op")
+    result = runner.invoke(app, ["check", str(spaces_dir / "nb201.nas"), "bad.nas"])
+    assert result.exit_code == 1
+    assert "ok " in result.output and "bad.nas:1:3: error:" in result.output
+
+
+def test_check_missing_file():
+    result = runner.invoke(app, ["check", "nothere.nas"])
+    assert result.exit_code == 1
+    assert "error:" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args", [[], ["check"], ["check", "--bogus", "x.nas"], ["frobnicate"]])
+def test_usage_errors_exit_2(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "Usage" in result.output
+
+
+def test_spaces_lists_every_bundled_space(bundled_names):
+    result = runner.invoke(app, ["spaces"])
+    assert result.exit_code == 0
+    for name in bundled_names:
+        assert name in result.output
+
+
+def test_ops_lists_primitives():
+    from nasc.compiler.primitives import PRIMITIVES
+
+    result = runner.invoke(app, ["ops"])
+    assert result.exit_code == 0
+    for name in PRIMITIVES:
+        assert name in result.output
+
+
+def test_ops_of_a_space():
+    result = runner.invoke(app, ["ops", "darts"])
+    assert result.exit_code == 0
+    assert "sep_conv_{k}x{k}" in result.output and "darts_ops (set)" in result.output
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"nasc {__version__}"

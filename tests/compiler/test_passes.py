@@ -1,0 +1,132 @@
+"""Each pass alone: what it adds, and that it never mutates its input."""
+
+import copy
+
+import attrs
+import pytest
+
+from nasc.compiler.build_ir import build_ir
+from nasc.compiler.check_graph import check_graph
+from nasc.compiler.ir import lint, to_json_dict
+from nasc.compiler.pipeline import PASSES, compile_space, run_passes
+from nasc.compiler.resolve import resolve_path, resolve_source
+from nasc.compiler.specialise_ops import specialise_ops
+
+DEAD = """space dead(C = 4)
+op none = zero(stride)
+cell c(x):
+    nodes a, b
+    edge x -> a: [none]
+    edge x -> b: [identity, conv(3)]
+    edge a -> b: [identity, none]
+    output concat(a, b)
+network:
+    input 3 x 8 x 8
+    stem conv(3, out = C) > bn
+    stack 2 x c, width C
+    preprocess conv(1) > bn
+    head global_avg_pool > linear(10)
+"""
+
+
+def _raw(path):
+    return build_ir(resolve_path(path))
+
+
+def test_pass_order():
+    assert [p.__name__ for p in PASSES] == ["check_graph", "specialise_ops", "remove_dead_nodes", "infer_shapes",
+                                            "bind_alpha", "compute_costs"]
+
+
+def test_specialise_ops_strided_skip(spaces_dir):
+    ir = specialise_ops(check_graph(_raw(spaces_dir / "darts.nas")))
+    assert [s.prim for s in ir.impls["skip_connect@2"]] == ["factorized_reduce"]
+    assert [s.prim for s in ir.impls["skip_connect@1"]] == ["identity"]
+    assert dict(ir.impls["sep_conv_3x3@2"][1].args)["stride"] == 2
+    assert dict(ir.impls["sep_conv_3x3@1"][1].args)["stride"] == 1
+    assert dict(ir.impls["sep_conv_3x3@2"][5].args)["k"] == 3  # the family binds k in every step
+    assert set(ir.impls) >= {"preprocess@1", "preprocess@2", "none@1", "none@2"}
+
+
+def test_searching_guard_becomes_when(spaces_dir):
+    ir = specialise_ops(_raw(spaces_dir / "darts.nas"))
+    steps = ir.impls["max_pool_3x3@1"]
+    assert [(s.prim, s.when) for s in steps] == [("max_pool", "always"), ("bn", "search")]
+    assert [(s.prim, s.when) for s in ir.impls["avg_pool_3x3@2"]] == [("avg_pool", "always"), ("bn", "search")]
+    assert all(s.when == "always" for s in ir.impls["sep_conv_5x5@1"])
+
+
+def test_not_searching_guard(compile_text):
+    text = DEAD.replace("op none = zero(stride)", "op none = zero(stride)\nop pool = avg_pool(3) > bn if not searching")
+    ir = compile_text(text.replace("[identity, conv(3)]", "[identity, pool]"))
+    assert [(s.prim, s.when) for s in ir.impls["pool@1"]] == [("avg_pool", "always"), ("bn", "eval")]
+
+
+def test_remove_dead_nodes(compile_text):
+    ir = compile_text(DEAD)
+    g = ir.cells["c"]
+    assert not g.has_edge("x", "a")
+    assert ir.meta["removed_edges"] == {"c": ["a<-x"]}
+    assert ir.meta["zero_nodes"] == {"c": ["a"]}
+    assert [e.key for e in ir.cell_edges("c")] == ["b<-x", "b<-a"]
+    assert [e.index for e in ir.cell_edges("c")] == [0, 1]
+    # the constant-zero node still counts in the concat: 2 * C channels out
+    assert ir.meta["shapes"]["cell0"]["c_out"] == 8
+    assert [r["edge"] for r in ir.alpha_groups["c"]["rows"]] == ["b<-x", "b<-a"]
+
+
+def test_nothing_removed_keeps_meta_clean(spaces_dir):
+    ir = compile_space(spaces_dir / "nb201.nas")
+    assert "zero_nodes" not in ir.meta and "removed_edges" not in ir.meta
+
+
+def test_bind_alpha_per_instance(spaces_dir, compile_text):
+    text = (spaces_dir / "darts.nas").read_text().replace("alpha shared per cell", "alpha per instance")
+    ir = compile_text(text)
+    assert list(ir.alpha_groups) == [f"cell{i}" for i in range(8)]
+    proxyless = compile_space(spaces_dir / "proxyless.nas")
+    assert all(g["kind"] == "choice" for g in proxyless.alpha_groups.values())
+    assert len(proxyless.alpha_groups) == 21
+
+
+def test_infer_shapes_darts(spaces_dir):
+    ir = compile_space(spaces_dir / "darts.nas")
+    s = ir.meta["shapes"]
+    assert s["stem"]["c_out"] == 48
+    assert (s["cell2"]["width"], s["cell2"]["h_out"], s["cell2"]["c_out"]) == (32, 16, 128)
+    assert s["cell3"]["pre"] == [2, 1]
+    assert s["head"]["c_out"] == 10 and s["head"]["h_out"] is None
+
+
+def _snapshot(ir):
+    return copy.deepcopy(to_json_dict(ir)), {k: dict(g.graph) for k, g in ir.cells.items()}
+
+
+@pytest.mark.parametrize("source", ["darts", "nb201", "proxyless", "darts_s1", "dead", "darts-2x2"])
+def test_every_pass_is_pure(source, spaces_dir):
+    if source == "dead":
+        ir = build_ir(resolve_source(DEAD, "dead.nas"))
+    elif source == "darts-2x2":  # exercises infer_shapes dropping the aux head
+        ir = _raw(spaces_dir / "darts.nas")
+        ir.input_shape = (3, 2, 2)
+    else:
+        ir = _raw(spaces_dir / f"{source}.nas")
+    for p in PASSES:
+        before = _snapshot(ir)
+        layers_before = ir.layers()
+        new = p(ir)
+        assert _snapshot(ir) == before, f"{p.__name__} mutated its input"
+        assert ir.layers() == layers_before
+        assert lint(new) == []
+        ir = new
+
+
+def test_lint_failure_names_the_pass(spaces_dir):
+    def break_layers(ir):
+        out = ir.copy()
+        layer = out.layers()[0]
+        out.macro.nodes[layer.id]["layer"] = attrs.evolve(layer, kind="bogus")
+        return out
+
+    with pytest.raises(AssertionError, match=r"after pass break_layers \(ran: check_graph, break_layers\)"):
+        run_passes(_raw(spaces_dir / "darts.nas"), [check_graph, break_layers], check=True)

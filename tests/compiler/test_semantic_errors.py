@@ -1,0 +1,357 @@
+"""Semantic errors: the class, the message, the line/col and the hint the user sees."""
+
+import pytest
+
+from nasc.compiler.build_ir import eval_params
+from nasc.compiler.pipeline import PassContext, compile_space
+from nasc.compiler.resolve import resolve_path, resolve_source
+from nasc.errors import NasSemanticError, NasSyntaxError
+
+# A small DARTS-like space. Line numbers below refer to this text (line 1 is `space t ...`).
+BASE = """space t(C = 16, classes = 10)
+op sep_conv_{k}x{k} = relu > dw_conv(k, stride) > conv(1) > bn
+op skip_connect = identity | on stride 2: factorized_reduce
+op none = zero(stride)
+op dw(k) = dw_conv(k, stride)
+ops base_ops = [none, skip_connect, sep_conv_3x3]
+cell normal(s0, s1):
+    nodes n0..n1 = sum
+    edges dense: CANDS
+    output concat(n0..n1)
+cell reduce = normal with stride 2 on inputs
+network:
+    stem conv(3, out = 3 * C) > bn
+    preprocess relu > conv(1) > bn | on stride 2: factorized_reduce
+    stack 3 x STACK, reduce at [1], widen 2 at reduce
+    head global_avg_pool > linear(classes)
+"""
+CANDS_COL = 18  # column of CANDS on line 9
+LIST_COL = 19  # column of the first candidate inside `[...]` on line 9
+
+
+def space(cands="base_ops", stack="normal", extra=""):
+    return BASE.replace("CANDS", cands).replace("STACK", stack) + extra
+
+
+def where(err):
+    return err.span.line, err.span.col
+
+
+def test_base_space_compiles(compile_text):
+    ir = compile_text(space())
+    assert ir.alpha_groups["normal"]["rows"][0]["ops"] == ["none", "skip_connect", "sep_conv_3x3"]
+
+
+# ---- names ------------------------------------------------------------------------------
+
+def test_unknown_op_suggests_the_family_member(semantic_error):
+    err = semantic_error(space("[none, sep_conv3x3]"))
+    assert err.message == "unknown op 'sep_conv3x3'"
+    assert where(err) == (9, LIST_COL + 6)
+    assert err.hint == "did you mean 'sep_conv_3x3'?"
+    assert err.render(space("[none, sep_conv3x3]")).splitlines()[0] == \
+        "t.nas:9:25: error: unknown op 'sep_conv3x3'"
+
+
+def test_unknown_op_inside_an_op_body(semantic_error):
+    err = semantic_error(space(extra="op bad = relu > batchnorm\nops more = [bad]\n").replace(
+        "edges dense: base_ops", "edges dense: more"))
+    assert err.message == "unknown op 'batchnorm'"
+    assert where(err) == (17, 17)
+
+
+def test_unknown_cell_in_stack(semantic_error):
+    err = semantic_error(space(stack="norml"))
+    assert err.message == "unknown cell 'norml'"
+    assert where(err) == (15, 5)
+    assert err.hint == "did you mean 'normal'?"
+
+
+def test_unknown_ops_set(semantic_error):
+    err = semantic_error(space("base_opz"))
+    assert err.message == "unknown op 'base_opz'"
+    assert where(err) == (9, CANDS_COL)
+    assert err.hint == "did you mean 'base_ops'?"
+
+
+def test_unknown_name_in_an_expression(semantic_error):
+    err = semantic_error(space().replace("out = 3 * C", "out = 3 * CC"))
+    assert err.message == "unknown name 'CC'"
+    assert where(err) == (13, 28)
+    assert err.hint == "did you mean 'C'?"
+
+
+# ---- arity and types ----------------------------------------------------------------------
+
+def test_op_missing_argument(semantic_error):
+    err = semantic_error(space("[dw()]"))
+    assert err.message == "op 'dw' needs argument(s) k"
+    assert where(err) == (9, LIST_COL)
+
+
+def test_primitive_missing_argument(semantic_error):
+    err = semantic_error(space("[dw_conv()]"))
+    assert err.message == "dw_conv needs its 'k' argument"
+    assert where(err) == (9, LIST_COL)
+    assert err.hint == "dw_conv(k, stride, dilation, pad, bias)"
+
+
+def test_op_too_many_arguments(semantic_error):
+    err = semantic_error(space("[dw(3, 5)]"))
+    assert err.message == "op 'dw' takes 1 argument(s), got 2"
+    assert where(err) == (9, LIST_COL)
+    assert err.hint == "defined at line 5"
+
+
+def test_primitive_too_many_arguments(semantic_error):
+    err = semantic_error(space("[max_pool(3, 1, 1, 1)]"))
+    assert err.message == "max_pool takes at most 3 positional argument(s), got 4"
+    assert err.hint == "max_pool(k, stride, pad)"
+
+
+def test_unknown_keyword_argument(semantic_error):
+    err = semantic_error(space("[dw(kk = 3)]"))
+    assert err.message == "op 'dw' has no parameter 'kk'"
+    assert where(err) == (9, LIST_COL + 8)  # at the value
+    assert err.hint == "did you mean 'k'?"
+    err = semantic_error(space("[conv(3, dilaton = 2)]"))
+    assert err.message == "conv has no parameter 'dilaton'"
+    assert err.hint == "did you mean 'dilation'?"
+
+
+def test_wrong_argument_type(semantic_error):
+    err = semantic_error(space("[conv(1.5)]"))
+    assert err.message == "conv: 'k' must be an integer, got 1.5"
+    assert where(err) == (9, LIST_COL)
+    err = semantic_error(space('[conv(3, bias = "yes")]'))
+    assert err.message == "conv: 'bias' must be true or false, got 'yes'"
+
+
+def test_empty_candidate_list(semantic_error):
+    err = semantic_error(space("[]"))
+    assert err.message == "empty candidate set"
+    assert where(err) == (9, CANDS_COL)
+    assert "at least one op" in err.hint
+
+
+def test_candidate_listed_twice(semantic_error):
+    err = semantic_error(space("[none, none]"))
+    assert err.message == "candidate 'none' is listed twice"
+    assert where(err) == (9, LIST_COL + 6)
+
+
+def test_several_independent_errors_are_reported_together(semantic_error):
+    text = space("[nonee]").replace("    edges dense: [nonee]", "    edges dense: [nonee]\n") + \
+        "cell other(x):\n    nodes a\n    edge x -> a: [skip_conect]\n"
+    err = semantic_error(text)
+    assert [e.message for e in err.errors] == ["unknown op 'nonee'", "unknown op 'skip_conect'"]
+    assert len(err.render(text).split("error:")) == 3
+
+
+# ---- graph structure ----------------------------------------------------------------------
+
+NET = """network:
+    stem conv(3, out = C) > bn
+    stack 2 x c
+    head global_avg_pool > linear(10)
+"""
+
+
+def test_cycle_in_a_cell(semantic_error):
+    err = semantic_error("space t(C = 8)\ncell c(x):\n    nodes a, b\n    edge x -> a: [identity]\n"
+                         "    edge b -> a: [identity]\n    edge a -> b: [identity]\n    output b\n" + NET)
+    assert err.message == "cell 'c': edge b -> a closes a cycle (a -> b -> a)"
+    assert where(err) == (5, 5)
+    assert err.hint == "edges must go from earlier states to later nodes"
+
+
+def test_node_that_reaches_no_output(semantic_error):
+    err = semantic_error("space t(C = 8)\ncell c(x):\n    nodes a, b\n    edge x -> a: [identity]\n"
+                         "    edge x -> b: [identity]\n    output b\n" + NET)
+    assert err.message == "cell 'c': node 'a' does not reach the cell output"
+    assert where(err) == (3, 5)
+    assert "output concat" in err.hint
+
+
+def test_node_with_no_input(semantic_error):
+    err = semantic_error("space t(C = 8)\ncell c(x):\n    nodes a, b\n    edge x -> b: [identity]\n"
+                         "    output concat(a, b)\n" + NET)
+    assert err.message == "cell 'c': node 'a' has no incoming edge"
+    assert where(err) == (3, 5)
+    assert err.hint == "add `edge <state> -> a: <ops>` or `edges dense: <ops>`"
+
+
+def test_edge_into_a_cell_input(semantic_error):
+    err = semantic_error("space t(C = 8)\ncell c(x, y):\n    nodes a\n    edge x -> y: [identity]\n" + NET)
+    assert err.message == "'y' is a cell input; edges must end at a node"
+    assert where(err) == (4, 5)
+
+
+def test_edge_from_an_unknown_state(semantic_error):
+    err = semantic_error("space t(C = 8)\ncell c(x):\n    nodes a\n    edge z -> a: [identity]\n" + NET)
+    assert err.message == "cell 'c' has no input or node 'z'"
+    assert where(err) == (4, 5)
+
+
+def test_channel_conflict_without_preprocess(semantic_error):
+    err = semantic_error("space t(C = 8)\ncell c(x):\n    nodes a\n    edge x -> a: [identity]\n    output a\n"
+                         + NET.replace("out = C", "out = 2 * C"))
+    assert err.message == ("cell input 'x' receives 16 channels at 32x32 but the cell expects 8 at 32x32 "
+                           "(in cell0, cell 'c')")
+    assert where(err) == (8, 5)  # the `stack` line
+    assert "preprocess" in err.hint
+
+
+def test_stride_conflict_between_edges_into_one_node(semantic_error):
+    text = ("space t(C = 8)\ncell c(x):\n    nodes a, b\n    edge x -> a: [identity]\n"
+            "    edge x -> b: [conv(3, stride = 2)]\n    edge a -> b: [identity]\n    output b\n" + NET)
+    err = semantic_error(text)
+    assert err.message.startswith("inputs of node 'b' disagree in shape (in cell0, cell 'c'): ")
+    assert "identity from a: 8x32x32" in err.message and "conv(3, stride=2) from x: 8x16x16" in err.message
+    assert where(err) == (5, 5)
+    assert err.hint == "edges need the same channels and stride".replace("edges", "edges into one node")
+
+
+def test_head_missing(semantic_error):
+    err = semantic_error("space t(C = 8)\ncell c(x):\n    nodes a\n    edge x -> a: [identity]\n"
+                         "network:\n    stem conv(3, out = C) > bn\n    stack 2 x c\n")
+    assert err.message == "the network has no `head`"
+    assert where(err) == (5, 1)
+    assert "global_avg_pool" in err.hint
+
+
+def test_two_heads(semantic_error):
+    err = semantic_error(space().replace("    head global_avg_pool > linear(classes)\n",
+                                         "    head global_avg_pool > linear(classes)\n" * 2))
+    assert err.message == "the network has more than one `head`"
+    assert where(err) == (17, 5)
+
+
+def test_network_missing(semantic_error):
+    err = semantic_error("space t(C = 8)\ncell c(x):\n    nodes a\n    edge x -> a: [identity]\n")
+    assert err.message == "space 't' has no `network:` block"
+
+
+def test_head_that_does_not_classify(semantic_error):
+    err = semantic_error(space().replace("head global_avg_pool > linear(classes)", "head relu"))
+    assert err.message == "the head ends with a 64x16x16 feature map, not class scores"
+    assert where(err) == (16, 5)
+
+
+def test_input_too_small(semantic_error):
+    text = space().replace("    stem", "    input 3 x 2 x 2\n    stem").replace(
+        "    head", "    layer max_pool(3, pad = 0)\n    head")
+    err = semantic_error(text)
+    assert err.message == "max_pool shrinks the feature map below 1x1 (input 1x1) (in layer0)"
+    assert where(err) == (17, 11)
+    assert err.hint == "the input resolution is too small for this network"
+
+
+def test_input_too_small_for_the_aux_head(spaces_dir):
+    """DARTS' auxiliary head needs 8x8 at its cell; on a 2x2 input it is dropped with a clear warning."""
+    ir = compile_space(spaces_dir / "darts.nas", input_shape=(3, 2, 2))
+    assert "aux" not in ir.macro
+    assert ir.meta["warnings"] == ["auxiliary head dropped: avg_pool shrinks the feature map below 1x1 "
+                                   "(input 1x1) (in aux)"]
+
+
+# ---- methods and settings -------------------------------------------------------------------
+
+CTX = PassContext(relaxations=frozenset({"softmax"}), selectors=frozenset({"magnitude"}))
+
+
+def test_unknown_relaxation_lists_registered_names(semantic_error):
+    err = semantic_error(space(extra="relax gumbel(tau = 10 -> 0.1)\n"), ctx=CTX)
+    assert err.message == "unknown relaxation 'gumbel'"
+    assert where(err) == (17, 1)
+    assert err.hint == "registered: softmax"
+    err = semantic_error(space(extra="relax sofmax\n"), ctx=CTX)
+    assert err.hint == "did you mean 'softmax'? (registered: softmax)"
+
+
+def test_unknown_selector(semantic_error):
+    err = semantic_error(space(extra="select perturbation(k = 2)\n"), ctx=CTX)
+    assert err.message == "unknown selector 'perturbation'"
+    assert err.hint == "registered: magnitude"
+
+
+def test_without_ctx_names_are_not_checked(compile_text):
+    assert compile_text(space(extra="relax gumbel(tau = 10 -> 0.1)\n")).relax.name == "gumbel"
+
+
+def test_unknown_search_setting(semantic_error):
+    err = semantic_error(space(extra="search:\n    epochs = 3\n    bacth = 64\n"))
+    assert err.message == "unknown search setting 'bacth'"
+    assert where(err) == (19, 5)
+    assert err.hint == "did you mean 'batch'?"
+
+
+def test_wrong_search_setting_type(semantic_error):
+    err = semantic_error(space(extra="search:\n    epochs = 2.5\n    weights = adamw(lr = 1)\n"))
+    assert [e.message for e in err.errors] == ["search setting 'epochs' has the wrong type (float)",
+                                               "weights = adamw(...) is not supported"]
+
+
+# ---- files, parameters --------------------------------------------------------------------
+
+def test_missing_import(semantic_error):
+    err = semantic_error('space t\nimport "nothere.nas"\n')
+    assert err.message == "cannot find 'nothere.nas'"
+    assert where(err) == (2, 1)
+    assert "darts.nas" in err.hint
+
+
+def test_missing_file_on_the_command_line():
+    with pytest.raises(NasSyntaxError, match="no such file"):
+        resolve_path("/nonexistent/dir/x.nas")
+
+
+def test_circular_extends(tmp_path):
+    (tmp_path / "a.nas").write_text('space a extends "b.nas"\n')
+    (tmp_path / "b.nas").write_text('# b\nspace b extends "a.nas"\n')
+    with pytest.raises(NasSemanticError) as info:
+        compile_space(tmp_path / "a.nas")
+    err = info.value
+    assert err.message == "circular import or extends: a.nas -> b.nas -> a.nas"
+    assert (err.span.file, err.span.line, err.span.col) == (str(tmp_path / "b.nas"), 2, 1)
+
+
+def test_circular_import(tmp_path):
+    (tmp_path / "a.nas").write_text('import "b.nas"\n')
+    (tmp_path / "b.nas").write_text('import "a.nas"\n')
+    with pytest.raises(NasSemanticError, match=r"circular import or extends: a.nas -> b.nas -> a.nas"):
+        compile_space(tmp_path / "a.nas")
+
+
+def test_duplicate_definition_in_one_file(semantic_error):
+    err = semantic_error(space(extra="op none = zero(stride)\n"))
+    assert err.message == "op 'none' is defined twice in this file"
+    assert where(err) == (17, 1)
+    assert err.hint == "the first definition is at line 4"
+
+
+def test_redefinition_through_extends_is_allowed(tmp_path, compile_text):
+    ir = compile_text('space s extends "darts.nas"\nop none = zero(stride)\n')
+    assert ir.name == "s"
+
+
+def test_unknown_parameter_override(spaces_dir):
+    with pytest.raises(NasSemanticError) as info:
+        eval_params(resolve_path(spaces_dir / "darts.nas"), {"CC": 3})
+    assert info.value.message == "space 'darts' has no parameter 'CC'"
+    assert info.value.hint == "did you mean 'C'?"
+    with pytest.raises(NasSemanticError, match="has no parameter 'CC'"):
+        compile_space(spaces_dir / "darts.nas", params={"CC": 3})
+
+
+def test_division_by_zero_in_a_parameter():
+    with pytest.raises(NasSemanticError) as info:
+        eval_params(resolve_source("space s(a = 4,\n  b = a // (a - 4))"), {})
+    assert info.value.message == "division by zero"
+    assert (info.value.span.line, info.value.span.col) == (2, 7)
+
+
+def test_derived_cell_overrides_existing_edges_only(compile_text):
+    with pytest.raises(NasSemanticError, match="derived cell 'reduce' has no edge n1 -> n0 to change"):
+        compile_text(space().replace("cell reduce = normal with stride 2 on inputs",
+                                     "cell reduce = normal with stride 2 on inputs:\n    edge n1 -> n0: [none]"))
