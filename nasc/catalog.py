@@ -12,11 +12,23 @@ from importlib import metadata
 # name -> module that registers it
 BUILTIN_RELAXATIONS: dict[str, str] = {
     "softmax": "nasc.runtime.relaxations.softmax",
+    "gumbel": "nasc.runtime.relaxations.gumbel",
+    "binary-gate": "nasc.runtime.relaxations.binary_gate",
+    "partial-channel": "nasc.runtime.relaxations.partial_channel",
+    "merged-kernel": "nasc.runtime.relaxations.merged_kernel",
+    "dropout-group": "nasc.runtime.relaxations.dropout_group",
 }
 
-# method name -> (relaxation, default options): what `--relax darts` means
-PRESETS: dict[str, tuple[str, dict]] = {
-    "darts": ("softmax", {}),
+# method name -> the relaxation it is a preset of; the relaxation class holds the preset's
+# options and search settings (`Relaxation.presets`), so `--relax gdas` means GDAS' defaults
+PRESETS: dict[str, str] = {
+    "darts": "softmax",
+    "gdas": "gumbel",
+    "snas": "gumbel",
+    "proxylessnas": "binary-gate",
+    "pcdarts": "partial-channel",
+    "mergenas": "merged-kernel",
+    "dropnas": "dropout-group",
 }
 
 BUILTIN_SELECTORS: dict[str, str] = {

@@ -29,7 +29,7 @@ from nasc.runtime.architect import first_order, second_order
 from nasc.runtime.augment import Augment
 from nasc.runtime.config import SearchConfig, make_config
 from nasc.runtime.data import Batches, Dataset, load_dataset, split_indices
-from nasc.runtime.relaxations.base import Relaxation, load_relaxation
+from nasc.runtime.relaxations.base import Relaxation, load_relaxation, preset
 from nasc.runtime.rundir import RunDir, environment
 from nasc.runtime.schedules import learning_rate
 from nasc.runtime.selectors import Selector, load_selector, strengths
@@ -93,7 +93,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def prepare(request: Request) -> Job:
     """Compile the space for the dataset, resolve every setting, build the supernet."""
     decl = resolve_path(request.space)
-    base = make_config(dict(_evaluated_search(decl)), request.overrides)
+    declared = decl.relax.name if decl.relax else "softmax"
+    preset_settings = preset(request.relax or declared)[1]
+    base = make_config({**_evaluated_search(decl)}, {**preset_settings, **request.overrides})
     dataset = load_dataset(base.dataset, base.data_dir)
     params = dict(request.params)
     if "classes" in decl.params and "classes" not in params:
@@ -117,6 +119,7 @@ def prepare(request: Request) -> Job:
     seed_everything(config.seed, config.deterministic)
     generator = torch.Generator().manual_seed(config.seed)
     net = build_supernet(ir, relax, generator=generator)
+    relax.setup(ir, net)
     if not net.alphas:
         raise SearchError(f"space {ir.name!r} has nothing to search (no edge or layer has two candidates)")
     device = pick_device(config.device)
@@ -199,6 +202,7 @@ class Trainer:
     # ---- state ----
     def state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "net": self.job.net.state_dict(), "w_opt": self.w_opt.state_dict(),
+                "relax": self.job.relax.state_dict(),
                 "a_opt": self.a_opt.state_dict(), "rng": torch.get_rng_state(), "aug_rng": self.aug_gen.get_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
@@ -209,6 +213,7 @@ class Trainer:
             self.a_opt.load_state_dict(state["a_opt"])
         except (KeyError, RuntimeError, ValueError) as e:
             raise SearchError(f"the checkpoint does not fit this supernet: {str(e).splitlines()[0]}") from None
+        self.job.relax.load_state_dict(state.get("relax", {}))
         torch.set_rng_state(state["rng"])
         self.aug_gen.set_state(state["aug_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
@@ -218,6 +223,11 @@ class Trainer:
     # ---- one epoch ----
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.job.net(x), y)
+
+    def _arch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(self.job.net(x), y)
+        extra = self.job.relax.regularizer(self.job.net)
+        return loss if extra is None else loss + extra
 
     def _batch(self, images: torch.Tensor, labels: torch.Tensor, augment: Augment) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.job.device
@@ -248,29 +258,40 @@ class Trainer:
                     xv, yv = next(val_iter)
                 xv, yv = self._batch(xv, yv, self.augment)
                 self.a_opt.zero_grad(set_to_none=True)
+                job.relax.set_phase("arch")
                 if cfg.order == 2:
-                    arch_loss = second_order(self._loss, self.weights, self.arch, self.w_opt, lr, x, y, xv, yv)
+                    arch_loss = second_order(self._arch_loss, self.weights, self.arch, self.w_opt, lr, x, y, xv, yv)
                 else:
-                    arch_loss = first_order(self._loss, self.arch, xv, yv)
+                    arch_loss = first_order(self._arch_loss, self.arch, xv, yv)
                 if cfg.arch_clip:
                     torch.nn.utils.clip_grad_norm_(self.arch, cfg.arch_clip)
+                job.relax.before_arch_step(net)
                 self.a_opt.step()
+                job.relax.after_arch_step(net)
             self.w_opt.zero_grad(set_to_none=True)
             if update_arch and cfg.levels == 1:
                 self.a_opt.zero_grad(set_to_none=True)
+            job.relax.set_phase("weights")
             logits = net(x)
             loss = F.cross_entropy(logits, y)
-            loss.backward()
+            if update_arch and cfg.levels == 1:
+                extra = job.relax.regularizer(net)
+                (loss if extra is None else loss + extra).backward()
+            else:
+                loss.backward()
             if not (update_arch and cfg.levels == 1):
                 for p in self.arch:
                     p.grad = None
             if cfg.clip:
                 torch.nn.utils.clip_grad_norm_(self.weights, cfg.clip)
             self.w_opt.step()
+            job.relax.after_weight_step(net)
             if update_arch and cfg.levels == 1:
                 if cfg.arch_clip:
                     torch.nn.utils.clip_grad_norm_(self.arch, cfg.arch_clip)
+                job.relax.before_arch_step(net)
                 self.a_opt.step()
+                job.relax.after_arch_step(net)
             loss_v = float(loss.detach())
             if not math.isfinite(loss_v):
                 raise SearchError(f"the training loss became {loss_v} at epoch {epoch + 1}, step {step + 1}",
@@ -294,6 +315,7 @@ class Trainer:
     def evaluate(self) -> tuple[float, float]:
         net = self.job.net
         net.eval()
+        self.job.relax.set_phase("eval")
         loss = correct = n = 0.0
         for xb, yb in self.val_eval.epoch(0):
             x, y = self._batch(xb, yb, self.plain)

@@ -58,7 +58,10 @@ class Cell(nn.Module):
                 if row < 0:
                     out = edge(states[src])
                 else:
-                    out = edge(states[src], w.ops[row])
+                    if w.active is None:
+                        out = edge(states[src], w.ops[row])
+                    else:
+                        out = edge(states[src], w.ops[row], w.active[row])
                     if w.edges is not None:
                         out = out * w.edges[row]
                 parts.append(out)
@@ -84,7 +87,12 @@ class Choice(nn.Module):
         self.searchable = searchable
 
     def forward(self, x: torch.Tensor, w: GroupWeights | None) -> torch.Tensor:
-        out = self.edge(x, w.ops[0]) if self.searchable else self.edge(x)
+        if not self.searchable:
+            out = self.edge(x)
+        elif w.active is None:
+            out = self.edge(x, w.ops[0])
+        else:
+            out = self.edge(x, w.ops[0], w.active[0])
         return out + x if self.residual else out
 
 

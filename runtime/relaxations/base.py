@@ -31,14 +31,18 @@ class GroupWeights:
 
     `ops[row]` weights the candidates of searchable edge `row`; `edges[row]`,
     when not None, scales that edge's whole output (PC-DARTS' edge
-    normalisation, for instance).
+    normalisation, for instance); `active[row]`, when not None, lists the
+    candidate indices the edge must compute this pass (GDAS' one sampled op,
+    DropNAS' kept ops) — a Python list, so no device synchronisation is needed.
     """
 
-    __slots__ = ("ops", "edges")
+    __slots__ = ("ops", "edges", "active")
 
-    def __init__(self, ops: torch.Tensor, edges: torch.Tensor | None = None):
+    def __init__(self, ops: torch.Tensor, edges: torch.Tensor | None = None,
+                 active: list[list[int]] | None = None):
         self.ops = ops  # (rows, max candidates)
         self.edges = edges  # (rows,) or None
+        self.active = active
 
 
 class MixedEdge(nn.Module):
@@ -49,8 +53,10 @@ class MixedEdge(nn.Module):
         self.candidates = nn.ModuleList(candidates)
         self.names = list(names)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return sum(wi * op(x) for wi, op in zip(w, self.candidates))
+    def forward(self, x: torch.Tensor, w: torch.Tensor, active: list[int] | None = None) -> torch.Tensor:
+        if active is None:
+            return sum(wi * op(x) for wi, op in zip(w, self.candidates))
+        return sum(w[i] * self.candidates[i](x) for i in active)
 
 
 class Relaxation:
@@ -59,8 +65,9 @@ class Relaxation:
     name = "softmax"
     #: option name -> default; options not listed here are rejected with a clear error
     defaults: dict[str, Any] = {}
-    #: whether the relaxation needs the supernet's α to receive gradients from the validation loss
-    bilevel = True
+    #: method presets: name -> (options, search settings), e.g. {"gdas": ({"hard": True}, {"epochs": 250})};
+    #: settings use SearchConfig field names and sit between the space file and the command line
+    presets: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         options = dict(options or {})
@@ -72,8 +79,12 @@ class Relaxation:
         self.epoch = 0
         self.epochs = 1
         self.step = 0
+        self.phase = "weights"
 
     # ---- construction ----
+    def setup(self, ir: Any, net: nn.Module) -> None:
+        """Called once the supernet is built (e.g. to read the compiler's per-candidate costs)."""
+
     def edge_channels(self, channels: int) -> int:
         """Channels the candidates of an edge operate on (PC-DARTS uses C/K)."""
         return channels
@@ -95,9 +106,33 @@ class Relaxation:
         """The weights one α group contributes to this forward pass."""
         return GroupWeights(masked_softmax(alpha, mask))
 
-    # ---- schedule ----
+    # ---- schedule and step hooks (the search loop calls these, in this order, every step) ----
     def set_progress(self, epoch: int, epochs: int, step: int = 0) -> None:
         self.epoch, self.epochs, self.step = epoch, epochs, step
+
+    def set_phase(self, phase: str) -> None:
+        """"arch" before an α step's forward passes, "weights" before a weight step's, "eval" for evaluation."""
+        self.phase = phase
+
+    def regularizer(self, net: nn.Module) -> torch.Tensor | None:
+        """An extra term for the architecture loss (e.g. expected latency); None when there is none."""
+        return None
+
+    def before_arch_step(self, net: nn.Module) -> None:
+        """Right before the α optimiser steps (gradients are in place)."""
+
+    def after_arch_step(self, net: nn.Module) -> None:
+        """Right after the α optimiser stepped (ProxylessNAS rescales α here, DropNAS adjusts it)."""
+
+    def after_weight_step(self, net: nn.Module) -> None:
+        """Right after the weight optimiser stepped."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Relaxation state that a checkpoint must carry (counters, running estimates)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
 
     # ---- selection ----
     def probabilities(self, alpha: torch.Tensor, mask: torch.Tensor, extras: Mapping[str, torch.Tensor],
@@ -120,12 +155,26 @@ def masked_softmax(alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.softmax(alpha.masked_fill(~mask, float("-inf")), dim=-1)  # (rows, cols)
 
 
-def load_relaxation(name: str, options: Mapping[str, Any] | None = None) -> Relaxation:
-    """Instantiate a relaxation by name or preset (`darts` → softmax), importing it on first use."""
-    base_options: dict[str, Any] = {}
-    if name in PRESETS:
-        name, base_options = PRESETS[name][0], dict(PRESETS[name][1])
+def relaxation_class(name: str) -> type[Relaxation]:
+    """The class registered under `name` (a relaxation or a preset), importing built-ins on first use."""
+    name = PRESETS.get(name, name)
     if name not in RELAXATIONS and name in BUILTIN_RELAXATIONS:
-        importlib.import_module(BUILTIN_RELAXATIONS[name])
-    cls = RELAXATIONS.get(name)
-    return cls({**base_options, **dict(options or {})})
+        try:
+            importlib.import_module(BUILTIN_RELAXATIONS[name])
+        except ModuleNotFoundError as e:
+            raise BuildError(f"relaxation {name!r} is not available in this build ({e})") from None
+    return RELAXATIONS.get(name)
+
+
+def preset(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(options, search settings) a method name implies; empty for a plain relaxation name."""
+    if name not in PRESETS:
+        return {}, {}
+    options, settings = relaxation_class(name).presets.get(name, ({}, {}))
+    return dict(options), dict(settings)
+
+
+def load_relaxation(name: str, options: Mapping[str, Any] | None = None) -> Relaxation:
+    """Instantiate a relaxation by name or preset (`darts` → softmax, `gdas` → gumbel(hard))."""
+    cls = relaxation_class(name)
+    return cls({**preset(name)[0], **dict(options or {})})

@@ -15,3 +15,4 @@ class Softmax(Relaxation):
 
     name = "softmax"
     defaults: dict = {}
+    presets = {"darts": ({}, {})}

@@ -1,0 +1,72 @@
+"""Fuzzing: no `.nas` file, however broken, produces a traceback.
+
+Mutated bundled spaces go through `nasc check` (exit 0 or 1, a rendered error, never a traceback) and through
+`compile_space` (returns, or raises a `NascError`). Run longer with NASC_FUZZ_EXAMPLES=1000.
+"""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from nasc.cli import app
+from nasc.compiler.pipeline import compile_space
+from nasc.errors import NascError
+
+SPACES = Path(__file__).resolve().parents[2] / "spaces"
+BUNDLED = sorted(p.stem for p in SPACES.glob("*.nas"))
+
+TOKEN = re.compile(r"\s+|\w+|[^\w\s]")
+SOURCES = {name: TOKEN.findall((SPACES / f"{name}.nas").read_text()) for name in BUNDLED}
+runner = CliRunner()
+
+
+@st.composite
+def mutated(draw) -> bytes:
+    tokens = list(SOURCES[draw(st.sampled_from(BUNDLED))])
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["delete", "duplicate", "swap", "truncate", "bytes", "replace"]))
+        i = draw(st.integers(0, len(tokens) - 1))
+        if kind == "delete":
+            del tokens[i]
+        elif kind == "duplicate":
+            tokens.insert(i, tokens[i])
+        elif kind == "swap":
+            j = draw(st.integers(0, len(tokens) - 1))
+            tokens[i], tokens[j] = tokens[j], tokens[i]
+        elif kind == "truncate":
+            tokens = tokens[:i]
+        elif kind == "replace":  # a token from anywhere in any bundled space
+            other = SOURCES[draw(st.sampled_from(BUNDLED))]
+            tokens[i] = other[draw(st.integers(0, len(other) - 1))]
+        else:
+            text = "".join(tokens)
+            raw = text.encode()
+            at = draw(st.integers(0, len(raw)))
+            return raw[:at] + draw(st.binary(min_size=1, max_size=4)) + raw[at:]
+        if not tokens:
+            break
+    return "".join(tokens).encode()
+
+
+@pytest.mark.slow
+@settings(max_examples=int(os.environ.get("NASC_FUZZ_EXAMPLES", "150")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=mutated())
+def test_mutated_spaces_never_crash(data, tmp_path):
+    path = tmp_path / "mutant.nas"
+    path.write_bytes(data)
+    result = runner.invoke(app, ["check", str(path)])
+    assert result.exit_code in (0, 1), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    if result.exit_code == 1:
+        assert "error:" in result.output
+    try:
+        compile_space(path)
+    except NascError as e:
+        e.render()  # rendering must not fail either
