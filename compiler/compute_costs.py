@@ -16,6 +16,7 @@ from collections import defaultdict
 from nasc.compiler.infer_shapes import cell_affine
 from nasc.compiler.instantiate import FLOAT_BYTES, Placed, place
 from nasc.compiler.ir import SpaceIR
+from nasc.compiler.settings import edge_channel_divisor
 
 
 def _cost(placed: list[Placed]) -> dict[str, int]:
@@ -35,6 +36,7 @@ def compute_costs(ir: SpaceIR) -> SpaceIR:
     layers: dict[str, dict] = {}
     per_op: dict[str, dict[str, int]] = defaultdict(dict)
     total = {"params": 0, "madds": 0, "act": 0}
+    divisor = edge_channel_divisor(out) if searching else 1
     for layer in out.layers():
         s = shapes[layer.id]
         entry: dict = {"fixed": {"params": 0, "madds": 0, "act": 0}}
@@ -49,10 +51,11 @@ def compute_costs(ir: SpaceIR) -> SpaceIR:
             entry["edges"] = {}
             for e in out.cell_edges(layer.cell):
                 c, h = s["states"][e.src]
+                d = divisor if len(e.candidates) > 1 else 1  # PC-DARTS: candidates see C/k channels
                 ops = {}
                 for op in e.candidates:
-                    cost = _cost(place(out.impl(op, e.stride), c_in=c, c=s["width"], h=h, searching=searching,
-                                       affine=affine))
+                    cost = _cost(place(out.impl(op, e.stride), c_in=c // d, c=s["width"] // d, h=h,
+                                       searching=searching, affine=affine))
                     ops[op] = cost
                     _add(per_op[op], cost)
                     per_op[op]["count"] = per_op[op].get("count", 0) + 1

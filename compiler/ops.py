@@ -86,9 +86,13 @@ class OpResolver:
         return NasSemanticError(f"unknown {what} {name!r}", span=span, hint=hint)
 
     # ---- candidates ----
-    def candidates(self, cands: A.OpList | A.OpCall) -> list[tuple[str, A.OpCall]]:
+    def candidates(self, cands: A.OpList | A.OpCall, _sets: tuple[str, ...] = ()) -> list[tuple[str, A.OpCall]]:
         """Expand a candidate expression (a list, an op-set name or one op) to (name, call) pairs."""
         if isinstance(cands, A.OpCall) and not cands.args and not cands.kwargs and cands.name in self.decl.op_sets:
+            if cands.name in _sets:
+                chain = " -> ".join(_sets + (cands.name,))
+                raise NasSemanticError(f"op set {cands.name!r} includes itself ({chain})", span=cands.span)
+            _sets = _sets + (cands.name,)
             items = self.decl.op_sets[cands.name].items
         elif isinstance(cands, A.OpList):
             items = cands.items
@@ -97,7 +101,7 @@ class OpResolver:
         out: list[tuple[str, A.OpCall]] = []
         for call in items:
             if not call.args and not call.kwargs and call.name in self.decl.op_sets:
-                out.extend(self.candidates(call))  # op sets may include other op sets
+                out.extend(self.candidates(call, _sets))  # op sets may include other op sets
                 continue
             name = canonical_name(call, self.params)
             if any(n == name for n, _ in out):

@@ -88,5 +88,10 @@ def compile_space(source: str | Path, *, text: str | None = None, params: Mappin
                   input_shape: tuple[int, int, int] | None = None, ctx: PassContext | None = None,
                   passes: Iterable[Pass] = PASSES) -> SpaceIR:
     """Compile a `.nas` file (or bundled space name, or `text` attributed to `source`) to the final IR."""
-    decl = resolve_source(text, str(source)) if text is not None else resolve_path(source)
-    return compile_decl(decl, params=params, input_shape=input_shape, ctx=ctx, passes=passes)
+    try:
+        decl = resolve_source(text, str(source)) if text is not None else resolve_path(source)
+        return compile_decl(decl, params=params, input_shape=input_shape, ctx=ctx, passes=passes)
+    except RecursionError:
+        # evaluation recurses over expressions: a sum of a thousand terms must still give an error, not a traceback
+        raise NasSemanticError(f"{source}: an expression or definition is nested too deeply to compile",
+                               hint="split long expressions and chains of definitions") from None

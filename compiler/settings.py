@@ -60,3 +60,20 @@ def _kind(value: Any) -> str:
     if isinstance(value, CallValue):
         return f"a call of {value.name}"
     return type(value).__name__
+
+
+# Relaxations whose mixed edges run the candidates on a fraction of the channels (PC-DARTS):
+# name -> (option holding the divisor, its default). The cost model needs this to report the
+# supernet the runtime will actually build, without importing the relaxation.
+EDGE_CHANNEL_DIVISOR: dict[str, tuple[str, int]] = {
+    "partial-channel": ("k", 4),
+    "pcdarts": ("k", 4),
+}
+
+
+def edge_channel_divisor(ir: SpaceIR) -> int:
+    entry = EDGE_CHANNEL_DIVISOR.get(ir.relax.name)
+    if entry is None:
+        return 1
+    option, default = entry
+    return int(ir.relax.option(option, default))

@@ -103,6 +103,9 @@ def parse(text: str, file: str = "<string>") -> A.SpaceFile:
         if isinstance(err.orig_exc, NascError):
             raise err.orig_exc from None
         raise
+    except RecursionError:
+        raise NasSyntaxError("an expression is nested too deeply", span=SourceSpan(file=file, line=1, col=1),
+                             hint="simplify the expression (hundreds of nested brackets or signs)") from None
 
 
 def parse_file(path: str) -> A.SpaceFile:
