@@ -57,10 +57,15 @@ def eval_params(decl: SpaceDecl, overrides: Mapping[str, Any]) -> dict[str, Any]
     return params
 
 
-def _int(value: Any, what: str, span: SourceSpan | None, minimum: int = 0) -> int:
+MAX_REPEAT = 10_000  # cells per `stack`, blocks per `choice`: a typo such as `stack 88888888 x` must not hang
+
+
+def _int(value: Any, what: str, span: SourceSpan | None, minimum: int = 0, maximum: int | None = None) -> int:
     n = as_int(value)
     if n is None or n < minimum:
         raise NasSemanticError(f"{what} must be an integer ≥ {minimum}, got {value!r}", span=span)
+    if maximum is not None and n > maximum:
+        raise NasSemanticError(f"{what} must be at most {maximum}, got {n}", span=span)
     return n
 
 
@@ -288,7 +293,7 @@ def build_macro(decl: SpaceDecl, ops: OpResolver, cells: dict[str, nx.DiGraph], 
             producers.append(layer.id)
             channels = _channels_after(steps, channels)
         elif isinstance(stmt, A.StackStmt):
-            count = _int(evaluate(stmt.count, params), "a cell count", stmt.count.span, 1)
+            count = _int(evaluate(stmt.count, params), "a cell count", stmt.count.span, 1, MAX_REPEAT)
             if stmt.width is not None:
                 width = _int(evaluate(stmt.width, params), "a width", stmt.width.span, 1)
             if width is None:
@@ -331,7 +336,7 @@ def build_macro(decl: SpaceDecl, ops: OpResolver, cells: dict[str, nx.DiGraph], 
                 out = cells[cell].graph["output"]
                 channels = width * (len(out.states) if out.kind == "concat" else 1)
         elif isinstance(stmt, A.ChoiceStmt):
-            count = _int(evaluate(stmt.count, params), "a block count", stmt.count.span, 1)
+            count = _int(evaluate(stmt.count, params), "a block count", stmt.count.span, 1, MAX_REPEAT)
             out_c = _int(evaluate(stmt.out, params), "`out`", stmt.out.span, 1) if stmt.out is not None else channels
             if out_c is None:
                 raise NasSemanticError("`choice` needs `out N` here", span=stmt.span)
@@ -411,8 +416,10 @@ def build_ir(decl: SpaceDecl, overrides: Mapping[str, Any] | None = None) -> Spa
     g, input_shape, preprocess = macro
     search: dict[str, Any] = {}
     for name, setting in decl.search.items():
-        value = errs.run(evaluate, setting.value, params)
-        search[name] = value
+        search[name] = errs.run(evaluate, setting.value, params)
+    train: dict[str, Any] = {}
+    for name, setting in decl.train.items():
+        train[name] = errs.run(evaluate, setting.value, params)
     errs.check()
     ir = SpaceIR(
         name=decl.name,
@@ -426,9 +433,11 @@ def build_ir(decl: SpaceDecl, overrides: Mapping[str, Any] | None = None) -> Spa
         relax=build_method(decl.relax, "softmax", params),
         select=build_method(decl.select, "magnitude", params),
         search=search,
+        train=train,
         files=tuple(decl.files),
     )
     ir.spans.update({f"search.{k}": s.span for k, s in decl.search.items()})
+    ir.spans.update({f"train.{k}": s.span for k, s in decl.train.items()})
     if decl.relax:
         ir.spans["relax"] = decl.relax.span
     if decl.select:

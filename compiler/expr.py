@@ -138,6 +138,8 @@ def _checked(op: str, left: Any, right: Any, expr: A.Expr) -> Any:
             return left + right
         kinds = " and ".join(type(v).__name__ for v in operands)
         raise NasSemanticError(f"operator {op!r} does not apply to {kinds}", span=expr.span)
+    if op == "**" and abs(right) > 1024 and abs(left) > 1:  # 10 ** 10 ** 10 would never finish
+        raise NasSemanticError("number too large", span=expr.span)
     try:
         return _apply(op, left, right)
     except ZeroDivisionError:

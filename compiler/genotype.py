@@ -615,3 +615,34 @@ def check_against(g: Genotype, cells: Mapping[str, CellShape],
                  for layer in space_layers if layer not in chosen]
     if problems:
         raise GenotypeError("genotype does not fit the space:\n  " + "\n  ".join(problems))
+
+
+def _existing(source: str) -> Path | None:
+    """`source` as a path if it names an existing file or directory (a long genotype string is no path)."""
+    try:
+        path = Path(source)
+        return path if path.exists() else None
+    except (OSError, ValueError):
+        return None
+
+
+def read_source(source: str) -> tuple[Genotype, dict | None]:
+    """A genotype from a file, a run directory (with the run's config.json) or a genotype string."""
+    path = _existing(source)
+    if path is not None and path.is_dir():
+        config = None
+        if (path / "config.json").is_file():
+            try:
+                config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise GenotypeError(f"cannot read {path / 'config.json'}: {e}") from None
+        gfile = path / "genotype.json"
+        if not gfile.is_file():
+            raise GenotypeError(f"{path} has no genotype.json", hint="is the search finished?")
+        return load(gfile), config
+    if path is not None:
+        return load(path), None
+    text = source.strip()
+    if text.startswith(("|", "{")) or "Genotype(" in text:
+        return parse_any(text), None
+    raise GenotypeError(f"{source!r} is neither a file, a run directory nor a genotype string")

@@ -169,6 +169,7 @@ class SpaceIR:
     relax: Method
     select: Method
     search: dict[str, Any]
+    train: dict[str, Any] = attrs.field(factory=dict)
     impls: dict[str, tuple[Step, ...]] = attrs.field(factory=dict)
     alpha_groups: dict[str, dict] = attrs.field(factory=dict)
     meta: dict[str, Any] = attrs.field(factory=dict)
@@ -183,6 +184,7 @@ class SpaceIR:
             cells={k: g.copy() for k, g in self.cells.items()},
             macro=self.macro.copy(),
             search=dict(self.search),
+            train=dict(self.train),
             impls=dict(self.impls),
             alpha_groups={k: dict(v) for k, v in self.alpha_groups.items()},
             meta={k: v for k, v in self.meta.items()},
@@ -243,6 +245,7 @@ def to_json_dict(ir: SpaceIR, *, with_meta: bool = True) -> dict:
         "relax": ir.relax.to_json(),
         "select": ir.select.to_json(),
         "search": {k: to_json(v) for k, v in sorted(ir.search.items())},
+        "train": {k: to_json(v) for k, v in sorted(ir.train.items())},
     }
     if with_meta:
         d["meta"] = to_json(ir.meta)

@@ -37,6 +37,7 @@ class SpaceDecl:
     relax: A.MethodStmt | None = None
     select: A.MethodStmt | None = None
     search: dict[str, A.Setting] = attrs.field(factory=dict)
+    train: dict[str, A.Setting] = attrs.field(factory=dict)
     files: list[str] = attrs.field(factory=list)  # every file read, in order
 
 
@@ -96,6 +97,10 @@ def _add_definitions(decl: SpaceDecl, stmts: tuple, *, definitions_only: bool, f
             for setting in stmt.settings:
                 once("search setting", setting.name, setting.span)
                 decl.search[setting.name] = setting
+        elif isinstance(stmt, A.TrainBlock):
+            for setting in stmt.settings:
+                once("train setting", setting.name, setting.span)
+                decl.train[setting.name] = setting
 
 
 def _load(path: Path, stack: tuple[str, ...], span: SourceSpan | None, text: str | None = None) -> A.SpaceFile:

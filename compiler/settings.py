@@ -34,17 +34,46 @@ SEARCH_SETTINGS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | None, str]]
 }
 
 
+# Training the derived network (`nasc train`); names of space parameters (C, layers) are also allowed
+# in a `train:` block and override the parameters for the evaluation network.
+TRAIN_SETTINGS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | None, str]] = {
+    "epochs": ((int,), None, "training epochs"),
+    "batch": ((int,), None, "batch size"),
+    "weights": ((CallValue,), ("sgd",), "optimiser, e.g. sgd(lr = 0.025, momentum = 0.9, weight_decay = 3e-4)"),
+    "lr_schedule": ((CallValue,), ("cosine", "cosine_power", "constant"), "learning-rate schedule"),
+    "clip": (NUMBER, None, "gradient-norm clip (0: none)"),
+    "drop_path": (NUMBER, None, "drop-path probability, raised linearly over the epochs (DARTS)"),
+    "cutout": ((int,), None, "cutout square side (0: off)"),
+    "aux_weight": (NUMBER, None, "weight of the auxiliary head's loss (0: no auxiliary head)"),
+    "label_smoothing": (NUMBER, None, "label smoothing of the cross-entropy"),
+    "seed": ((int,), None, "default random seed"),
+}
+
+
 def check_settings(ir: SpaceIR) -> None:
     """Unknown names, wrong types and unknown optimiser/schedule calls, at the setting's line."""
     errors: list[NascError] = []
-    for name, value in ir.search.items():
-        span = ir.spans.get(f"search.{name}")
-        if name not in SEARCH_SETTINGS:
-            errors.append(NasSemanticError(f"unknown search setting {name!r}", span=span,
-                                           hint=did_you_mean(name, SEARCH_SETTINGS) or
-                                           f"settings: {', '.join(sorted(SEARCH_SETTINGS))}"))
+    blocks = [("search", ir.search, SEARCH_SETTINGS), ("train", ir.train, TRAIN_SETTINGS)]
+    for block, values, schema in blocks:
+        errors.extend(_check_block(ir, block, values, schema))
+    if errors:
+        raise NasSemanticError(errors[0].message, span=errors[0].span, hint=errors[0].hint, errors=errors)
+
+
+def _check_block(ir: SpaceIR, block: str, values: dict, schema: dict) -> list[NascError]:
+    errors: list[NascError] = []
+    for name, value in values.items():
+        span = ir.spans.get(f"{block}.{name}")
+        if block == "train" and name in ir.params:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                errors.append(NasSemanticError(f"train: parameter {name!r} must be a number", span=span))
             continue
-        types, calls, meaning = SEARCH_SETTINGS[name]
+        if name not in schema:
+            known = sorted(schema) + (sorted(ir.params) if block == "train" else [])
+            errors.append(NasSemanticError(f"unknown {block} setting {name!r}", span=span,
+                                           hint=did_you_mean(name, known) or f"settings: {', '.join(known)}"))
+            continue
+        types, calls, meaning = schema[name]
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if not ok:
             errors.append(NasSemanticError(f"search setting {name!r} has the wrong type ({_kind(value)})",
@@ -52,8 +81,7 @@ def check_settings(ir: SpaceIR) -> None:
         elif calls is not None and value.name not in calls:
             errors.append(NasSemanticError(f"{name} = {value.name}(...) is not supported", span=span,
                                            hint=did_you_mean(value.name, calls) or f"one of: {', '.join(calls)}"))
-    if errors:
-        raise NasSemanticError(errors[0].message, span=errors[0].span, hint=errors[0].hint, errors=errors)
+    return errors
 
 
 def _kind(value: Any) -> str:

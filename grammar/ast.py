@@ -314,6 +314,14 @@ class SearchBlock:
 
 
 @node
+class TrainBlock:
+    """`train:` settings for the derived network; names of space parameters override them."""
+
+    settings: tuple[Setting, ...]
+    span: SourceSpan
+
+
+@node
 class Param:
     name: str
     value: Expr
@@ -334,7 +342,8 @@ class Import:
     span: SourceSpan
 
 
-Statement = Union[Import, OpDef, OpsDef, CellDef, CellDerive, Network, AlphaStmt, MethodStmt, SearchBlock]
+Statement = Union[Import, OpDef, OpsDef, CellDef, CellDerive, Network, AlphaStmt, MethodStmt, SearchBlock,
+                  TrainBlock]
 
 
 @node

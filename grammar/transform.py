@@ -33,12 +33,17 @@ def _split_args(items) -> tuple[tuple, tuple]:
     return tuple(args), tuple(kwargs)
 
 
+MAX_RANGE = 1000  # a typo such as `n0..n99999999` must not exhaust memory
+
+
 def expand_range(first: str, last: str, span: SourceSpan) -> tuple[str, ...]:
     """`n0..n3` → (n0, n1, n2, n3): same prefix, increasing numeric suffix."""
     a, b = re.fullmatch(r"(.*?)(\d+)", first), re.fullmatch(r"(.*?)(\d+)", last)
     if not a or not b or a.group(1) != b.group(1) or int(a.group(2)) > int(b.group(2)):
         raise NasSyntaxError(f"cannot expand the range {first}..{last}",
                              span=span, hint="a range names its first and last node with one prefix, e.g. n0..n3")
+    if int(b.group(2)) - int(a.group(2)) >= MAX_RANGE:
+        raise NasSyntaxError(f"the range {first}..{last} names more than {MAX_RANGE} nodes", span=span)
     return tuple(f"{a.group(1)}{i}" for i in range(int(a.group(2)), int(b.group(2)) + 1))
 
 
@@ -256,6 +261,9 @@ class ToAst(Transformer):
 
     def search_block(self, meta, items):
         return A.SearchBlock(settings=tuple(items), span=self._s(meta))
+
+    def train_block(self, meta, items):
+        return A.TrainBlock(settings=tuple(items), span=self._s(meta))
 
     def setting(self, meta, items):
         return A.Setting(name=str(items[0]), value=items[1], span=self._s(meta))

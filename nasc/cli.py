@@ -314,6 +314,65 @@ def _print_dry_run(info: dict[str, Any], human) -> None:
     console.print(table)
 
 
+@app.command()
+def train(
+    genotype: Annotated[str, typer.Argument(help="A genotype file, run directory, DARTS Genotype(...) or "
+                                            "NAS-Bench-201 string.")],
+    space: Annotated[Optional[str], typer.Option("--space", help="The space the genotype belongs to "
+                                                 "(default: from the genotype or run).")] = None,
+    set_: SetOpt = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset (default: the embedded digits).")] = None,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where datasets live.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
+    opt: Annotated[Optional[list[str]], typer.Option("--opt", help="Any training setting NAME=VALUE "
+                                                     "(lr, drop_path, aux_weight, cutout, ...).")] = None,
+    run_dir: Annotated[Optional[str], typer.Option("--run-dir", help="Run directory.")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the training run in this directory.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show parameters, multiply-adds and settings, then exit.")] = False,
+) -> None:
+    """Train a derived architecture from scratch (DARTS protocol by default, from the space's `train:` block)."""
+    from nasc.progress import SearchDisplay
+    from nasc.runtime import train as T
+
+    overrides = parse_assignments(opt, "--opt")
+    for key, value in (("epochs", epochs), ("batch", batch), ("seed", seed), ("dataset", data),
+                       ("data_dir", data_dir), ("device", device)):
+        if value is not None:
+            overrides[key] = value
+    display = SearchDisplay(console)
+    try:
+        if resume:
+            with display:
+                result = T.resume_train(resume, on_event=display)
+        else:
+            job = T.prepare_train(T.TrainRequest(genotype=genotype, space=space,
+                                                 params=parse_assignments(set_, "--set"), overrides=overrides))
+            c = T.counts(job)
+            console.print(f"[bold]network[/bold] {job.ir.name}: {c['params']:,} parameters "
+                          f"({c['params'] / 1e6:.2f}M; {c['params_with_aux']:,} with the auxiliary head), "
+                          f"{c['madds']:,} multiply-adds per sample")
+            for w in job.ir.meta.get("warnings", []):
+                console.print(f"[yellow]warning:[/yellow] {w}")
+            if dry_run:
+                for key, value in T.describe_train(job)["train"].items():
+                    console.print(f"  {key} = {value}")
+                return
+            target = run_dir or str(T.default_train_dir(job.ir.name, job.config.seed))
+            with display:
+                result = T.run_train(job, target, on_event=display)
+    except NascError as e:
+        fail(e)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/yellow]: resume with [bold]nasc train --resume RUN_DIR[/bold]")
+        raise typer.Exit(code=130)
+    console.print(display.summary())
+    console.print(f"[bold green]test accuracy[/bold green] {result['test_acc']:.4f} after {result['epochs']} epochs "
+                  f"({result['params']:,} parameters)")
+
+
 @genotype_app.command("convert")
 def genotype_convert(
     source: Annotated[str, typer.Argument(help="A genotype file (JSON or text) or a genotype string.")],
@@ -364,16 +423,7 @@ def genotype_show(source: Annotated[str, typer.Argument(help="A genotype file, s
 def _read_genotype(source: str):
     from nasc.compiler import genotype as G
 
-    path = Path(source)
-    if path.is_dir():
-        path = path / "genotype.json"
-        if not path.is_file():
-            from nasc.errors import GenotypeError
-
-            raise GenotypeError(f"{source} has no genotype.json (is the search finished?)")
-    if path.is_file():
-        return G.load(path)
-    return G.parse_any(source)
+    return G.read_source(source)[0]
 
 
 def _default(value: Any) -> str:

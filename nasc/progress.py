@@ -42,10 +42,17 @@ class SearchDisplay:
         kind = event["type"]
         if kind == "start":
             cfg = event["config"]
-            self.console.print(f"[bold]searching[/bold] {cfg['space']} ({cfg['fingerprint']}) with "
-                               f"{cfg['relax']['name']} on {cfg['search']['dataset']}, "
-                               f"{cfg['supernet_weights']:,} weights, device {cfg['device']}, "
-                               f"run dir {event['run_dir']}")
+            if event.get("title") == "training":
+                self.console.print(f"[bold]training[/bold] a derived {cfg['space']} network on "
+                                   f"{cfg['train']['dataset']}: {cfg['params']:,} weights "
+                                   f"({cfg['params_with_aux']:,} with the auxiliary head), "
+                                   f"{cfg['madds']:,} multiply-adds per sample, device {cfg['device']}, "
+                                   f"run dir {event['run_dir']}")
+            else:
+                self.console.print(f"[bold]searching[/bold] {cfg['space']} ({cfg['fingerprint']}) with "
+                                   f"{cfg['relax']['name']} on {cfg['search']['dataset']}, "
+                                   f"{cfg['supernet_weights']:,} weights, device {cfg['device']}, "
+                                   f"run dir {event['run_dir']}")
             self.epoch_task = self.progress.add_task("epochs", total=event["epochs"], completed=event["first_epoch"],
                                                      info="")
             self.step_task = self.progress.add_task("steps", total=event["steps"], info="")
@@ -64,7 +71,7 @@ class SearchDisplay:
             self.progress.update(self.step_task, visible=False)
 
     def summary(self) -> Table:
-        table = Table(title="search", title_justify="left", show_edge=False)
+        table = Table(title="epochs", title_justify="left", show_edge=False)
         for col in ("epoch", "lr", "train loss", "train acc", "val loss", "val acc"):
             table.add_column(col, justify="right")
         for e in self.history[-10:]:

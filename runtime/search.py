@@ -114,6 +114,10 @@ def prepare(request: Request) -> Job:
     select_opts.update(request.select_options)
     selector = load_selector(select_name, select_opts)
     config = base
+    if config.cutout > dataset.shape[1] // 2:
+        ir.meta.setdefault("warnings", []).append(
+            f"cutout {config.cutout} capped at {dataset.shape[1] // 2} for {dataset.shape[1]}px images")
+        config = attrs.evolve(config, cutout=dataset.shape[1] // 2)
     if config.drop_path:
         raise SearchError("drop_path during search is not supported yet", hint="set drop_path = 0")
     seed_everything(config.seed, config.deterministic)

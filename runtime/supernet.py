@@ -36,6 +36,13 @@ def build_steps(steps: tuple[Step, ...], *, c_in: int, c: int, h: int | None, se
     return mods[0] if len(mods) == 1 else nn.Sequential(*mods)
 
 
+def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Zero whole samples with probability p and rescale the rest (DARTS' ScheduledDropPath)."""
+    keep = 1.0 - p
+    mask = torch.empty(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)  # (B, 1, 1, 1)
+    return x / keep * mask
+
+
 class Cell(nn.Module):
     """A cell instance: preprocessing per input, one module per edge, an integer plan."""
 
@@ -49,7 +56,7 @@ class Cell(nn.Module):
         self.plan = plan
         self.output = output
 
-    def forward(self, inputs: list[torch.Tensor], w: GroupWeights | None) -> torch.Tensor:
+    def forward(self, inputs: list[torch.Tensor], w: GroupWeights | None, drop_prob: float = 0.0) -> torch.Tensor:
         states = [pre(x) for pre, x in zip(self.pre, inputs)]
         for _, edges, combine, zero_shape in self.plan:
             parts = []
@@ -57,6 +64,8 @@ class Cell(nn.Module):
                 edge = self.edges[key]
                 if row < 0:
                     out = edge(states[src])
+                    if drop_prob > 0 and not isinstance(edge, nn.Identity):
+                        out = drop_path(out, drop_prob)
                 else:
                     if w.active is None:
                         out = edge(states[src], w.ops[row])
@@ -116,6 +125,7 @@ class Network(nn.Module):
         self.schedule: list[tuple[str, str, list[str], str | None]] = []
         self.aux_ids: list[str] = []
         self.aux_weight = 0.0
+        self.drop_path_prob = 0.0  # set per epoch by `nasc train`; applied only in training mode
         shapes = ir.meta["shapes"]
         group_of: dict[str, str] = {}
         for gname, g in ir.alpha_groups.items():
@@ -241,7 +251,7 @@ class Network(nn.Module):
             module = self.layers[lid]
             w = weights.get(group) if (weights and group) else None
             if kind == "cell":
-                out = module(ins, w)
+                out = module(ins, w, self.drop_path_prob if self.training else 0.0)
             elif kind == "choice":
                 out = module(ins[0], w)
             else:

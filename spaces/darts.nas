@@ -42,3 +42,16 @@ search:
     clip = 5
     arch = adam(lr = 3e-4, betas = (0.5, 0.999), weight_decay = 1e-3)
     order = 1
+
+# training the derived network (`nasc train`): the DARTS CIFAR-10 evaluation protocol
+train:
+    C = 36
+    layers = 20
+    epochs = 600
+    batch = 96
+    weights = sgd(lr = 0.025, momentum = 0.9, weight_decay = 3e-4)
+    lr_schedule = cosine(min = 0.0)
+    clip = 5
+    drop_path = 0.2
+    cutout = 16
+    aux_weight = 0.4

@@ -40,3 +40,12 @@ search:
     clip = 5
     arch = adam(lr = 3e-4, betas = (0.5, 0.999), weight_decay = 1e-3)
     order = 1
+
+# training a derived cell (`nasc train`): NAS-Bench-201's 200-epoch protocol
+# (AutoDL-Projects configs/nas-benchmark/hyper-opts/200E.config)
+train:
+    epochs = 200
+    batch = 256
+    weights = sgd(lr = 0.1, momentum = 0.9, weight_decay = 5e-4, nesterov = true)
+    lr_schedule = cosine(min = 0.0)
+    clip = 5

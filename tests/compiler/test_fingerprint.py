@@ -2,51 +2,42 @@
 
 from nasc.compiler.ir import fingerprint, to_json_dict
 
-DARTS_REORDERED = """
-search:
-    order = 1
-    arch = adam(lr = 3e-4, betas = (0.5, 0.999), weight_decay = 1e-3)
-    clip = 5
-    lr_schedule = cosine(min = 0.001)
-    weights = sgd(lr = 0.025, momentum = 0.9, weight_decay = 3e-4)
-    train_portion = 0.5
-    batch = 64
-    epochs = 50
-select top 2 per node excluding none
-relax softmax
-alpha shared per cell
-network:
-    stem conv(3, out = 3 * C) > bn
-    input 3 x 32 x 32
-    stack layers x normal, reduce at [layers // 3, 2 * layers // 3], widen 2 at reduce
-    aux relu > avg_pool(5, stride = 3, pad = 0) > conv(1, out = 128) > bn > relu
-        > conv(2, out = 768) > bn > relu > flatten > linear(classes) after 2 * layers // 3, weight 0.4
-    head global_avg_pool > linear(classes)
-    preprocess relu > conv(1) > bn | on stride 2: factorized_reduce
-cell reduce = normal with stride 2 on inputs
-cell normal(s0, s1):
-    nodes n0..n3 = sum
-    output concat(n0..n3)
-    edges dense: darts_ops
-ops darts_ops = [none, max_pool_3x3, avg_pool_3x3, skip_connect,
-                 sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, dil_conv_5x5]
-op none             = zero(stride)
-op avg_pool_3x3     = avg_pool(3, stride) > bn if searching
-op max_pool_3x3     = max_pool(3, stride) > bn if searching
-op skip_connect     = identity | on stride 2: factorized_reduce
-op dil_conv_{k}x{k} = relu > dw_conv(k, stride, dilation = 2) > conv(1) > bn
-op sep_conv_{k}x{k} = relu > dw_conv(k, stride) > conv(1) > bn > relu > dw_conv(k) > conv(1) > bn
-"""
-
 
 def _darts(spaces_dir) -> str:
     return (spaces_dir / "darts.nas").read_text()
 
 
-def _reordered(spaces_dir) -> str:
-    # the header must come first; everything after it is in a different order
-    header = next(line for line in _darts(spaces_dir).splitlines() if line.startswith("space "))
-    return header + "\n" + DARTS_REORDERED
+def _statements(text: str) -> list[str]:
+    """Top-level statements: a line at column 0 (not a comment) starts one; indented lines continue it."""
+    chunks: list[list[str]] = []
+    for line in text.splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            chunks.append([])
+        if chunks and line.strip() and not line.lstrip().startswith("#"):
+            chunks[-1].append(line)
+    return ["\n".join(c) for c in chunks]
+
+
+def _reordered(text: str) -> str:
+    """The header first, then every statement in reverse order, settings reversed, network lines moved."""
+    stmts = _statements(text)
+    header = [s for s in stmts if s.startswith("space ")]
+    rest = [s for s in stmts if not s.startswith("space ")][::-1]
+    out = []
+    for s in rest:
+        lines = s.splitlines()
+        if lines[0] in ("search:", "train:"):
+            s = "\n".join([lines[0], *lines[:0:-1]])
+        elif lines[0] == "network:":
+            body = s.split("\n", 1)[1]
+            network = {key: "" for key in ("input", "stem", "preprocess", "stack", "head", "aux")}
+            for line in body.splitlines():
+                key = line.split()[0] if not line.startswith("        ") else "aux"
+                network[key] += line + "\n"
+            # commuting statements moved: input after stem, aux before head, preprocess last
+            s = "network:\n" + "".join(network[k] for k in ("stem", "input", "stack", "aux", "head", "preprocess"))
+        out.append(s)
+    return "\n".join(header + out) + "\n"
 
 
 def _reformatted(text: str) -> str:
@@ -63,7 +54,10 @@ def _reformatted(text: str) -> str:
 
 def test_reordering_definitions_keeps_the_fingerprint(compile_text, spaces_dir):
     base = compile_text(_darts(spaces_dir), file="darts.nas")
-    moved = compile_text(_reordered(spaces_dir), file="darts.nas")
+    text = _reordered(_darts(spaces_dir))
+    assert text.index("\nop sep_conv") > text.index("\ncell normal") > text.index("\nnetwork:")
+    assert text.index("    aux") < text.index("    head")
+    moved = compile_text(text, file="darts.nas")
     assert to_json_dict(moved) == to_json_dict(base)
     assert fingerprint(moved) == fingerprint(base) == base.meta["fingerprint"]
 

@@ -81,6 +81,18 @@ def test_unknown_name_in_an_expression(semantic_error):
     assert err.hint == "did you mean 'C'?"
 
 
+def test_op_set_that_includes_itself(semantic_error):
+    err = semantic_error(space().replace("ops base_ops = [none, skip_connect, sep_conv_3x3]",
+                                         "ops base_ops = [none, more]\nops more = [skip_connect, base_ops]"))
+    assert err.message == "op set 'base_ops' includes itself (base_ops -> more -> base_ops)"
+    assert where(err) == (7, 27)
+
+
+def test_op_defined_in_terms_of_itself(semantic_error):
+    err = semantic_error(space("[a]", extra="op a = relu > b\nop b = bn > a\n"))
+    assert err.message == "op 'a' is defined in terms of itself (a -> b -> a)"
+
+
 # ---- arity and types ----------------------------------------------------------------------
 
 def test_op_missing_argument(semantic_error):
@@ -290,6 +302,17 @@ def test_wrong_search_setting_type(semantic_error):
     err = semantic_error(space(extra="search:\n    epochs = 2.5\n    weights = adamw(lr = 1)\n"))
     assert [e.message for e in err.errors] == ["search setting 'epochs' has the wrong type (float)",
                                                "weights = adamw(...) is not supported"]
+
+
+def test_runaway_counts(semantic_error):
+    err = semantic_error(space(stack="normal").replace("stack 3 x", "stack 99999999999 x"))
+    assert err.message == "a cell count must be at most 10000, got 99999999999"
+    assert where(err) == (15, 11)
+
+
+def test_long_sums_do_not_crash(semantic_error):
+    err = semantic_error(space().replace("out = 3 * C", "out = C" + " + 1" * 3000))
+    assert "nested too deeply" in err.message
 
 
 # ---- files, parameters --------------------------------------------------------------------

@@ -119,6 +119,7 @@ def _expr(depth: int):
         st.tuples(sub, st.sampled_from(["+", "-", "*", "//"]), sub).map(lambda t: f"{t[0]} {t[1]} {t[2]}"),
         sub.map(lambda s: f"({s})"),
         sub.map(lambda s: f"-{s}" if not s.startswith("-") else f"-({s})"),
+        st.tuples(leaf, st.integers(0, 3)).map(lambda t: f"{t[0]} ** {t[1]}"),
     )
 
 
@@ -134,6 +135,27 @@ def test_arithmetic_matches_python(text):
             eval_params(decl, {})
         return
     assert eval_params(decl, {})["a"] == expected
+
+
+def test_power_is_one_token_and_right_associative():
+    decl = resolve_source("space s(a = 2 ** 3 ** 2, b = -2 ** 2, c = 2 * 3 ** 2)")
+    assert eval_params(decl, {}) == {"a": 512, "b": -4, "c": 18}
+
+
+def test_runaway_numbers_are_errors():
+    with pytest.raises(NasSemanticError, match="number too large") as info:
+        eval_params(resolve_source("space s(a = 10 ** 10 ** 10)"), {})
+    assert (info.value.span.line, info.value.span.col) == (1, 13)
+
+
+def test_huge_node_range():
+    with pytest.raises(NasSyntaxError, match=r"the range n0..n99999999 names more than 1000 nodes"):
+        parse("cell c(x):\n    nodes n0..n99999999\n")
+
+
+def test_deep_nesting_is_an_error_not_a_crash():
+    with pytest.raises(NasSyntaxError, match="nested too deeply"):
+        parse("space s(a = " + "-" * 5000 + "1)")
 
 
 def test_parameters_see_earlier_parameters_and_overrides():

@@ -1,0 +1,355 @@
+"""Training a derived architecture from scratch (`nasc train`).
+
+The network is the space specialised to a genotype (compiler/derive.py) and
+lowered in evaluation mode; the protocol comes from the space's `train:`
+block (DARTS: C = 36, 20 cells, auxiliary head 0.4, drop path 0.2 rising
+linearly, cutout 16, SGD 0.025 cosine, 600 epochs, batch 96), then the
+command line. Runs use the same run-directory layout, atomic checkpoints and
+resume as searches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+from nasc.compiler import genotype as G
+from nasc.compiler.build_ir import eval_params
+from nasc.compiler.derive import specialise_to_genotype
+from nasc.compiler.expr import CallValue, evaluate
+from nasc.compiler.ir import SpaceIR, to_json_dict
+from nasc.compiler.pipeline import compile_decl
+from nasc.compiler.resolve import resolve_path
+from nasc.errors import GenotypeError, SearchError, did_you_mean
+from nasc.runtime.augment import Augment
+from nasc.runtime.data import Batches, Dataset, load_dataset
+from nasc.runtime.rundir import RunDir, environment
+from nasc.runtime.schedules import learning_rate
+from nasc.runtime.search import pick_device, seed_everything
+from nasc.runtime.supernet import Network, build_network
+
+Event = dict[str, Any]
+
+
+@attrs.frozen(kw_only=True)
+class TrainConfig:
+    epochs: int = 600
+    batch: int = 96
+    lr: float = 0.025
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    nesterov: bool = False
+    schedule: str = "cosine"
+    lr_min: float = 0.0
+    schedule_exponent: float = 2.0
+    warmup: int = 0
+    clip: float = 5.0
+    drop_path: float = 0.0
+    cutout: int = 0
+    aux_weight: float = 0.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    deterministic: bool = True
+    dataset: str = "digits"
+    data_dir: str | None = None
+    device: str = "auto"
+
+    def __attrs_post_init__(self) -> None:
+        if self.epochs < 1 or self.batch < 1 or self.lr <= 0:
+            raise SearchError("epochs, batch and lr must be positive")
+        if not 0 <= self.drop_path < 1:
+            raise SearchError(f"drop_path must lie in [0, 1), got {self.drop_path}")
+
+
+FIELDS = tuple(f.name for f in attrs.fields(TrainConfig))
+
+
+def train_config(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> TrainConfig:
+    values: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, CallValue):
+            kw = dict(value.kwargs)
+            if key == "weights":
+                values.update({k: kw[k] for k in ("lr", "momentum", "weight_decay", "nesterov") if k in kw})
+            elif key == "lr_schedule":
+                values["schedule"] = value.name
+                for src, dst in (("min", "lr_min"), ("exponent", "schedule_exponent"), ("warmup", "warmup")):
+                    if src in kw:
+                        values[dst] = kw[src]
+        elif key in FIELDS:
+            values[key] = value
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in FIELDS:
+            raise SearchError(f"unknown training option {key!r}",
+                              hint=did_you_mean(key, FIELDS) or f"options: {', '.join(FIELDS)}")
+        values[key] = value
+    try:
+        return TrainConfig(**values)
+    except (TypeError, ValueError) as e:
+        raise SearchError(f"invalid training settings: {e}") from None
+
+
+@attrs.frozen(kw_only=True)
+class TrainRequest:
+    genotype: str  # file, run directory or genotype string
+    space: str | None = None
+    params: dict[str, Any] = attrs.field(factory=dict)
+    overrides: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.define(kw_only=True)
+class TrainJob:
+    request: TrainRequest
+    genotype: G.Genotype
+    ir: SpaceIR  # derived
+    config: TrainConfig
+    dataset: Dataset
+    net: Network
+    device: torch.device
+    space_path: str
+
+
+def read_genotype(source: str) -> tuple[G.Genotype, dict[str, Any] | None]:
+    """A genotype from a file, a run directory (with its config) or a string."""
+    return G.read_source(source)
+
+
+def guess_space(genotype: G.Genotype, run_config: Mapping[str, Any] | None) -> str:
+    if run_config and run_config.get("space_file") and Path(run_config["space_file"]).is_file():
+        return run_config["space_file"]
+    if genotype.space:
+        return genotype.space
+    cells = list(genotype.cells.values())
+    if cells and all(c.n_inputs == 1 for c in cells):
+        return "nb201"
+    if cells:
+        return "darts"
+    raise GenotypeError("cannot tell which space this genotype belongs to", hint="pass --space FILE")
+
+
+def fit_to_dataset(config, dataset: Dataset):
+    """Cap a cutout written for 32x32 CIFAR at half the image side (a 16-pixel hole erases an 8x8 digit)."""
+    side = dataset.shape[1]
+    if config.cutout > side // 2:
+        note = f"cutout {config.cutout} capped at {side // 2} for {side}x{side} images"
+        return attrs.evolve(config, cutout=side // 2), [note]
+    return config, []
+
+
+def prepare_train(request: TrainRequest) -> TrainJob:
+    genotype, run_config = read_genotype(request.genotype)
+    space = request.space or guess_space(genotype, run_config)
+    decl = resolve_path(space)
+    base_params = eval_params(decl, {})
+    train_settings = {k: evaluate(s.value, base_params) for k, s in decl.train.items()}
+    params = {k: v for k, v in train_settings.items() if k in decl.params}
+    settings = {k: v for k, v in train_settings.items() if k not in decl.params}
+    params.update(request.params)
+    config = train_config(settings, request.overrides)
+    dataset = load_dataset(config.dataset, config.data_dir)
+    config, notes = fit_to_dataset(config, dataset)
+    if "classes" in decl.params and "classes" not in params:
+        params["classes"] = dataset.classes
+    ir = compile_decl(decl, params=params, input_shape=dataset.shape)
+    derived = specialise_to_genotype(ir, genotype)
+    derived.meta["warnings"] = derived.meta.get("warnings", []) + notes
+    seed_everything(config.seed, config.deterministic)
+    net = build_network(derived)
+    if not config.aux_weight:
+        net.aux_ids = []  # the auxiliary head stays built (parameter counts) but is not trained
+    device = pick_device(config.device)
+    return TrainJob(request=request, genotype=genotype, ir=derived, config=config, dataset=dataset,
+                    net=net.to(device), device=device, space_path=str(Path(decl.path).resolve()))
+
+
+def counts(job: TrainJob) -> dict[str, int]:
+    costs = job.ir.meta["costs"]
+    return {"params": costs["total_without_aux"]["params"], "params_with_aux": costs["total"]["params"],
+            "madds": costs["total_without_aux"]["madds"]}
+
+
+def describe_train(job: TrainJob) -> dict[str, Any]:
+    return {"space": job.ir.name, "space_file": job.space_path, "fingerprint": job.ir.meta["fingerprint"],
+            "genotype": G.to_json(job.genotype), "resolved_params": dict(job.ir.params),
+            "input": list(job.ir.input_shape), "train": attrs.asdict(job.config), **counts(job),
+            "device": str(job.device),
+            "warnings": job.ir.meta.get("warnings", []),
+            "request": {"genotype": job.request.genotype, "space": job.request.space,
+                        "params": job.request.params, "overrides": job.request.overrides},
+            **environment()}
+
+
+class Fitter:
+    """Optimiser, data and RNG state of one training run; resumable at epoch boundaries."""
+
+    def __init__(self, job: TrainJob):
+        self.job = job
+        cfg = job.config
+        self.opt = torch.optim.SGD(job.net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0)
+        train = job.dataset.train
+        self.batches = Batches(train, torch.arange(len(train)), cfg.batch, shuffle=True, seed=cfg.seed)
+        test = job.dataset.test
+        self.test = Batches(test, torch.arange(len(test)), max(cfg.batch, 256), shuffle=False, seed=0) if test else None
+        self.augment = Augment(job.dataset, cutout=cfg.cutout, train=True)
+        self.plain = Augment(job.dataset, train=False)
+        self.gen = torch.Generator().manual_seed(cfg.seed + 2)
+        self.epoch = 0
+
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "net": self.job.net.state_dict(), "opt": self.opt.state_dict(),
+                "rng": torch.get_rng_state(), "aug_rng": self.gen.get_state()}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        try:
+            self.job.net.load_state_dict(state["net"])
+            self.opt.load_state_dict(state["opt"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise SearchError(f"the checkpoint does not fit this network: {str(e).splitlines()[0]}") from None
+        torch.set_rng_state(state["rng"])
+        self.gen.set_state(state["aug_rng"])
+        self.epoch = int(state["epoch"])
+
+    def run_epoch(self, emit: Callable[[Event], None]) -> dict[str, Any]:
+        job, cfg, net = self.job, self.job.config, self.job.net
+        epoch = self.epoch
+        lr = learning_rate(cfg.schedule, epoch, cfg.epochs, cfg.lr, cfg.lr_min, exponent=cfg.schedule_exponent,
+                           warmup=cfg.warmup)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        net.drop_path_prob = cfg.drop_path * epoch / cfg.epochs  # DARTS: rises linearly from 0
+        net.train()
+        tot = {"loss": 0.0, "correct": 0, "n": 0}
+        steps = len(self.batches)
+        use_aux = bool(cfg.aux_weight and net.aux_ids)
+        for step, (xb, yb) in enumerate(self.batches.epoch(epoch)):
+            x = self.augment(xb.to(job.device), self.gen).to(job.device)
+            y = yb.to(job.device)
+            self.opt.zero_grad(set_to_none=True)
+            if use_aux:
+                logits, aux = net(x, with_aux=True)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                loss_total = loss + cfg.aux_weight * F.cross_entropy(aux, y, label_smoothing=cfg.label_smoothing)
+            else:
+                logits = net(x)
+                loss = loss_total = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            loss_total.backward()
+            if cfg.clip:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
+            self.opt.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise SearchError(f"the training loss became {value} at epoch {epoch + 1}",
+                                  hint="lower the learning rate")
+            correct = int((logits.argmax(1) == y).sum())
+            tot["loss"] += value * y.numel()
+            tot["correct"] += correct
+            tot["n"] += y.numel()
+            emit({"type": "step", "epoch": epoch, "step": step, "steps": steps, "loss": value,
+                  "acc": correct / y.numel(), "lr": lr})
+        test_loss, test_acc = self.evaluate()
+        self.epoch += 1
+        return {"type": "epoch", "epoch": epoch, "lr": lr, "drop_path": net.drop_path_prob,
+                "train_loss": tot["loss"] / max(tot["n"], 1), "train_acc": tot["correct"] / max(tot["n"], 1),
+                "val_loss": test_loss, "val_acc": test_acc}
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        if self.test is None:
+            return float("nan"), float("nan")
+        net = self.job.net
+        net.eval()
+        loss = correct = n = 0.0
+        for xb, yb in self.test.epoch(0):
+            x, y = self.plain(xb.to(self.job.device)).to(self.job.device), yb.to(self.job.device)
+            logits = net(x)
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            n += y.numel()
+        return loss / max(n, 1), correct / max(n, 1)
+
+
+def run_train(job: TrainJob, run_path: str | Path, *, on_event: Callable[[Event], None] | None = None,
+              resume_state: Mapping[str, Any] | None = None, stop_after: int | None = None) -> dict[str, Any]:
+    """Train in `run_path`; returns the final epoch record (with the test accuracy)."""
+    run = RunDir(run_path)
+    fit = Fitter(job)
+    if resume_state is None:
+        run.create()
+        run.write("config.json", {**describe_train(job), "kind": "train"})
+        run.write("network.ir.json", to_json_dict(job.ir))
+        G.save(job.genotype, run.path / "genotype.json")
+    else:
+        fit.load_state(resume_state)
+        run.truncate_metrics(int(resume_state["metrics_size"]))
+
+    def emit(event: Event) -> None:
+        if event["type"] in ("step", "epoch"):
+            run.append(run.metrics, event)
+        if on_event is not None:
+            on_event(event)
+
+    cfg = job.config
+    emit({"type": "start", "title": "training", "epochs": cfg.epochs, "first_epoch": fit.epoch,
+          "steps": len(fit.batches), "config": describe_train(job), "run_dir": str(run.path)})
+    final: dict[str, Any] = {}
+    done = 0
+    while fit.epoch < cfg.epochs:
+        t0 = time.perf_counter()
+        record = fit.run_epoch(emit)
+        emit(record)
+        run.append(run.timing, {"epoch": record["epoch"], "seconds": round(time.perf_counter() - t0, 3)})
+        run.save_checkpoint({**fit.state(), "fingerprint": job.ir.meta["fingerprint"],
+                             "metrics_size": run.metrics_size(), "space": job.ir.name})
+        final = record
+        done += 1
+        if stop_after is not None and done >= stop_after and fit.epoch < cfg.epochs:
+            raise KeyboardInterrupt
+    torch.save(job.net.state_dict(), run.path / ".weights.pt.tmp")
+    (run.path / ".weights.pt.tmp").replace(run.path / "weights.pt")
+    result = {"test_acc": final.get("val_acc"), "test_loss": final.get("val_loss"), **counts(job),
+              "epochs": cfg.epochs}
+    run.write("result.json", result)
+    emit({"type": "end", "final": result, "run_dir": str(run.path)})
+    return result
+
+
+def resume_train(run_path: str | Path, *, on_event: Callable[[Event], None] | None = None,
+                 stop_after: int | None = None) -> dict[str, Any]:
+    run = RunDir(run_path)
+    config = run.read_config()
+    if config.get("kind") != "train":
+        raise SearchError(f"{run.path} is not a training run", hint="use `nasc search --resume` for searches")
+    req = config["request"]
+    genotype_file = run.path / "genotype.json"
+    request = TrainRequest(genotype=str(genotype_file), space=config["space_file"], params=req.get("params") or {},
+                           overrides=req.get("overrides") or {})
+    job = prepare_train(request)
+    state = run.load_checkpoint(job.ir.meta["fingerprint"])
+    if int(state["epoch"]) >= job.config.epochs:
+        raise SearchError(f"the training run in {run.path} is already finished")
+    return run_train(job, run.path, on_event=on_event, resume_state=state, stop_after=stop_after)
+
+
+def default_train_dir(space: str, seed: int) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"train-{space}-{stamp}-s{seed}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
+def load_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
