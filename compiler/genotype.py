@@ -208,7 +208,8 @@ def _jlist(v: Any, where: str) -> list:
 
 def from_json(d: Any) -> Genotype:
     """Read the JSON form, checking every type and index; errors name the offending key."""
-    d = _jobject(d, "", ("format",), ("space", "fingerprint", "cells", "layers"))
+    # "source" and "notes" are free-text provenance (published genotypes carry their paper and repository)
+    d = _jobject(d, "", ("format",), ("space", "fingerprint", "cells", "layers", "source", "notes"))
     if d["format"] != FORMAT:
         raise _jerr("format", f"expected {FORMAT!r}, got {d['format']!r}")
     cells: dict[str, GenoCell] = {}

@@ -1,0 +1,222 @@
+"""Lowering a compiled space to a supernet (and a derived network): counts, α, forward/backward, BN rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasc.compiler import genotype as G
+from nasc.compiler.derive import specialise_to_genotype
+from nasc.compiler.pipeline import compile_space
+from nasc.errors import BuildError
+from nasc.runtime.relaxations.base import load_relaxation
+from nasc.runtime.supernet import build_network, build_supernet
+
+TINY = {"C": 4, "layers": 5, "N": 1}  # the size parameters a bundled space may declare
+POOLS = (nn.MaxPool2d, nn.AvgPool2d)
+
+DARTS_V2 = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+            "('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], "
+            "normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), "
+            "('max_pool_3x3', 1), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), "
+            "('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])")
+NB201_ARCH = "|nor_conv_3x3~0|+|avg_pool_3x3~0|nor_conv_1x1~1|+|skip_connect~0|nor_conv_3x3~1|avg_pool_3x3~2|"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two intra-op threads on a loaded 2-core machine slow torch down by 10-50x; one is always enough here.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _supernet(space: str, params=None, input_shape=(3, 32, 32)):
+    # Compiled without a PassContext: a space's own relaxation (pcdarts: partial-channel) need not be
+    # registered to count and lower it; the softmax relaxation keeps every candidate at full width.
+    ir = compile_space(space, params=params, input_shape=input_shape)
+    return ir, build_supernet(ir, load_relaxation("softmax"), generator=torch.Generator().manual_seed(0))
+
+
+def _tiny(space: str):
+    ir = compile_space(space, input_shape=(3, 32, 32))
+    params = {k: v for k, v in TINY.items() if k in ir.params}
+    if "classes" in ir.params:
+        params["classes"] = 10
+    return _supernet(space, params)
+
+
+def _weights(net) -> int:
+    return sum(p.numel() for p in net.weight_parameters())
+
+
+def test_weight_count_equals_compiler_cost(bundled_space):
+    ir, net = _supernet(bundled_space)
+    assert _weights(net) == ir.meta["costs"]["total_without_aux"]["params"]
+
+
+@pytest.mark.parametrize("space, expected", [
+    # official quark0/darts cnn/model_search.py Network(C=16, num_classes=10, layers=8), 8 DARTS ops
+    ("darts", 1_930_618),
+    # AutoDL-Projects NB201 DARTS search model (TinyNetworkDarts), C=16, N=5, affine-free BN, biased cell convs
+    ("nb201", 1_692_826),
+])
+def test_pinned_supernet_weight_counts(space, expected):
+    ir, net = _supernet(space)
+    assert ir.meta["costs"]["total_without_aux"]["params"] == expected
+    assert _weights(net) == expected
+
+
+@pytest.mark.parametrize("space, shapes", [
+    ("darts", {"normal": (14, 8), "reduce": (14, 8)}),
+    ("nb201", {"cell": (6, 5)}),
+])
+def test_alpha_shapes(space, shapes):
+    _, net = _supernet(space)
+    assert {g: tuple(a.shape) for g, a in net.alphas.items()} == shapes
+    assert all(net.mask(g).all() for g in net.alphas)  # every edge offers every op: no padding
+    assert net.arch_parameters() == list(net.alphas.values())
+
+
+def test_alpha_rows_follow_darts_edge_order():
+    _, net = _tiny("darts")
+    # node 2 takes {0, 1}, node 3 {0, 1, 2}, node 4 {0..3}, node 5 {0..4} (DARTS model_search.py)
+    assert net.group_nodes["normal"] == [2, 2, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 5]
+    assert net.group_ops["normal"][0] == ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
+                                          "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
+
+
+def test_nb201_alpha_rows_are_the_sorted_edges():
+    _, net = _tiny("nb201")
+    assert net.group_nodes["cell"] == [1, 2, 2, 3, 3, 3]
+    assert net.group_ops["cell"][0] == ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
+
+
+def test_forward_backward(bundled_space):
+    ir, net = _tiny(bundled_space)
+    classes = ir.params.get("classes", 10)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([1, 2])
+    out = net(x)
+    assert out.shape == (2, classes)
+    assert torch.isfinite(out).all()
+    F.cross_entropy(out, y).backward()
+    for a in net.arch_parameters():
+        assert a.grad is not None and a.grad.abs().sum() > 0
+    missing = [n for n, p in net.named_parameters() if p.grad is None]
+    assert not missing  # every candidate runs in the softmax supernet, so every weight gets a gradient
+
+
+def test_group_weights_are_row_softmaxes(bundled_space):
+    _, net = _tiny(bundled_space)
+    for g, w in net.group_weights().items():
+        assert w.ops.shape == net.alphas[g].shape
+        torch.testing.assert_close(w.ops.sum(dim=1), torch.ones(w.ops.shape[0]))
+        assert torch.all(w.ops[~net.mask(g)] == 0)
+
+
+def test_arch_and_weight_parameters_partition_the_parameters(bundled_space):
+    _, net = _tiny(bundled_space)
+    arch = {id(p) for p in net.arch_parameters()}
+    weights = {id(p) for p in net.weight_parameters()}
+    assert arch and weights
+    assert not arch & weights
+    assert arch | weights == {id(p) for p in net.parameters()}
+    assert len(weights) == len(net.weight_parameters())  # no parameter listed twice
+
+
+def _bns(module: nn.Module) -> list[nn.BatchNorm2d]:
+    return [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+@pytest.mark.parametrize("space", ["darts", "nb201"])
+def test_search_bn_is_affine_free_inside_cells_and_affine_in_the_stem(space):
+    ir, net = _tiny(space)
+    kinds = {l.id: l.kind for l in ir.layers()}
+    cells = [lid for lid, kind in kinds.items() if kind == "cell"]
+    assert cells
+    for lid in cells:
+        bns = _bns(net.layers[lid])
+        assert bns and all(not bn.affine for bn in bns), lid
+    stem = [lid for lid, kind in kinds.items() if kind == "stem"][0]
+    assert _bns(net.layers[stem]) and all(bn.affine for bn in _bns(net.layers[stem]))
+
+
+def test_nb201_search_cells_have_biased_convs():
+    """AutoDL: conv bias = not affine, so the affine-free search cells carry biases."""
+    _, net = _tiny("nb201")
+    convs = [m for m in net.layers["cell0"].modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.bias is not None for c in convs)
+
+
+def test_supernet_pools_are_followed_by_bn():
+    _, net = _tiny("darts")
+    edge = net.layers["cell0"].edges["n0<-s0"]
+    for name, cand in zip(edge.names, edge.candidates):
+        if name in ("max_pool_3x3", "avg_pool_3x3"):
+            mods = list(cand.modules())
+            assert any(isinstance(m, POOLS) for m in mods) and any(isinstance(m, nn.BatchNorm2d) for m in mods)
+
+
+def test_avg_pool_excludes_padding():
+    """DARTS and NB201 pool with count_include_pad=False."""
+    for space in ("darts", "nb201"):
+        _, net = _tiny(space)
+        pools = [m for m in net.modules() if isinstance(m, nn.AvgPool2d) and m.kernel_size == 3]
+        assert pools and all(not p.count_include_pad for p in pools)
+
+
+def _pool_edges_have_no_bn(net) -> int:
+    seen = 0
+    for lid, module in net.layers.items():
+        if not hasattr(module, "edges"):
+            continue
+        for key, edge in module.edges.items():
+            mods = list(edge.modules())
+            if any(isinstance(m, POOLS) for m in mods):
+                seen += 1
+                assert not any(isinstance(m, nn.BatchNorm2d) for m in mods), f"{lid} {key}"
+    return seen
+
+
+def test_derived_darts_network_is_affine_and_has_no_bn_after_pooling():
+    ir = compile_space("darts", params={"C": 4, "layers": 5}, input_shape=(3, 32, 32))
+    net = build_network(specialise_to_genotype(ir, G.from_darts(DARTS_V2)))
+    assert net.arch_parameters() == []
+    bns = _bns(net)
+    assert bns and all(bn.affine for bn in bns)
+    assert _pool_edges_have_no_bn(net) > 0  # DARTS_V2's reduction cell is mostly max pools
+    x = torch.randn(2, 3, 32, 32)
+    logits, aux = net(x, with_aux=True)
+    assert logits.shape == (2, 10) and aux.shape == (2, 10)
+    assert net(x).shape == (2, 10)
+
+
+def test_derived_nb201_network_is_affine_with_unbiased_convs():
+    ir = compile_space("nb201", params={"C": 4, "N": 1}, input_shape=(3, 32, 32))
+    net = build_network(specialise_to_genotype(ir, G.from_nb201(NB201_ARCH)))
+    bns = _bns(net)
+    assert bns and all(bn.affine for bn in bns)
+    convs = [m for m in net.layers["cell0"].modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(c.bias is None for c in convs)
+    assert _pool_edges_have_no_bn(net) > 0
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_build_network_refuses_a_space_with_choices_left():
+    ir = compile_space("nb201", params={"C": 4, "N": 1})
+    with pytest.raises(BuildError, match="choices"):
+        build_network(ir)
+
+
+def test_same_generator_same_alphas_and_forward_is_stateless():
+    _, a = _tiny("nb201")
+    _, b = _tiny("nb201")
+    for ga, gb in zip(a.arch_parameters(), b.arch_parameters()):
+        assert torch.equal(ga, gb)
+    a.eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(a(x), a(x))
