@@ -208,7 +208,10 @@ def fold_guards(steps, guards, env, span) -> tuple[Step, ...]:
     """Bind known context (e.g. the stride) into steps; turn `if searching` guards into `when`."""
     out = []
     for step, guard in zip(steps, guards):
-        g = bind(guard, env)
+        try:
+            g = bind(guard, env)
+        except (ArithmeticError, TypeError) as e:
+            raise NasSemanticError(f"the condition of {step.prim} cannot be computed ({e})", span=step.span or span) from None
         if g is False:
             continue
         when = "always"
@@ -219,7 +222,11 @@ def fold_guards(steps, guards, env, span) -> tuple[Step, ...]:
         elif g is not True:
             raise NasSemanticError("a step condition may only test `searching` (or `not searching`)",
                                    span=step.span or span)
-        args = tuple((k, bind(v, env)) for k, v in step.args)
+        try:
+            args = tuple((k, bind(v, env)) for k, v in step.args)
+        except (ArithmeticError, TypeError) as e:  # e.g. `C // (stride - 1)` on a stride-1 edge
+            raise NasSemanticError(f"{step.prim}: its arguments cannot be computed at stride {env.get('stride')}"
+                                   f" ({e})", span=step.span or span) from None
         out.append(Step(prim=step.prim, args=args, when=when, span=step.span))
     return tuple(out)
 
@@ -368,6 +375,8 @@ def build_macro(decl: SpaceDecl, ops: OpResolver, cells: dict[str, nx.DiGraph], 
                 raise NasSemanticError(f"aux head after cell {after}, but the network has {len(cell_ids)} cells so far",
                                        span=stmt.after.span, hint="write `aux` after the `stack` it attaches to")
             weight = evaluate(stmt.weight, params) if stmt.weight is not None else 0.4
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                raise NasSemanticError(f"the aux weight must be a number, got {weight!r}", span=stmt.weight.span)
             layer = add("aux", steps=steps, weight=float(weight), span=stmt.span)
             g.add_edge(f"cell{after}", layer.id, slot=0)
     if not head_seen:
@@ -402,7 +411,29 @@ def build_method(stmt: A.MethodStmt | None, default: str, params) -> Method:
         raise NasSemanticError(f"{stmt.kind} options are written as name = value", span=stmt.args[0].span,
                                hint=f"e.g. `{stmt.kind} {stmt.name}(tau = 10 -> 0.1)`")
     options = tuple((k, evaluate(v, params)) for k, v in stmt.kwargs)
+    if stmt.kind == "select" and stmt.name == "magnitude":
+        _check_magnitude(dict(options), stmt.span)
     return Method(name=stmt.name, options=options, span=stmt.span)
+
+
+def _check_magnitude(opts: dict[str, Any], span: SourceSpan) -> None:
+    """The built-in selector's options, which the compiler itself reads to count architectures."""
+    known = ("exclude", "k", "per")
+    for key in opts:
+        if key not in known:
+            raise NasSemanticError(f"selector 'magnitude' has no option {key!r}", span=span,
+                                   hint=did_you_mean(key, known) or f"options: {', '.join(known)}")
+    k = opts.get("k")
+    if k is not None and (as_int(k) is None or as_int(k) < 1):
+        raise NasSemanticError(f"select: k must be an integer ≥ 1, got {k!r}", span=span)
+    per = opts.get("per")
+    if per is not None and per not in ("node", "edge", "layer"):
+        raise NasSemanticError(f"select: cannot select per {per!r}", span=span,
+                               hint=did_you_mean(str(per), ("node", "edge", "layer")) or "per node, edge or layer")
+    ex = opts.get("exclude")
+    if ex is not None and not (isinstance(ex, str) or (isinstance(ex, tuple) and all(isinstance(e, str) for e in ex))):
+        raise NasSemanticError(f"select: exclude must name ops, got {ex!r}", span=span,
+                               hint='e.g. `excluding none` or `exclude = ["none"]`')
 
 
 def build_ir(decl: SpaceDecl, overrides: Mapping[str, Any] | None = None) -> SpaceIR:

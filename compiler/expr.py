@@ -83,6 +83,8 @@ def _apply(op: str, left: Any, right: Any) -> Any:
         return not left
     if op == "neg":
         return -left
+    if op == "**" and isinstance(right, (int, float)) and abs(right) > 1024 and abs(left) > 1:
+        raise OverflowError("number too large")  # 10 ** 10 ** 10 would never finish
     result = _BINOPS[op](left, right)
     if isinstance(result, float) and result.is_integer() and op == "/" and isinstance(left, int) and isinstance(right, int):
         return int(result)
@@ -138,8 +140,6 @@ def _checked(op: str, left: Any, right: Any, expr: A.Expr) -> Any:
             return left + right
         kinds = " and ".join(type(v).__name__ for v in operands)
         raise NasSemanticError(f"operator {op!r} does not apply to {kinds}", span=expr.span)
-    if op == "**" and abs(right) > 1024 and abs(left) > 1:  # 10 ** 10 ** 10 would never finish
-        raise NasSemanticError("number too large", span=expr.span)
     try:
         return _apply(op, left, right)
     except ZeroDivisionError:

@@ -67,6 +67,8 @@ def place(steps: tuple[Step, ...], *, c_in: int, c: int, h: int | None, searchin
             raw = {k: eval_sym(v, env) if is_sym(v) else v for k, v in step.args}
         except ZeroDivisionError:
             raise NasSemanticError(f"division by zero in {step.prim}'s arguments{where}", span=step.span) from None
+        except (ArithmeticError, TypeError) as e:  # e.g. `stride + "a"`, a runaway power
+            raise NasSemanticError(f"{step.prim}'s arguments cannot be computed: {e}{where}", span=step.span) from None
         args = resolve_args(step.prim, raw)
         for name in ("out", "k", "stride", "dilation", "groups", "pad"):
             if args.get(name) is not None:

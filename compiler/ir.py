@@ -253,7 +253,10 @@ def to_json_dict(ir: SpaceIR, *, with_meta: bool = True) -> dict:
 
 
 def canonical_json(ir: SpaceIR) -> str:
-    return json.dumps(to_json_dict(ir, with_meta=False), sort_keys=True, separators=(",", ":"))
+    """What the fingerprint hashes: the space and its search settings, not how its result is trained."""
+    d = to_json_dict(ir, with_meta=False)
+    d.pop("train", None)
+    return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
 
 def fingerprint(ir: SpaceIR) -> str:

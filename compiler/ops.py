@@ -143,6 +143,8 @@ class OpResolver:
             if k not in formals:
                 raise NasSemanticError(f"op {d.name!r} has no parameter {k!r}", span=v.span,
                                        hint=did_you_mean(k, formals) or f"parameters: {', '.join(formals) or 'none'}")
+            if k in values:
+                raise NasSemanticError(f"op {d.name!r} got {k!r} twice", span=v.span)
             values[k] = evaluate(v, env, _SYMS)
         missing = [f for f in formals if f not in values]
         if missing:

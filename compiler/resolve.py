@@ -45,6 +45,13 @@ def bundled_dir() -> Path:
     return Path(str(resources.files("nasc.spaces")))
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, or with a NUL byte
+        return False
+
+
 def find_file(name: str, relative_to: str | None, span: SourceSpan | None = None) -> Path:
     """Locate `name` next to the naming file, else among the bundled spaces."""
     candidates = []
@@ -55,7 +62,7 @@ def find_file(name: str, relative_to: str | None, span: SourceSpan | None = None
     if not name.endswith(".nas"):
         candidates.append(bundled_dir() / f"{name}.nas")
     for path in candidates:
-        if path.is_file():
+        if _is_file(path):
             return path
     bundled = ", ".join(sorted(p.name for p in bundled_dir().glob("*.nas")))
     raise NasSemanticError(f"cannot find {name!r}", span=span, hint=f"bundled spaces: {bundled}")
@@ -150,7 +157,7 @@ def resolve_source(text: str, file: str = "<string>") -> SpaceDecl:
 def resolve_path(path: str | Path) -> SpaceDecl:
     """Parse and resolve a `.nas` file; a bare bundled name such as `darts` also works."""
     p = Path(path)
-    if not p.is_file():
+    if not _is_file(p):
         if p.suffix in ("", ".nas") and len(p.parts) == 1:
             p = find_file(str(path), None)
         else:

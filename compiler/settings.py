@@ -27,6 +27,8 @@ SEARCH_SETTINGS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | None, str]]
     "arch": ((CallValue,), ("adam", "sgd"), "architecture optimiser, e.g. adam(lr = 3e-4, betas = (0.5, 0.999))"),
     "arch_clip": (NUMBER, None, "gradient-norm clip for α (0: none)"),
     "arch_start": ((int,), None, "first epoch with α updates (earlier epochs train weights only)"),
+    "arch_every": ((int,), None, "an α step every N weight steps (ProxylessNAS: 5)"),
+    "fix_alpha": ((bool,), None, "keep α uniform during search (DARTS-PT's fixed-α variant)"),
     "affine": ((bool,), None, "learnable BN affine parameters inside cells during search (default false)"),
     "cutout": ((int,), None, "cutout square side during search (0: off)"),
     "drop_path": (NUMBER + (Ramp,), None, "drop-path probability on non-identity candidates during search"),

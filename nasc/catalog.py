@@ -33,6 +33,7 @@ PRESETS: dict[str, str] = {
 
 BUILTIN_SELECTORS: dict[str, str] = {
     "magnitude": "nasc.runtime.selectors",
+    "perturbation": "nasc.runtime.perturbation",
 }
 
 

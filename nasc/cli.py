@@ -373,6 +373,34 @@ def train(
                   f"({result['params']:,} parameters)")
 
 
+@app.command("select")
+def select_cmd(
+    run_dir: Annotated[str, typer.Argument(help="A search run directory (its last checkpoint is used).")],
+    select: Annotated[str, typer.Option("--select", help="Selector: magnitude or perturbation.")] = "perturbation",
+    select_opt: Annotated[Optional[list[str]], typer.Option("--select-opt", help="Selector option NAME=VALUE "
+                                                            "(perturbation: tune_epochs, crit, eval_batches, seed).")] = None,
+) -> None:
+    """Derive a genotype again from a finished (or interrupted) search, without searching again."""
+    from nasc.compiler import genotype as G
+    from nasc.runtime import search as S
+
+    def show(event: dict) -> None:
+        if event.get("stage") == "op":
+            console.print(f"  {event['group']} {event['edge']}: keep [bold]{event['chosen']}[/bold]  "
+                          + " ".join(f"{k}:{v:.3f}" for k, v in event["without"].items()))
+        elif event.get("stage") == "topology":
+            console.print(f"  {event['group']} node {event['node']}: drop edge {event['removed']}")
+        elif event.get("stage") == "tune":
+            console.print(f"  [dim]tuned: val acc {event['val_acc']:.3f}[/dim]")
+
+    try:
+        genotype, path = S.reselect(run_dir, select, parse_assignments(select_opt, "--select-opt"), on_event=show)
+    except NascError as e:
+        fail(e)
+    console.print(f"[bold green]genotype[/bold green] ({select}) written to {path}:")
+    console.print(G.to_text(genotype), soft_wrap=True)
+
+
 @genotype_app.command("convert")
 def genotype_convert(
     source: Annotated[str, typer.Argument(help="A genotype file (JSON or text) or a genotype string.")],

@@ -53,6 +53,8 @@ class SearchConfig:
     arch_momentum: float = 0.0
     arch_clip: float = 0.0
     arch_start: int = 0
+    arch_every: int = attrs.field(default=1, validator=_positive)  # α step every N weight steps (ProxylessNAS: 5)
+    fix_alpha: bool = False  # α stays uniform (zero) during search; pair with the perturbation selector
     affine: bool = False
     cutout: int = 0
     drop_path: float = 0.0
@@ -89,7 +91,7 @@ def from_space(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Translate a space's `search:` block (already type-checked by the compiler) to config fields."""
     out: dict[str, Any] = {}
     plain = {"epochs", "batch", "train_portion", "levels", "order", "clip", "arch_clip", "arch_start", "affine",
-             "cutout", "seed"}
+             "cutout", "seed", "fix_alpha", "arch_every"}
     for key, value in settings.items():
         if key in plain:
             out[key] = value

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from nasc.compiler import genotype as G
+from nasc.compiler.expr import to_json
 from nasc.compiler.ir import SpaceIR, to_json_dict
 from nasc.compiler.pipeline import compile_decl
 from nasc.compiler.resolve import resolve_path
@@ -33,6 +34,7 @@ from nasc.runtime.relaxations.base import Relaxation, load_relaxation, preset
 from nasc.runtime.rundir import RunDir, environment
 from nasc.runtime.schedules import learning_rate
 from nasc.runtime.selectors import Selector, load_selector, strengths
+from nasc.runtime import perturbation as _perturbation  # noqa: F401  (registers the selector)
 from nasc.runtime.supernet import Network, build_supernet
 
 Event = dict[str, Any]
@@ -123,6 +125,10 @@ def prepare(request: Request) -> Job:
     seed_everything(config.seed, config.deterministic)
     generator = torch.Generator().manual_seed(config.seed)
     net = build_supernet(ir, relax, generator=generator)
+    if config.fix_alpha:  # DARTS-PT's "fixed α": uniform mixture during search, selection by perturbation
+        with torch.no_grad():
+            for a in net.alphas.values():
+                a.zero_()
     relax.setup(ir, net)
     if not net.alphas:
         raise SearchError(f"space {ir.name!r} has nothing to search (no edge or layer has two candidates)")
@@ -149,16 +155,16 @@ def describe(job: Job) -> dict[str, Any]:
         "params": dict(job.request.params),
         "resolved_params": {k: v for k, v in job.ir.params.items()},
         "input": list(job.ir.input_shape),
-        "relax": {"name": job.relax.name, "options": job.relax.options},
-        "select": {"name": job.selector.name, "options": job.selector.options},
+        "relax": {"name": job.relax.name, "options": to_json(job.relax.options)},
+        "select": {"name": job.selector.name, "options": to_json(job.selector.options)},
         "search": job.config.to_json(),
         "supernet_weights": sum(p.numel() for p in job.net.weight_parameters()),
         "arch_parameters": sum(p.numel() for p in job.net.arch_parameters()),
         "activation_bytes_estimate": costs["act"] * job.config.batch * (2 if job.config.levels == 2 else 1),
         "device": str(job.device),
-        "request": {"relax": job.request.relax, "relax_options": job.request.relax_options,
-                    "select": job.request.select, "select_options": job.request.select_options,
-                    "overrides": job.request.overrides, "params": job.request.params},
+        "request": to_json({"relax": job.request.relax, "relax_options": job.request.relax_options,
+                            "select": job.request.select, "select_options": job.request.select_options,
+                            "overrides": job.request.overrides, "params": job.request.params}),
         **environment(),
     }
 
@@ -202,6 +208,8 @@ class Trainer:
         self.plain = Augment(job.dataset, train=False)
         self.aug_gen = torch.Generator().manual_seed(cfg.seed + 2)
         self.epoch = 0
+        # the per-epoch genotype is always the cheap magnitude view; a costly final selector runs once at the end
+        self.magnitude = job.selector if job.selector.name == "magnitude" else load_selector("magnitude")
 
     # ---- state ----
     def state(self) -> dict[str, Any]:
@@ -237,15 +245,17 @@ class Trainer:
         device = self.job.device
         return augment(images.to(device), self.aug_gen).to(device), labels.to(device)
 
-    def run_epoch(self, emit: Callable[[Event], None]) -> dict[str, Any]:
+    def run_epoch(self, emit: Callable[[Event], None], *, lr: float | None = None) -> dict[str, Any]:
+        """One epoch; `lr` fixes the weight learning rate (selectors' fine-tuning), else the schedule sets it."""
         job, cfg, net = self.job, self.job.config, self.job.net
-        epoch = self.epoch
-        lr = learning_rate(cfg.schedule, epoch, cfg.epochs, cfg.lr, cfg.lr_min, exponent=cfg.schedule_exponent,
-                           warmup=cfg.warmup)
+        epoch = min(self.epoch, cfg.epochs - 1)
+        if lr is None:
+            lr = learning_rate(cfg.schedule, epoch, cfg.epochs, cfg.lr, cfg.lr_min, exponent=cfg.schedule_exponent,
+                               warmup=cfg.warmup)
         for g in self.w_opt.param_groups:
             g["lr"] = lr
         job.relax.set_progress(epoch, cfg.epochs)
-        update_arch = epoch >= cfg.arch_start
+        update_arch = epoch >= cfg.arch_start and not cfg.fix_alpha
         net.train()
         val_iter = self.val.epoch(epoch)
         tot_loss = tot_correct = tot_n = 0.0
@@ -254,7 +264,7 @@ class Trainer:
             job.relax.set_progress(epoch, cfg.epochs, step)
             x, y = self._batch(xb, yb, self.augment)
             arch_loss = None
-            if update_arch and cfg.levels == 2:
+            if update_arch and cfg.levels == 2 and step % cfg.arch_every == 0:
                 try:
                     xv, yv = next(val_iter)
                 except StopIteration:
@@ -309,7 +319,7 @@ class Trainer:
                   "acc": correct / n, "arch_loss": arch_loss, "lr": lr})
         val_loss, val_acc = self.evaluate()
         self.epoch += 1
-        genotype = job.selector.select(net, job.ir, relax=job.relax)
+        genotype = self.magnitude.select(net, job.ir)  # cheap per-epoch view; the final selector runs at the end
         return {"type": "epoch", "epoch": epoch, "lr": lr, "train_loss": tot_loss / max(tot_n, 1),
                 "train_acc": tot_correct / max(tot_n, 1), "val_loss": val_loss, "val_acc": val_acc,
                 "arch_updates": bool(update_arch), "alpha": alpha_table(net), "genotype": G.canonical_str(genotype),
@@ -374,8 +384,8 @@ def run_search(job: Job, run_path: str | Path, *, on_event: Callable[[Event], No
         done += 1
         if stop_after is not None and done >= stop_after and trainer.epoch < cfg.epochs:
             raise KeyboardInterrupt  # simulated interruption (tests)
-    if genotype is None:
-        genotype = job.selector.select(job.net, job.ir, relax=job.relax)
+    if job.selector.name != "magnitude" or genotype is None:
+        genotype = job.selector.select(job.net, job.ir, relax=job.relax, trainer=trainer, emit=emit)
     try:
         G.save(genotype, run.path / "genotype.json")
     except OSError as e:
@@ -401,6 +411,38 @@ def resume(run_path: str | Path, *, on_event: Callable[[Event], None] | None = N
         raise SearchError(f"the run in {run.path} is already finished",
                           hint="its genotype is in genotype.json")
     return run_search(job, run.path, on_event=on_event, resume_state=state, stop_after=stop_after)
+
+
+def reselect(run_path: str | Path, select: str, select_options: Mapping[str, Any] | None = None, *,
+             on_event: Callable[[Event], None] | None = None) -> tuple[G.Genotype, Path]:
+    """Run a selector again on a run's last checkpoint; writes genotype-<selector>.json beside the original."""
+    run = RunDir(run_path)
+    config = run.read_config()
+    req = config.get("request", {})
+    request = Request(space=config["space_file"], params=req.get("params") or {}, relax=req.get("relax"),
+                      relax_options=req.get("relax_options") or {}, select=select,
+                      select_options=dict(select_options or {}), overrides=req.get("overrides") or {})
+    if not Path(request.space).is_file():
+        raise SearchError(f"the run's space file {request.space} no longer exists")
+    job = prepare(request)
+    state = run.load_checkpoint(job.ir.meta["fingerprint"])
+    trainer = Trainer(job)
+    trainer.load_state(state)
+
+    def emit(event: Event) -> None:
+        if event["type"] == "select":
+            run.append(run.metrics, event)
+        if on_event is not None:
+            on_event(event)
+
+    genotype = job.selector.select(job.net, job.ir, relax=job.relax, trainer=trainer, emit=emit)
+    target = run.path / f"genotype-{job.selector.name}.json"
+    i = 1
+    while target.exists():
+        i += 1
+        target = run.path / f"genotype-{job.selector.name}-{i}.json"
+    G.save(genotype, target)
+    return genotype, target
 
 
 def default_run_dir(space_name: str, seed: int) -> Path:

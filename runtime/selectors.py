@@ -9,6 +9,7 @@ edge (NAS-Bench-201) or every chain layer (ProxylessNAS).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from nasc.compiler.count import selection_rule
 from nasc.compiler.genotype import GenoCell, GenoEdge, Genotype
 from nasc.compiler.ir import SpaceIR
-from nasc.errors import BuildError, RegistryError
+from nasc.errors import BuildError
 from nasc.runtime.registry import Registry
 from nasc.runtime.supernet import Network
 
@@ -118,8 +119,10 @@ class Magnitude(Selector):
 
 
 def load_selector(name: str, options: Mapping[str, Any] | None = None) -> Selector:
-    try:
-        cls = SELECTORS.get(name)
-    except RegistryError:
-        raise
-    return cls(options)
+    """A selector by name, importing a built-in on first use."""
+    if name not in SELECTORS:
+        from nasc.catalog import BUILTIN_SELECTORS
+
+        if name in BUILTIN_SELECTORS:
+            importlib.import_module(BUILTIN_SELECTORS[name])
+    return SELECTORS.get(name)(options)

@@ -126,6 +126,8 @@ class Network(nn.Module):
         self.aux_ids: list[str] = []
         self.aux_weight = 0.0
         self.drop_path_prob = 0.0  # set per epoch by `nasc train`; applied only in training mode
+        # selectors that edit the mixture (DARTS-PT projects decided edges) install a function here
+        self.weight_transform = None
         shapes = ir.meta["shapes"]
         group_of: dict[str, str] = {}
         for gname, g in ir.alpha_groups.items():
@@ -244,6 +246,8 @@ class Network(nn.Module):
                 with_aux: bool = False) -> Any:
         if weights is None and self.alphas:
             weights = self.group_weights()
+            if self.weight_transform is not None:
+                weights = self.weight_transform(weights)
         outputs: dict[str, torch.Tensor] = {}
         logits = aux = None
         for lid, kind, sources, group in self.schedule:

@@ -22,7 +22,7 @@ network:
     head conv(1, out = 1280) > bn > relu6 > global_avg_pool > linear(classes)
 
 alpha per instance
-relax softmax
+relax binary-gate
 select argmax per layer
 
 search:

@@ -96,7 +96,7 @@ class BinaryGate(Relaxation):
     defaults: dict[str, Any] = {"cost": "madds", "lambda": 0.0, "form": "add", "ref": None}
     presets = {
         "proxylessnas": ({}, {"arch_lr": 1e-3, "arch_betas": (0.0, 0.999), "arch_weight_decay": 0.0,
-                              "weight_decay": 4e-5, "nesterov": True, "lr_min": 0.0}),
+                              "weight_decay": 4e-5, "nesterov": True, "lr_min": 0.0, "arch_every": 5}),
     }
 
     def __init__(self, options: Mapping[str, Any] | None = None):
@@ -265,3 +265,11 @@ class BinaryGate(Relaxation):
             offset = torch.where(involved.any(1), lse_new - lse_old, torch.zeros_like(lse_new))
             alpha.copy_(torch.where(involved, alpha - offset.unsqueeze(1), old))
         self._snapshot = {}
+
+    # ---- checkpoints ----
+    def state_dict(self) -> dict[str, Any]:
+        return {"ref": self.ref}  # samples live for one step only; ref is fixed at setup
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("ref") is not None:
+            self.ref = float(state["ref"])

@@ -147,7 +147,7 @@ class DropoutGroup(Relaxation):
 
     def _plan(self, alpha: torch.Tensor, mask: torch.Tensor) -> tuple[str, _Plan]:
         group = self._group_of.get(id(alpha))
-        if group is not None:
+        if group is not None and self._plans[group].kind.shape == alpha.shape:
             return group, self._plans[group]
         # not set up (a hand-built network): one group per row holding every candidate
         group = f"#{id(alpha)}"

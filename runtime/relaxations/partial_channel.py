@@ -45,6 +45,8 @@ class PartialChannelEdge(MixedEdge):
     """Σ_o w_o·o(x[:, :C/K]) next to the untouched (or max-pooled) x[:, C/K:], then a channel shuffle."""
 
     def __init__(self, candidates: list[nn.Module], names: list[str], *, channels: int, k: int, stride: int):
+        if stride not in (1, 2):
+            raise BuildError(f"partial-channel edges support stride 1 or 2, got stride {stride}")
         super().__init__(candidates, names)
         self.k = k
         self.channels = channels
@@ -52,8 +54,6 @@ class PartialChannelEdge(MixedEdge):
         self.stride = stride
         # MaxPool2d(2, 2) is the official bypass for reduction edges
         self.bypass = nn.MaxPool2d(2, 2, ceil_mode=True) if stride == 2 else None
-        if stride not in (1, 2):
-            raise BuildError(f"partial-channel edges support stride 1 or 2, got stride {stride}")
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, active: list[int] | None = None) -> torch.Tensor:
         xa, xb = x[:, : self.part], x[:, self.part:]  # (B, C/K, H, W), (B, C−C/K, H, W)

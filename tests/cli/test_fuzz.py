@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from nasc.cli import app
 from nasc.compiler.pipeline import compile_space
+from nasc.compiler.summary import summarise
 from nasc.errors import NascError
 
 SPACES = Path(__file__).resolve().parents[2] / "spaces"
@@ -67,6 +68,8 @@ def test_mutated_spaces_never_crash(data, tmp_path):
     if result.exit_code == 1:
         assert "error:" in result.output
     try:
-        compile_space(path)
+        ir = compile_space(path)
     except NascError as e:
         e.render()  # rendering must not fail either
+    else:
+        summarise(ir)  # what `nasc compile` prints must not fail either

@@ -44,3 +44,21 @@ def test_example(block, tmp_path):
         assert info.value.message == expected
     else:
         parse(block, "example.nas")
+
+
+def test_settings_tables_are_complete():
+    from nasc.compiler.settings import SEARCH_SETTINGS, TRAIN_SETTINGS
+
+    text = DOC.read_text(encoding="utf-8")
+    search = text[text.index("## Search settings"):text.index("## Training settings")]
+    train = text[text.index("## Training settings"):text.index("## Errors")]
+    assert [k for k in SEARCH_SETTINGS if f"| `{k}` |" not in search] == []
+    assert [k for k in TRAIN_SETTINGS if f"| `{k}` |" not in train] == []
+
+
+def test_primitive_table_is_complete():
+    from nasc.compiler.primitives import PRIMITIVES
+
+    text = DOC.read_text(encoding="utf-8")
+    table = text[text.index("## Primitives"):text.index("## Op sets")]
+    assert [p for p in PRIMITIVES if f"`{p}`" not in table] == []

@@ -113,3 +113,12 @@ def test_parameter_override_changes_the_fingerprint(compile_text, spaces_dir):
 def test_fingerprint_is_16_hex_digits(compile_text, spaces_dir):
     fp = compile_text(_darts(spaces_dir)).meta["fingerprint"]
     assert len(fp) == 16 and int(fp, 16) >= 0
+
+
+def test_train_block_is_not_part_of_the_fingerprint(compile_text, spaces_dir):
+    text = _darts(spaces_dir)
+    assert "epochs = 600" in text
+    a = compile_text(text, file="darts.nas")
+    b = compile_text(text.replace("epochs = 600", "epochs = 10"), file="darts.nas")
+    assert a.train["epochs"] == 600 and b.train["epochs"] == 10
+    assert fingerprint(a) == fingerprint(b)

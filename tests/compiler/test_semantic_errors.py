@@ -221,7 +221,7 @@ def test_stride_conflict_between_edges_into_one_node(semantic_error):
     assert err.message.startswith("inputs of node 'b' disagree in shape (in cell0, cell 'c'): ")
     assert "identity from a: 8x32x32" in err.message and "conv(3, stride=2) from x: 8x16x16" in err.message
     assert where(err) == (5, 5)
-    assert err.hint == "edges need the same channels and stride".replace("edges", "edges into one node")
+    assert err.hint == "edges into one node need the same channels and stride"
 
 
 def test_head_missing(semantic_error):
@@ -291,6 +291,40 @@ def test_without_ctx_names_are_not_checked(compile_text):
     assert compile_text(space(extra="relax gumbel(tau = 10 -> 0.1)\n")).relax.name == "gumbel"
 
 
+@pytest.mark.parametrize("select, message", [
+    ('select top "a" per node', "select: k must be an integer ≥ 1, got 'a'"),
+    ("select top 0 per node", "select: k must be an integer ≥ 1, got 0"),
+    ("select argmax per cell", "select: cannot select per 'cell'"),
+    ("select magnitude(exclude = 3)", "select: exclude must name ops, got 3"),
+    ("select magnitude(kk = 3)", "selector 'magnitude' has no option 'kk'"),
+])
+def test_bad_selection_rule(semantic_error, select, message):
+    err = semantic_error(space(extra=select + "\n"))
+    assert err.message == message
+    assert where(err) == (17, 1)
+
+
+def test_aux_weight_must_be_a_number(semantic_error):
+    err = semantic_error(space().replace("    head global_avg_pool > linear(classes)\n",
+                                         "    head global_avg_pool > linear(classes)\n"
+                                         '    aux global_avg_pool > linear(classes) after 1, weight "high"\n'))
+    assert err.message == "the aux weight must be a number, got 'high'"
+    assert where(err) == (17, 59)
+
+
+def test_context_arithmetic_that_fails_on_an_edge(semantic_error):
+    err = semantic_error(space("[dw_half]", extra="op dw_half = dw_conv(3, stride, pad = 2 // (stride - 1))\n"))
+    assert err.message == "dw_conv: its arguments cannot be computed at stride 1 (integer division or modulo by zero)"
+    assert where(err) == (17, 14)
+
+
+def test_argument_given_twice(semantic_error):
+    err = semantic_error(space("[dw(3, k = 5)]"))
+    assert err.message == "op 'dw' got 'k' twice"
+    err = semantic_error(space("[conv(3, k = 5)]"))
+    assert err.message == "conv got 'k' twice"
+
+
 def test_unknown_search_setting(semantic_error):
     err = semantic_error(space(extra="search:\n    epochs = 3\n    bacth = 64\n"))
     assert err.message == "unknown search setting 'bacth'"
@@ -324,6 +358,12 @@ def test_missing_import(semantic_error):
     assert "darts.nas" in err.hint
 
 
+def test_unusable_file_names(semantic_error):
+    err = semantic_error('space t extends "' + "a" * 5000 + '.nas"\n')
+    assert err.message.startswith("cannot find 'aaaa")
+    assert where(err) == (1, 1)
+
+
 def test_missing_file_on_the_command_line():
     with pytest.raises(NasSyntaxError, match="no such file"):
         resolve_path("/nonexistent/dir/x.nas")
@@ -353,7 +393,7 @@ def test_duplicate_definition_in_one_file(semantic_error):
     assert err.hint == "the first definition is at line 4"
 
 
-def test_redefinition_through_extends_is_allowed(tmp_path, compile_text):
+def test_redefinition_through_extends_is_allowed(compile_text):
     ir = compile_text('space s extends "darts.nas"\nop none = zero(stride)\n')
     assert ir.name == "s"
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from torch import nn
@@ -115,7 +113,8 @@ def test_darts_edge_merges_the_four_convolutions():
     assert [names[i] for i in edge.separate_ids] == ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"]
     # the initial shared kernel holds each candidate's own initial kernel on its taps (smallest window wins)
     assert torch.equal(conv.weight[:, :, 3:6, 3:6], cands[names.index("sep_conv_3x3")][1].weight)
-    assert torch.equal(conv.weight[:, :, 0:9:2, 0:9:2][:, :, [0, 4]], cands[names.index("dil_conv_5x5")][1].weight[:, :, [0, 4]])
+    dil5 = cands[names.index("dil_conv_5x5")][1].weight
+    assert torch.equal(conv.weight[:, :, 0:9:2, 0:9:2][:, :, [0, 4]], dil5[:, :, [0, 4]])  # outer rows: dil5's own
 
 
 def test_nb201_edge_merges_the_dense_convolutions():
@@ -280,10 +279,10 @@ def _search(tmp_path):
 
 @pytest.mark.slow
 def test_one_epoch_search_end_to_end(tmp_path):
-    t0 = time.perf_counter()
+    import json
+
     result = _search(tmp_path)
-    assert time.perf_counter() - t0 < 600
-    ops = {"max_pool_3x3", "avg_pool_3x3", "skip_connect", *DARTS_CONVS}
-    text = str(result.genotype)
-    assert any(op in text for op in DARTS_CONVS) or any(op in text for op in ops)
-    assert (tmp_path / "run").is_dir()
+    ops = {e.op for cell in result.genotype.cells.values() for e in cell.edges}
+    assert ops and ops <= {"max_pool_3x3", "avg_pool_3x3", "skip_connect", *DARTS_CONVS}  # real op names
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["relax"]["name"] == "merged-kernel"

@@ -1,0 +1,193 @@
+"""Perturbation-based architecture selection (DARTS-PT; Wang et al., ICLR 2021).
+
+α's magnitude need not say how much an op contributes to the supernet, so
+DARTS-PT measures it: for each edge, in a seeded random order, the op whose
+removal hurts validation accuracy most is kept and the edge is fixed to it
+(one-hot); the supernet is fine-tuned between decisions. Then, for every node
+with more than k inputs (random order), the edge whose removal *least* hurts
+accuracy is dropped until k remain. Defaults follow ruocwang/darts-pt
+(sota/cnn/projection.py): 5 tuning epochs between decisions at lr/10,
+selection by accuracy on the whole validation split.
+
+The projection works on the relaxation's per-pass weights through
+`Network.weight_transform`, so it applies to any relaxation whose edges are
+weighted mixtures.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from nasc.compiler.count import selection_rule
+from nasc.compiler.genotype import Genotype
+from nasc.compiler.ir import SpaceIR
+from nasc.errors import BuildError
+from nasc.runtime.relaxations.base import GroupWeights
+from nasc.runtime.selectors import SELECTORS, Selector, derive
+from nasc.runtime.supernet import Network
+
+
+class Projection:
+    """Edits group weights: decided rows become one-hot, removed rows zero, one op may be masked."""
+
+    def __init__(self, net: Network):
+        self.decided: dict[str, dict[int, int]] = {g: {} for g in net.alphas}
+        self.removed: dict[str, set[int]] = {g: set() for g in net.alphas}
+        self.masked_op: tuple[str, int, int] | None = None  # (group, row, op)
+        self.masked_row: tuple[str, int] | None = None
+
+    def __call__(self, weights: dict[str, GroupWeights]) -> dict[str, GroupWeights]:
+        out = {}
+        for g, w in weights.items():
+            ops = w.ops
+            edits = self.decided[g] or self.removed[g] or (self.masked_op and self.masked_op[0] == g) or (
+                self.masked_row and self.masked_row[0] == g)
+            if not edits:
+                out[g] = GroupWeights(ops, w.edges, None)
+                continue
+            ops = ops.clone()
+            for row, op in self.decided[g].items():
+                ops[row] = 0
+                ops[row, op] = 1
+            if self.masked_op and self.masked_op[0] == g:
+                ops[self.masked_op[1], self.masked_op[2]] = 0  # the others stay as they are (unnormalised)
+            for row in self.removed[g] | ({self.masked_row[1]} if self.masked_row and self.masked_row[0] == g else set()):
+                ops[row] = 0
+            out[g] = GroupWeights(ops, w.edges, None)  # every kept op is computed
+        return out
+
+
+@SELECTORS.register("perturbation")
+class Perturbation(Selector):
+    """DARTS-PT: keep the op (and edges) whose removal costs the most validation accuracy."""
+
+    name = "perturbation"
+    defaults = {"tune_epochs": 5, "tune_lr_factor": 0.1, "crit": "acc", "eval_batches": 0, "seed": 0,
+                "topology": True, "k": None, "exclude": None}
+
+    def select(self, net: Network, ir: SpaceIR, *, trainer: Any = None, emit: Callable | None = None,
+               **context: Any) -> Genotype:
+        if trainer is None:
+            raise BuildError("the perturbation selector needs the supernet's data and optimiser",
+                             hint="run it through `nasc search --select perturbation` or `nasc select RUN_DIR`")
+        emit = emit or (lambda e: None)
+        per, k, exclude = selection_rule(ir)
+        if self.options["k"] is not None:
+            k = int(self.options["k"])
+        if self.options["exclude"] is not None:
+            ex = self.options["exclude"]
+            exclude = frozenset((ex,) if isinstance(ex, str) else ex)
+        rng = random.Random(int(self.options["seed"]))
+        proj = Projection(net)
+        net.weight_transform = proj
+        try:
+            self.tune_lr = trainer.job.config.lr * float(self.options["tune_lr_factor"])
+            undecided = [(g, r) for g in net.alphas for r in range(len(net.group_rows[g]))]
+            # DARTS-PT projects one edge of every group (normal and reduce) per decision step
+            order = {g: [r for gg, r in undecided if gg == g] for g in net.alphas}
+            for rows in order.values():
+                rng.shuffle(rows)
+            steps = max(len(v) for v in order.values()) if order else 0
+            for step in range(steps):
+                for g, rows in order.items():
+                    if step >= len(rows):
+                        continue
+                    row = rows[step]
+                    scores = []
+                    for op in range(len(net.group_ops[g][row])):
+                        proj.masked_op = (g, row, op)
+                        scores.append(self._score(trainer))
+                    proj.masked_op = None
+                    names = net.group_ops[g][row]
+                    allowed = [i for i, n in enumerate(names) if n not in exclude] or list(range(len(names)))
+                    chosen = min(allowed, key=lambda i: (scores[i], i))  # removal hurts most
+                    proj.decided[g][row] = chosen
+                    emit({"type": "select", "selector": self.name, "stage": "op", "group": g,
+                          "edge": net.group_rows[g][row], "chosen": names[chosen],
+                          "without": {names[i]: scores[i] for i in range(len(names))}})
+                self._tune(trainer, emit)
+            if self.options["topology"] and per == "node":
+                self._topology(net, ir, proj, trainer, rng, k, emit)
+            probs = self._final(net, proj)
+            genotype = derive(ir, net, per=per if self.options["topology"] else "edge", k=k,
+                              exclude=frozenset(), probs=probs)
+        finally:
+            net.weight_transform = None
+        return genotype
+
+    # ---- pieces ----
+    def _score(self, trainer) -> float:
+        """Validation accuracy (or negative loss with crit=loss) of the supernet as currently projected."""
+        loss, acc = evaluate_limited(trainer, int(self.options["eval_batches"]))
+        return acc if self.options["crit"] == "acc" else -loss
+
+    def _tune(self, trainer, emit) -> None:
+        for _ in range(int(self.options["tune_epochs"])):
+            record = trainer.run_epoch(lambda e: None, lr=self.tune_lr)
+            trainer.epoch -= 1  # tuning epochs do not advance the search schedule
+            emit({"type": "select", "selector": self.name, "stage": "tune", "val_acc": record["val_acc"],
+                  "val_loss": record["val_loss"]})
+
+    def _topology(self, net: Network, ir: SpaceIR, proj: Projection, trainer, rng, k: int, emit) -> None:
+        for g, info in ir.alpha_groups.items():
+            if info["kind"] != "cell":
+                continue
+            cell = ir.cells[info["cell"]]
+            row_of = {key: r for r, key in enumerate(net.group_rows[g])}
+            nodes = [n for n in cell.graph["nodes"]]
+            rng.shuffle(nodes)
+            for node in nodes:
+                rows = [row_of[cell.edges[u, node]["edge"].key] for u in cell.predecessors(node)
+                        if cell.edges[u, node]["edge"].key in row_of]
+                while len(rows) > k:
+                    scores = {}
+                    for r in rows:
+                        proj.masked_row = (g, r)
+                        scores[r] = self._score(trainer)
+                    proj.masked_row = None
+                    drop = max(rows, key=lambda r: (scores[r], -r))  # removal hurts least
+                    proj.removed[g].add(drop)
+                    rows.remove(drop)
+                    emit({"type": "select", "selector": self.name, "stage": "topology", "group": g, "node": node,
+                          "removed": net.group_rows[g][drop],
+                          "without": {net.group_rows[g][r]: s for r, s in scores.items()}})
+                self._tune(trainer, emit)
+
+    @staticmethod
+    def _final(net: Network, proj: Projection) -> dict[str, torch.Tensor]:
+        """Strength tables the magnitude rule reads: decided one-hots, removed edges at −1."""
+        out = {}
+        for g in net.alphas:
+            mask = net.mask(g)
+            table = torch.zeros(mask.shape).masked_fill(~mask, -1.0)
+            for row, op in proj.decided[g].items():
+                table[row, op] = 1.0
+            for row in proj.removed[g]:
+                table[row] = -0.5
+            out[g] = table
+        return out
+
+
+@torch.no_grad()
+def evaluate_limited(trainer, max_batches: int = 0) -> tuple[float, float]:
+    """Supernet loss and accuracy on the validation split (all of it unless `max_batches`)."""
+    import torch.nn.functional as F
+
+    net = trainer.job.net
+    net.eval()
+    trainer.job.relax.set_phase("eval")
+    loss = correct = n = 0.0
+    for i, (xb, yb) in enumerate(trainer.val_eval.epoch(0)):
+        if max_batches and i >= max_batches:
+            break
+        x, y = trainer._batch(xb, yb, trainer.plain)
+        logits = net(x)
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        n += y.numel()
+    net.train()
+    return loss / max(n, 1), correct / max(n, 1)

@@ -1,0 +1,197 @@
+"""`nasc search` and `nasc genotype` through typer's CliRunner: exit codes, files, messages, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nasc.cli import app
+from nasc.compiler import genotype as G
+
+runner = CliRunner()
+
+DARTS_V2 = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+            "('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], "
+            "normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), "
+            "('max_pool_3x3', 1), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), "
+            "('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])")
+NB201 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a default run dir (runs/...) would land here, never in the repo
+
+
+@pytest.fixture(scope="module")
+def _one_thread_module():
+    # Two intra-op threads on a loaded 2-core machine slow torch down by 10-50x; one is always enough here.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, _one_thread_module) -> tuple[Path, object]:
+    """`nasc search darts --set C=4 --set layers=5 --epochs 1 --run-dir ...` (3 steps: train_portion 0.1)."""
+    run = tmp_path_factory.mktemp("cli") / "run"
+    result = runner.invoke(app, ["search", "darts", "--set", "C=4", "--set", "layers=5", "--epochs", "1",
+                                 "--opt", "train_portion=0.1", "--run-dir", str(run)])
+    return run, result
+
+
+def _no_traceback(result) -> None:
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_dry_run_prints_the_supernet_and_writes_nothing(tmp_path, _one_thread_module):
+    result = runner.invoke(app, ["search", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    # the DARTS supernet's 1,930,618 weights, less the stem's 3x3 kernels for the 2 colour channels digits lack
+    assert f"{1_930_618 - 2 * 3 * 3 * 48:,} weights" in result.output
+    assert "224 architecture parameters" in result.output  # 2 x 14 x 8
+    assert "1 x 8 x 8" in result.output
+    assert not (tmp_path / "runs").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_search_writes_a_run(finished_run):
+    run, result = finished_run
+    assert result.exit_code == 0, result.output
+    assert (run / "genotype.json").is_file()
+    genotype = G.load(run / "genotype.json")
+    assert genotype.space == "darts"
+    assert "genotype" in result.output and "normal=" in result.output  # DARTS notation is printed
+    config = json.loads((run / "config.json").read_text())
+    assert config["resolved_params"]["C"] == 4 and config["search"]["epochs"] == 1
+
+
+def test_resume_a_finished_run_exits_1(finished_run):
+    run, _ = finished_run
+    before = (run / "metrics.jsonl").read_bytes()
+    result = runner.invoke(app, ["search", "--resume", str(run)])
+    assert result.exit_code == 1
+    assert "error:" in result.output and "already finished" in result.output
+    assert "genotype.json" in result.output  # the hint says where the result is
+    _no_traceback(result)
+    assert (run / "metrics.jsonl").read_bytes() == before
+
+
+def test_resume_a_folder_that_is_no_run(tmp_path):
+    (tmp_path / "x").mkdir()
+    result = runner.invoke(app, ["search", "--resume", "x"])
+    assert result.exit_code == 1
+    assert "error:" in result.output and "not a nasc run directory" in result.output
+    _no_traceback(result)
+
+
+def test_search_missing_space_file(tmp_path):
+    result = runner.invoke(app, ["search", "nonexistent.nas"])
+    assert result.exit_code == 1
+    assert "error:" in result.output and "nonexistent" in result.output
+    _no_traceback(result)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_search_existing_run_dir_is_refused(tmp_path, _one_thread_module):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "keep.txt").write_text("keep")
+    result = runner.invoke(app, ["search", "nb201", "--set", "C=4", "--set", "N=1", "--epochs", "1",
+                                 "--run-dir", "old"])
+    assert result.exit_code == 1
+    assert "error:" in result.output and "already contains a run" in result.output
+    _no_traceback(result)
+    assert [p.name for p in (tmp_path / "old").iterdir()] == ["keep.txt"]
+
+
+def test_search_unknown_option_names_the_closest(tmp_path):
+    result = runner.invoke(app, ["search", "nb201", "--set", "C=4", "--set", "N=1", "--opt", "arch_lrr=0.1"])
+    assert result.exit_code == 1
+    assert "arch_lrr" in result.output and "arch_lr" in result.output
+    _no_traceback(result)
+
+
+def test_first_and_second_order_exclude_each_other():
+    result = runner.invoke(app, ["search", "nb201", "--first-order", "--second-order"])
+    assert result.exit_code == 2
+    assert "exclude each other" in result.output
+
+
+def test_convert_darts_json_darts_round_trip(tmp_path):
+    result = runner.invoke(app, ["genotype", "convert", DARTS_V2, "--to", "json", "-o", "g.json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "g.json").read_text())
+    assert data["format"] == "nasc-genotype/1" and set(data["cells"]) == {"normal", "reduce"}
+    result = runner.invoke(app, ["genotype", "convert", "g.json", "--to", "darts"])
+    assert result.exit_code == 0, result.output
+    back = G.from_darts(result.stdout)
+    assert back.cells == G.from_darts(DARTS_V2).cells
+    result = runner.invoke(app, ["genotype", "convert", DARTS_V2])  # json is the default
+    assert result.exit_code == 0
+    assert G.from_json(json.loads(result.stdout)).cells == back.cells
+
+
+def test_convert_nb201_string():
+    result = runner.invoke(app, ["genotype", "convert", NB201, "--to", "nb201"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == NB201
+    result = runner.invoke(app, ["genotype", "convert", NB201, "--to", "json"])
+    assert json.loads(result.stdout)["cells"]["cell"]["n_inputs"] == 1
+
+
+def test_convert_to_an_unknown_format():
+    result = runner.invoke(app, ["genotype", "convert", NB201, "--to", "yaml"])
+    assert result.exit_code in (1, 2)
+    assert "yaml" in result.output and "json, darts or nb201" in result.output
+    _no_traceback(result)
+
+
+def test_convert_darts_cell_to_nb201_explains():
+    result = runner.invoke(app, ["genotype", "convert", DARTS_V2, "--to", "nb201"])
+    assert result.exit_code == 1
+    assert "error:" in result.output and "NB201" in result.output
+    _no_traceback(result)
+
+
+@pytest.mark.parametrize("text", [
+    "Genotype(normal=[('sep_conv_3x3', 0)",
+    "Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1)])",
+    "|nor_conv_3x3~1|",
+    '{"format": "nasc-genotype/1", "cells": 3}',
+    "__import__('os').system('true')",
+])
+def test_malformed_genotype_exits_1_without_traceback(text):
+    result = runner.invoke(app, ["genotype", "convert", text])
+    assert result.exit_code == 1, result.output
+    assert "error:" in result.output
+    _no_traceback(result)
+
+
+def test_show_a_run_dir(finished_run):
+    run, _ = finished_run
+    result = runner.invoke(app, ["genotype", "show", str(run)])
+    assert result.exit_code == 0, result.output
+    genotype = G.load(run / "genotype.json")
+    assert "normal" in result.output and "reduce" in result.output
+    for e in genotype.cells["normal"].edges:
+        assert f"{e.input} -> {e.node}: {e.op}" in result.output
+
+
+def test_show_a_dir_without_genotype(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["genotype", "show", "empty"])
+    assert result.exit_code == 1
+    assert "no genotype.json" in result.output
+    _no_traceback(result)
+
+
+def test_show_a_string():
+    result = runner.invoke(app, ["genotype", "show", NB201])
+    assert result.exit_code == 0, result.output
+    assert "0 -> 1: nor_conv_3x3" in result.output and "2 -> 3: skip_connect" in result.output

@@ -1,0 +1,141 @@
+"""Genotype + space → derived network: published parameter counts, and clear errors for genotypes that do not fit."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from nasc.compiler import genotype as G
+from nasc.compiler.derive import specialise_to_genotype
+from nasc.compiler.pipeline import compile_space
+from nasc.errors import GenotypeError
+from nasc.runtime.supernet import build_network
+
+DARTS_V2 = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+            "('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], "
+            "normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), "
+            "('max_pool_3x3', 1), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), "
+            "('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])")
+NB201_BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+NB201_SKIP = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@functools.lru_cache(maxsize=None)
+def _ir(space: str, **params):
+    return compile_space(space, params=params or None)
+
+
+def _count_without_aux(net) -> int:
+    return sum(p.numel() for name, p in net.named_parameters() if not name.startswith("layers.aux."))
+
+
+def test_darts_v2_has_the_papers_parameter_count():
+    # quark0/darts model.py NetworkCIFAR(36, 10, 20, True, DARTS_V2), utils.count_parameters_in_MB
+    # (which skips the auxiliary head): 3,349,342 -> the paper's 3.3M
+    derived = specialise_to_genotype(_ir("darts", C=36, layers=20), G.from_darts(DARTS_V2))
+    assert derived.meta["costs"]["total_without_aux"]["params"] == 3_349_342
+    net = build_network(derived)
+    assert net.aux_ids == ["aux"]
+    assert _count_without_aux(net) == 3_349_342
+    aux = sum(p.numel() for p in net.layers["aux"].parameters())
+    assert aux > 0 and sum(p.numel() for p in net.parameters()) == 3_349_342 + aux
+    assert derived.meta["costs"]["total"]["params"] == 3_349_342 + aux
+
+
+@pytest.mark.parametrize("arch, expected", [
+    (NB201_BEST, 1_288_506),  # AutoDL TinyNetwork (C=16, N=5, 10 classes): 1.2885M
+    (NB201_SKIP, 73_306),     # the all-skip cell: 0.0733M
+])
+def test_nb201_cells_have_the_benchmark_parameter_counts(arch, expected):
+    derived = specialise_to_genotype(_ir("nb201"), G.from_nb201(arch))
+    assert derived.meta["costs"]["total_without_aux"]["params"] == expected
+    net = build_network(derived)
+    assert sum(p.numel() for p in net.parameters()) == expected
+
+
+def test_derived_ir_keeps_only_the_genotype_edges():
+    ir = _ir("darts", C=4, layers=5)
+    derived = specialise_to_genotype(ir, G.from_darts(DARTS_V2))
+    assert not derived.alpha_groups
+    assert derived.meta["fingerprint"] != ir.meta["fingerprint"]
+    kept = {(e.dst, e.src, e.candidates) for e in derived.cell_edges("normal")}
+    assert len(kept) == 8 and all(len(c) == 1 for _, _, c in kept)
+    assert ir.alpha_groups  # the input IR is not modified
+    net = build_network(derived)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_op_that_is_not_a_candidate():
+    text = DARTS_V2.replace("('dil_conv_3x3', 2)", "('sep_conv_7x7', 2)")
+    with pytest.raises(GenotypeError) as info:
+        specialise_to_genotype(_ir("darts", C=4, layers=5), G.from_darts(text))
+    msg = info.value.message
+    assert "'sep_conv_7x7' is not a candidate" in msg
+    assert "cell 'normal'" in msg and "5<-2" in msg
+    assert "sep_conv_3x3" in msg  # the candidates are listed
+
+
+def test_wrong_node_count():
+    text = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+            "('sep_conv_3x3', 1), ('skip_connect', 0)], normal_concat=[2, 3, 4], "
+            "reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), "
+            "('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], "
+            "reduce_concat=[2, 3, 4, 5])")
+    with pytest.raises(GenotypeError) as info:
+        specialise_to_genotype(_ir("darts", C=4, layers=5), G.from_darts(text))
+    assert "cell 'normal' has 2 inputs and 3 nodes" in info.value.message
+    assert "4 nodes" in info.value.message
+
+
+def test_genotype_of_another_space():
+    with pytest.raises(GenotypeError) as info:
+        specialise_to_genotype(_ir("darts", C=4, layers=5), G.from_nb201(NB201_BEST))
+    msg = info.value.message
+    assert "unknown cell 'cell'" in msg
+    assert "missing cell 'normal'" in msg and "missing cell 'reduce'" in msg
+    with pytest.raises(GenotypeError, match="unknown cell 'normal'"):
+        specialise_to_genotype(_ir("nb201", C=4, N=1), G.from_darts(DARTS_V2))
+
+
+def test_nb201_genotype_with_a_foreign_op():
+    bad = NB201_BEST.replace("skip_connect~0", "sep_conv_3x3~0")
+    with pytest.raises(GenotypeError, match="'sep_conv_3x3' is not a candidate"):
+        specialise_to_genotype(_ir("nb201", C=4, N=1), G.from_nb201(bad))
+
+
+def test_an_edge_chosen_twice():
+    g = G.from_darts(DARTS_V2)
+    cell = g.cells["normal"]
+    # a third edge into node 5 is a valid (SNAS-like) cell ...
+    more = G.GenoCell(n_inputs=2, n_nodes=4, edges=cell.edges + (G.GenoEdge(node=5, input=3, op="sep_conv_5x5"),),
+                      concat=cell.concat)
+    derived = specialise_to_genotype(_ir("darts", C=4, layers=5), G.Genotype(cells={**g.cells, "normal": more}))
+    assert len(list(derived.cell_edges("normal"))) == 9
+    # ... but the same edge twice is not
+    twice = G.GenoCell(n_inputs=2, n_nodes=4, edges=cell.edges + (cell.edges[0],), concat=cell.concat)
+    with pytest.raises(GenotypeError, match="chosen twice"):
+        specialise_to_genotype(_ir("darts", C=4, layers=5), G.Genotype(cells={**g.cells, "normal": twice}))
+
+
+def test_chain_genotype_must_name_every_searchable_layer():
+    ir = compile_space("proxyless", input_shape=(3, 32, 32), params={"classes": 10})
+    choices = {g: info["rows"][0]["ops"][0] for g, info in ir.alpha_groups.items()}
+    g = G.Genotype(layers=tuple(choices.items()))
+    derived = specialise_to_genotype(ir, g)
+    assert not derived.alpha_groups
+    partial = G.Genotype(layers=tuple(list(choices.items())[:-1]))
+    with pytest.raises(GenotypeError, match="missing layer"):
+        specialise_to_genotype(ir, partial)
+    wrong = G.Genotype(layers=tuple((k, "mbconv_9x9_e6") for k in choices))
+    with pytest.raises(GenotypeError, match="not a candidate"):
+        specialise_to_genotype(ir, wrong)

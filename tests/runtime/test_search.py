@@ -1,0 +1,411 @@
+"""The search loop end to end on the bundled digits data: config, schedules, run-dir artefacts, determinism,
+resume, the variants (second order, single level, delayed α) and every way a run can be refused."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+
+from nasc.compiler import genotype as G
+from nasc.compiler.derive import specialise_to_genotype
+from nasc.errors import DataError, NascError, SearchError
+from nasc.runtime.config import SearchConfig
+from nasc.runtime.schedules import learning_rate
+from nasc.runtime.search import Request, describe, prepare, resume, run_search
+
+NB201_TINY = {"C": 4, "N": 1}
+DARTS_TINY = {"C": 4, "layers": 5}
+FILES = {"config.json", "space.ir.json", "metrics.jsonl", "timing.jsonl", "checkpoint.pt", "genotype.json"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two intra-op threads on a loaded 2-core machine slow torch down by 10-50x; one is always enough here.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _search(path: Path, space: str = "nb201", params=None, **overrides):
+    overrides = {"epochs": 1, "batch": 64, **overrides}
+    job = prepare(Request(space=space, params=dict(NB201_TINY if params is None else params), overrides=overrides))
+    return job, run_search(job, path)
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _snapshot(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def nb201_run(tmp_path_factory, one_thread_module) -> Path:
+    """A finished 1-epoch NB201 search (C=4, N=1), shared read-only; copy it before changing anything."""
+    path = tmp_path_factory.mktemp("nb201") / "run"
+    _search(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def darts_run(tmp_path_factory, one_thread_module) -> Path:
+    """A finished 1-epoch DARTS search on digits (C=4, layers=5, batch 64), shared read-only.
+
+    train_portion 0.1 keeps it to 3 steps (a few seconds); the slow acceptance test runs the full split."""
+    path = tmp_path_factory.mktemp("darts") / "run"
+    _search(path, "darts", DARTS_TINY, train_portion=0.1)
+    return path
+
+
+# ------------------------------------------------------------------ config and schedules
+
+
+def test_darts_defaults_come_from_the_space_file():
+    cfg = prepare(Request(space="darts", params={"C": 2, "layers": 3})).config
+    assert isinstance(cfg, SearchConfig)
+    assert (cfg.lr, cfg.lr_min, cfg.momentum, cfg.weight_decay, cfg.clip) == (0.025, 0.001, 0.9, 3e-4, 5)
+    assert cfg.schedule == "cosine"
+    assert (cfg.arch_optimizer, cfg.arch_lr, tuple(cfg.arch_betas), cfg.arch_weight_decay) == \
+        ("adam", 3e-4, (0.5, 0.999), 1e-3)
+    assert (cfg.epochs, cfg.batch, cfg.train_portion, cfg.order, cfg.levels) == (50, 64, 0.5, 1, 2)
+    assert cfg.nesterov is False
+
+
+def test_nb201_defaults_come_from_its_file():
+    cfg = prepare(Request(space="nb201", params=NB201_TINY)).config
+    assert (cfg.weight_decay, cfg.nesterov, cfg.lr) == (5e-4, True, 0.025)
+
+
+def test_overrides_win():
+    job = prepare(Request(space="darts", params={"C": 2, "layers": 3},
+                          overrides={"lr": 0.1, "epochs": 3, "arch_lr": 1e-3, "order": 2, "seed": 7}))
+    cfg = job.config
+    assert (cfg.lr, cfg.epochs, cfg.arch_lr, cfg.order, cfg.seed) == (0.1, 3, 1e-3, 2, 7)
+    assert cfg.weight_decay == 3e-4  # untouched settings keep the file's value
+    assert describe(job)["search"]["lr"] == 0.1
+
+
+def test_unknown_or_invalid_override_is_a_search_error():
+    with pytest.raises(SearchError) as info:
+        prepare(Request(space="nb201", params=NB201_TINY, overrides={"learning_rate": 0.1}))
+    assert "learning_rate" in info.value.message
+    with pytest.raises(SearchError, match="epochs must be positive"):
+        prepare(Request(space="nb201", params=NB201_TINY, overrides={"epochs": 0}))
+    with pytest.raises(SearchError, match="bi-level"):
+        prepare(Request(space="nb201", params=NB201_TINY, overrides={"order": 2, "levels": 1}))
+
+
+def test_cosine_schedule():
+    lr, low = 0.025, 0.001
+    assert learning_rate("cosine", 0, 50, lr, low) == pytest.approx(lr, rel=1e-12)
+    assert learning_rate("cosine", 25, 50, lr, low) == pytest.approx((lr + low) / 2, rel=1e-12)
+    values = [learning_rate("cosine", e, 50, lr, low) for e in range(50)]
+    assert all(a > b for a, b in zip(values, values[1:]))
+    assert low < values[-1] < low + 1e-4
+    assert learning_rate("constant", 17, 50, lr, low) == lr
+
+
+def _cosine_power(epoch: int, epochs: int, hi: float, lo: float, e: float, warmup: int) -> float:
+    """sharpDARTS cosine_power_annealing, from its definition: 1-based epochs i = 1..T, shifted by the
+    warm-up W; c_i = (1 + cos(pi i / T)) / 2, P_i = e^(c_i + 1) (c_i itself for e = 1), lr = lo + (hi - lo)
+    (P_i - min P) / (max P - min P); the first W + 1 epochs ramp linearly up to hi."""
+    i = epoch + 1
+    if warmup and i <= warmup + 1:
+        return hi * i / (warmup + 1)
+    i, total = i - warmup, epochs - warmup
+    p = [((1 + math.cos(math.pi * j / total)) / 2) if e == 1 else e ** ((1 + math.cos(math.pi * j / total)) / 2 + 1)
+         for j in range(1, total + 1)]
+    return lo + (hi - lo) * (p[i - 1] - min(p)) / (max(p) - min(p))
+
+
+@pytest.mark.parametrize("epochs, exponent, warmup", [(10, 2.0, 0), (20, 10.0, 0), (12, 1.0, 0), (15, 2.0, 3)])
+def test_cosine_power_schedule(epochs, exponent, warmup):
+    hi, lo = 0.025, 1e-4
+    for epoch in range(epochs):
+        got = learning_rate("cosine_power", epoch, epochs, hi, lo, exponent=exponent, warmup=warmup)
+        assert got == pytest.approx(_cosine_power(epoch, epochs, hi, lo, exponent, warmup), rel=1e-9, abs=1e-15)
+    first = warmup  # the first epoch after the ramp starts at the maximum, the last ends at the minimum
+    assert learning_rate("cosine_power", first, epochs, hi, lo, exponent=exponent, warmup=warmup) == \
+        pytest.approx(hi)
+    assert learning_rate("cosine_power", epochs - 1, epochs, hi, lo, exponent=exponent, warmup=warmup) == \
+        pytest.approx(lo)
+
+
+# ------------------------------------------------------------------ the run directory
+
+
+def test_darts_search_writes_the_run_directory(darts_run):
+    assert FILES <= {p.name for p in darts_run.iterdir()}
+    config = json.loads((darts_run / "config.json").read_text())
+    assert config["space"] == "darts"
+    assert config["search"]["epochs"] == 1 and config["search"]["batch"] == 64
+    assert config["search"]["train_portion"] == 0.1
+    assert config["resolved_params"]["C"] == 4 and config["resolved_params"]["layers"] == 5
+    assert config["input"] == [1, 8, 8]  # compiled for the dataset: digits are 1x8x8
+    ir = json.loads((darts_run / "space.ir.json").read_text())
+    assert isinstance(ir, dict) and ir
+    assert config["fingerprint"] in (darts_run / "space.ir.json").read_text()
+
+    records = _records(darts_run)
+    steps = [r for r in records if r["type"] == "step"]
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert steps and len(epochs) == 1
+    assert {r["type"] for r in records} == {"step", "epoch"}
+    assert len(steps) == steps[0]["steps"] == math.ceil(math.floor(1437 * 0.1) / 64)  # digits: 1437 train images
+    for r in steps:
+        assert {"epoch", "step", "loss", "acc", "lr"} <= set(r)
+        assert math.isfinite(r["loss"]) and 0 <= r["acc"] <= 1 and r["lr"] == pytest.approx(0.025)
+    epoch = epochs[0]
+    assert {"epoch", "lr", "alpha", "genotype", "train_loss", "train_acc", "val_loss", "val_acc"} <= set(epoch)
+    assert set(epoch["alpha"]) == {"normal", "reduce"}
+    assert len(epoch["alpha"]["normal"]) == 14
+    for row in epoch["alpha"]["normal"].values():
+        assert len(row) == 8 and sum(row.values()) == pytest.approx(1, abs=1e-4)
+
+    genotype = G.load(darts_run / "genotype.json")
+    assert genotype.space == "darts" and genotype.fingerprint == config["fingerprint"]
+    assert G.canonical_str(genotype) == epoch["genotype"]
+    assert all(e.op != "none" for c in genotype.cells.values() for e in c.edges)
+    assert all(len(c.edges) == 8 for c in genotype.cells.values())
+
+    timing = [json.loads(line) for line in (darts_run / "timing.jsonl").read_text().splitlines()]
+    assert len(timing) == 1 and timing[0]["seconds"] > 0
+    assert "seconds" not in (darts_run / "metrics.jsonl").read_text()  # wall clock stays out of metrics
+
+    state = torch.load(darts_run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 1 and state["fingerprint"] == config["fingerprint"]
+
+
+def test_the_searched_genotype_fits_its_space(nb201_run):
+    job = prepare(Request(space="nb201", params=NB201_TINY, overrides={"epochs": 1, "batch": 64}))
+    genotype = G.load(nb201_run / "genotype.json")
+    assert set(genotype.cells) == {"cell"} and len(genotype.cells["cell"].edges) == 6
+    G.to_nb201(genotype)  # a complete NB201 cell
+    specialise_to_genotype(job.ir, genotype)
+
+
+def test_same_seed_same_metrics_other_seed_other_metrics(nb201_run, tmp_path):
+    _search(tmp_path / "again")
+    assert (tmp_path / "again" / "metrics.jsonl").read_bytes() == (nb201_run / "metrics.jsonl").read_bytes()
+    assert G.load(tmp_path / "again" / "genotype.json") == G.load(nb201_run / "genotype.json")
+    _search(tmp_path / "other", seed=1)
+    assert (tmp_path / "other" / "metrics.jsonl").read_bytes() != (nb201_run / "metrics.jsonl").read_bytes()
+
+
+def test_resume_replays_an_uninterrupted_run(tmp_path):
+    _search(tmp_path / "whole", epochs=2)
+    job = prepare(Request(space="nb201", params=NB201_TINY, overrides={"epochs": 2, "batch": 64}))
+    with pytest.raises(KeyboardInterrupt):
+        run_search(job, tmp_path / "cut", stop_after=1)
+    assert not (tmp_path / "cut" / "genotype.json").exists()
+    assert len([r for r in _records(tmp_path / "cut") if r["type"] == "epoch"]) == 1
+    result = resume(tmp_path / "cut")
+    assert result.run_dir == tmp_path / "cut"
+    for name in ("metrics.jsonl", "genotype.json"):
+        assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    with pytest.raises(SearchError, match="already finished"):
+        resume(tmp_path / "cut")
+
+
+def test_resume_after_a_crash_mid_epoch_drops_the_partial_records(tmp_path):
+    """A crash after the checkpoint leaves stray step records; resuming cuts them back first."""
+    _search(tmp_path / "whole", epochs=2)
+    job = prepare(Request(space="nb201", params=NB201_TINY, overrides={"epochs": 2, "batch": 64}))
+    with pytest.raises(KeyboardInterrupt):
+        run_search(job, tmp_path / "cut", stop_after=1)
+    with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:
+        f.write('{"type": "step", "epoch": 1, "step": 0, "loss": 9.9}\n')
+    resume(tmp_path / "cut")
+    assert (tmp_path / "cut" / "metrics.jsonl").read_bytes() == (tmp_path / "whole" / "metrics.jsonl").read_bytes()
+
+
+# ------------------------------------------------------------------ variants
+
+
+def test_second_order_search(tmp_path):
+    job, result = _search(tmp_path / "run", order=2)
+    assert job.config.order == 2
+    steps = [r for r in _records(tmp_path / "run") if r["type"] == "step"]
+    assert steps and all(r["arch_loss"] is not None and math.isfinite(r["arch_loss"]) for r in steps)
+    assert (tmp_path / "run" / "genotype.json").is_file()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["search"]["order"] == 2
+
+
+def test_single_level_search_updates_alpha_on_the_training_split(tmp_path):
+    job = prepare(Request(space="nb201", params=NB201_TINY, overrides={"epochs": 1, "batch": 64, "levels": 1}))
+    before = [a.detach().clone() for a in job.net.arch_parameters()]
+    run_search(job, tmp_path / "run")
+    records = _records(tmp_path / "run")
+    steps = [r for r in records if r["type"] == "step"]
+    assert all(r["arch_loss"] is None for r in steps)  # no separate validation step
+    assert len(steps) == math.ceil(1437 / 64)  # the whole training set trains weights and α
+    assert any(not torch.equal(b, a.detach()) for b, a in zip(before, job.net.arch_parameters()))
+    assert (tmp_path / "run" / "genotype.json").is_file()
+
+
+def test_arch_start_after_the_last_epoch_leaves_alpha_unchanged(tmp_path):
+    job = prepare(Request(space="nb201", params=NB201_TINY,
+                          overrides={"epochs": 1, "batch": 64, "arch_start": 1}))
+    before = [a.detach().clone() for a in job.net.arch_parameters()]
+    weights = [w.detach().clone() for w in job.net.weight_parameters()]
+    run_search(job, tmp_path / "run")
+    for b, a in zip(before, job.net.arch_parameters()):
+        assert torch.equal(b, a.detach())
+    assert any(not torch.equal(b, w.detach()) for b, w in zip(weights, job.net.weight_parameters()))
+    epoch = [r for r in _records(tmp_path / "run") if r["type"] == "epoch"][0]
+    assert epoch["arch_updates"] is False
+    assert all(r["arch_loss"] is None for r in _records(tmp_path / "run") if r["type"] == "step")
+
+
+def test_search_moves_alpha(nb201_run):
+    state = torch.load(nb201_run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    job = prepare(Request(space="nb201", params=NB201_TINY, overrides={"epochs": 1, "batch": 64}))
+    initial = job.net.alphas["cell"].detach()
+    assert not torch.equal(state["net"]["alphas.cell"], initial)
+
+
+# ------------------------------------------------------------------ refusals
+
+
+def test_missing_cifar_dir_is_a_data_error_without_network(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network disabled in tests")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    target = tmp_path / "nope"
+    with pytest.raises(DataError) as info:
+        prepare(Request(space="nb201", params=NB201_TINY,
+                        overrides={"dataset": "cifar10", "data_dir": str(target)}))
+    assert "cifar10" in info.value.message
+    assert info.value.hint  # says how to get the files by hand
+    assert not target.exists()  # a failed first download leaves nothing behind
+
+
+def test_unknown_dataset_names_the_closest(tmp_path):
+    with pytest.raises(NascError) as info:
+        prepare(Request(space="nb201", params=NB201_TINY, overrides={"dataset": "digit"}))
+    assert "digit" in info.value.message and "digits" in (info.value.hint or "")
+
+
+def test_existing_run_is_refused_and_left_intact(nb201_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(nb201_run, run)
+    before = _snapshot(run)
+    job = prepare(Request(space="nb201", params=NB201_TINY, overrides={"epochs": 1, "batch": 64}))
+    with pytest.raises(SearchError, match="already contains a run"):
+        run_search(job, run)
+    assert _snapshot(run) == before
+
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(SearchError):
+        run_search(job, other)
+    assert _snapshot(other) == {"notes.txt": b"mine"}
+
+
+def test_unwritable_run_dir_is_a_search_error(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder")
+    job = prepare(Request(space="nb201", params=NB201_TINY, overrides={"epochs": 1, "batch": 64}))
+    with pytest.raises(SearchError, match="cannot write"):
+        run_search(job, blocker / "run")
+    with pytest.raises(SearchError, match="not a directory"):
+        run_search(job, blocker)
+    assert blocker.read_text() == "a file, not a folder"
+
+
+def test_resume_with_another_spaces_checkpoint_is_refused(darts_run, nb201_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(darts_run, run)
+    shutil.copy(nb201_run / "checkpoint.pt", run / "checkpoint.pt")
+    before = _snapshot(run)
+    with pytest.raises(SearchError) as info:
+        resume(run)
+    assert "another space" in info.value.message
+    assert _snapshot(run) == before
+
+
+def test_resume_without_checkpoint_is_refused(nb201_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(nb201_run, run)
+    (run / "checkpoint.pt").unlink()
+    (run / "genotype.json").unlink()
+    before = _snapshot(run)
+    with pytest.raises(SearchError, match="no checkpoint"):
+        resume(run)
+    assert _snapshot(run) == before
+    with pytest.raises(SearchError, match="not a nasc run directory"):
+        resume(tmp_path / "empty")
+
+
+def test_corrupt_checkpoint_is_a_search_error(nb201_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(nb201_run, run)
+    (run / "genotype.json").unlink()
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SearchError, match="cannot read checkpoint"):
+        resume(run)
+
+
+# ------------------------------------------------------------------ acceptance
+
+
+@pytest.mark.slow
+def test_search_derive_and_train_beats_chance(tmp_path):
+    """The issue's acceptance: search DARTS on digits, derive the genotype's network, train it, beat chance."""
+    import torch.nn.functional as F
+
+    from nasc.compiler.pipeline import compile_space
+    from nasc.runtime.data import load_dataset
+    from nasc.runtime.supernet import build_network
+
+    job, result = _search(tmp_path / "run", "darts", DARTS_TINY, epochs=2)
+    genotype = G.load(tmp_path / "run" / "genotype.json")
+    assert genotype == result.genotype
+    epochs = [r for r in _records(tmp_path / "run") if r["type"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [0, 1]
+    assert epochs[1]["lr"] < epochs[0]["lr"]  # cosine
+
+    ir = compile_space("darts", params={"C": 8, "layers": 5}, input_shape=job.dataset.shape)
+    assert job.dataset.shape == (1, 8, 8)
+    net = build_network(specialise_to_genotype(ir, genotype))
+    data = load_dataset("digits")
+
+    def prep(images: torch.Tensor) -> torch.Tensor:
+        return (images.float() / 255 - data.mean[0]) / data.std[0]  # (N, 1, 8, 8)
+
+    x, y = prep(data.train.images), data.train.labels
+    x_test, y_test = prep(data.test.images), data.test.labels
+    torch.manual_seed(0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=3e-4)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        net.train()
+        order = torch.randperm(len(y), generator=gen)
+        for i in range(0, len(y), 64):
+            idx = order[i:i + 64]
+            loss = F.cross_entropy(net(x[idx]), y[idx])  # at 8x8 the compiler drops the aux head (2x2 < pool 5)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        accuracy = float((net(x_test).argmax(1) == y_test).float().mean())
+    assert accuracy > 0.3  # 10 classes: chance is 0.1
