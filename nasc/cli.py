@@ -454,6 +454,107 @@ def _read_genotype(source: str):
     return G.read_source(source)[0]
 
 
+def _check_fits(genotype, space: str, params: dict[str, Any]) -> None:
+    """Raise GenotypeError unless the genotype's cells, edges and ops exist in the space."""
+    from nasc.compiler.derive import cell_shapes, layer_choices
+    from nasc.compiler.genotype import check_against
+    from nasc.compiler.pipeline import compile_space
+
+    ir = compile_space(space, params=params, ctx=_ctx())
+    check_against(genotype, cell_shapes(ir), layer_choices(ir) or None)
+
+
+@app.command("viz")
+def viz_cmd(
+    source: Annotated[str, typer.Argument(help="A genotype file, a DARTS Genotype(...) or NB201 string, "
+                                          "or a run directory.")],
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Drawing to write: .png, .svg, .pdf or "
+                                                  ".dot (default genotype.png; in the run directory for a run).")] = None,
+    space: Annotated[Optional[str], typer.Option("--space", help="Check the genotype against this space "
+                                                 "(.nas file or bundled name) first.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Draw a genotype's cells as in the DARTS paper; for a run directory, also how α evolved."""
+    from rich.markup import escape
+
+    from nasc.runtime import viz as V
+
+    try:
+        g = _read_genotype(source)
+        if space:
+            _check_fits(g, space, parse_assignments(set_, "--set"))
+        run = Path(source) if Path(source).is_dir() else None
+        out = V.check_format(output or (run / "genotype.png" if run else "genotype.png"))
+        for name, cell in g.cells.items():
+            console.print(f"[bold]{escape(V.cell_title(name))}[/bold] [dim]({cell.n_inputs} inputs, "
+                          f"{cell.n_nodes} nodes)[/dim]")
+            for line in V.cell_lines(cell):
+                console.print(f"  {escape(line)}")
+        if g.layers:
+            console.print("[bold]layers[/bold]")
+            for layer, op in g.layers:
+                console.print(f"  {escape(layer)}: {escape(op)}")
+        written = [V.draw_genotype(g, out)]
+        if run is not None and (run / "metrics.jsonl").is_file():
+            records = V.read_epochs(run)
+            changes = V.genotype_changes(records)
+            if changes:
+                later = [str(epoch) for epoch, _ in changes[1:]]
+                console.print(f"genotype: first selected at epoch {changes[0][0]}, "
+                              + (f"changed at epoch{'s' if len(later) > 1 else ''} {', '.join(later)}"
+                                 if later else "never changed after"))
+            written.append(V.draw_alpha(records, V.alpha_path(out)))
+        elif run is not None:
+            console.print(f"[yellow]note[/yellow]: {run} has no metrics.jsonl; no α plot")
+    except NascError as e:
+        fail(e)
+    for path in written:
+        console.print(f"[green]wrote[/green] {path}")
+
+
+@app.command("export")
+def export_cmd(
+    source: Annotated[str, typer.Argument(help="A genotype file, a DARTS Genotype(...) or NB201 string, "
+                                          "or a run directory.")],
+    space: Annotated[str, typer.Option("--space", help="The space the genotype belongs to "
+                                       "(.nas file or bundled name).")],
+    to: Annotated[str, typer.Option("--to", help="pytorch (one standalone .py file), torchscript or onnx.")]
+    = "pytorch",
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="Weights to export: a state dict "
+                                                      "file, or a dict holding one under 'net'.")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="File to write (default "
+                                                  "SPACE_net.py / .torchscript.pt / .onnx here).")] = None,
+    set_: SetOpt = None,
+    input_shape: Annotated[Optional[str], typer.Option("--input", help="Input shape CxHxW, e.g. 1x28x28.")] = None,
+) -> None:
+    """Export the network a genotype derives: standalone PyTorch code, TorchScript or ONNX."""
+    from nasc.compiler.pipeline import compile_space
+    from nasc.runtime import export as X
+
+    if to not in X.FORMATS:
+        raise typer.BadParameter(f"--to must be one of {', '.join(X.FORMATS)}, not {to!r}")
+    params = parse_assignments(set_, "--set")
+    try:
+        g = _read_genotype(source)
+        ir = compile_space(space, params=params, input_shape=parse_shape(input_shape), ctx=_ctx())
+        derived, net = X.derived_network(ir, g)
+        if checkpoint:
+            X.load_weights(net, checkpoint)
+        suffix = ".torchscript.pt" if to == "torchscript" else X.SUFFIX[to]
+        out = Path(output or f"{derived.name}_net{suffix}")
+        written = X.export(derived, net, out, to=to, genotype=g, with_weights=bool(checkpoint))
+    except NascError as e:
+        fail(e)
+    n_weights = sum(p.numel() for p in net.parameters())
+    console.print(f"[green]wrote[/green] {written[0]} ({to}, {n_weights:,} weights"
+                  + (", from " + checkpoint if checkpoint else ", untrained") + ")")
+    for path in written[1:]:
+        console.print(f"[green]wrote[/green] {path} (its weights)")
+    if to == "pytorch":
+        console.print("[dim]checked: it loads nasc's state dict strictly and computes the same output; "
+                      f"use it with `from {out.stem} import build; net = build()`[/dim]")
+
+
 def _default(value: Any) -> str:
     return "auto" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 

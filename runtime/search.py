@@ -237,6 +237,9 @@ class Trainer:
         return F.cross_entropy(self.job.net(x), y)
 
     def _arch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        custom = self.job.relax.arch_loss(self.job.net, self._loss, x, y)
+        if custom is not None:
+            return custom
         loss = F.cross_entropy(self.job.net(x), y)
         extra = self.job.relax.regularizer(self.job.net)
         return loss if extra is None else loss + extra
@@ -286,9 +289,17 @@ class Trainer:
             if update_arch and cfg.levels == 1:
                 self.a_opt.zero_grad(set_to_none=True)
             job.relax.set_phase("weights")
-            logits = net(x)
-            loss = F.cross_entropy(logits, y)
-            if update_arch and cfg.levels == 1:
+            custom = job.relax.weight_loss(net, x, y) if cfg.levels == 2 else None
+            if custom is not None:  # e.g. ROME: the sum over several sampled sub-networks
+                total, logits = custom
+                total.backward()
+                loss = F.cross_entropy(logits.detach(), y)
+            else:
+                logits = net(x)
+                loss = F.cross_entropy(logits, y)
+            if custom is not None:
+                pass
+            elif update_arch and cfg.levels == 1:
                 extra = job.relax.regularizer(net)
                 (loss if extra is None else loss + extra).backward()
             else:

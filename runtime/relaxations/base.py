@@ -114,6 +114,24 @@ class Relaxation:
         """"arch" before an α step's forward passes, "weights" before a weight step's, "eval" for evaluation."""
         self.phase = phase
 
+    def arch_loss(self, net: nn.Module, loss_fn: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """The loss whose gradient w.r.t. the architecture parameters drives the α step.
+
+        None (the default) means `loss_fn(x, y)` plus `regularizer`. A relaxation
+        overrides it to average several sampled architectures (ROME) or to build a
+        Monte-Carlo estimator's surrogate (PARSEC). `loss_fn(x, y)` runs one forward.
+        """
+        return None
+
+    def weight_loss(self, net: nn.Module, x: torch.Tensor,
+                    y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(loss to differentiate, logits of one pass for the metrics) for the weight step.
+
+        None (the default) means one forward pass and its cross-entropy; ROME
+        overrides it to sum the losses of several sampled sub-networks.
+        """
+        return None
+
     def regularizer(self, net: nn.Module) -> torch.Tensor | None:
         """An extra term for the architecture loss (e.g. expected latency); None when there is none."""
         return None
