@@ -33,6 +33,14 @@ SEARCH_SETTINGS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | None, str]]
     "cutout": ((int,), None, "cutout square side during search (0: off)"),
     "drop_path": (NUMBER + (Ramp,), None, "drop-path probability on non-identity candidates during search"),
     "seed": ((int,), None, "default random seed"),
+    "memory": ((str,), None, 'supernet memory mode: "plain", "recompute" (keep only edge inputs for backward) '
+                             'or "auto" (plain when it fits, else recompute)'),
+    # progressive search (P-DARTS, Chen et al. 2019; runtime/progressive.py)
+    "stages": ((tuple,), None, "progressive search: [stage(layers = 5, keep = 8, skip_dropout = 0.1), ...]; "
+               "each stage recompiles the space and keeps the `keep` strongest ops of every edge"),
+    "skip_limit": ((int,), None, "progressive search: at most this many skip_connect in the normal cell"),
+    "carry_alpha": ((bool,), None, "progressive search: start each stage from the last stage's α "
+                    "(default: re-initialised, as the official code)"),
 }
 
 
@@ -80,6 +88,9 @@ def _check_block(ir: SpaceIR, block: str, values: dict, schema: dict) -> list[Na
         if not ok:
             errors.append(NasSemanticError(f"search setting {name!r} has the wrong type ({_kind(value)})",
                                            span=span, hint=meaning))
+        elif name == "memory" and value not in ("plain", "recompute", "auto"):
+            errors.append(NasSemanticError(f"memory = {value!r} is not a memory mode", span=span,
+                                           hint='one of "plain", "recompute", "auto"'))
         elif calls is not None and value.name not in calls:
             errors.append(NasSemanticError(f"{name} = {value.name}(...) is not supported", span=span,
                                            hint=did_you_mean(value.name, calls) or f"one of: {', '.join(calls)}"))

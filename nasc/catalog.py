@@ -17,6 +17,8 @@ BUILTIN_RELAXATIONS: dict[str, str] = {
     "partial-channel": "nasc.runtime.relaxations.partial_channel",
     "merged-kernel": "nasc.runtime.relaxations.merged_kernel",
     "dropout-group": "nasc.runtime.relaxations.dropout_group",
+    "rome": "nasc.runtime.relaxations.rome",
+    "parsec": "nasc.runtime.relaxations.parsec",
 }
 
 # method name -> the relaxation it is a preset of; the relaxation class holds the preset's
@@ -29,6 +31,7 @@ PRESETS: dict[str, str] = {
     "pcdarts": "partial-channel",
     "mergenas": "merged-kernel",
     "dropnas": "dropout-group",
+    "sharpdarts": "softmax",
 }
 
 BUILTIN_SELECTORS: dict[str, str] = {

@@ -244,6 +244,7 @@ def search(
                                                 "cifar10, cifar100, mnist, fashion_mnist.")] = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where datasets live.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
+    memory: Annotated[Optional[str], typer.Option(help="Supernet memory mode: plain, recompute or auto.")] = None,
     opt: Annotated[Optional[list[str]], typer.Option("--opt", help="Any search setting NAME=VALUE "
                                                      "(lr, lr_min, arch_lr, arch_start, clip, cutout, ...).")] = None,
     run_dir: Annotated[Optional[str], typer.Option("--run-dir", help="Run directory (default runs/SPACE-TIME-sSEED).")] = None,
@@ -261,7 +262,7 @@ def search(
         raise typer.BadParameter("--first-order and --second-order exclude each other")
     overrides = parse_assignments(opt, "--opt")
     for key, value in (("epochs", epochs), ("batch", batch), ("seed", seed), ("dataset", data),
-                       ("data_dir", data_dir), ("device", device)):
+                       ("data_dir", data_dir), ("device", device), ("memory", memory)):
         if value is not None:
             overrides[key] = value
     if second_order:
@@ -309,6 +310,8 @@ def _print_dry_run(info: dict[str, Any], human) -> None:
     table.add_row("relaxation", f"{info['relax']['name']} {info['relax']['options'] or ''}")
     table.add_row("selector", f"{info['select']['name']} {info['select']['options'] or ''}")
     table.add_row("device", info["device"])
+    if info.get("memory"):
+        table.add_row("memory", info["memory"]["reason"])
     for key, value in info["search"].items():
         table.add_row(f"  {key}", str(value))
     console.print(table)
@@ -464,6 +467,14 @@ def _check_fits(genotype, space: str, params: dict[str, Any]) -> None:
     check_against(genotype, cell_shapes(ir), layer_choices(ir) or None)
 
 
+def _run_dir(source: str) -> Path | None:
+    try:
+        path = Path(source)
+        return path if path.is_dir() else None
+    except (OSError, ValueError):  # a genotype string too long (or odd) to be a path
+        return None
+
+
 @app.command("viz")
 def viz_cmd(
     source: Annotated[str, typer.Argument(help="A genotype file, a DARTS Genotype(...) or NB201 string, "
@@ -483,7 +494,7 @@ def viz_cmd(
         g = _read_genotype(source)
         if space:
             _check_fits(g, space, parse_assignments(set_, "--set"))
-        run = Path(source) if Path(source).is_dir() else None
+        run = _run_dir(source)
         out = V.check_format(output or (run / "genotype.png" if run else "genotype.png"))
         for name, cell in g.cells.items():
             console.print(f"[bold]{escape(V.cell_title(name))}[/bold] [dim]({cell.n_inputs} inputs, "

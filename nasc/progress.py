@@ -52,6 +52,7 @@ class SearchDisplay:
                 self.console.print(f"[bold]searching[/bold] {cfg['space']} ({cfg['fingerprint']}) with "
                                    f"{cfg['relax']['name']} on {cfg['search']['dataset']}, "
                                    f"{cfg['supernet_weights']:,} weights, device {cfg['device']}, "
+                                   f"memory {(cfg.get('memory') or {}).get('mode', 'plain')}, "
                                    f"run dir {event['run_dir']}")
             self.epoch_task = self.progress.add_task("epochs", total=event["epochs"], completed=event["first_epoch"],
                                                      info="")

@@ -30,6 +30,22 @@ def _portion(instance, attribute, value) -> None:
         raise SearchError(f"train_portion must lie strictly between 0 and 1, got {value!r}")
 
 
+def _stages(value: Any) -> tuple[dict[str, Any], ...]:
+    """`stages` (progressive search): `[stage(keep = 8, layers = 5, ...), ...]` as a tuple of keyword dicts."""
+    if value is None:
+        return ()
+    if isinstance(value, (CallValue, dict)) or not isinstance(value, (list, tuple)):
+        raise SearchError("stages must be a list of stage(...) calls, e.g. [stage(layers = 5, keep = 8)]")
+    out = []
+    for item in value:
+        if isinstance(item, CallValue) and item.name == "stage" and not item.args:
+            item = dict(item.kwargs)
+        if not isinstance(item, dict):
+            raise SearchError(f"stages: expected stage(NAME = VALUE, ...), got {item!r}")
+        out.append(dict(item))
+    return tuple(out)
+
+
 @attrs.frozen(kw_only=True)
 class SearchConfig:
     epochs: int = attrs.field(default=50, validator=_positive)
@@ -54,6 +70,8 @@ class SearchConfig:
     arch_clip: float = 0.0
     arch_start: int = 0
     arch_every: int = attrs.field(default=1, validator=_positive)  # α step every N weight steps (ProxylessNAS: 5)
+    memory: str = "auto"  # plain | recompute | auto
+    share_work: bool = True  # exact shared-work savings in mixed edges (off only for comparisons)
     fix_alpha: bool = False  # α stays uniform (zero) during search; pair with the perturbation selector
     affine: bool = False
     cutout: int = 0
@@ -63,6 +81,10 @@ class SearchConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     device: str = "auto"
+    # progressive search (P-DARTS; runtime/progressive.py): empty `stages` is a plain one-stage search
+    stages: tuple[dict[str, Any], ...] = attrs.field(default=(), converter=_stages)
+    skip_limit: int | None = None  # final genotype: at most this many skip_connect in the normal cell
+    carry_alpha: bool = False  # next stage starts from the kept columns of α (official code: re-initialised)
 
     def __attrs_post_init__(self) -> None:
         if self.levels not in (1, 2):
@@ -74,6 +96,8 @@ class SearchConfig:
         if self.schedule not in ("cosine", "cosine_power", "constant"):
             raise SearchError(f"unknown learning-rate schedule {self.schedule!r}",
                               hint=did_you_mean(self.schedule, ["cosine", "cosine_power", "constant"]))
+        if self.memory not in ("plain", "recompute", "auto"):
+            raise SearchError(f"unknown memory mode {self.memory!r}", hint="plain, recompute or auto")
         if self.arch_optimizer not in ("adam", "sgd"):
             raise SearchError(f"unknown architecture optimiser {self.arch_optimizer!r}", hint="adam or sgd")
 
@@ -91,9 +115,11 @@ def from_space(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Translate a space's `search:` block (already type-checked by the compiler) to config fields."""
     out: dict[str, Any] = {}
     plain = {"epochs", "batch", "train_portion", "levels", "order", "clip", "arch_clip", "arch_start", "affine",
-             "cutout", "seed", "fix_alpha", "arch_every"}
+             "cutout", "seed", "fix_alpha", "arch_every", "memory"}
     for key, value in settings.items():
         if key in plain:
+            out[key] = value
+        elif key in ("stages", "skip_limit", "carry_alpha"):  # progressive search
             out[key] = value
         elif key == "drop_path":
             out["drop_path"] = value.end if isinstance(value, Ramp) else value

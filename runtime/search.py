@@ -85,6 +85,32 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on the device (CUDA: free device memory; CPU: MemAvailable), None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in open("/proc/meminfo", encoding="ascii"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def choose_memory(mode: str, ir: SpaceIR, batch: int, device: torch.device) -> tuple[str, str]:
+    """Resolve `auto`: the plain lowering if the compiler's activation estimate fits comfortably, else recompute."""
+    need = ir.meta["costs"]["total_without_aux"]["act"] * batch
+    if mode != "auto":
+        return mode, f"asked for {mode}"
+    free = available_memory(device)
+    if free is None:
+        return "plain", "free memory unknown; plain lowering"
+    if need <= 0.5 * free:
+        return "plain", f"plain: ~{need / 2**30:.2f} GiB of activations fits in {free / 2**30:.1f} GiB free"
+    return "recompute", f"recompute: plain needs ~{need / 2**30:.2f} GiB, {free / 2**30:.1f} GiB free"
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
@@ -92,17 +118,27 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def prepare(request: Request) -> Job:
-    """Compile the space for the dataset, resolve every setting, build the supernet."""
+def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | None = None) -> Job:
+    """Compile the space for the dataset, resolve every setting, build the supernet.
+
+    `stage` and `restrict` are for progressive search (runtime/progressive.py): the stage whose
+    parameters to compile with, and the candidate sets its edges keep.
+    """
     decl = resolve_path(request.space)
     declared = decl.relax.name if decl.relax else "softmax"
     preset_settings = preset(request.relax or declared)[1]
     base = make_config({**_evaluated_search(decl)}, {**preset_settings, **request.overrides})
     dataset = load_dataset(base.dataset, base.data_dir)
     params = dict(request.params)
+    if base.stages:  # progressive search: this stage's space parameters (e.g. layers)
+        from nasc.runtime.progressive import stage_params
+        params = stage_params(decl, base, stage, params)
     if "classes" in decl.params and "classes" not in params:
         params["classes"] = dataset.classes
     ir = compile_decl(decl, params=params, input_shape=dataset.shape)
+    if restrict:  # progressive search: the candidates kept from the previous stage
+        from nasc.compiler.restrict import restrict_candidates
+        ir = restrict_candidates(ir, restrict)
     head_out = ir.meta["shapes"][[l.id for l in ir.layers() if l.kind == "head"][0]]["c_out"]
     if head_out != dataset.classes:
         raise SearchError(f"the network outputs {head_out} scores but {dataset.name} has {dataset.classes} classes",
@@ -133,6 +169,9 @@ def prepare(request: Request) -> Job:
     if not net.alphas:
         raise SearchError(f"space {ir.name!r} has nothing to search (no edge or layer has two candidates)")
     device = pick_device(config.device)
+    mode, reason = choose_memory(config.memory, ir, config.batch, device)
+    net.set_memory(mode, share=config.share_work)
+    ir.meta["memory"] = {"mode": mode, "reason": reason}
     return Job(request=request, ir=ir, config=config, dataset=dataset, relax=relax, selector=selector,
                net=net.to(device), device=device, space_path=str(Path(decl.path).resolve()))
 
@@ -162,6 +201,7 @@ def describe(job: Job) -> dict[str, Any]:
         "arch_parameters": sum(p.numel() for p in job.net.arch_parameters()),
         "activation_bytes_estimate": costs["act"] * job.config.batch * (2 if job.config.levels == 2 else 1),
         "device": str(job.device),
+        "memory": job.ir.meta.get("memory"),
         "request": to_json({"relax": job.request.relax, "relax_options": job.request.relax_options,
                             "select": job.request.select, "select_options": job.request.select_options,
                             "overrides": job.request.overrides, "params": job.request.params}),
@@ -365,6 +405,9 @@ def _emit_to(run: RunDir, on_event: Callable[[Event], None] | None) -> Callable[
 def run_search(job: Job, run_path: str | Path, *, on_event: Callable[[Event], None] | None = None,
                resume_state: Mapping[str, Any] | None = None, stop_after: int | None = None) -> SearchResult:
     """Train `job` in `run_path` (new, or continuing from `resume_state`); `stop_after` epochs is for tests."""
+    if job.config.stages:  # progressive search (P-DARTS): runtime/progressive.py runs the stages
+        from nasc.runtime.progressive import run_progressive
+        return run_progressive(job, run_path, on_event=on_event, resume_state=resume_state, stop_after=stop_after)
     run = RunDir(run_path)
     trainer = Trainer(job)
     if resume_state is None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from nasc.compiler.infer_shapes import cell_affine
 from nasc.compiler.instantiate import place
@@ -34,6 +35,46 @@ def build_steps(steps: tuple[Step, ...], *, c_in: int, c: int, h: int | None, se
     if not mods:
         return nn.Identity()
     return mods[0] if len(mods) == 1 else nn.Sequential(*mods)
+
+
+class _Recomputed:
+    """Calls an edge so torch.utils.checkpoint can re-run it in backward with BN statistics frozen.
+
+    Recomputation would otherwise update every BN's running statistics a second
+    time; freezing them (momentum 0) during the re-run keeps `recompute`
+    numerically identical to the plain lowering, running statistics included.
+    """
+
+    def __init__(self, edge: nn.Module, active: list[int] | None):
+        self.edge, self.active, self.calls = edge, active, 0
+
+    def __call__(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 1:
+            return self._run(x, w)
+        bns = [m for m in self.edge.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+                 for m in bns]
+        for m in bns:
+            m.momentum = 0.0
+        try:
+            return self._run(x, w)
+        finally:
+            for m, (momentum, tracked) in zip(bns, saved):
+                m.momentum = momentum
+                if tracked is not None:
+                    m.num_batches_tracked.copy_(tracked)
+
+    def _run(self, x, w):
+        return self.edge(x, w) if self.active is None else self.edge(x, w, self.active)
+
+
+def call_edge(edge: nn.Module, x: torch.Tensor, w: torch.Tensor, active: list[int] | None,
+              recompute: bool) -> torch.Tensor:
+    """A searchable edge; with `recompute` only its input and weights are kept for backward."""
+    if recompute and torch.is_grad_enabled() and edge.training:
+        return checkpoint(_Recomputed(edge, active), x, w, use_reentrant=False)
+    return edge(x, w) if active is None else edge(x, w, active)
 
 
 def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -55,6 +96,7 @@ class Cell(nn.Module):
         # per node: (state index, [(edge key, source state index, α row or -1)], combine, zero shape)
         self.plan = plan
         self.output = output
+        self.recompute = False  # set by Network.set_memory
 
     def forward(self, inputs: list[torch.Tensor], w: GroupWeights | None, drop_prob: float = 0.0) -> torch.Tensor:
         states = [pre(x) for pre, x in zip(self.pre, inputs)]
@@ -67,10 +109,8 @@ class Cell(nn.Module):
                     if drop_prob > 0 and not isinstance(edge, nn.Identity):
                         out = drop_path(out, drop_prob)
                 else:
-                    if w.active is None:
-                        out = edge(states[src], w.ops[row])
-                    else:
-                        out = edge(states[src], w.ops[row], w.active[row])
+                    active = None if w.active is None else w.active[row]
+                    out = call_edge(edge, states[src], w.ops[row], active, self.recompute)
                     if w.edges is not None:
                         out = out * w.edges[row]
                 parts.append(out)
@@ -94,14 +134,13 @@ class Choice(nn.Module):
         self.edge = edge
         self.residual = residual
         self.searchable = searchable
+        self.recompute = False
 
     def forward(self, x: torch.Tensor, w: GroupWeights | None) -> torch.Tensor:
         if not self.searchable:
             out = self.edge(x)
-        elif w.active is None:
-            out = self.edge(x, w.ops[0])
         else:
-            out = self.edge(x, w.ops[0], w.active[0])
+            out = call_edge(self.edge, x, w.ops[0], None if w.active is None else w.active[0], self.recompute)
         return out + x if self.residual else out
 
 
@@ -220,6 +259,21 @@ class Network(nn.Module):
             edge = self.relax.make_edge(cands, list(layer.candidates), channels=s["c_in"][0], stride=layer.stride)
             return Choice(edge, layer.residual, True)
         return Choice(cands[0], layer.residual, False)
+
+    # ---- lowering choices ----
+    def set_memory(self, mode: str, *, share: bool = True) -> None:
+        """`plain` keeps every candidate output for backward; `recompute` keeps only edge inputs.
+
+        `share` turns the exact shared-work savings of mixed edges on or off.
+        """
+        if mode not in ("plain", "recompute"):
+            raise BuildError(f"unknown memory mode {mode!r}", hint="plain or recompute (auto is resolved earlier)")
+        for m in self.modules():
+            if isinstance(m, (Cell, Choice)):
+                m.recompute = mode == "recompute"
+            if hasattr(m, "share") and hasattr(m, "candidates"):
+                m.share = share
+        self.memory_mode = mode
 
     # ---- parameters ----
     def arch_parameters(self) -> list[nn.Parameter]:

@@ -17,6 +17,8 @@ ops darts_ops = [none, max_pool_3x3, avg_pool_3x3, skip_connect,
 ops sharper_ops = [none, max_pool_3x3, avg_pool_3x3, skip_connect, sep_conv_3x3, sep_conv_5x5,
                    sep_conv_7x7, dil_conv_3x3, dil_conv_5x5, flood_conv_3x3, flood_conv_5x5]
 
+relax softmax(weighting = "max_w")   # sharpDARTS' Max-W weighting; use `--relax darts` for plain DARTS
+
 search:
     epochs = 120
     batch = 48

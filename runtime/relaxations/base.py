@@ -46,17 +46,49 @@ class GroupWeights:
 
 
 class MixedEdge(nn.Module):
-    """Σ_o w_o · o(x): the DARTS mixture; relaxations subclass it to run fewer candidates."""
+    """Σ_o w_o · o(x): the DARTS mixture; relaxations subclass it to run fewer candidates.
+
+    Two savings are exact by construction and on unless `share` is turned off
+    (the plain lowering, for comparisons): a zero candidate (`none`) is never
+    computed — its weight still takes part in the normalisation, so α's
+    gradient is unchanged — and candidates that begin with a ReLU of the edge
+    input (DARTS' sep/dil convs) share one ReLU, so its output is computed and
+    kept for backward once instead of once per candidate.
+    """
 
     def __init__(self, candidates: list[nn.Module], names: list[str]):
         super().__init__()
+        from nasc.runtime.ops import Zero  # local: ops imports nothing from relaxations
+
         self.candidates = nn.ModuleList(candidates)
         self.names = list(names)
+        self.share = True
+        self.zero = [isinstance(c, Zero) for c in candidates]
+        self.relu_head = [isinstance(c, nn.Sequential) and len(c) > 1 and isinstance(c[0], nn.ReLU)
+                          for c in candidates]
+
+    def run(self, i: int, x: torch.Tensor, shared: dict) -> torch.Tensor:
+        """Candidate i on x, reusing the edge's ReLU(x) when the candidate starts with one."""
+        op = self.candidates[i]
+        if self.share and self.relu_head[i]:
+            if "relu" not in shared:
+                shared["relu"] = torch.relu(x)
+            y = shared["relu"]
+            for m in list(op)[1:]:
+                y = m(y)
+            return y
+        return op(x)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, active: list[int] | None = None) -> torch.Tensor:
-        if active is None:
-            return sum(wi * op(x) for wi, op in zip(w, self.candidates))
-        return sum(w[i] * self.candidates[i](x) for i in active)
+        idx = list(range(len(self.candidates))) if active is None else list(active)
+        if self.share:
+            idx = [i for i in idx if not self.zero[i]] or idx[:1]
+        shared: dict = {}
+        out = None
+        for i in idx:
+            term = w[i] * self.run(i, x, shared)
+            out = term if out is None else out + term
+        return out
 
 
 class Relaxation:

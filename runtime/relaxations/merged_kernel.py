@@ -72,6 +72,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasc.errors import BuildError
+from nasc.runtime.ops import Zero
 from nasc.runtime.relaxations.base import RELAXATIONS, MixedEdge, Relaxation
 
 # -- recognising mergeable candidates ------------------------------------------------------------
@@ -266,11 +267,14 @@ class MergedEdge(nn.Module):
         self.others = nn.ModuleDict({str(i): candidates[i] for i in self.separate_ids})
         self.merged = nn.ModuleList(merged)
         self.merge_ids = [list(g) for g in groups]  # candidate indices of each merged conv, in its order
+        # as MixedEdge: a `none` candidate adds exactly zero, so it is not computed (`share = False` computes it)
+        self.share = True
+        self.zero_ids = {i for i in self.separate_ids if isinstance(candidates[i], Zero)}
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, active: list[int] | None = None) -> torch.Tensor:
         parts = []
         for i in self.separate_ids:
-            if active is None or i in active:
+            if (active is None or i in active) and not (self.share and i in self.zero_ids):
                 parts.append(w[i] * self.others[str(i)](x))
         for conv, ids in zip(self.merged, self.merge_ids):
             if active is None:
@@ -279,6 +283,9 @@ class MergedEdge(nn.Module):
             local = [j for j, i in enumerate(ids) if i in active]
             if local:
                 parts.append(conv(x, w[[ids[j] for j in local]], local))
+        if not parts:  # only zero candidates are active: compute one for the output's shape
+            i = next(i for i in self.separate_ids if active is None or i in active)
+            parts.append(w[i] * self.others[str(i)](x))
         return sum(parts)
 
     def candidate_modules(self) -> list[nn.Module]:

@@ -41,7 +41,7 @@ def finished_run(tmp_path_factory, _one_thread_module) -> tuple[Path, object]:
     """`nasc search darts --set C=4 --set layers=5 --epochs 1 --run-dir ...` (3 steps: train_portion 0.1)."""
     run = tmp_path_factory.mktemp("cli") / "run"
     result = runner.invoke(app, ["search", "darts", "--set", "C=4", "--set", "layers=5", "--epochs", "1",
-                                 "--opt", "train_portion=0.1", "--run-dir", str(run)])
+                                 "--opt", "train_portion=0.1", "--device", "cpu", "--run-dir", str(run)])
     return run, result
 
 
@@ -81,6 +81,35 @@ def test_resume_a_finished_run_exits_1(finished_run):
     assert "genotype.json" in result.output  # the hint says where the result is
     _no_traceback(result)
     assert (run / "metrics.jsonl").read_bytes() == before
+
+
+def test_resume_an_interrupted_run(tmp_path, _one_thread_module):
+    from nasc.runtime.search import Request, prepare, run_search
+
+    job = prepare(Request(space="nb201", params={"C": 4, "N": 1},
+                          overrides={"epochs": 2, "batch": 64, "device": "cpu"}))
+    with pytest.raises(KeyboardInterrupt):
+        run_search(job, tmp_path / "cut", stop_after=1)
+    result = runner.invoke(app, ["search", "--resume", "cut"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cut" / "genotype.json").is_file()
+    assert "|" in result.output  # the NB201 arch string is printed
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["type"] == "epoch"]
+    assert epochs == [0, 1]
+
+
+def test_ctrl_c_exits_130_with_a_resume_hint(tmp_path, monkeypatch, _one_thread_module):
+    import nasc.runtime.search as S
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(S, "run_search", interrupted)
+    result = runner.invoke(app, ["search", "nb201", "--set", "C=4", "--set", "N=1", "--run-dir", "r"])
+    assert result.exit_code == 130
+    assert "--resume" in result.output
+    _no_traceback(result)
 
 
 def test_resume_a_folder_that_is_no_run(tmp_path):

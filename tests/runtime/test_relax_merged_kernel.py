@@ -180,6 +180,10 @@ def test_active_subset_and_zero_weights():
     assert torch.allclose(edge(x, w, [i]), w[i] * separate[i](x), atol=1e-5)
     assert torch.allclose(edge(x, w, [0, i]), w[0] * separate[0](x) + w[i] * separate[i](x), atol=1e-5)
     assert isinstance(edge(x, w, [1]), torch.Tensor)
+    assert torch.equal(edge(x, w, [0]), torch.zeros_like(x))  # only `none` active
+    full = edge(x, w)
+    edge.share = False  # computing `none` too changes nothing
+    assert torch.allclose(edge(x, w), full, atol=1e-6)
     w0 = torch.zeros(len(names))
     w0[names.index("skip_connect")] = 1.0  # hard one-hot on a non-conv: the merged branch adds exactly zero
     out = edge(x, w0)
@@ -286,3 +290,17 @@ def test_one_epoch_search_end_to_end(tmp_path):
     assert ops and ops <= {"max_pool_3x3", "avg_pool_3x3", "skip_connect", *DARTS_CONVS}  # real op names
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["relax"]["name"] == "merged-kernel"
+
+
+def test_recompute_lowering_gives_the_same_outputs_and_alpha_gradients():
+    x = torch.randn(4, 1, 8, 8)
+    results = []
+    for mode in ("plain", "recompute"):
+        torch.manual_seed(0)
+        _, net = _darts("mergenas")
+        net.set_memory(mode)
+        y = net(x)
+        y.square().mean().backward()
+        results.append((y.detach(), net.alphas["normal"].grad.clone()))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-7)

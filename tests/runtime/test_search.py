@@ -33,9 +33,14 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+def _job(space: str = "nb201", params=None, **overrides):
+    """A prepared search, 1 epoch at batch 64 on the CPU unless overridden."""
+    overrides = {"epochs": 1, "batch": 64, "device": "cpu", **overrides}
+    return prepare(Request(space=space, params=dict(NB201_TINY if params is None else params), overrides=overrides))
+
+
 def _search(path: Path, space: str = "nb201", params=None, **overrides):
-    overrides = {"epochs": 1, "batch": 64, **overrides}
-    job = prepare(Request(space=space, params=dict(NB201_TINY if params is None else params), overrides=overrides))
+    job = _job(space, params, **overrides)
     return job, run_search(job, path)
 
 
@@ -193,7 +198,7 @@ def test_darts_search_writes_the_run_directory(darts_run):
 
 
 def test_the_searched_genotype_fits_its_space(nb201_run):
-    job = prepare(Request(space="nb201", params=NB201_TINY, overrides={"epochs": 1, "batch": 64}))
+    job = _job()
     genotype = G.load(nb201_run / "genotype.json")
     assert set(genotype.cells) == {"cell"} and len(genotype.cells["cell"].edges) == 6
     G.to_nb201(genotype)  # a complete NB201 cell
@@ -208,9 +213,16 @@ def test_same_seed_same_metrics_other_seed_other_metrics(nb201_run, tmp_path):
     assert (tmp_path / "other" / "metrics.jsonl").read_bytes() != (nb201_run / "metrics.jsonl").read_bytes()
 
 
-def test_resume_replays_an_uninterrupted_run(tmp_path):
-    _search(tmp_path / "whole", epochs=2)
-    job = prepare(Request(space="nb201", params=NB201_TINY, overrides={"epochs": 2, "batch": 64}))
+@pytest.fixture(scope="module")
+def nb201_two_epochs(tmp_path_factory, one_thread_module) -> Path:
+    """An uninterrupted 2-epoch NB201 search, shared read-only."""
+    path = tmp_path_factory.mktemp("whole") / "run"
+    _search(path, epochs=2)
+    return path
+
+
+def test_resume_replays_an_uninterrupted_run(tmp_path, nb201_two_epochs):
+    job = _job(epochs=2)
     with pytest.raises(KeyboardInterrupt):
         run_search(job, tmp_path / "cut", stop_after=1)
     assert not (tmp_path / "cut" / "genotype.json").exists()
@@ -218,21 +230,20 @@ def test_resume_replays_an_uninterrupted_run(tmp_path):
     result = resume(tmp_path / "cut")
     assert result.run_dir == tmp_path / "cut"
     for name in ("metrics.jsonl", "genotype.json"):
-        assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+        assert (tmp_path / "cut" / name).read_bytes() == (nb201_two_epochs / name).read_bytes(), name
     with pytest.raises(SearchError, match="already finished"):
         resume(tmp_path / "cut")
 
 
-def test_resume_after_a_crash_mid_epoch_drops_the_partial_records(tmp_path):
+def test_resume_after_a_crash_mid_epoch_drops_the_partial_records(tmp_path, nb201_two_epochs):
     """A crash after the checkpoint leaves stray step records; resuming cuts them back first."""
-    _search(tmp_path / "whole", epochs=2)
-    job = prepare(Request(space="nb201", params=NB201_TINY, overrides={"epochs": 2, "batch": 64}))
+    job = _job(epochs=2)
     with pytest.raises(KeyboardInterrupt):
         run_search(job, tmp_path / "cut", stop_after=1)
     with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:
         f.write('{"type": "step", "epoch": 1, "step": 0, "loss": 9.9}\n')
     resume(tmp_path / "cut")
-    assert (tmp_path / "cut" / "metrics.jsonl").read_bytes() == (tmp_path / "whole" / "metrics.jsonl").read_bytes()
+    assert (tmp_path / "cut" / "metrics.jsonl").read_bytes() == (nb201_two_epochs / "metrics.jsonl").read_bytes()
 
 
 # ------------------------------------------------------------------ variants
@@ -248,7 +259,7 @@ def test_second_order_search(tmp_path):
 
 
 def test_single_level_search_updates_alpha_on_the_training_split(tmp_path):
-    job = prepare(Request(space="nb201", params=NB201_TINY, overrides={"epochs": 1, "batch": 64, "levels": 1}))
+    job = _job(levels=1)
     before = [a.detach().clone() for a in job.net.arch_parameters()]
     run_search(job, tmp_path / "run")
     records = _records(tmp_path / "run")
@@ -260,8 +271,7 @@ def test_single_level_search_updates_alpha_on_the_training_split(tmp_path):
 
 
 def test_arch_start_after_the_last_epoch_leaves_alpha_unchanged(tmp_path):
-    job = prepare(Request(space="nb201", params=NB201_TINY,
-                          overrides={"epochs": 1, "batch": 64, "arch_start": 1}))
+    job = _job(arch_start=1)
     before = [a.detach().clone() for a in job.net.arch_parameters()]
     weights = [w.detach().clone() for w in job.net.weight_parameters()]
     run_search(job, tmp_path / "run")
@@ -275,7 +285,7 @@ def test_arch_start_after_the_last_epoch_leaves_alpha_unchanged(tmp_path):
 
 def test_search_moves_alpha(nb201_run):
     state = torch.load(nb201_run / "checkpoint.pt", map_location="cpu", weights_only=False)
-    job = prepare(Request(space="nb201", params=NB201_TINY, overrides={"epochs": 1, "batch": 64}))
+    job = _job()
     initial = job.net.alphas["cell"].detach()
     assert not torch.equal(state["net"]["alphas.cell"], initial)
 
@@ -307,7 +317,7 @@ def test_existing_run_is_refused_and_left_intact(nb201_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(nb201_run, run)
     before = _snapshot(run)
-    job = prepare(Request(space="nb201", params=NB201_TINY, overrides={"epochs": 1, "batch": 64}))
+    job = _job()
     with pytest.raises(SearchError, match="already contains a run"):
         run_search(job, run)
     assert _snapshot(run) == before
@@ -323,7 +333,7 @@ def test_existing_run_is_refused_and_left_intact(nb201_run, tmp_path):
 def test_unwritable_run_dir_is_a_search_error(tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("a file, not a folder")
-    job = prepare(Request(space="nb201", params=NB201_TINY, overrides={"epochs": 1, "batch": 64}))
+    job = _job()
     with pytest.raises(SearchError, match="cannot write"):
         run_search(job, blocker / "run")
     with pytest.raises(SearchError, match="not a directory"):
@@ -353,6 +363,23 @@ def test_resume_without_checkpoint_is_refused(nb201_run, tmp_path):
     assert _snapshot(run) == before
     with pytest.raises(SearchError, match="not a nasc run directory"):
         resume(tmp_path / "empty")
+
+
+def test_resume_when_the_space_file_is_gone(tmp_path, spaces_dir):
+    space = tmp_path / "mine.nas"
+    space.write_text((spaces_dir / "nb201.nas").read_text())
+    job = _job(str(space), epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(job, tmp_path / "run", stop_after=1)
+    space.unlink()
+    with pytest.raises(SearchError, match="no longer exists"):
+        resume(tmp_path / "run")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_search_error():
+    with pytest.raises(SearchError, match="no CUDA device"):
+        _job(device="cuda")
 
 
 def test_corrupt_checkpoint_is_a_search_error(nb201_run, tmp_path):

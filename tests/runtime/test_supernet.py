@@ -80,6 +80,12 @@ def test_pinned_supernet_weight_counts(space, expected):
     assert _weights(net) == expected
 
 
+def test_pcdarts_under_softmax_is_the_darts_supernet():
+    """PC-DARTS extends the DARTS space; only its relaxation narrows the edges (to C/K channels)."""
+    _, net = _supernet("pcdarts")
+    assert _weights(net) == 1_930_618
+
+
 @pytest.mark.parametrize("space, shapes", [
     ("darts", {"normal": (14, 8), "reduce": (14, 8)}),
     ("nb201", {"cell": (6, 5)}),
@@ -230,3 +236,70 @@ def test_same_generator_same_alphas_and_forward_is_stateless():
     a.eval()
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(a(x), a(x))
+
+
+def _load_into_supernet(derived, supernet, choice: dict[tuple[str, str], int]) -> None:
+    """Copy the derived network's tensors into the supernet's chosen candidates (names differ by `candidates.k`)."""
+    target = supernet.state_dict()
+    with torch.no_grad():
+        for name, value in derived.state_dict().items():
+            parts = name.split(".")  # layers.<cell>.edges.<key>.<rest>
+            if parts[1] in derived.aux_ids:
+                continue  # the aux head exists in the derived network only
+            if parts[2:3] == ["edges"] and (parts[1], parts[3]) in choice:
+                name = ".".join(parts[:4] + ["candidates", str(choice[parts[1], parts[3]])] + parts[4:])
+            if name in target:
+                target[name].copy_(value)
+            else:  # only the derived network's affine BN parameters (at their 1 / 0 init) have no counterpart
+                assert name.endswith((".weight", ".bias")), name
+        for name, value in target.items():
+            if name.endswith(".bias") and name not in derived.state_dict():
+                value.zero_()  # NB201 search convs carry a bias; the benchmark network's do not
+    supernet.load_state_dict(target)
+
+
+@pytest.mark.parametrize("space, text", [
+    ("nb201", NB201_ARCH.replace("avg_pool_3x3", "skip_connect")),  # no pools: supernet pools add BN
+    ("darts", "Genotype(normal=[('sep_conv_3x3', 1), ('dil_conv_5x5', 0), ('skip_connect', 2), ('sep_conv_5x5', 1), "
+              "('dil_conv_3x3', 3), ('sep_conv_3x3', 0), ('skip_connect', 4), ('sep_conv_5x5', 2)], "
+              "normal_concat=[2, 3, 4, 5], reduce=[('sep_conv_5x5', 0), ('skip_connect', 1), ('dil_conv_3x3', 2), "
+              "('sep_conv_3x3', 0), ('dil_conv_5x5', 1), ('skip_connect', 3), ('sep_conv_3x3', 4), "
+              "('dil_conv_3x3', 0)], reduce_concat=[2, 3, 4, 5])"),
+])
+def test_one_hot_supernet_equals_the_derived_network(space, text):
+    """Equivalence: with α one-hot on the genotype (and `none` on dropped edges) the supernet computes the derived
+    network, once the derived network's weights are copied into the chosen candidates."""
+    ir, supernet = _tiny(space)
+    genotype = G.parse_any(text)
+    derived = build_network(specialise_to_genotype(ir, genotype))
+    choice, hot = {}, {}
+    for group, alpha in supernet.alphas.items():
+        a = torch.zeros_like(alpha)
+        ops = supernet.group_ops[group]
+        for r in range(len(supernet.group_rows[group])):
+            a[r, ops[r].index("none")] = 1e4
+        hot[group] = a
+    for lid, kind, _, group in supernet.schedule:
+        if kind != "cell":
+            continue
+        cell = supernet.layers[lid]
+        index = {}
+        for _, entries, _, _ in cell.plan:
+            for key, src, row in entries:
+                index[key] = (src, row)
+        for e in genotype.cells[group].edges:
+            key = next(k for k, (src, row) in index.items()
+                       if src == e.input and supernet.group_nodes[group][row] == e.node)
+            row = index[key][1]
+            k = supernet.group_ops[group][row].index(e.op)
+            hot[group][row] = 0
+            hot[group][row, k] = 1e4
+            choice[lid, key] = k
+    _load_into_supernet(derived, supernet, choice)
+    with torch.no_grad():
+        for group, a in hot.items():
+            supernet.alphas[group].copy_(a)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    supernet.train()
+    derived.train()
+    torch.testing.assert_close(supernet(x), derived(x), rtol=1e-4, atol=1e-5)

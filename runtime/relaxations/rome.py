@@ -1,0 +1,287 @@
+"""ROME: topology disentangled from operations, Gumbel-Top2 edges, gradient accumulation.
+
+Wang et al., "ROME: Robustifying Memory-Efficient NAS via Topology
+Disentanglement and Gradient Accumulation", ICCV 2023 (arXiv 2011.11233, v2 of
+the method). No official code exists (none is linked from the paper, CVF or
+arXiv pages); this follows the paper's §3–4 text.
+
+Architecture parameters per α group: α (rows × ops) as in GDAS, and β (one per
+searchable edge, `extra_parameters`), whose softmax is taken over the incoming
+edges of each destination node (`node_of_row`). Per forward pass and group
+(once for all cells of a type, as nasc's GDAS does):
+
+* **Topology (Gumbel-Top-k, k = `top`, 2 in the paper).** Per node j with
+  incoming edges E_j: p̃ = softmax(β_{E_j}), g ~ Gumbel(0, 1) per edge,
+  B̃ = softmax((log p̃ + g)/τ) over E_j. The `top` edges with the largest B̃
+  get B = 1, the others B = 0, straight-through: B = hard − B̃.detach() + B̃
+  (`GroupWeights.edges`). Taking the top k of log p̃ + g samples k distinct
+  edges without replacement from p̃ (the paper's theorem; tested). A node with
+  at most `top` searchable inputs keeps all of them (the same formula: B = 1
+  forward, B̃'s gradient backward). Unselected edges are left out of
+  `GroupWeights.active` (an empty list), so none of their ops run.
+* **Operations (GDAS).** Per edge: h = softmax((log softmax(α) + g)/τ),
+  idx = argmax h, weights one_hot(idx) − h.detach() + h; only op idx runs.
+  α and β start at 1e-3·N(0, 1) (the DARTS/GDAS code's α init; the paper
+  states none).
+* **Gradient accumulation (K = `samples`, 7 in the paper).** `arch_loss`
+  returns a loss whose value is the mean of K sampled sub-architectures'
+  losses on the α batch and whose gradient is the mean of their K gradients;
+  `weight_loss` returns (a loss whose value and gradient are the sum over K
+  sampled sub-networks on the weight batch, the logits of the first). With
+  `accumulate = true` (default) each sample is differentiated on its own and a
+  linear surrogate Σ_p ⟨p, ḡ_p⟩ carries the accumulated gradient, so memory is
+  one path's, as the paper's GA intends; `accumulate = false` keeps the K
+  graphs and differentiates their mean/sum (same gradient, K× memory). The
+  surrogate is linear in the parameters, so it serves first-order steps and
+  the finite-difference second-order step (which only takes first derivatives).
+  Algorithm 1 steps α/β first, then w, as nasc's loop does.
+
+Temperature: `tau` is a number or a ramp, annealed linearly per epoch like
+AutoDL's GDAS, default 10 → 0.1. **UNVERIFIED**: the paper only says τ
+"gradually decreases in search"; the range and schedule are not given, so the
+GDAS code's are assumed (the GDAS paper says 10 → 1).
+
+Evaluation (phase "eval") is deterministic: per node the `top` edges with the
+largest β, argmax α on each; nothing else runs.
+
+Selection (z* = argmax p(z; α, β): per node the top-2 edges by β, argmax α on
+each): `edge_strengths` is softmax(β) per node and `probabilities` is
+softmax(α) divided by its row maximum, so the strongest op of every edge
+scores exactly p̃(e) and the magnitude rule's "top k per node by
+strength × op prob" ranks edges by β alone. Exception: when an edge's argmax
+op is excluded by the selector (`none` in a space that has it; ROME's S0 has
+no `none`), its best allowed op scores below 1 and α enters the ranking.
+
+Preset `rome`: these defaults and the paper's search settings: 50 epochs,
+weights SGD momentum 0.9 lr 0.05, α/β Adam lr 3e-4. Batch, weight decays and
+the lr schedule are not stated (UNVERIFIED) and stay the space's (DARTS').
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasc.compiler.expr import Ramp
+from nasc.errors import BuildError
+from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, MixedEdge, Relaxation, masked_softmax
+from nasc.runtime.relaxations.gumbel import flag, gumbel_noise, linear_ramp, parse_schedule
+
+
+def node_members(node_of_row: list[int], device: torch.device | None = None) -> torch.Tensor:
+    """(nodes, rows) boolean membership: row r belongs to the r-th entry's node."""
+    nodes = sorted(set(node_of_row))
+    return torch.tensor([[n == m for n in node_of_row] for m in nodes], dtype=torch.bool, device=device)
+
+
+def node_log_softmax(beta: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+    """log softmax(β) over each node's rows: (nodes, rows), −inf off the node."""
+    return torch.log_softmax(beta.unsqueeze(0).masked_fill(~member, float("-inf")), dim=1)
+
+
+def top_per_node(scores: torch.Tensor, member: torch.Tensor, k: int) -> torch.Tensor:
+    """(nodes, rows) 0/1: the k largest finite scores of each node (all of its rows when it has ≤ k)."""
+    scores = scores.masked_fill(~member, float("-inf"))
+    k = min(k, scores.shape[1])
+    index = scores.topk(k, dim=1).indices  # (nodes, k)
+    hard = torch.zeros_like(scores).scatter_(1, index, 1.0)
+    return hard * member  # a node with < k rows picked some −inf entries: drop them
+
+
+class RomeEdge(MixedEdge):
+    """A mixed edge that computes nothing when no candidate is active (an edge Gumbel-Top-k left out).
+
+    It returns a 0-dim zero, which the cell scales by the edge weight B (0) and
+    broadcasts into the node's sum; B's gradient from such an edge is 0, as
+    nothing of it was computed.
+    """
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, active: list[int] | None = None) -> torch.Tensor:
+        if active is not None and len(active) == 0:
+            return x.new_zeros(())
+        return super().forward(x, w, active)
+
+
+@RELAXATIONS.register("rome")
+class Rome(Relaxation):
+    """ROME: Gumbel-Top-k edges per node by β, one GDAS-sampled op per edge, K-sample gradient accumulation."""
+
+    name = "rome"
+    defaults: dict[str, Any] = {"tau": {"from": 10.0, "to": 0.1}, "top": 2, "samples": 7, "accumulate": True}
+    presets = {
+        "rome": ({"tau": Ramp(10.0, 0.1), "top": 2, "samples": 7},
+                 {"epochs": 50, "lr": 0.05, "arch_lr": 3e-4}),
+    }
+
+    def __init__(self, options: Mapping[str, Any] | None = None):
+        super().__init__(options)
+        self.tau_start, self.tau_end = parse_schedule(self.options["tau"], "rome option tau")
+        if self.tau_start <= 0 or self.tau_end <= 0:
+            raise BuildError(f"rome option tau must be positive, got {self.options['tau']!r}")
+        self.options["tau"] = (self.tau_start if self.tau_start == self.tau_end
+                               else {"from": self.tau_start, "to": self.tau_end})
+        for key in ("top", "samples"):
+            value = self.options[key]
+            if isinstance(value, str) and value.isdigit():
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BuildError(f"rome option {key} must be a positive integer, got {self.options[key]!r}")
+            self.options[key] = value
+        self.top = self.options["top"]
+        self.samples = self.options["samples"]
+        self.accumulate = flag(self.options["accumulate"], "rome option accumulate")
+        self.options["accumulate"] = self.accumulate
+        self.tau = self.tau_start
+        self._generator: torch.Generator | None = None
+        self._members: dict[tuple[tuple[int, ...], str], torch.Tensor] = {}
+
+    # ---- construction ----
+    def make_edge(self, candidates: list[nn.Module], names: list[str], *, channels: int, stride: int) -> nn.Module:
+        return RomeEdge(candidates, names)
+
+    def init_alpha(self, rows: int, cols: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        self._generator = generator  # β of the same group is drawn from the same stream, right after α
+        return 1e-3 * torch.randn(rows, cols, generator=generator)
+
+    def extra_parameters(self, group: str, rows: int, node_of_row: list[int]) -> dict[str, torch.Tensor]:
+        return {"beta": 1e-3 * torch.randn(rows, generator=self._generator)}
+
+    # ---- schedule ----
+    def temperature(self, epoch: int, epochs: int) -> float:
+        return linear_ramp(self.tau_start, self.tau_end, epoch, epochs)
+
+    def set_progress(self, epoch: int, epochs: int, step: int = 0) -> None:
+        super().set_progress(epoch, epochs, step)
+        self.tau = self.temperature(epoch, epochs)
+
+    # ---- sampling ----
+    def members(self, node_of_row: list[int], device: torch.device) -> torch.Tensor:
+        key = (tuple(node_of_row), str(device))
+        if key not in self._members:
+            self._members[key] = node_members(node_of_row, device)
+        return self._members[key]
+
+    def sample_edges(self, beta: torch.Tensor, node_of_row: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, selected): Gumbel-Top-k per node, B straight-through (rows,), selected 0/1 (rows,)."""
+        member = self.members(node_of_row, beta.device)
+        logp = node_log_softmax(beta, member)  # (nodes, rows)
+        while True:
+            g = gumbel_noise(beta)  # (rows,): one draw per edge
+            scores = (logp + g.unsqueeze(0)) / self.tau
+            soft = torch.softmax(scores, dim=1)  # B̃ per node; exactly 0 off the node
+            if bool(torch.isfinite(g).all()) and bool(torch.isfinite(soft).all()):
+                break
+        hard = top_per_node(scores.detach(), member, self.top)
+        b = (hard - soft.detach() + soft).sum(0)  # each row sits in exactly one node
+        return b, hard.sum(0)
+
+    def sample_ops(self, alpha: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """GDAS: (one-hot weights with softmax backward, sampled index per row)."""
+        logp = torch.log_softmax(alpha.masked_fill(~mask, float("-inf")), dim=-1)
+        while True:
+            g = gumbel_noise(alpha)
+            h = torch.softmax((logp + g) / self.tau, dim=-1)
+            if bool(torch.isfinite(g[mask]).all()) and bool(torch.isfinite(h).all()):
+                break
+        index = h.detach().argmax(-1, keepdim=True)
+        one_hot = torch.zeros_like(h).scatter_(-1, index, 1.0)
+        return one_hot - h.detach() + h, index.squeeze(-1).tolist()
+
+    def group_weights(self, alpha: torch.Tensor, mask: torch.Tensor, extras: Mapping[str, torch.Tensor],
+                      node_of_row: list[int]) -> GroupWeights:
+        beta = extras["beta"]
+        if self.phase == "eval":
+            member = self.members(node_of_row, beta.device)
+            picked = top_per_node(beta.detach().unsqueeze(0).expand(member.shape), member, self.top).sum(0)
+            index = alpha.detach().masked_fill(~mask, float("-inf")).argmax(-1, keepdim=True)
+            ops = torch.zeros_like(alpha).scatter_(-1, index, 1.0)
+            chosen = index.squeeze(-1).tolist()
+            keep = picked.bool().tolist()
+            return GroupWeights(ops, picked.to(alpha.dtype),
+                                active=[[i] if k else [] for i, k in zip(chosen, keep)])
+        edges, picked = self.sample_edges(beta, node_of_row)
+        ops, chosen = self.sample_ops(alpha, mask)
+        keep = picked.bool().tolist()
+        return GroupWeights(ops, edges, active=[[i] if k else [] for i, k in zip(chosen, keep)])
+
+    # ---- losses: K-sample gradient accumulation ----
+    def _accumulated(self, net: nn.Module, losses_of, reduce: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run K samples one at a time; a surrogate with value reduce·Σ L_k and gradient reduce·Σ ∇L_k."""
+        params = [p for p in net.parameters() if p.requires_grad]
+        total: list[torch.Tensor | None] = [None] * len(params)
+        value = 0.0
+        first_logits = None
+        for _ in range(self.samples):
+            loss, logits = losses_of()
+            if first_logits is None and logits is not None:
+                first_logits = logits.detach()  # keep no graph: memory stays one path's
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            for i, g in enumerate(grads):
+                if g is not None:
+                    total[i] = g if total[i] is None else total[i] + g
+            value = value + loss.detach()
+        surrogate = sum((p * (g * reduce)).sum() for p, g in zip(params, total) if g is not None)
+        if not isinstance(surrogate, torch.Tensor):  # nothing reached a parameter
+            surrogate = value.new_zeros((), requires_grad=True)
+        return value * reduce + (surrogate - surrogate.detach()), first_logits
+
+    def arch_loss(self, net: nn.Module, loss_fn: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """Mean over K independently sampled sub-architectures (value and gradient)."""
+        if self.samples == 1:
+            return loss_fn(x, y)
+        if not self.accumulate:
+            return sum(loss_fn(x, y) for _ in range(self.samples)) / self.samples
+        loss, _ = self._accumulated(net, lambda: (loss_fn(x, y), None), 1.0 / self.samples)
+        return loss
+
+    def weight_loss(self, net: nn.Module, x: torch.Tensor,
+                    y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(Σ over K sampled sub-networks' cross-entropies, logits of the first sample)."""
+        if self.samples == 1:
+            return None  # one pass and its cross-entropy: the loop's default
+
+        def one() -> tuple[torch.Tensor, torch.Tensor]:
+            logits = net(x)
+            return F.cross_entropy(logits, y), logits
+
+        if not self.accumulate:
+            losses, first = [], None
+            for _ in range(self.samples):
+                loss, logits = one()
+                first = logits if first is None else first
+                losses.append(loss)
+            return sum(losses), first
+        loss, logits = self._accumulated(net, one, 1.0)
+        return loss, logits
+
+    # ---- selection ----
+    def probabilities(self, alpha: torch.Tensor, mask: torch.Tensor, extras: Mapping[str, torch.Tensor],
+                      node_of_row: list[int]) -> torch.Tensor:
+        """softmax(α) / its row maximum: the argmax op of every edge scores exactly 1."""
+        p = masked_softmax(alpha.detach(), mask)
+        return p / p.max(dim=-1, keepdim=True).values
+
+    def edge_strengths(self, alpha: torch.Tensor, mask: torch.Tensor, extras: Mapping[str, torch.Tensor],
+                       node_of_row: list[int]) -> torch.Tensor | None:
+        """softmax(β) over each node's incoming edges, per row."""
+        beta = extras["beta"].detach()
+        member = self.members(node_of_row, beta.device)
+        return node_log_softmax(beta, member).exp().sum(0)
+
+    # ---- state ----
+    def state_dict(self) -> dict[str, Any]:
+        return {"tau": self.tau}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "tau" in state and math.isfinite(float(state["tau"])):
+            self.tau = float(state["tau"])
+
+    def describe(self) -> str:
+        tau = (f"{self.tau_start:g}" if self.tau_start == self.tau_end
+               else f"{self.tau_start:g} -> {self.tau_end:g}")
+        return f"rome(top = {self.top}, samples = {self.samples}, tau = {tau})"

@@ -1,0 +1,235 @@
+"""`nasc export`: standalone PyTorch code that computes exactly what nasc computes, TorchScript and ONNX."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nasc.cli import app
+from nasc.compiler import genotype as G
+from nasc.compiler.pipeline import compile_space
+from nasc.errors import NascError
+from nasc.runtime import export as X
+
+runner = CliRunner()
+
+DARTS_V2 = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+            "('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], "
+            "normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), "
+            "('max_pool_3x3', 1), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), "
+            "('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])")
+# node 1 is reached by `none` only (a constant zero state) and x3 <- x2 is `none` (the edge is dropped)
+NB201 = "|none~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|none~2|"
+SMALL = {"darts": (DARTS_V2, ["--set", "C=8", "--set", "layers=5"], {"C": 8, "layers": 5}),
+         "nb201": (NB201, ["--set", "C=8", "--set", "N=2"], {"C": 8, "N": 2})}
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="module", params=["darts", "nb201"])
+def derived(request):
+    text, _, params = SMALL[request.param]
+    ir = compile_space(request.param, params=params)
+    genotype = G.parse_any(text)
+    d, net = X.derived_network(ir, genotype)
+    return request.param, d, net, genotype
+
+
+def randomise(net: torch.nn.Module, seed: int = 0) -> None:
+    """Non-initial weights and BN running statistics, so an export cannot match by accident."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.num_batches_tracked.fill_(7)
+
+
+def import_file(path, name="exported_net"):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fresh(derived):
+    """A new nasc network of the same derived IR (the fixture's stays untouched)."""
+    from nasc.runtime.supernet import build_network
+
+    return build_network(derived[1]).eval()
+
+
+@pytest.mark.parametrize("random_weights", [False, True], ids=["initial", "random"])
+def test_pytorch_export_loads_nasc_state_dict_and_matches_exactly(derived, random_weights, tmp_path):
+    space, ir, _, genotype = derived
+    net = fresh(derived)
+    if random_weights:
+        randomise(net)
+    out = tmp_path / f"{space}_net.py"
+    X.export(ir, net, out, to="pytorch", genotype=genotype)
+    module = import_file(out)
+    exported = module.build()
+    exported.load_state_dict(net.state_dict(), strict=True)
+    exported.eval()
+    x = torch.randn(4, *ir.input_shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours, theirs = net(x, with_aux=True), exported(x, with_aux=True)
+    assert torch.equal(ours[0], theirs[0])
+    if ours[1] is None:
+        assert theirs[1] is None
+    else:
+        assert torch.equal(ours[1], theirs[1])
+    assert sorted(exported.state_dict()) == sorted(net.state_dict())
+
+
+def test_generated_code_is_standalone_and_runs(derived, tmp_path):
+    space, ir, net, genotype = derived
+    out = tmp_path / "standalone.py"
+    X.export(ir, net, out, genotype=genotype)
+    src = out.read_text()
+    assert not re.search(r"^\s*(import|from)\s+nasc\b", src, re.M)
+    check = ("import sys, standalone; net = standalone.build().eval(); "
+             "assert not [m for m in sys.modules if m == 'nasc' or m.startswith('nasc.')]; "
+             "import torch; print(tuple(net(torch.randn(2, *standalone.INPUT_SHAPE)).shape))")
+    proc = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "(2, 10)"
+
+
+def test_forward_is_straight_line_one_line_per_edge(derived):
+    _, ir, net, genotype = derived
+    src = X.pytorch_source(ir, net, genotype=genotype)
+    for cell in ir.cells:
+        for e in ir.cell_edges(cell):
+            assert src.count(f'edge["{e.key}"]') >= 1, e.key
+    # one class per cell type, each edge call written once in it
+    n_edges = sum(len(ir.cell_edges(c)) for c in ir.cells)
+    assert src.count('edge["') == n_edges
+    forward = src[src.index("    def forward(self, x"):]
+    assert "for " not in forward.split("def build")[0]
+
+
+def test_darts_v2_code_reads_like_the_paper(derived):
+    space, ir, net, genotype = derived
+    if space != "darts":
+        pytest.skip("DARTS-specific text")
+    src = X.pytorch_source(ir, net, genotype=genotype)
+    assert "class NormalCell(nn.Module)" in src and "class ReduceCell(nn.Module)" in src
+    assert "def sep_conv_3x3(c: int) -> nn.Module:" in src
+    assert '"n3<-n0": dil_conv_3x3(8),' in src
+    assert "return torch.cat([n0, n1, n2, n3], dim=1)" in src
+    assert "FactorizedReduce(" in src and "def build(" in src
+
+
+def test_checkpoint_is_exported_beside_the_code_and_loaded_by_build(tmp_path):
+    text, sets, params = SMALL["darts"]
+    ir = compile_space("darts", params=params)
+    _, net = X.derived_network(ir, G.parse_any(text))
+    randomise(net, seed=3)
+    torch.save({"net": net.state_dict(), "epoch": 5}, tmp_path / "trained.pt")
+    result = runner.invoke(app, ["export", text, "--space", "darts", *sets, "--checkpoint", "trained.pt",
+                                 "-o", "model.py"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "model.py").is_file() and (tmp_path / "model.pt").is_file()
+    module = import_file(tmp_path / "model.py", "model_with_weights")
+    exported = module.build().eval()  # WEIGHTS, next to the file, is the default
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x), exported(x))
+    again = module.build(weights=tmp_path / "model.pt").eval()
+    with torch.no_grad():
+        assert torch.equal(exported(x), again(x))
+
+
+def test_torchscript_export_reproduces_outputs(tmp_path):
+    text, _, params = SMALL["darts"]
+    ir = compile_space("darts", params=params)
+    d, net = X.derived_network(ir, G.parse_any(text))
+    randomise(net, seed=4)
+    (path,) = X.export(d, net, tmp_path / "net.ts.pt", to="torchscript")
+    loaded = torch.jit.load(str(path))
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(net.eval()(x), loaded(x))
+
+
+def test_onnx_export_passes_the_checker(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    text, _, params = SMALL["nb201"]
+    ir = compile_space("nb201", params=params)
+    d, net = X.derived_network(ir, G.parse_any(text))
+    (path,) = X.export(d, net, tmp_path / "net.onnx", to="onnx")
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
+def test_onnx_without_the_package_says_how_to_install(monkeypatch, tmp_path):
+    text, _, params = SMALL["nb201"]
+    d, net = X.derived_network(compile_space("nb201", params=params), G.parse_any(text))
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
+    with pytest.raises(NascError) as info:
+        X.export(d, net, tmp_path / "net.onnx", to="onnx")
+    assert "pip install onnx" in info.value.render()
+
+
+def test_load_weights_accepts_a_bare_state_dict_and_rejects_a_foreign_one(tmp_path):
+    text, _, params = SMALL["darts"]
+    ir = compile_space("darts", params=params)
+    _, net = X.derived_network(ir, G.parse_any(text))
+    randomise(net, seed=5)
+    torch.save(net.state_dict(), tmp_path / "sd.pt")
+    _, other = X.derived_network(ir, G.parse_any(text))
+    X.load_weights(other, tmp_path / "sd.pt")
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), other.state_dict().values()))
+    _, wrong = X.derived_network(compile_space("darts", params={"C": 16, "layers": 5}), G.parse_any(text))
+    with pytest.raises(NascError, match="does not fit"):
+        X.load_weights(wrong, tmp_path / "sd.pt")
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(NascError, match="cannot read checkpoint"):
+        X.load_weights(wrong, tmp_path / "junk.pt")
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_export_pytorch_default_name(tmp_path):
+    text, sets, _ = SMALL["nb201"]
+    result = runner.invoke(app, ["export", text, "--space", "nb201", *sets])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "nb201_net.py").is_file()
+    assert "untrained" in result.output and "checked" in result.output
+
+
+def test_cli_export_torchscript(tmp_path):
+    text, sets, _ = SMALL["nb201"]
+    result = runner.invoke(app, ["export", text, "--space", "nb201", *sets, "--to", "torchscript", "-o", "n.pt"])
+    assert result.exit_code == 0, result.output
+    assert torch.jit.load(str(tmp_path / "n.pt"))(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["Genotype(normal=[('sep_conv_3x3', 0)", "--space", "darts"], "invalid DARTS genotype"),
+    (["missing.json", "--space", "darts"], "neither a file"),
+    ([NB201, "--space", "darts"], "does not fit the space"),
+    ([DARTS_V2, "--space", "no_such_space"], "no_such_space"),
+    ([DARTS_V2, "--space", "darts", "--checkpoint", "nope.pt"], "does not exist"),
+])
+def test_cli_export_bad_input_exits_1_without_traceback(args, message):
+    result = runner.invoke(app, ["export", *args])
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_export_unknown_format_is_a_usage_error():
+    result = runner.invoke(app, ["export", NB201, "--space", "nb201", "--to", "keras"])
+    assert result.exit_code == 2
