@@ -32,6 +32,8 @@ PRESETS: dict[str, str] = {
     "mergenas": "merged-kernel",
     "dropnas": "dropout-group",
     "sharpdarts": "softmax",
+    "rome": "rome",
+    "parsec": "parsec",
 }
 
 BUILTIN_SELECTORS: dict[str, str] = {

@@ -479,8 +479,9 @@ def _run_dir(source: str) -> Path | None:
 def viz_cmd(
     source: Annotated[str, typer.Argument(help="A genotype file, a DARTS Genotype(...) or NB201 string, "
                                           "or a run directory.")],
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Drawing to write: .png, .svg, .pdf or "
-                                                  ".dot (default genotype.png; in the run directory for a run).")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Drawing to write: .png, .svg, .pdf "
+                                                  "or .dot (default genotype.png; in the run directory for a run).")]
+    = None,
     space: Annotated[Optional[str], typer.Option("--space", help="Check the genotype against this space "
                                                  "(.nas file or bundled name) first.")] = None,
     set_: SetOpt = None,

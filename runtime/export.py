@@ -29,7 +29,7 @@ from nasc.compiler.derive import specialise_to_genotype
 from nasc.compiler.ir import SpaceIR
 from nasc.errors import BuildError, NascError
 from nasc.runtime import ops as O
-from nasc.runtime.supernet import Cell, Choice, Network, build_network
+from nasc.runtime.supernet import Cell, Network, build_network
 
 FORMATS = ("pytorch", "torchscript", "onnx")
 SUFFIX = {"pytorch": ".py", "torchscript": ".pt", "onnx": ".onnx"}
@@ -578,16 +578,27 @@ def export_torchscript(ir: SpaceIR, net: Network, out: str | Path) -> list[Path]
     net.eval()
     x = example_input(ir)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # TracerWarnings on shape arithmetic; torch.jit's deprecation notice
         try:
             traced = torch.jit.trace(net, (x,))
         except Exception as e:  # noqa: BLE001 - tracing failures are reported, not raised raw
             raise BuildError(f"torchscript: tracing the network failed: {e}") from None
-    try:
-        torch.jit.save(traced, str(out))
-    except (OSError, RuntimeError) as e:
-        raise NascError(f"cannot write {out}: {e}") from None
+        try:
+            torch.jit.save(traced, str(out))
+        except (OSError, RuntimeError) as e:
+            raise NascError(f"cannot write {out}: {e}") from None
     return [Path(out)]
+
+
+class _Logits(nn.Module):
+    """`net(x)` with a plain one-argument forward, for exporters that inspect the signature."""
+
+    def __init__(self, net: Network):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 def export_onnx(ir: SpaceIR, net: Network, out: str | Path) -> list[Path]:
@@ -602,7 +613,7 @@ def export_onnx(ir: SpaceIR, net: Network, out: str | Path) -> list[Path]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(net, (x,), str(out), input_names=["input"], output_names=["logits"],
+            torch.onnx.export(_Logits(net), (x,), str(out), input_names=["input"], output_names=["logits"],
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
         except Exception as e:  # noqa: BLE001
             raise BuildError(f"onnx: exporting the network failed: {e}") from None

@@ -110,6 +110,8 @@ class Cell(nn.Module):
                         out = drop_path(out, drop_prob)
                 else:
                     active = None if w.active is None else w.active[row]
+                    if active is not None and not active:
+                        continue  # the relaxation dropped this edge for this pass (ROME's topology sample)
                     out = call_edge(edge, states[src], w.ops[row], active, self.recompute)
                     if w.edges is not None:
                         out = out * w.edges[row]

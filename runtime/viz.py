@@ -220,9 +220,11 @@ def _draw_cell(ax, name: str, cell: GenoCell, colors: dict[str, str]) -> None:
                                 "connectionstyle": f"arc3,rad={rad}"})
         if op is None:
             continue
-        # the label goes on the curve, at the first spot (middle first) that hides no box or label
+        # the label goes on the curve, at the first spot that hides no box or label
         w = LABEL_CHAR_W * len(op) + 0.06
-        spots = [(_curve(p1, p2, rad, t), t) for t in sorted((k / 20 for k in range(4, 17)), key=lambda t: abs(t - 0.6))]
+        # (a little past the middle, so the labels of two edges that cross mid-way do not meet)
+        ts = sorted((k / 20 for k in range(4, 17)), key=lambda t: abs(t - 0.6))
+        spots = [(_curve(p1, p2, rad, t), t) for t in ts]
         (lx, ly), _ = min(spots, key=lambda sp: (sum(_overlap((*sp[0], w, LABEL_H), b) for b in taken),
                                                  abs(sp[1] - 0.6)))
         taken.append((lx, ly, w, LABEL_H))

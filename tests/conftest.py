@@ -56,3 +56,17 @@ def semantic_error(compile_text):
         return info.value
 
     return run
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny tensors gain nothing from intra-op threads, and the suite may share its cores with other work."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

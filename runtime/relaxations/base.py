@@ -33,7 +33,8 @@ class GroupWeights:
     when not None, scales that edge's whole output (PC-DARTS' edge
     normalisation, for instance); `active[row]`, when not None, lists the
     candidate indices the edge must compute this pass (GDAS' one sampled op,
-    DropNAS' kept ops) — a Python list, so no device synchronisation is needed.
+    DropNAS' kept ops) — a Python list, so no device synchronisation is needed;
+    an empty list skips the edge altogether (ROME's unsampled edges).
     """
 
     __slots__ = ("ops", "edges", "active")

@@ -86,8 +86,9 @@ _MAX_ENUMERATION = 20000  # subsets × orderings for exact inclusion probabiliti
 
 
 def importance_weights(losses: torch.Tensor) -> torch.Tensor:
-    """ω = softmax(−ℓ), computed in log space (finite for losses of any size)."""
-    return torch.exp(-losses - torch.logsumexp(-losses, dim=0))
+    """ω = softmax(−ℓ), in log space after shifting by min ℓ (exact differences, finite for any loss size)."""
+    shifted = losses.min() - losses  # ≤ 0, the best child at exactly 0
+    return torch.exp(shifted - torch.logsumexp(shifted, dim=0))
 
 
 def subset_log_prob(beta: torch.Tensor, chosen: list[int]) -> torch.Tensor:
@@ -314,7 +315,8 @@ class Parsec(Relaxation):
             for _ in range(self.samples):
                 arch = self.draw(net)
                 weights = {g: self.weights_of(net.alphas[g], s) for g, s in arch.items()}
-                losses.append(F.cross_entropy(net(x, weights=weights), y, reduction="sum").float())
+                loss = F.cross_entropy(net(x, weights=weights), y, reduction="sum")
+                losses.append(loss.to("cpu", torch.float64))  # K scalars: ω in double precision
                 drawn.append(arch)
         return drawn, torch.stack(losses)
 

@@ -74,7 +74,7 @@ from nasc.runtime.relaxations.gumbel import flag, gumbel_noise, linear_ramp, par
 
 
 def node_members(node_of_row: list[int], device: torch.device | None = None) -> torch.Tensor:
-    """(nodes, rows) boolean membership: row r belongs to the r-th entry's node."""
+    """(nodes, rows) boolean: [m, r] is True when row r ends at the m-th node (sorted)."""
     nodes = sorted(set(node_of_row))
     return torch.tensor([[n == m for n in node_of_row] for m in nodes], dtype=torch.bool, device=device)
 

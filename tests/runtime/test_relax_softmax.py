@@ -1,4 +1,4 @@
-"""The softmax (DARTS) relaxation: the mixed edge is Σ softmax(α)_o·o(x), padding is exact zeros, α's gradient is right."""
+"""The softmax (DARTS) relaxation: the edge is Σ softmax(α)_o·o(x), padding gets exact zeros, α's gradient is right."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def test_darts_preset_is_the_softmax_relaxation():
     assert isinstance(relax, Softmax)
     assert isinstance(relax, Relaxation)
     assert relax.name == "softmax"
-    assert relax.options == {}
+    assert relax.options == load_relaxation("softmax").options  # the preset adds no option: plain DARTS
     assert type(load_relaxation("softmax")) is Softmax
 
 

@@ -36,10 +36,12 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _supernet(space: str, params=None, input_shape=(3, 32, 32)):
+@functools.lru_cache(maxsize=None)
+def _supernet(space: str):
+    """A full-size supernet at 3x32x32, cached: the tests using it only read it."""
     # Compiled without a PassContext, so a space's own relaxation need not be registered; the structural
     # tests lower every space with the softmax relaxation, which keeps every candidate at full width.
-    ir = compile_space(space, params=params, input_shape=input_shape)
+    ir = compile_space(space, input_shape=(3, 32, 32))
     return ir, build_supernet(ir, load_relaxation("softmax"), generator=torch.Generator().manual_seed(0))
 
 

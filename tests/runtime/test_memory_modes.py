@@ -1,0 +1,103 @@
+"""The optimised lowerings change memory and speed, never the maths.
+
+For every relaxation, one training step of the supernet under `plain` (no
+shared work), `recompute` and `recompute` + shared work gives the same loss,
+weight gradients, α gradients and BN running statistics, from the same seed.
+"""
+
+import importlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nasc.catalog import BUILTIN_RELAXATIONS
+from nasc.compiler.pipeline import compile_space
+from nasc.runtime.relaxations.base import load_relaxation
+from nasc.runtime.search import choose_memory
+from nasc.runtime.supernet import build_supernet
+
+
+def _available():
+    names = []
+    for name, module in BUILTIN_RELAXATIONS.items():
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError:
+            continue
+        names.append(name)
+    return names
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _step(ir, relax_name, phase, mode, share):
+    torch.manual_seed(0)
+    relax = load_relaxation(relax_name)
+    net = build_supernet(ir, relax, generator=torch.Generator().manual_seed(0))
+    relax.setup(ir, net)
+    net.set_memory(mode, share=share)
+    relax.set_phase(phase)
+    torch.manual_seed(1)
+    x = torch.randn(4, 1, 8, 8)
+    y = torch.randint(0, 10, (4,))
+    loss = F.cross_entropy(net(x), y)
+    loss.backward()
+    grads = {n: (p.grad.clone() if p.grad is not None else None) for n, p in net.named_parameters()}
+    stats = {n: b.clone() for n, b in net.named_buffers() if "running" in n}
+    return float(loss), grads, stats
+
+
+@pytest.mark.parametrize("relax_name", _available())
+@pytest.mark.parametrize("phase", ["weights", "arch"])
+def test_recompute_and_shared_work_are_exact(relax_name, phase):
+    space = "spaces/pcdarts.nas" if relax_name == "partial-channel" else "spaces/darts.nas"
+    ir = compile_space(space, params={"C": 8, "layers": 3}, input_shape=(1, 8, 8))
+    plain = _step(ir, relax_name, phase, "plain", False)
+    for mode, share in (("recompute", False), ("recompute", True), ("plain", True)):
+        other = _step(ir, relax_name, phase, mode, share)
+        assert other[0] == pytest.approx(plain[0], rel=1e-6, abs=1e-6), (mode, share)
+        for name, g in plain[1].items():
+            h = other[1][name]
+            assert (g is None) == (h is None), name
+            if g is not None:
+                torch.testing.assert_close(h, g, rtol=1e-5, atol=1e-6, msg=f"{name} ({mode}, share={share})")
+        for name, s in plain[2].items():
+            torch.testing.assert_close(other[2][name], s, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_recompute_keeps_far_less_for_backward():
+    ir = compile_space("spaces/darts.nas", params={"C": 8, "layers": 5}, input_shape=(3, 16, 16))
+
+    def saved_bytes(mode):
+        net = build_supernet(ir, load_relaxation("darts"))
+        net.set_memory(mode)
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            net(torch.randn(8, 3, 16, 16)).sum()
+        return sum(storages.values())
+
+    assert saved_bytes("recompute") * 4 <= saved_bytes("plain")
+
+
+def test_auto_picks_plain_when_it_fits_and_recompute_when_not(monkeypatch):
+    ir = compile_space("spaces/darts.nas", params={"C": 8, "layers": 5}, input_shape=(3, 16, 16))
+    cpu = torch.device("cpu")
+    need = ir.meta["costs"]["total_without_aux"]["act"] * 64
+    monkeypatch.setattr("nasc.runtime.search.available_memory", lambda device: need * 10)
+    assert choose_memory("auto", ir, 64, cpu)[0] == "plain"
+    monkeypatch.setattr("nasc.runtime.search.available_memory", lambda device: need)
+    mode, reason = choose_memory("auto", ir, 64, cpu)
+    assert mode == "recompute" and "GiB" in reason
+    assert choose_memory("plain", ir, 64, cpu)[0] == "plain"
