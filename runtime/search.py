@@ -317,7 +317,8 @@ class Trainer:
                 self.a_opt.zero_grad(set_to_none=True)
                 job.relax.set_phase("arch")
                 if cfg.order == 2:
-                    arch_loss = second_order(self._arch_loss, self.weights, self.arch, self.w_opt, lr, x, y, xv, yv)
+                    arch_loss = second_order(self._arch_loss, self.weights, self.arch, self.w_opt, lr, x, y, xv, yv,
+                                             buffers=list(net.buffers()))
                 else:
                     arch_loss = first_order(self._arch_loss, self.arch, xv, yv)
                 if cfg.arch_clip:

@@ -273,7 +273,7 @@ class Network(nn.Module):
         for m in self.modules():
             if isinstance(m, (Cell, Choice)):
                 m.recompute = mode == "recompute"
-            if hasattr(m, "share") and hasattr(m, "candidates"):
+            if hasattr(m, "share"):
                 m.share = share
         self.memory_mode = mode
 

@@ -1,0 +1,127 @@
+"""One search step (α step + weight step) per relaxation × lowering × batch: time and memory.
+
+Usage:  python benchmarks/search_step.py [--batches 64 256] [--C 16] [--layers 8] [--size 32]
+                                         [--repeats 2] [--only softmax gumbel] [--out FILE]
+
+Lowerings (the same maths, checked by tests/runtime/test_memory_modes.py):
+  plain      every candidate output kept for backward, no shared work
+  recompute  mixed edges keep only their input; candidates are recomputed in backward
+  optimised  recompute + shared work (one ReLU per edge for its convolutions, `none` never computed)
+Memory: on CUDA the peak allocated bytes of the step above the resident model; on CPU the bytes autograd
+saves for backward during the weight step's forward (saved-tensor hooks, each storage counted once).
+Writes JSON (default benchmarks/results/search_step-<device>.json) and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nasc.compiler.pipeline import compile_space
+from nasc.runtime.relaxations.base import load_relaxation
+from nasc.runtime.supernet import build_supernet
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from relaxations import RELAXATIONS, SavedBytes, one_step  # noqa: E402
+
+LOWERINGS = {"plain": ("plain", False), "recompute": ("recompute", False), "optimised": ("recompute", True)}
+
+
+def run(name: str, options: dict, lowering: str, batch: int, args, device: torch.device) -> dict:
+    space = "spaces/pcdarts.nas" if name == "partial-channel" else "spaces/darts.nas"
+    ir = compile_space(space, params={"C": args.C, "layers": args.layers}, input_shape=(3, args.size, args.size))
+    torch.manual_seed(0)
+    relax = load_relaxation(name, options)
+    net = build_supernet(ir, relax).to(device)
+    relax.setup(ir, net)
+    mode, share = LOWERINGS[lowering]
+    net.set_memory(mode, share=share)
+    arch_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+    w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    x = torch.randn(batch, 3, args.size, args.size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    xv, yv = torch.randn_like(x), torch.randint(0, 10, (batch,), device=device)
+    one_step(net, relax, arch_opt, w_opt, x, y, xv, yv)
+    times = []
+    for _ in range(args.repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        one_step(net, relax, arch_opt, w_opt, x, y, xv, yv)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        one_step(net, relax, arch_opt, w_opt, x, y, xv, yv)
+        memory = torch.cuda.max_memory_allocated() - base
+    else:
+        counter = SavedBytes()
+        relax.set_phase("weights")
+        with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+            loss = F.cross_entropy(net(x), y)
+        del loss
+        memory = counter.total
+    label = f"{name}({', '.join(f'{k}={v}' for k, v in options.items())})" if options else name
+    return {"relaxation": label, "lowering": lowering, "batch": batch, "step_seconds_median": statistics.median(times),
+            "step_seconds": times, "memory_bytes": memory}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--C", type=int, default=16)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--only", nargs="*")
+    parser.add_argument("--lowerings", nargs="*", default=list(LOWERINGS))
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = []
+    for name, options in RELAXATIONS:
+        if args.only and name not in args.only:
+            continue
+        for batch in args.batches:
+            for lowering in args.lowerings:
+                try:
+                    rows.append(run(name, options, lowering, batch, args, device))
+                except Exception as e:  # noqa: BLE001 - report and go on
+                    rows.append({"relaxation": name, "lowering": lowering, "batch": batch,
+                                 "error": f"{type(e).__name__}: {e}"})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    machine = {"device": str(device), "cpu": platform.processor() or platform.machine(),
+               "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+               "date": time.strftime("%Y-%m-%d")}
+    if device.type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name()
+    result = {"benchmark": "search_step", "C": args.C, "layers": args.layers, "input": [3, args.size, args.size],
+              "machine": machine, "rows": rows}
+    out = Path(args.out or f"benchmarks/results/search_step-{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print("| relaxation | batch | lowering | step time (s) | memory (MiB) | vs plain |")
+    print("|---|---:|---|---:|---:|---:|")
+    plain = {(r["relaxation"], r["batch"]): r for r in rows if r.get("lowering") == "plain" and "error" not in r}
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['relaxation']} | {r['batch']} | {r['lowering']} | error: {r['error']} | | |")
+            continue
+        p = plain.get((r["relaxation"], r["batch"]))
+        ratio = f"{r['memory_bytes'] / p['memory_bytes']:.2f}x" if p else "–"
+        print(f"| {r['relaxation']} | {r['batch']} | {r['lowering']} | {r['step_seconds_median']:.2f} "
+              f"| {r['memory_bytes'] / 2**20:.1f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
