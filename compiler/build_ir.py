@@ -436,12 +436,25 @@ def _check_magnitude(opts: dict[str, Any], span: SourceSpan) -> None:
                                hint='e.g. `excluding none` or `exclude = ["none"]`')
 
 
+def check_definitions(decl: SpaceDecl, ops: OpResolver, errs: Collector) -> None:
+    """Every op set and every argument-free op is resolved even when unused, so a typo never hides.
+
+    Op families and ops with parameters can only be checked where they are used.
+    """
+    for name, opset in decl.op_sets.items():
+        errs.run(ops.candidates, A.OpCall(name=name, args=(), kwargs=(), span=opset.span))
+    for name, d in decl.ops.items():
+        if not d.formals:
+            errs.run(ops.template, A.OpCall(name=name, args=(), kwargs=(), span=d.span))
+
+
 def build_ir(decl: SpaceDecl, overrides: Mapping[str, Any] | None = None) -> SpaceIR:
     """The raw IR of a resolved space (before passes)."""
     params = eval_params(decl, overrides or {})
     errs = Collector()
     ops = OpResolver(decl, params)
     cells = build_cells(decl, ops, params, errs)
+    check_definitions(decl, OpResolver(decl, params), errs)  # a scratch resolver: the IR keeps only used ops
     macro = errs.run(build_macro, decl, ops, cells, params, errs)
     errs.check()
     g, input_shape, preprocess = macro

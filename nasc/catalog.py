@@ -49,9 +49,15 @@ def _entry_point_names(group: str) -> set[str]:
         return set()
 
 
+# names registered by plugins loaded in this process (`nasc.plugins`), by entry-point group
+PLUGIN_NAMES: dict[str, set[str]] = {"nasc.relaxations": set(), "nasc.selectors": set()}
+
+
 def relaxation_names() -> frozenset[str]:
-    return frozenset(BUILTIN_RELAXATIONS) | frozenset(PRESETS) | _entry_point_names("nasc.relaxations")
+    return (frozenset(BUILTIN_RELAXATIONS) | frozenset(PRESETS) | _entry_point_names("nasc.relaxations")
+            | frozenset(PLUGIN_NAMES["nasc.relaxations"]))
 
 
 def selector_names() -> frozenset[str]:
-    return frozenset(BUILTIN_SELECTORS) | _entry_point_names("nasc.selectors")
+    return (frozenset(BUILTIN_SELECTORS) | _entry_point_names("nasc.selectors")
+            | frozenset(PLUGIN_NAMES["nasc.selectors"]))

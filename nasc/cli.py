@@ -86,8 +86,27 @@ def version_callback(value: bool) -> None:
 def root(
     version: Annotated[Optional[bool], typer.Option("--version", callback=version_callback, is_eager=True,
                                                     help="Show the version and exit.")] = None,
+    plugin: Annotated[Optional[list[str]], typer.Option(
+        "--plugin", help="Load a plugin first: a .py file or module that registers ops, relaxations, selectors, "
+                         "schedules or datasets (repeatable). Installed plugins (entry points) load by themselves."
+    )] = None,
 ) -> None:
     """nasc: write a search space as a `.nas` file, compile it, search it, train the result."""
+    from nasc.plugins import load_plugins
+
+    for record in load_plugins(plugin or []):
+        if record.error is not None:
+            err_console.print(f"[yellow]{_escape(record.error.render())}[/yellow]")
+            if os.environ.get("NASC_DEBUG") == "1" and record.error.__cause__ is not None:
+                import traceback
+
+                traceback.print_exception(record.error.__cause__)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-p", help="Override a space parameter: NAME=VALUE.")]
@@ -198,13 +217,16 @@ def ops(
     """List the primitives op bodies are built from (and a space's own ops)."""
     from nasc.compiler.primitives import PRIMITIVES
 
+    from nasc.plugins import origin_of
+
     table = Table(show_edge=False, title="primitives", title_justify="left")
     table.add_column("primitive", style="bold")
     table.add_column("parameters")
     table.add_column("what it is")
+    table.add_column("origin", style="dim")
     for name, p in sorted(PRIMITIVES.items()):
         params = ", ".join(q.name + ("" if q.required else f"={_default(q.default)}") for q in p.params)
-        table.add_row(name, params, p.doc)
+        table.add_row(name, params, p.doc, origin_of("primitive", name))
     console.print(table)
     if space:
         from nasc.compiler.resolve import resolve_path
@@ -221,6 +243,56 @@ def ops(
         for name, d in sorted(decl.op_sets.items()):
             t.add_row(f"{name} (set)", f"{_short(d.span.file)}:{d.span.line}")
         console.print(t)
+
+
+@app.command("relaxations")
+def relaxations_cmd() -> None:
+    """List the relaxations (built-in and plugins), their options with defaults, and their method presets."""
+    from nasc.plugins import relaxation_rows
+
+    table = Table(show_edge=False)
+    table.add_column("relaxation", style="bold")
+    table.add_column("options (defaults)")
+    table.add_column("what it is")
+    table.add_column("origin", style="dim")
+    for row in relaxation_rows():
+        if "error" in row:
+            table.add_row(row["name"], "", f"[red]unavailable[/red]: {_escape(row['error'])}", row["origin"])
+            continue
+        table.add_row(row["name"], _escape(_options(row["defaults"])), _escape(row["doc"]), row["origin"])
+        for preset, (options, settings) in row["presets"].items():
+            what = "preset: " + (_options(options) if options else "default options")
+            if settings:
+                what += "; search: " + _options(settings)
+            table.add_row(f"  {preset}", "", _escape(what), row["origin"])
+    console.print(table)
+    console.print("[dim]use one with `nasc search SPACE --relax NAME` (a preset also sets its search defaults); "
+                  "options with --relax-opt NAME=VALUE[/dim]")
+
+
+@app.command("selectors")
+def selectors_cmd() -> None:
+    """List the selectors (built-in and plugins) and their options with defaults."""
+    from nasc.plugins import selector_rows
+
+    table = Table(show_edge=False)
+    table.add_column("selector", style="bold")
+    table.add_column("options (defaults)")
+    table.add_column("what it is")
+    table.add_column("origin", style="dim")
+    for row in selector_rows():
+        if "error" in row:
+            table.add_row(row["name"], "", f"[red]unavailable[/red]: {_escape(row['error'])}", row["origin"])
+            continue
+        table.add_row(row["name"], _escape(_options(row["defaults"])), _escape(row["doc"]), row["origin"])
+    console.print(table)
+
+
+def _options(values: dict[str, Any]) -> str:
+    from nasc.compiler.expr import to_json
+
+    return ", ".join(f"{k}={_default(v) if not isinstance(v, (dict, list)) else json.dumps(to_json(v))}"
+                     for k, v in values.items())
 
 
 OptList = Annotated[Optional[list[str]], typer.Option()]
@@ -335,6 +407,8 @@ def train(
     run_dir: Annotated[Optional[str], typer.Option("--run-dir", help="Run directory.")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the training run in this directory.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show parameters, multiply-adds and settings, then exit.")] = False,
+    input_shape: Annotated[Optional[str], typer.Option("--input", help="With --dry-run: count for this input "
+                                                       "shape CxHxW (e.g. 3x32x32 for CIFAR).")] = None,
 ) -> None:
     """Train a derived architecture from scratch (DARTS protocol by default, from the space's `train:` block)."""
     from nasc.progress import SearchDisplay
@@ -351,7 +425,10 @@ def train(
             with display:
                 result = T.resume_train(resume, on_event=display)
         else:
-            job = T.prepare_train(T.TrainRequest(genotype=genotype, space=space,
+            shape = parse_shape(input_shape)
+            if shape is not None and not dry_run:
+                raise typer.BadParameter("--input only applies to --dry-run (training uses the dataset's shape)")
+            job = T.prepare_train(T.TrainRequest(genotype=genotype, space=space, input_shape=shape,
                                                  params=parse_assignments(set_, "--set"), overrides=overrides))
             c = T.counts(job)
             console.print(f"[bold]network[/bold] {job.ir.name}: {c['params']:,} parameters "

@@ -13,6 +13,7 @@ import attrs
 
 from nasc.compiler.expr import CallValue, Ramp
 from nasc.errors import SearchError, did_you_mean
+from nasc.runtime.schedules import SCHEDULES
 
 
 def _positive(instance, attribute, value) -> None:
@@ -93,9 +94,9 @@ class SearchConfig:
             raise SearchError(f"order must be 1 (first-order) or 2 (second-order), got {self.order}")
         if self.order == 2 and self.levels == 1:
             raise SearchError("second-order DARTS needs bi-level search (levels = 2)")
-        if self.schedule not in ("cosine", "cosine_power", "constant"):
+        if self.schedule not in SCHEDULES:  # plugins may register more
             raise SearchError(f"unknown learning-rate schedule {self.schedule!r}",
-                              hint=did_you_mean(self.schedule, ["cosine", "cosine_power", "constant"]))
+                              hint=did_you_mean(self.schedule, SCHEDULES.names()))
         if self.memory not in ("plain", "recompute", "auto"):
             raise SearchError(f"unknown memory mode {self.memory!r}", hint="plain, recompute or auto")
         if self.arch_optimizer not in ("adam", "sgd"):

@@ -205,7 +205,7 @@ def merge(old: Restriction, new: Restriction) -> Restriction:
 
 def alpha_by_op(net: Network) -> dict[str, dict[str, dict[str, float]]]:
     """α per group, edge and op name (what `carry_alpha` hands to the next stage)."""
-    return {g: {key: {op: float(a[r, j]) for j, op in enumerate(ops)}
+    return {g: {key: {op: float(a.detach()[r, j]) for j, op in enumerate(ops)}
                 for r, (key, ops) in enumerate(zip(net.group_rows[g], net.group_ops[g]))}
             for g, a in net.alphas.items()}
 
@@ -380,7 +380,7 @@ def run_progressive(job: Any, run_path: Any, *, on_event: Callable[[Event], None
                                  "metrics_size": run.metrics_size()})
             final = {k: v for k, v in record.items() if not k.startswith("_") and k != "alpha"}
             done += 1
-            if stop_after is not None and done >= stop_after and not (last and trainer.epoch >= cfg.epochs):
+            if stop_after is not None and done >= stop_after and trainer.epoch < cfg.epochs:
                 raise KeyboardInterrupt  # simulated interruption (tests)
         if last:
             break
@@ -390,6 +390,8 @@ def run_progressive(job: Any, run_path: Any, *, on_event: Callable[[Event], None
         run.save_checkpoint({"fingerprint": run_fp, "space": job.ir.name, "stage": si, "epoch": 0, "boundary": True,
                              "restriction": restriction, "carried_alpha": carried,
                              "metrics_size": run.metrics_size()})
+        if stop_after is not None and done >= stop_after:
+            raise KeyboardInterrupt  # simulated interruption at a stage boundary (tests)
     if sjob.selector.name == "magnitude":
         genotype, before, removed = pdarts_genotype(sjob.ir, sjob.net, skip_limit=cfg.skip_limit,
                                                     selector=sjob.selector)

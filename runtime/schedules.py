@@ -5,11 +5,18 @@
 cnn/cosine_power_annealing.py): with c_i = (1 + cos(π i / T)) / 2 and
 P_i = e^(c_i + 1), the rate is min + (max − min)(P_i − min_j P_j)/(max_j P_j − min_j P_j),
 after a linear warm-up of W epochs.
+
+`SCHEDULES` maps a name to `(epoch, epochs, lr, lr_min, *, exponent, warmup) -> lr`;
+plugins register more there (`nasc.plugins`).
 """
 
 from __future__ import annotations
 
 import math
+
+from nasc.runtime.registry import Registry
+
+SCHEDULES: Registry = Registry("learning-rate schedule")
 
 
 def cosine(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
@@ -35,10 +42,14 @@ def cosine_power(epoch: int, epochs: int, lr: float, lr_min: float, exponent: fl
     return lr_min + (lr - lr_min) * (power(i) - lo) / (hi - lo)
 
 
+SCHEDULES.add("cosine", lambda epoch, epochs, lr, lr_min, **kw: cosine(epoch, epochs, lr, lr_min),
+              doc="cosine annealing from lr to lr_min, stepped per epoch (DARTS)", origin=__name__)
+SCHEDULES.add("cosine_power", lambda epoch, epochs, lr, lr_min, *, exponent=2.0, warmup=0, **kw:
+              cosine_power(epoch, epochs, lr, lr_min, exponent, warmup),
+              doc="sharpDARTS' cosine power annealing with linear warm-up", origin=__name__)
+SCHEDULES.add("constant", lambda epoch, epochs, lr, lr_min, **kw: lr, doc="lr throughout", origin=__name__)
+
+
 def learning_rate(name: str, epoch: int, epochs: int, lr: float, lr_min: float, *, exponent: float = 2.0,
                   warmup: int = 0) -> float:
-    if name == "constant":
-        return lr
-    if name == "cosine_power":
-        return cosine_power(epoch, epochs, lr, lr_min, exponent, warmup)
-    return cosine(epoch, epochs, lr, lr_min)
+    return SCHEDULES.get(name)(epoch, epochs, lr, lr_min, exponent=exponent, warmup=warmup)

@@ -105,6 +105,7 @@ class TrainRequest:
     space: str | None = None
     params: dict[str, Any] = attrs.field(factory=dict)
     overrides: dict[str, Any] = attrs.field(factory=dict)
+    input_shape: tuple[int, int, int] | None = None  # compile for this input instead of the dataset's (--dry-run)
 
 
 @attrs.define(kw_only=True)
@@ -160,7 +161,7 @@ def prepare_train(request: TrainRequest) -> TrainJob:
     config, notes = fit_to_dataset(config, dataset)
     if "classes" in decl.params and "classes" not in params:
         params["classes"] = dataset.classes
-    ir = compile_decl(decl, params=params, input_shape=dataset.shape)
+    ir = compile_decl(decl, params=params, input_shape=request.input_shape or dataset.shape)
     derived = specialise_to_genotype(ir, genotype)
     derived.meta["warnings"] = derived.meta.get("warnings", []) + notes
     seed_everything(config.seed, config.deterministic)

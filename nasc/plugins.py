@@ -1,0 +1,502 @@
+"""Plugins: ops, relaxations, selectors, schedules and datasets from outside nasc.
+
+A plugin is a Python module whose import registers entries into the same
+registries the built-ins use: `OPS` (with the compiler's `PRIMITIVES` table),
+`RELAXATIONS`, `SELECTORS`, `SCHEDULES` and `DATASETS`. nasc finds plugins in
+two ways, and never through a `.nas` file (a space is data; it runs no code):
+
+* entry points of an installed distribution, in one of the `GROUPS`:
+
+      [project.entry-points."nasc.relaxations"]
+      dirichlet = "nasc_dirichlet"            # a module whose import registers
+
+  An entry point may also name an object (`"pkg.mod:Dirichlet"`); a relaxation
+  or selector class, a dataset loader or a schedule that its import did not
+  register is then registered under the entry point's name.
+* explicit modules or files: `nasc --plugin my_ops.py search ...`, or
+  `load_plugins(["my_ops.py", "pkg.module"])` from Python.
+
+A plugin that fails to import becomes a `LoadedPlugin` whose `error` (a
+`PluginError`, warning level) names it; whatever it registered before failing
+is rolled back, so the built-ins keep working. Every entry a plugin registers
+records the plugin as its `origin`, which `nasc ops`, `nasc relaxations` and
+`nasc selectors` show.
+
+A custom op needs both sides of nasc: a compile-time rule (channels, size,
+parameters and multiply-adds, computed without torch) and a torch builder.
+`register_op` does both in one decorator:
+
+    @register_op("se", params={"reduction": 4}, n_params=se_params, doc="squeeze-and-excitation")
+    def build_se(c_in, c_out, args, *, affine): ...
+
+This module imports neither torch nor the runtime until a plugin is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import logging
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from nasc.compiler.primitives import PRIMITIVES, Param, Primitive
+from nasc.errors import NascError
+
+log = logging.getLogger(__name__)
+
+GROUPS: tuple[str, ...] = ("nasc.ops", "nasc.relaxations", "nasc.selectors", "nasc.schedules", "nasc.datasets")
+BUILTIN_ORIGIN = "nasc"
+
+# registry variable -> (module that defines it, what its entries are called in listings)
+_REGISTRIES: dict[str, tuple[str, str]] = {
+    "OPS": ("nasc.runtime.ops", "op"),
+    "RELAXATIONS": ("nasc.runtime.relaxations.base", "relaxation"),
+    "SELECTORS": ("nasc.runtime.selectors", "selector"),
+    "SCHEDULES": ("nasc.runtime.schedules", "schedule"),
+    "DATASETS": ("nasc.runtime.data", "dataset"),
+}
+
+_PRIMITIVE_ORIGINS: dict[str, str] = {}  # primitive name -> plugin origin (absent: built in)
+_LOADED: dict[tuple[str, ...], "LoadedPlugin"] = {}  # one record per plugin, so a second load is a no-op
+_ENTRY_POINTS: list[metadata.EntryPoint] | None = None
+
+
+class PluginError(NascError):
+    """A plugin could not be loaded; reported as a warning, the built-ins keep working."""
+
+    def render(self, source: str | None = None) -> str:
+        return f"warning: {self.message}" + (f"\n  hint: {self.hint}" if self.hint else "")
+
+
+@attrs.frozen(kw_only=True)
+class LoadedPlugin:
+    """What loading one plugin did."""
+
+    name: str  # entry-point name, or the module / file as given
+    origin: str  # what listings show as the origin of its entries, e.g. "nasc-dirichlet 0.1.0"
+    source: str  # how it was found: "entry point nasc.relaxations", "file", "module"
+    registered: tuple[str, ...] = ()  # "relaxation dirichlet", "primitive se", ...
+    error: PluginError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_plugins(explicit: Sequence[str] = (), *, entry_points: bool = True,
+                 refresh: bool = False) -> list[LoadedPlugin]:
+    """Import installed entry-point plugins (unless `entry_points=False`) and the `explicit` modules or files.
+
+    Returns one record per plugin, in load order. Loading is idempotent: a plugin
+    already loaded in this process returns its earlier record. `refresh` re-reads the
+    installed entry points (after a `pip install` in the same process).
+    """
+    records = []
+    if entry_points:
+        for ep in _discover(refresh):
+            records.append(_load_entry_point(ep))
+    for spec in explicit:
+        records.append(_load_explicit(spec))
+    return records
+
+
+def loaded_plugins() -> list[LoadedPlugin]:
+    """Every plugin this process has tried to load, in order."""
+    return list(_LOADED.values())
+
+
+def _discover(refresh: bool) -> list[metadata.EntryPoint]:
+    global _ENTRY_POINTS
+    if _ENTRY_POINTS is None or refresh:
+        found: dict[tuple[str, str, str], metadata.EntryPoint] = {}
+        try:
+            eps = metadata.entry_points()
+            for group in GROUPS:
+                for ep in eps.select(group=group):
+                    found.setdefault((ep.group, ep.name, ep.value), ep)  # one distribution may be on sys.path twice
+        except Exception as e:  # noqa: BLE001 - a broken distribution must not stop nasc
+            log.warning("cannot read installed entry points: %s", e)
+        _ENTRY_POINTS = list(found.values())
+    return list(_ENTRY_POINTS)
+
+
+def _load_entry_point(ep: metadata.EntryPoint) -> LoadedPlugin:
+    key = ("entry point", ep.group, ep.name, ep.value)
+    if key in _LOADED:
+        return _LOADED[key]
+    dist = getattr(ep, "dist", None)
+    origin = f"{dist.name} {dist.version}" if dist is not None else ep.value.split(":")[0]
+    record = _run(name=ep.name, origin=origin, source=f"entry point {ep.group}",
+                  load=ep.load, group=ep.group, register_as=ep.name if ":" in ep.value else None)
+    _LOADED[key] = record
+    return record
+
+
+def _load_explicit(spec: str) -> LoadedPlugin:
+    spec = str(spec)
+    if spec.endswith(".py") or "/" in spec or "\\" in spec:
+        path = Path(spec).expanduser()
+        key = ("file", str(path.resolve()))
+        if key in _LOADED:
+            return _LOADED[key]
+        if not path.is_file():
+            record = LoadedPlugin(name=spec, origin=spec, source="file", error=PluginError(
+                f"plugin {spec!r} failed to load: no such file", hint="--plugin takes a .py file or a module name"))
+        else:
+            record = _run(name=spec, origin=spec, source="file", load=lambda: _import_file(path))
+    else:
+        module, _, attr = spec.partition(":")
+        key = ("module", spec)
+        if key in _LOADED:
+            return _LOADED[key]
+
+        def load() -> Any:
+            mod = importlib.import_module(module)
+            return getattr(mod, attr) if attr else mod
+
+        record = _run(name=spec, origin=module, source="module", load=load)
+    _LOADED[key] = record
+    return record
+
+
+def _import_file(path: Path) -> Any:
+    """Import a .py file as a module of its own (registered in sys.modules, so pickling and dataclasses work)."""
+    resolved = path.resolve()
+    stem = re.sub(r"\W", "_", resolved.stem)
+    name = f"nasc_plugin_{stem}_{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _run(*, name: str, origin: str, source: str, load: Callable[[], Any], group: str | None = None,
+         register_as: str | None = None) -> LoadedPlugin:
+    """Import one plugin with a registry snapshot around it: origins on success, a rollback on failure."""
+    before = _snapshot()
+    try:
+        obj = load()
+        if register_as is not None and group is not None:
+            _register_object(group, register_as, obj)
+    except Exception as e:  # noqa: BLE001 - a plugin may fail any way; nasc must keep working
+        _restore(before)
+        detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        error = PluginError(f"plugin {name!r} ({source}) failed to load: {detail}",
+                            hint="nasc's built-in ops, relaxations and selectors still work; "
+                                 "fix or uninstall the plugin (NASC_DEBUG=1 shows where it failed)")
+        error.__cause__ = e
+        log.warning("%s", error.message)
+        return LoadedPlugin(name=name, origin=origin, source=source, error=error)
+    registered = _claim(before, origin)
+    orphans = [n for n in _registries()["OPS"].names() if n not in PRIMITIVES]
+    if orphans:
+        _restore(before)
+        error = PluginError(f"plugin {name!r} ({source}) registers op builder {orphans[0]!r} without a primitive, "
+                            "so no .nas file could use it",
+                            hint="register both sides with nasc.plugins.register_op(...)")
+        return LoadedPlugin(name=name, origin=origin, source=source, error=error)
+    if not registered:
+        log.info("plugin %s registered nothing", name)
+    return LoadedPlugin(name=name, origin=origin, source=source, registered=tuple(registered))
+
+
+def _register_object(group: str, name: str, obj: Any) -> None:
+    """An entry point naming an object: register it under the entry point's name unless its import did."""
+    registries = _registries()
+    if group == "nasc.ops":
+        if name not in PRIMITIVES:
+            raise PluginError(f"entry point {name!r} names an object, but no primitive {name!r} was registered",
+                              hint="decorate the builder with nasc.plugins.register_op(...)")
+        return
+    if group == "nasc.schedules":
+        if name not in registries["SCHEDULES"]:
+            register_schedule(name, obj)
+        return
+    kind = {"nasc.relaxations": "RELAXATIONS", "nasc.selectors": "SELECTORS", "nasc.datasets": "DATASETS"}[group]
+    registry = registries[kind]
+    if name in registry and registry.get(name) is obj:
+        return
+    if not callable(obj):
+        raise PluginError(f"entry point {name!r} names {obj!r}, which nasc cannot register as a {kind.lower()[:-1]}")
+    registry.add(name, obj, doc=_first_line(obj), origin=getattr(obj, "__module__", "?"))
+
+
+def _first_line(obj: Any) -> str:
+    lines = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
+# ---------------------------------------------------------------- snapshots and origins
+
+
+def _registries() -> dict[str, Any]:
+    """The runtime registries by variable name (imports the runtime, hence torch)."""
+    return {var: getattr(importlib.import_module(mod), var) for var, (mod, _) in _REGISTRIES.items()}
+
+
+def _snapshot() -> dict[str, Any]:
+    from nasc import catalog
+    from nasc.compiler import settings
+
+    # Registry keeps its entries in `_entries`/`_aliases`; a snapshot is the only place that reaches in
+    regs = {var: (dict(r._entries), dict(r._aliases)) for var, r in _registries().items()}
+    return {"registries": regs, "primitives": dict(PRIMITIVES), "origins": dict(_PRIMITIVE_ORIGINS),
+            "presets": dict(catalog.PRESETS), "names": {g: set(n) for g, n in catalog.PLUGIN_NAMES.items()},
+            "settings": (dict(settings.SEARCH_SETTINGS), dict(settings.TRAIN_SETTINGS))}
+
+
+def _restore(snap: Mapping[str, Any]) -> None:
+    from nasc import catalog
+    from nasc.compiler import settings
+
+    for var, r in _registries().items():
+        entries, aliases = snap["registries"][var]
+        r._entries.clear()
+        r._entries.update(entries)
+        r._aliases.clear()
+        r._aliases.update(aliases)
+    for target, saved in ((PRIMITIVES, snap["primitives"]), (_PRIMITIVE_ORIGINS, snap["origins"]),
+                          (catalog.PRESETS, snap["presets"]), (settings.SEARCH_SETTINGS, snap["settings"][0]),
+                          (settings.TRAIN_SETTINGS, snap["settings"][1])):
+        target.clear()
+        target.update(saved)
+    for group, names in snap["names"].items():
+        catalog.PLUGIN_NAMES[group] = set(names)
+
+
+def _claim(before: Mapping[str, Any], origin: str) -> list[str]:
+    """Mark every entry added or replaced since `before` as coming from `origin`; returns what changed."""
+    from nasc import catalog
+
+    changed: list[str] = []
+    for name, prim in PRIMITIVES.items():
+        if before["primitives"].get(name) is not prim:
+            _PRIMITIVE_ORIGINS[name] = origin
+            changed.append(f"primitive {name}")
+    for var, registry in _registries().items():
+        old, _ = before["registries"][var]
+        kind = _REGISTRIES[var][1]
+        for name, entry in list(registry._entries.items()):
+            if old.get(name) is entry:
+                continue
+            registry._entries[name] = attrs.evolve(entry, origin=origin)
+            if var != "OPS":  # ops are listed as their primitives
+                changed.append(f"{kind} {name}")
+            if var == "RELAXATIONS":
+                catalog.PLUGIN_NAMES["nasc.relaxations"].add(name)
+                for preset in getattr(entry.value, "presets", None) or {}:
+                    if preset != name and preset not in catalog.PRESETS:
+                        catalog.PRESETS[preset] = name  # `--relax PRESET` resolves to this relaxation
+            elif var == "SELECTORS":
+                catalog.PLUGIN_NAMES["nasc.selectors"].add(name)
+            elif var == "SCHEDULES":
+                _allow_schedule(name)
+    return changed
+
+
+def origin_of(kind: str, name: str) -> str:
+    """Where an entry came from: "nasc" for built-ins, else the plugin. `kind` is "primitive" or a registry's."""
+    if kind == "primitive":
+        return _PRIMITIVE_ORIGINS.get(name, BUILTIN_ORIGIN)
+    var = {k: var for var, (_, k) in _REGISTRIES.items()}[kind]
+    registry = _registries()[var]
+    return _short_origin(registry.entry(name).origin)
+
+
+def _short_origin(origin: str) -> str:
+    return BUILTIN_ORIGIN if origin == "nasc" or origin.startswith("nasc.") else origin
+
+
+# ---------------------------------------------------------------- registration API for plugin authors
+
+
+ParamSpec = Mapping[str, Any] | Iterable[Param]
+
+
+def _params(spec: ParamSpec | None) -> tuple[Param, ...]:
+    """`{"reduction": 4, "k": int}`: a value is the default (its type the kind); a type means required."""
+    if spec is None:
+        return ()
+    if isinstance(spec, Mapping):
+        out = []
+        for name, value in spec.items():
+            if isinstance(value, Param):
+                out.append(value)
+            elif value in (int, float, bool):
+                out.append(Param(name=name, kind=value, required=True))
+            elif isinstance(value, (bool, int, float)):
+                out.append(Param(name=name, kind=type(value), default=value))
+            else:
+                raise NascError(f"primitive parameter {name!r}: give a default (int, float or bool) or a type, "
+                                f"got {value!r}")
+        return tuple(out)
+    return tuple(spec)
+
+
+def register_primitive(name: str, *, params: ParamSpec | None = None,
+                       channels: Callable[[int, int, dict], int] | None = None,
+                       spatial: Callable[[int, dict], int | None] | None = None,
+                       n_params: Callable[[int, int, dict, bool], int] | None = None,
+                       madds: Callable[[int, int, int | None, dict], int] | None = None,
+                       stride: Callable[[dict], int] | None = None, doc: str = "") -> Primitive:
+    """Add a primitive to the compiler's table, so `.nas` op bodies may call it (no torch needed).
+
+    The rules mirror `nasc.compiler.primitives.Primitive`: `channels(c_in, c, args)`
+    (default: keeps `c_in`), `spatial(h, args)` (default: keeps `h`),
+    `n_params(c_in, c_out, args, affine)` and `madds(c_in, c_out, h_out, args)`
+    (default 0). `args` holds every parameter, defaults filled in. A name that
+    exists is replaced (a plugin may override a built-in).
+    """
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise NascError(f"primitive name {name!r} is not a valid .nas name")
+    fields: dict[str, Any] = {"name": name, "doc": doc, "params": _params(params)}
+    for key, rule in (("channels", channels), ("spatial", spatial), ("n_params", n_params), ("madds", madds),
+                      ("stride", stride)):
+        if rule is not None:
+            fields[key] = rule
+    prim = Primitive(**fields)
+    PRIMITIVES[name] = prim
+    return prim
+
+
+def register_op(name: str, *, params: ParamSpec | None = None, doc: str | None = None,
+                **rules: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register a primitive's compile-time rules and its torch builder in one go.
+
+    The builder has the built-ins' signature `(c_in, c_out, args, *, affine) -> nn.Module`;
+    the rules are `register_primitive`'s keyword arguments. Its parameter count must
+    equal `n_params` (a test of yours should check it, as nasc's own do).
+    """
+
+    def deco(builder: Callable[..., Any]) -> Callable[..., Any]:
+        from nasc.runtime.ops import OPS
+
+        text = doc if doc is not None else _first_line(builder)
+        register_primitive(name, params=params, doc=text, **rules)
+        OPS.register(name, doc=text)(builder)
+        return builder
+
+    return deco
+
+
+def unregister_primitive(name: str) -> None:
+    """Remove a plugin primitive from both sides (for tests and notebooks that redefine one)."""
+    PRIMITIVES.pop(name, None)
+    _PRIMITIVE_ORIGINS.pop(name, None)
+    ops = sys.modules.get("nasc.runtime.ops")
+    if ops is not None:
+        ops.OPS._entries.pop(name, None)
+
+
+def _allow_schedule(name: str) -> None:
+    """Let `.nas` files name the schedule: `lr_schedule = NAME(...)` in search and train blocks."""
+    from nasc.compiler import settings
+
+    for table in (settings.SEARCH_SETTINGS, settings.TRAIN_SETTINGS):
+        types, calls, meaning = table["lr_schedule"]
+        if calls is not None and name not in calls:
+            table["lr_schedule"] = (types, calls + (name,), meaning)
+
+
+def register_schedule(name: str, fn: Callable[..., float] | None = None, *, doc: str | None = None) -> Any:
+    """Register a learning-rate schedule `(epoch, epochs, lr, lr_min, *, exponent, warmup) -> lr`.
+
+    Usable as `register_schedule("warm", fn)` or as a decorator `@register_schedule("warm")`.
+    The schedule is then valid in `--opt schedule=NAME` and in `.nas` (`lr_schedule = NAME(min = 0)`).
+    """
+
+    def deco(f: Callable[..., float]) -> Callable[..., float]:
+        from nasc.runtime.schedules import SCHEDULES
+
+        SCHEDULES.add(name, f, doc=doc if doc is not None else _first_line(f), origin=getattr(f, "__module__", "?"))
+        _allow_schedule(name)
+        return f
+
+    return deco(fn) if fn is not None else deco
+
+
+# ---------------------------------------------------------------- listings (`nasc relaxations`, `nasc selectors`)
+
+
+def relaxation_rows() -> list[dict[str, Any]]:
+    """Every relaxation nasc knows (built-in, plugin, or an entry point that did not load), with presets."""
+    from nasc import catalog
+    from nasc.runtime.relaxations.base import RELAXATIONS, relaxation_class
+
+    names = set(catalog.BUILTIN_RELAXATIONS) | set(RELAXATIONS.names()) | _unloaded("nasc.relaxations")
+    rows = []
+    for name in sorted(names):
+        if name not in RELAXATIONS and name not in catalog.BUILTIN_RELAXATIONS:
+            rows.append({"name": name, "error": "its plugin did not load",
+                         "origin": _entry_origin("nasc.relaxations", name)})
+            continue
+        try:
+            cls = relaxation_class(name)
+        except NascError as e:
+            rows.append({"name": name, "error": e.message, "origin": _entry_origin("nasc.relaxations", name)})
+            continue
+        entry = RELAXATIONS.entry(name)
+        presets = {p: tuple(dict(x) for x in cls.presets.get(p, ({}, {})))
+                   for p, target in sorted(catalog.PRESETS.items()) if target == name and p != name}
+        rows.append({"name": name, "doc": entry.doc, "defaults": dict(cls.defaults), "presets": presets,
+                     "origin": _short_origin(entry.origin)})
+    return rows
+
+
+def selector_rows() -> list[dict[str, Any]]:
+    """Every selector nasc knows, with its options and their defaults."""
+    from nasc import catalog
+    from nasc.runtime.selectors import SELECTORS
+
+    rows = []
+    for name in sorted(set(catalog.BUILTIN_SELECTORS) | set(SELECTORS.names()) | _unloaded("nasc.selectors")):
+        if name not in SELECTORS and name in catalog.BUILTIN_SELECTORS:
+            try:
+                importlib.import_module(catalog.BUILTIN_SELECTORS[name])
+            except ImportError as e:
+                rows.append({"name": name, "error": f"not available in this build ({e})", "origin": BUILTIN_ORIGIN})
+                continue
+        if name not in SELECTORS:
+            rows.append({"name": name, "error": "its plugin did not load",
+                         "origin": _entry_origin("nasc.selectors", name)})
+            continue
+        entry = SELECTORS.entry(name)
+        rows.append({"name": name, "doc": entry.doc, "defaults": dict(getattr(entry.value, "defaults", {}) or {}),
+                     "origin": _short_origin(entry.origin)})
+    return rows
+
+
+def _unloaded(group: str) -> set[str]:
+    """Entry-point names of `group` whose plugin failed (or was never loaded in this process)."""
+    out = set()
+    for ep in _discover(False):
+        record = _LOADED.get(("entry point", ep.group, ep.name, ep.value))
+        if ep.group == group and (record is None or not record.ok):
+            out.add(ep.name)
+    return out
+
+
+def _entry_origin(group: str, name: str) -> str:
+    for ep in _discover(False):
+        if ep.group == group and ep.name == name:
+            dist = getattr(ep, "dist", None)
+            return f"{dist.name} {dist.version}" if dist is not None else ep.value
+    return BUILTIN_ORIGIN

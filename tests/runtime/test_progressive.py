@@ -1,0 +1,298 @@
+"""Progressive search (P-DARTS): stage schedule, candidate pruning, skip dropout, the skip-connect rule,
+one run directory across stages, resume at and between stage boundaries, and `nasc search` on pdarts.nas."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nasc.compiler import genotype as G
+from nasc.compiler.ir import lint
+from nasc.compiler.pipeline import compile_space
+from nasc.compiler.restrict import restrict_candidates
+from nasc.errors import NascError, SearchError
+from nasc.runtime import progressive as P
+from nasc.runtime.relaxations.base import load_relaxation
+from nasc.runtime.search import Request, prepare, resume, run_search
+from nasc.runtime.supernet import build_supernet
+
+torch.set_num_threads(1)  # a loaded 2-core machine: two intra-op threads are 10-50x slower
+
+OPS = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
+       "dil_conv_5x5"]
+KEEP = [8, 4, 2]
+TINY = """space tiny_pdarts(C = 4, layers = 3) extends "darts.nas"
+search:
+    stages = [stage(layers = 3, keep = 8, skip_dropout = 0.2),
+              stage(layers = 5, keep = 4, skip_dropout = 0.4),
+              stage(layers = 5, keep = 2)]
+    epochs = 1
+    batch = 32
+    arch_start = 0
+    skip_limit = 2
+"""
+OVERRIDES = {"device": "cpu", "train_portion": 0.1}  # 5 steps per stage
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tiny_ir():
+    return compile_space("darts", params={"C": 4, "layers": 3}, input_shape=(1, 8, 8))
+
+
+@pytest.fixture
+def tiny_net(tiny_ir):
+    return build_supernet(tiny_ir, load_relaxation("softmax"), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("space") / "tiny_pdarts.nas"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def resumed_run(space_file, tmp_path_factory):
+    """The tiny 3-stage search, interrupted after stage 0's only epoch and resumed to the end."""
+    run = tmp_path_factory.mktemp("runs") / "run"
+    job = prepare(Request(space=str(space_file), overrides=OVERRIDES))
+    with pytest.raises(KeyboardInterrupt):
+        run_search(job, run, stop_after=1)
+    assert not (run / "genotype.json").exists()
+    events: list[dict] = []
+    result = resume(run, on_event=events.append)
+    return run, result, events
+
+
+# ---- compiler/restrict.py ----
+
+
+def test_restrict_candidates_rewrites_edges_and_reruns_the_passes(tiny_ir):
+    out = restrict_candidates(tiny_ir, {"normal": {"n0<-s0": ["sep_conv_3x3", "skip_connect"]},
+                                        "reduce": {"n3<-n2": ["none", "max_pool_3x3", "dil_conv_5x5"]}})
+    rows = {r["edge"]: r["ops"] for r in out.alpha_groups["normal"]["rows"]}
+    assert rows["n0<-s0"] == ["skip_connect", "sep_conv_3x3"]  # declared order, not the order asked
+    assert rows["n0<-s1"] == OPS  # edges not listed keep their candidates
+    assert {r["edge"]: r["ops"] for r in out.alpha_groups["reduce"]["rows"]}["n3<-n2"] == \
+        ["none", "max_pool_3x3", "dil_conv_5x5"]
+    assert lint(out) == []
+    assert out.meta["costs"]["total_without_aux"]["params"] < tiny_ir.meta["costs"]["total_without_aux"]["params"]
+    assert out.meta["fingerprint"] != tiny_ir.meta["fingerprint"]
+    assert len(tiny_ir.alpha_groups["normal"]["rows"][0]["ops"]) == 8  # pure: the input is unchanged
+    assert restrict_candidates(tiny_ir, {}).meta["fingerprint"] == tiny_ir.meta["fingerprint"]
+    single = restrict_candidates(tiny_ir, {"normal": {"n0<-s0": ["sep_conv_3x3"]}})  # one op: no α row
+    assert "n0<-s0" not in [r["edge"] for r in single.alpha_groups["normal"]["rows"]]
+
+
+@pytest.mark.parametrize("keep, message", [
+    ({"normal": {"n0<-s0": ["conv_9x9"]}}, "not a candidate"),
+    ({"normal": {"n9<-s0": ["none"]}}, "has no edge"),
+    ({"norml": {"n0<-s0": ["none"]}}, "no α group"),
+    ({"normal": {"n0<-s0": []}}, "at least one op"),
+])
+def test_restrict_candidates_rejects_bad_subsets(tiny_ir, keep, message):
+    with pytest.raises(NascError, match=message):
+        restrict_candidates(tiny_ir, keep)
+
+
+# ---- pruning, α carry-over, skip dropout ----
+
+
+def test_prune_keeps_the_strongest_ops_in_declared_order(tiny_net):
+    with torch.no_grad():
+        a = tiny_net.alphas["normal"]
+        a.zero_()
+        a[0] = torch.tensor([5.0, 0, 0, 1.0, 4.0, 0, 3.0, 2.0])  # none > sep3 > dil3 > dil5 > skip > ...
+        a[1, 2] = 1.0  # avg_pool first, then a tie of seven zeros broken by declared order
+    kept = P.prune(tiny_net, 4)
+    assert kept["normal"]["n0<-s0"] == ["none", "sep_conv_3x3", "dil_conv_3x3", "dil_conv_5x5"]
+    assert kept["normal"]["n0<-s1"] == ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"]
+    assert all(len(ops) == 4 for g in kept.values() for ops in g.values())
+    assert P.prune(tiny_net, None)["reduce"]["n0<-s0"] == OPS
+    assert P.merge({"normal": {"a": ["x"], "b": ["y"]}}, {"normal": {"b": ["z"]}}) == {"normal": {"a": ["x"], "b": ["z"]}}
+
+
+def test_alpha_carries_over_by_op_name(tiny_ir, tiny_net):
+    with torch.no_grad():
+        tiny_net.alphas["normal"][0] = torch.arange(8.0)
+    table = P.alpha_by_op(tiny_net)
+    narrowed = restrict_candidates(tiny_ir, {"normal": {"n0<-s0": ["skip_connect", "dil_conv_5x5"]}})
+    net = build_supernet(narrowed, load_relaxation("softmax"))
+    P.load_alpha_by_op(net, table)
+    assert net.alphas["normal"][0, :2].tolist() == [3.0, 7.0]
+
+
+def test_skip_dropout_rate_follows_the_official_schedule():
+    r, E, start = 0.4, 25, 10
+    assert P.skip_dropout_rate(r, 0, E, start) == pytest.approx(r * 24 / 25)  # weight-only: r·(E − e − 1)/E
+    assert P.skip_dropout_rate(r, 9, E, start) == pytest.approx(r * 15 / 25)
+    assert P.skip_dropout_rate(r, 10, E, start) == pytest.approx(r)  # α trains: r·exp(−0.2·(e − start))
+    assert P.skip_dropout_rate(r, 15, E, start) == pytest.approx(r * math.exp(-1.0))
+    assert P.skip_dropout_rate(r, 24, E, start) == pytest.approx(r * math.exp(-2.8))
+    assert P.skip_dropout_rate(0.0, 3, E, start) == 0.0
+
+
+def test_skip_dropout_wraps_only_identity_skip_candidates(tiny_ir, tiny_net):
+    installed = P.install_skip_dropout(tiny_net)
+    # skip_connect is an identity on stride-1 edges only (factorized_reduce on a reduction cell's input edges)
+    expected = sum(1 for layer in tiny_ir.layers() if layer.kind == "cell"
+                   for e in tiny_ir.cell_edges(layer.cell) if e.stride == 1 and "skip_connect" in e.candidates)
+    assert len(installed) == expected > 0
+    P.set_skip_dropout(installed, 0.5)
+    x = torch.ones(4, 3, 5, 5)
+    drop = installed[0]
+    drop.train()
+    y = drop(x)
+    assert set(y.unique().tolist()) <= {0.0, 2.0} and (y == 0).any()  # nn.Dropout: zero or rescaled by 1/(1 − p)
+    drop.eval()
+    assert torch.equal(drop(x), x)
+    tiny_net.train()
+    tiny_net(torch.randn(2, 1, 8, 8)).sum().backward()  # the supernet still runs
+
+
+# ---- the final rule ----
+
+
+def _prefer_skip(net, group: str, skip: list[float]) -> None:
+    with torch.no_grad():
+        a = net.alphas[group]
+        a.zero_()
+        a[:, OPS.index("skip_connect")] = torch.tensor(skip)
+
+
+def test_final_rule_restricts_skip_connects_in_the_normal_cell(tiny_ir, tiny_net):
+    skip = [6.0 + 0.1 * r for r in range(14)]  # skip dominates every edge; weaker on earlier rows
+    _prefer_skip(tiny_net, "normal", skip)
+    _prefer_skip(tiny_net, "reduce", skip)
+    final, before, removed = P.pdarts_genotype(tiny_ir, tiny_net, skip_limit=2)
+    assert P.count_skips(before, "normal") == 8
+    assert P.count_skips(final, "normal") == 2
+    assert P.count_skips(final, "reduce") == 8  # the rule only applies to normal cells
+    # the lowest-probability skip goes first: row 0 (n0<-s0) has the smallest skip logit
+    assert removed[0]["edge"] == tiny_net.group_rows["normal"][0]
+    assert len(removed) >= 6 and len({r["edge"] for r in removed}) == len(removed)
+    assert all(e.op != "none" for e in final.cells["normal"].edges)
+    assert P.count_skips(P.pdarts_genotype(tiny_ir, tiny_net, skip_limit=0)[0], "normal") == 0
+    unlimited, _, none_removed = P.pdarts_genotype(tiny_ir, tiny_net, skip_limit=None)
+    assert unlimited == before and none_removed == []
+
+
+def test_final_rule_stops_when_no_skip_can_go(tiny_ir):
+    # every edge offers only none and skip_connect: nothing can replace a skip, so the rule must end
+    only = restrict_candidates(tiny_ir, {"normal": {r["edge"]: ["none", "skip_connect"]
+                                                    for r in tiny_ir.alpha_groups["normal"]["rows"]}})
+    net = build_supernet(only, load_relaxation("softmax"))
+    final, _, removed = P.pdarts_genotype(only, net, skip_limit=2)
+    assert P.count_skips(final, "normal") == 8 and len(removed) == 14
+
+
+# ---- settings ----
+
+
+def test_stage_settings_are_checked(space_file, tmp_path):
+    bad = tmp_path / "bad.nas"
+    bad.write_text(TINY.replace("keep = 4,", "kept = 4,"))
+    with pytest.raises(SearchError, match="no option 'kept'") as info:
+        prepare(Request(space=str(bad), overrides=OVERRIDES))
+    assert "keep" in (info.value.hint or "")
+    bad.write_text(TINY.replace("keep = 2", "keep = 1"))
+    with pytest.raises(SearchError, match="keep must be an integer ≥ 2"):
+        prepare(Request(space=str(bad), overrides=OVERRIDES))
+    with pytest.raises(SearchError, match="conflicts with the stages"):
+        prepare(Request(space=str(space_file), params={"layers": 8}, overrides=OVERRIDES))
+    with pytest.raises(SearchError, match="list of stage"):
+        prepare(Request(space=str(space_file), overrides={**OVERRIDES, "stages": "stage(keep = 2)"}))
+
+
+def test_prepare_compiles_the_first_stage(space_file):
+    job = prepare(Request(space=str(space_file), overrides=OVERRIDES))
+    assert job.ir.params["layers"] == 3 and len(job.config.stages) == 3 and job.config.skip_limit == 2
+    job1 = prepare(Request(space=str(space_file), overrides=OVERRIDES), stage=1,
+                   restrict={"normal": {"n0<-s0": ["skip_connect", "sep_conv_3x3"]}})
+    assert job1.ir.params["layers"] == 5 and job1.net.group_ops["normal"][0] == ["skip_connect", "sep_conv_3x3"]
+
+
+# ---- one run across stages ----
+
+
+def test_stages_prune_to_the_declared_sizes(resumed_run):
+    run, _, _ = resumed_run
+    records = _records(run)
+    stages = [r for r in records if r["type"] == "stage"]
+    assert [s["stage"] for s in stages] == [0, 1, 2]  # once each, also across the resume
+    assert [s["params"] for s in stages] == [{"layers": 3}, {"layers": 5}, {"layers": 5}]
+    for s, keep in zip(stages, KEEP):
+        assert {len(ops) for edges in s["candidates"].values() for ops in edges.values()} == {keep}
+        assert set(s["candidates"]) == {"normal", "reduce"} and len(s["candidates"]["normal"]) == 14
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert [e["stage"] for e in epochs] == [0, 1, 2]
+    for prev, cur, alpha in zip(stages, stages[1:], [e["alpha"] for e in epochs]):
+        for group, edges in cur["candidates"].items():
+            for edge, kept in edges.items():
+                earlier = prev["candidates"][group][edge]
+                dropped = set(earlier) - set(kept)
+                assert set(kept) <= set(earlier)
+                probs = alpha[group][edge]
+                # the strongest of the previous stage's α (the metrics round to 6 digits)
+                assert min(probs[o] for o in kept) >= max(probs[o] for o in dropped) - 1e-6
+    assert all("stage" in r for r in records if r["type"] == "step")
+
+
+def test_run_writes_the_genotype_and_metrics(resumed_run):
+    run, result, events = resumed_run
+    assert {"config.json", "space.ir.json", "metrics.jsonl", "timing.jsonl", "checkpoint.pt",
+            "genotype.json"} <= {p.name for p in run.iterdir()}
+    genotype = G.load(run / "genotype.json")
+    assert genotype == result.genotype
+    config = json.loads((run / "config.json").read_text())
+    assert genotype.fingerprint == config["fingerprint"] and genotype.space == "tiny_pdarts"
+    assert P.count_skips(genotype, "normal") <= 2
+    assert all(e.op != "none" for c in genotype.cells.values() for e in c.edges)
+    records = _records(run)
+    derive = [r for r in records if r["type"] == "derive"]
+    assert len(derive) == 1 and derive[0]["genotype"] == G.canonical_str(genotype) and derive[0]["skip_limit"] == 2
+    # the skip dropout in each stage's single epoch: r·exp(0) once α trains from epoch 0; stage 2 has none
+    assert [e["skip_dropout"] for e in records if e["type"] == "epoch"] == [0.2, 0.4, 0.0]
+    assert [e["stage"] for e in events if e["type"] == "start"] == [1, 2]  # resumed at the stage-1 boundary
+    assert result.final["stage"] == 2
+    with pytest.raises(SearchError, match="already finished"):
+        resume(run)
+
+
+@pytest.mark.slow
+def test_resumed_run_equals_an_uninterrupted_one(resumed_run, space_file, tmp_path):
+    run, _, _ = resumed_run
+    job = prepare(Request(space=str(space_file), overrides=OVERRIDES))
+    straight = run_search(job, tmp_path / "straight")
+    assert (tmp_path / "straight" / "metrics.jsonl").read_bytes() == (run / "metrics.jsonl").read_bytes()
+    assert straight.genotype == G.load(run / "genotype.json")
+
+
+@pytest.mark.slow
+def test_cli_search_on_pdarts(tmp_path, monkeypatch):
+    from nasc.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["search", "pdarts", "--set", "C=4", "--epochs", "1", "--batch", "32",
+                                      "--opt", "train_portion=0.1", "--opt", "arch_start=0", "--device", "cpu",
+                                      "--run-dir", "run"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    genotype = G.load(run / "genotype.json")
+    assert genotype.space == "pdarts" and P.count_skips(genotype, "normal") <= 2
+    records = _records(run)
+    stages = [r for r in records if r["type"] == "stage"]
+    assert [(s["params"]["layers"], s["keep"], s["skip_dropout"]) for s in stages] == \
+        [(5, 8, 0.1), (11, 5, 0.4), (17, 3, 0.7)]
+    assert [{len(o) for e in s["candidates"].values() for o in e.values()} for s in stages] == [{8}, {5}, {3}]
+    assert [r["stage"] for r in records if r["type"] == "epoch"] == [0, 1, 2]
+    assert "genotype" in result.output
