@@ -289,10 +289,23 @@ def selectors_cmd() -> None:
 
 
 def _options(values: dict[str, Any]) -> str:
-    from nasc.compiler.expr import to_json
+    return ", ".join(f"{k}={_value(v)}" for k, v in values.items())
 
-    return ", ".join(f"{k}={_default(v) if not isinstance(v, (dict, list)) else json.dumps(to_json(v))}"
-                     for k, v in values.items())
+
+def _value(v: Any) -> str:
+    """An option value as one would type it: `10 -> 0.1` for a ramp, `(0.5, 0.999)` for a tuple."""
+    from nasc.compiler.expr import Ramp
+
+    if isinstance(v, Ramp):
+        return f"{v.start:g} -> {v.end:g}"
+    if isinstance(v, dict) and set(v) == {"from", "to"}:
+        return f"{v['from']:g} -> {v['to']:g}"
+    if isinstance(v, (tuple, list)):
+        inner = ", ".join(_value(x) for x in v)
+        return f"({inner})" if isinstance(v, tuple) else f"[{inner}]"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return _default(v)
 
 
 OptList = Annotated[Optional[list[str]], typer.Option()]
