@@ -51,16 +51,17 @@ def _step(ir, relax_name, phase, mode, share):
     loss.backward()
     grads = {n: (p.grad.clone() if p.grad is not None else None) for n, p in net.named_parameters()}
     stats = {n: b.clone() for n, b in net.named_buffers() if "running" in n}
-    return float(loss), grads, stats
+    return float(loss.detach()), grads, stats
 
 
 @pytest.mark.parametrize("relax_name", _available())
 @pytest.mark.parametrize("phase", ["weights", "arch"])
 def test_recompute_and_shared_work_are_exact(relax_name, phase):
     space = "spaces/pcdarts.nas" if relax_name == "partial-channel" else "spaces/darts.nas"
-    ir = compile_space(space, params={"C": 8, "layers": 3}, input_shape=(1, 8, 8))
+    ir = compile_space(space, params={"C": 8 if relax_name == "partial-channel" else 4, "layers": 3},
+                       input_shape=(1, 8, 8))
     plain = _step(ir, relax_name, phase, "plain", False)
-    for mode, share in (("recompute", False), ("recompute", True), ("plain", True)):
+    for mode, share in (("recompute", True), ("plain", True)):
         other = _step(ir, relax_name, phase, mode, share)
         assert other[0] == pytest.approx(plain[0], rel=1e-6, abs=1e-6), (mode, share)
         for name, g in plain[1].items():

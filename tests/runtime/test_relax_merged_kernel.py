@@ -276,7 +276,7 @@ def _search(tmp_path):
     from nasc.runtime.search import Request, prepare, run_search
 
     job = prepare(Request(space="spaces/darts.nas", params={"C": 4, "layers": 5}, relax="mergenas",
-                          overrides={"epochs": 1, "batch": 32}))
+                          overrides={"epochs": 1, "batch": 32, "train_portion": 0.2}))
     assert isinstance(job.relax, MergedKernel)
     return run_search(job, tmp_path / "run")
 

@@ -1,0 +1,322 @@
+"""The Python API: nasc's pipeline as a handful of functions for notebooks and scripts.
+
+    import nasc
+    ir = nasc.compile_space("darts", params={"C": 8})
+    run = nasc.search("darts", params={"C": 4, "layers": 5}, epochs=1, run_dir="runs/try")
+    trained = nasc.train(run, epochs=1, params={"C": 8, "layers": 5})
+    nasc.viz(run, "genotype.png")
+
+Every function is a thin wrapper over the library (`nasc.compiler`, `nasc.runtime`)
+with keyword arguments named like the CLI's options; errors are `nasc.errors.NascError`
+(print `e.render()` for the compiler-style message). Installed plugins (entry points)
+are loaded on first use; `load_plugins([...])` loads more. `import nasc` stays light:
+these functions are imported on first attribute access, and torch only when a
+function needs it. docs/api.md documents each one with an example.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from nasc.errors import NascError
+
+if TYPE_CHECKING:  # pragma: no cover - names for annotations only; importing them pulls in torch
+    from nasc.compiler.genotype import Genotype
+    from nasc.compiler.ir import SpaceIR
+    from nasc.plugins import LoadedPlugin
+    from nasc.runtime.search import SearchResult
+    from nasc.runtime.supernet import Network
+
+Event = dict[str, Any]
+GenotypeLike = "Genotype | SearchResult | str | Path"
+
+__all__ = ["compile_space", "build_supernet", "search", "resume", "select", "load_genotype", "build_network",
+           "train", "TrainResult", "viz", "export", "load_plugins"]
+
+_plugins_loaded = False
+
+
+def _plugins() -> None:
+    """Load installed entry-point plugins once per process (the CLI does the same at start)."""
+    global _plugins_loaded
+    if not _plugins_loaded:
+        from nasc.plugins import load_plugins as _load
+
+        _load()
+        _plugins_loaded = True
+
+
+def load_plugins(plugins: Sequence[str] = (), *, entry_points: bool = True) -> list[LoadedPlugin]:
+    """Load plugin modules or files (and installed entry points); returns what each did or why it failed."""
+    from nasc.plugins import load_plugins as _load
+
+    return _load(list(plugins), entry_points=entry_points)
+
+
+def _ctx():
+    from nasc.catalog import relaxation_names, selector_names
+    from nasc.compiler.pipeline import PassContext
+
+    return PassContext(relaxations=relaxation_names(), selectors=selector_names())
+
+
+def _shape(data: str | None, data_dir: str | None, input_shape: Sequence[int] | None,
+           params: dict[str, Any], declared: Sequence[str]) -> tuple[tuple[int, int, int] | None, dict[str, Any]]:
+    """Input shape (and `classes`) from a dataset when one is named, as `nasc search`/`train` compile."""
+    if data is None:
+        return (tuple(input_shape) if input_shape is not None else None), params
+    from nasc.runtime.data import load_dataset
+
+    dataset = load_dataset(data, data_dir)
+    if "classes" in declared and "classes" not in params:
+        params = {**params, "classes": dataset.classes}
+    return (tuple(input_shape) if input_shape is not None else dataset.shape), params
+
+
+# ---------------------------------------------------------------- compile and build
+
+
+def compile_space(space: str | Path = "darts", *, params: Mapping[str, Any] | None = None,
+                  input_shape: Sequence[int] | None = None, text: str | None = None,
+                  data: str | None = None, data_dir: str | None = None) -> SpaceIR:
+    """Compile a `.nas` file, a bundled space name, or `text` (attributed to `space`) to the final IR.
+
+    `input_shape` is (C, H, W); `data` takes it (and `classes`) from a dataset instead, the way
+    `nasc search` compiles for its data.
+    """
+    from nasc.compiler.pipeline import compile_space as _compile
+    from nasc.compiler.resolve import resolve_path, resolve_source
+
+    _plugins()
+    values = dict(params or {})
+    if data is not None:
+        decl = resolve_source(text, str(space)) if text is not None else resolve_path(space)
+        shape, values = _shape(data, data_dir, input_shape, values, list(decl.params))
+    else:
+        shape = tuple(input_shape) if input_shape is not None else None
+    return _compile(space, text=text, params=values, input_shape=shape, ctx=_ctx())
+
+
+def _ir(space: Any, params: Mapping[str, Any] | None, input_shape: Sequence[int] | None,
+        data: str | None = None, data_dir: str | None = None) -> SpaceIR:
+    from nasc.compiler.ir import SpaceIR as _SpaceIR
+
+    if isinstance(space, _SpaceIR):
+        if params or input_shape or data:
+            raise NascError("pass params, input_shape or data with a space name, not with a compiled IR")
+        return space
+    return compile_space(space, params=params, input_shape=input_shape, data=data, data_dir=data_dir)
+
+
+def build_supernet(space: str | Path | SpaceIR = "darts", *, relax: str | None = None,
+                   relax_options: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None,
+                   input_shape: Sequence[int] | None = None, seed: int = 0) -> Network:
+    """The supernet of a space (name, file or compiled IR) under a relaxation (default: the space's own).
+
+    `net(x)` runs it; `net.arch_parameters()` and `net.weight_parameters()` are the two
+    parameter groups; `net.alphas` holds α by group.
+    """
+    import torch
+
+    from nasc.runtime.relaxations.base import load_relaxation
+    from nasc.runtime.supernet import build_supernet as _build
+
+    ir = _ir(space, params, input_shape)
+    name = relax or ir.relax.name
+    options = dict(ir.relax.options) if name == ir.relax.name else {}
+    options.update(relax_options or {})
+    relaxation = load_relaxation(name, options)
+    net = _build(ir, relaxation, generator=torch.Generator().manual_seed(seed))
+    relaxation.setup(ir, net)
+    return net
+
+
+def load_genotype(source: Genotype | SearchResult | str | Path) -> Genotype:
+    """A genotype from a file, a run directory, a `SearchResult`, or DARTS / NAS-Bench-201 / JSON text."""
+    from nasc.compiler import genotype as G
+
+    if isinstance(source, G.Genotype):
+        return source
+    if hasattr(source, "genotype") and hasattr(source, "run_dir"):  # a SearchResult
+        return source.genotype
+    return G.read_source(str(source))[0]
+
+
+def build_network(space: str | Path | SpaceIR, genotype: Genotype | SearchResult | str | Path, *,
+                  params: Mapping[str, Any] | None = None, input_shape: Sequence[int] | None = None,
+                  data: str | None = None, data_dir: str | None = None) -> Network:
+    """The network a genotype derives from a space (every choice made, BN affine), in eval mode.
+
+    Compile for a dataset with `data="digits"` (input shape and classes), or give `input_shape`.
+    """
+    from nasc.runtime.export import derived_network
+
+    ir = _ir(space, params, input_shape, data, data_dir)
+    return derived_network(ir, load_genotype(genotype))[1]
+
+
+# ---------------------------------------------------------------- search and select
+
+
+def _overrides(settings: Mapping[str, Any], **named: Any) -> dict[str, Any]:
+    out = {k: v for k, v in named.items() if v is not None}
+    out.update(settings)
+    return out
+
+
+def search(space: str | Path = "darts", *, params: Mapping[str, Any] | None = None, relax: str | None = None,
+           relax_options: Mapping[str, Any] | None = None, select: str | None = None,
+           select_options: Mapping[str, Any] | None = None, epochs: int | None = None, batch: int | None = None,
+           seed: int | None = None, data: str | None = None, data_dir: str | None = None,
+           device: str | None = None, run_dir: str | Path | None = None,
+           on_event: Callable[[Event], None] | None = None, **settings: Any) -> SearchResult:
+    """Search a space and return its `SearchResult` (`.genotype`, `.run_dir`, `.final` metrics).
+
+    Keyword arguments mirror `nasc search`: `relax="gdas"`, `epochs=2`, `data="digits"`,
+    and any search setting by name (`lr=0.05`, `train_portion=0.2`, `memory="recompute"`),
+    as `--opt NAME=VALUE` would. The run directory (default runs/SPACE-TIME-sSEED) holds
+    config.json, metrics.jsonl, the checkpoint and genotype.json, as the CLI writes them.
+    `on_event` receives every progress event (dicts with "type": start/step/epoch/end).
+    """
+    from nasc.runtime import search as S
+
+    _plugins()
+    overrides = _overrides(settings, epochs=epochs, batch=batch, seed=seed, dataset=data, data_dir=data_dir,
+                           device=device)
+    request = S.Request(space=str(space), params=dict(params or {}), relax=relax,
+                        relax_options=dict(relax_options or {}), select=select,
+                        select_options=dict(select_options or {}), overrides=overrides)
+    job = S.prepare(request)
+    target = run_dir if run_dir is not None else S.default_run_dir(job.ir.name, job.config.seed)
+    return S.run_search(job, target, on_event=on_event)
+
+
+def resume(run_dir: str | Path, *, on_event: Callable[[Event], None] | None = None) -> SearchResult:
+    """Continue an interrupted search from its last checkpoint."""
+    from nasc.runtime import search as S
+
+    _plugins()
+    return S.resume(run_dir, on_event=on_event)
+
+
+def select(run: str | Path | SearchResult, selector: str = "perturbation", *,
+           on_event: Callable[[Event], None] | None = None, **options: Any) -> Genotype:
+    """Derive a genotype again from a search run's last checkpoint with another selector.
+
+    Options are the selector's (`nasc selectors` lists them), e.g.
+    `nasc.select(run, "perturbation", tune_epochs=0)`. The genotype is also written
+    to the run directory as genotype-SELECTOR.json.
+    """
+    from nasc.runtime import search as S
+
+    _plugins()
+    run_dir = getattr(run, "run_dir", run)
+    genotype, _ = S.reselect(run_dir, selector, options, on_event=on_event)
+    return genotype
+
+
+# ---------------------------------------------------------------- train, draw, export
+
+
+@attrs.frozen(kw_only=True)
+class TrainResult:
+    """A finished training run: its directory, test metrics, size, and the trained network."""
+
+    run_dir: Path
+    test_acc: float
+    test_loss: float
+    params: int  # weights, without the auxiliary head
+    madds: int  # multiply-adds per sample
+    epochs: int
+    net: Any = attrs.field(repr=False)  # the trained Network
+    ir: Any = attrs.field(repr=False)  # the derived network's IR
+    genotype: Any = attrs.field(repr=False)
+
+
+def _genotype_source(genotype: Genotype | SearchResult | str | Path) -> str:
+    """What `TrainRequest` reads: a run directory keeps the run's space file, a Genotype goes as JSON."""
+    from nasc.compiler import genotype as G
+
+    if isinstance(genotype, G.Genotype):
+        return json.dumps(G.to_json(genotype))
+    if hasattr(genotype, "run_dir"):
+        return str(genotype.run_dir)
+    return str(genotype)
+
+
+def train(genotype: Genotype | SearchResult | str | Path, *, space: str | Path | None = None,
+          params: Mapping[str, Any] | None = None, epochs: int | None = None, batch: int | None = None,
+          seed: int | None = None, data: str | None = None, data_dir: str | None = None,
+          device: str | None = None, run_dir: str | Path | None = None,
+          on_event: Callable[[Event], None] | None = None, **settings: Any) -> TrainResult:
+    """Train the network a genotype derives, from scratch, and return a `TrainResult`.
+
+    `genotype` may be a `SearchResult` or run directory (its space is found there), a
+    Genotype, a genotype file or string (then give `space`). The protocol comes from the
+    space's `train:` block, then these arguments; `params` override space parameters
+    (e.g. a smaller `C` for a quick try), other settings go by name (`lr=0.05`, `drop_path=0.1`).
+    """
+    from nasc.runtime import train as T
+
+    _plugins()
+    overrides = _overrides(settings, epochs=epochs, batch=batch, seed=seed, dataset=data, data_dir=data_dir,
+                           device=device)
+    request = T.TrainRequest(genotype=_genotype_source(genotype), space=None if space is None else str(space),
+                             params=dict(params or {}), overrides=overrides)
+    job = T.prepare_train(request)
+    target = run_dir if run_dir is not None else T.default_train_dir(job.ir.name, job.config.seed)
+    result = T.run_train(job, target, on_event=on_event)
+    return TrainResult(run_dir=Path(target), test_acc=result["test_acc"], test_loss=result["test_loss"],
+                       params=result["params"], madds=result["madds"], epochs=result["epochs"], net=job.net,
+                       ir=job.ir, genotype=job.genotype)
+
+
+def viz(source: Genotype | SearchResult | str | Path, output: str | Path = "genotype.png") -> list[Path]:
+    """Draw a genotype's cells (.png, .svg, .pdf or .dot); for a search run also how α evolved.
+
+    Returns the files written: the drawing, and for a run directory `OUTPUT-alpha.png` too.
+    """
+    from nasc.runtime import viz as V
+
+    g = load_genotype(source)
+    out = V.check_format(output)
+    written = [V.draw_genotype(g, out)]
+    run = Path(getattr(source, "run_dir", source)) if not hasattr(source, "cells") else None
+    if run is not None and run.is_dir() and (run / "metrics.jsonl").is_file():
+        written.append(V.draw_alpha(V.read_epochs(run), V.alpha_path(out)))
+    return written
+
+
+def export(source: TrainResult | Genotype | SearchResult | str | Path, output: str | Path | None = None, *,
+           to: str = "pytorch", space: str | Path | None = None, params: Mapping[str, Any] | None = None,
+           input_shape: Sequence[int] | None = None, data: str | None = None,
+           checkpoint: str | Path | None = None) -> list[Path]:
+    """Export a derived network as standalone PyTorch code (`to="pytorch"`), TorchScript or ONNX.
+
+    A `TrainResult` exports the trained network with its weights; a genotype needs
+    `space` (and `params`/`data` as it was compiled), with weights from `checkpoint`.
+    Returns the files written. Ops from plugins have no standalone source: export them
+    to TorchScript or ONNX.
+    """
+    from nasc.runtime import export as X
+
+    if to not in X.FORMATS:
+        raise NascError(f"unknown export format {to!r}", hint=f"one of {', '.join(X.FORMATS)}")
+    if isinstance(source, TrainResult):
+        ir, net, genotype, with_weights = source.ir, source.net.eval(), source.genotype, True
+    else:
+        if space is None:
+            raise NascError("export: give the space the genotype belongs to (space=...)")
+        genotype = load_genotype(source)
+        ir, net = X.derived_network(_ir(space, params, input_shape, data), genotype)
+        with_weights = checkpoint is not None
+        if checkpoint is not None:
+            X.load_weights(net, checkpoint)
+    suffix = ".torchscript.pt" if to == "torchscript" else X.SUFFIX[to]
+    out = Path(output) if output is not None else Path(f"{ir.name}_net{suffix}")
+    return X.export(ir, net, out, to=to, genotype=genotype, with_weights=with_weights)
