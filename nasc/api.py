@@ -33,7 +33,6 @@ if TYPE_CHECKING:  # pragma: no cover - names for annotations only; importing th
     from nasc.runtime.supernet import Network
 
 Event = dict[str, Any]
-GenotypeLike = "Genotype | SearchResult | str | Path"
 
 __all__ = ["compile_space", "build_supernet", "search", "resume", "select", "load_genotype", "build_network",
            "train", "TrainResult", "viz", "export", "load_plugins"]
@@ -45,9 +44,13 @@ def _plugins() -> None:
     """Load installed entry-point plugins once per process (the CLI does the same at start)."""
     global _plugins_loaded
     if not _plugins_loaded:
+        import warnings
+
         from nasc.plugins import load_plugins as _load
 
-        _load()
+        for record in _load():
+            if record.error is not None:
+                warnings.warn(record.error.render(), RuntimeWarning, stacklevel=3)
         _plugins_loaded = True
 
 
@@ -279,17 +282,29 @@ def train(genotype: Genotype | SearchResult | str | Path, *, space: str | Path |
 def viz(source: Genotype | SearchResult | str | Path, output: str | Path = "genotype.png") -> list[Path]:
     """Draw a genotype's cells (.png, .svg, .pdf or .dot); for a search run also how α evolved.
 
-    Returns the files written: the drawing, and for a run directory `OUTPUT-alpha.png` too.
+    Returns the files written: the drawing, and for a search run its α plot (`OUTPUT_alpha.EXT`).
     """
     from nasc.runtime import viz as V
 
     g = load_genotype(source)
     out = V.check_format(output)
     written = [V.draw_genotype(g, out)]
-    run = Path(getattr(source, "run_dir", source)) if not hasattr(source, "cells") else None
-    if run is not None and run.is_dir() and (run / "metrics.jsonl").is_file():
+    run = _run_dir(source)
+    if run is not None and (run / "metrics.jsonl").is_file():
         written.append(V.draw_alpha(V.read_epochs(run), V.alpha_path(out)))
     return written
+
+
+def _run_dir(source: Any) -> Path | None:
+    """The run directory a source names (a SearchResult's, or an existing directory), else None."""
+    if hasattr(source, "run_dir"):
+        return Path(source.run_dir)
+    if isinstance(source, (str, Path)):
+        try:
+            return Path(source) if Path(source).is_dir() else None
+        except (OSError, ValueError):  # a genotype string too long (or odd) to be a path
+            return None
+    return None
 
 
 def export(source: TrainResult | Genotype | SearchResult | str | Path, output: str | Path | None = None, *,

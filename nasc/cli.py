@@ -87,8 +87,9 @@ def root(
     version: Annotated[Optional[bool], typer.Option("--version", callback=version_callback, is_eager=True,
                                                     help="Show the version and exit.")] = None,
     plugin: Annotated[Optional[list[str]], typer.Option(
-        "--plugin", help="Load a plugin first: a .py file or module that registers ops, relaxations, selectors, "
-                         "schedules or datasets (repeatable). Installed plugins (entry points) load by themselves."
+        "--plugin", metavar="FILE.py|MODULE",
+        help="Load a plugin first: a .py file or module that registers ops, relaxations, selectors, "
+             "schedules or datasets (repeatable). Installed plugins (entry points) load by themselves."
     )] = None,
 ) -> None:
     """nasc: write a search space as a `.nas` file, compile it, search it, train the result."""
@@ -216,7 +217,6 @@ def ops(
 ) -> None:
     """List the primitives op bodies are built from (and a space's own ops)."""
     from nasc.compiler.primitives import PRIMITIVES
-
     from nasc.plugins import origin_of
 
     table = Table(show_edge=False, title="primitives", title_justify="left")
@@ -336,12 +336,22 @@ def search(
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the run in this directory.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build the supernet, show the resolved "
                                           "configuration and memory estimate, and exit.")] = False,
+    nproc: Annotated[Optional[int], typer.Option("--nproc", help="Run on N processes on this machine "
+                                                 "(torch.distributed; --batch stays the global batch).")] = None,
 ) -> None:
     """Search a space (the bundled DARTS space by default) and write a genotype."""
     from nasc.compiler import genotype as G
     from nasc.progress import SearchDisplay
     from nasc.report import human
     from nasc.runtime import search as S
+    from nasc.runtime import distributed as D  # distributed hook: --nproc launcher / torchrun worker setup
+
+    try:
+        code = D.cli_entry(nproc, console, launch_ok=not dry_run)
+    except NascError as e:
+        fail(e)
+    if code is not None:
+        raise typer.Exit(code=code)
 
     if second_order and first_order:
         raise typer.BadParameter("--first-order and --second-order exclude each other")
@@ -422,10 +432,20 @@ def train(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show parameters, multiply-adds and settings, then exit.")] = False,
     input_shape: Annotated[Optional[str], typer.Option("--input", help="With --dry-run: count for this input "
                                                        "shape CxHxW (e.g. 3x32x32 for CIFAR).")] = None,
+    nproc: Annotated[Optional[int], typer.Option("--nproc", help="Run on N processes on this machine "
+                                                 "(torch.distributed; --batch stays the global batch).")] = None,
 ) -> None:
     """Train a derived architecture from scratch (DARTS protocol by default, from the space's `train:` block)."""
     from nasc.progress import SearchDisplay
     from nasc.runtime import train as T
+    from nasc.runtime import distributed as D  # distributed hook: --nproc launcher / torchrun worker setup
+
+    try:
+        code = D.cli_entry(nproc, console, launch_ok=not dry_run)
+    except NascError as e:
+        fail(e)
+    if code is not None:
+        raise typer.Exit(code=code)
 
     overrides = parse_assignments(opt, "--opt")
     for key, value in (("epochs", epochs), ("batch", batch), ("seed", seed), ("dataset", data),

@@ -61,10 +61,10 @@ def second_order(loss_fn: LossFn, weights: list[nn.Parameter], arch: list[nn.Par
     # ∇_α L_val(w') and v = ∇_{w'} L_val(w')
     kept = [b.detach().clone() for b in buffers] if buffers else []
     val_loss = loss_fn(x_val, y_val)
-    with torch.no_grad():
+    g_all = torch.autograd.grad(val_loss, arch + weights, allow_unused=True)
+    with torch.no_grad():  # after the backward: autograd checks the versions of the buffers BN saved
         for b, k in zip(buffers or [], kept):
             b.copy_(k)
-    g_all = torch.autograd.grad(val_loss, arch + weights, allow_unused=True)
     d_alpha = [torch.zeros_like(a) if g is None else g for a, g in zip(arch, g_all[: len(arch)])]
     vector = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, g_all[len(arch):])]
 

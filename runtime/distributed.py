@@ -61,7 +61,7 @@ from nasc.runtime.rundir import RunDir, write_json_atomic
 
 __all__ = ["init_from_env", "shutdown", "is_distributed", "world_size", "rank", "local_rank", "is_main",
            "main_first", "broadcast_object", "ShardedBatches", "LocalSync", "attach_search", "attach_train",
-           "check_job", "run_dir", "launch", "strip_option", "CHECK_ENV"]
+           "check_job", "run_dir", "launch", "strip_option", "cli_entry", "CHECK_ENV"]
 
 #: when set, every rank writes `search-rank<r>.json` / `train-rank<r>.json` there at each evaluation:
 #: α, digests of weights, buffers and RNG state, the genotype and the sample indices it saw (tests)
@@ -216,10 +216,11 @@ def average_grads(params: Sequence[nn.Parameter]) -> None:
             flags = torch.tensor([params[i].grad is not None for i in idx], device=device, dtype=dtype)
             flat = torch.cat(parts + [flags])
             dist.all_reduce(flat)
+            present = (flat[flat.numel() - len(idx):] > 0).tolist()  # one device sync, not one per parameter
             offset = 0
             for j, i in enumerate(idx):
                 p, n = params[i], params[i].numel()
-                if flat[flat.numel() - len(idx) + j] > 0:
+                if present[j]:
                     mean = flat[offset:offset + n].view_as(p) / w
                     if p.grad is None:
                         p.grad = mean.clone()
@@ -532,6 +533,21 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
         codes = [f.exitcode for f in e.failures.values() if isinstance(f.exitcode, int) and f.exitcode > 0]
         return codes[0] if codes else 1
     return 0
+
+
+def cli_entry(nproc: int | None, console: Any, *, launch_ok: bool = True,
+              argv: Sequence[str] | None = None) -> int | None:
+    """What `nasc search` / `nasc train` do first: with `--nproc N`, start N workers of this very
+    command (minus --nproc) and return their exit code; else join torchrun's group, if any, and keep
+    every rank but 0 quiet. None means: go on in this process."""
+    import sys
+
+    if nproc is not None and launch_ok:
+        return launch(nproc, list(sys.argv[1:] if argv is None else argv))
+    init_from_env()
+    if not is_main():
+        console.quiet = True  # rank 0 alone shows progress and results; errors still print on every rank
+    return None
 
 
 def describe() -> dict[str, Any]:

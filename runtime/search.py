@@ -30,6 +30,7 @@ from nasc.runtime.architect import first_order, second_order
 from nasc.runtime.augment import Augment
 from nasc.runtime.config import SearchConfig, make_config
 from nasc.runtime.data import Batches, Dataset, load_dataset, split_indices
+from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.relaxations.base import Relaxation, load_relaxation, preset
 from nasc.runtime.rundir import RunDir, environment
 from nasc.runtime.schedules import learning_rate
@@ -128,7 +129,7 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     declared = decl.relax.name if decl.relax else "softmax"
     preset_settings = preset(request.relax or declared)[1]
     base = make_config({**_evaluated_search(decl)}, {**preset_settings, **request.overrides})
-    dataset = load_dataset(base.dataset, base.data_dir)
+    dataset = _dist.main_first(load_dataset, base.dataset, base.data_dir)  # distributed: one download per machine
     params = dict(request.params)
     if base.stages:  # progressive search: this stage's space parameters (e.g. layers)
         from nasc.runtime.progressive import stage_params
@@ -250,6 +251,7 @@ class Trainer:
         self.epoch = 0
         # the per-epoch genotype is always the cheap magnitude view; a costly final selector runs once at the end
         self.magnitude = job.selector if job.selector.name == "magnitude" else load_selector("magnitude")
+        self.sync = _dist.attach_search(self)  # distributed: shard batches, return hooks (no-op in one process)
 
     # ---- state ----
     def state(self) -> dict[str, Any]:
@@ -300,6 +302,7 @@ class Trainer:
         job.relax.set_progress(epoch, cfg.epochs)
         update_arch = epoch >= cfg.arch_start and not cfg.fix_alpha
         net.train()
+        self.sync.begin_epoch(epoch)  # distributed hook
         val_iter = self.val.epoch(epoch)
         tot_loss = tot_correct = tot_n = 0.0
         steps = len(self.train)
@@ -321,6 +324,7 @@ class Trainer:
                                              buffers=list(net.buffers()))
                 else:
                     arch_loss = first_order(self._arch_loss, self.arch, xv, yv)
+                self.sync.average_grads(self.arch)  # distributed hook: mean α gradient over ranks
                 if cfg.arch_clip:
                     torch.nn.utils.clip_grad_norm_(self.arch, cfg.arch_clip)
                 job.relax.before_arch_step(net)
@@ -348,6 +352,7 @@ class Trainer:
             if not (update_arch and cfg.levels == 1):
                 for p in self.arch:
                     p.grad = None
+            self.sync.average_grads(self.weights + self.arch)  # distributed hook: mean gradients over ranks
             if cfg.clip:
                 torch.nn.utils.clip_grad_norm_(self.weights, cfg.clip)
             self.w_opt.step()
@@ -380,6 +385,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         net = self.job.net
+        self.sync.before_eval()  # distributed hook: average BN statistics over ranks
         net.eval()
         self.job.relax.set_phase("eval")
         loss = correct = n = 0.0
@@ -406,10 +412,11 @@ def _emit_to(run: RunDir, on_event: Callable[[Event], None] | None) -> Callable[
 def run_search(job: Job, run_path: str | Path, *, on_event: Callable[[Event], None] | None = None,
                resume_state: Mapping[str, Any] | None = None, stop_after: int | None = None) -> SearchResult:
     """Train `job` in `run_path` (new, or continuing from `resume_state`); `stop_after` epochs is for tests."""
+    _dist.check_job(job)  # distributed hook: refuse what several processes cannot run
     if job.config.stages:  # progressive search (P-DARTS): runtime/progressive.py runs the stages
         from nasc.runtime.progressive import run_progressive
         return run_progressive(job, run_path, on_event=on_event, resume_state=resume_state, stop_after=stop_after)
-    run = RunDir(run_path)
+    run = _dist.run_dir(run_path)  # distributed hook: rank 0 writes, other ranks only read
     trainer = Trainer(job)
     if resume_state is None:
         run.create()
@@ -442,7 +449,8 @@ def run_search(job: Job, run_path: str | Path, *, on_event: Callable[[Event], No
     if job.selector.name != "magnitude" or genotype is None:
         genotype = job.selector.select(job.net, job.ir, relax=job.relax, trainer=trainer, emit=emit)
     try:
-        G.save(genotype, run.path / "genotype.json")
+        if _dist.is_main():  # distributed hook: rank 0 writes the genotype
+            G.save(genotype, run.path / "genotype.json")
     except OSError as e:
         raise SearchError(f"cannot write {run.path / 'genotype.json'}: {e}") from None
     emit({"type": "end", "genotype": genotype, "final": final, "run_dir": str(run.path)})

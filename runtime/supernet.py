@@ -66,7 +66,18 @@ class _Recomputed:
                     m.num_batches_tracked.copy_(tracked)
 
     def _run(self, x, w):
-        return self.edge(x, w) if self.active is None else self.edge(x, w, self.active)
+        return _plain_call(self.edge, x, w, self.active)
+
+
+def _plain_call(edge: nn.Module, x: torch.Tensor, w: torch.Tensor, active: list[int] | None) -> torch.Tensor:
+    cache = getattr(edge, "_relu", None)  # a MixedEdge's shared-ReLU cache lives for one call only
+    if cache is not None:
+        cache.key = cache.value = None
+    try:
+        return edge(x, w) if active is None else edge(x, w, active)
+    finally:
+        if cache is not None:
+            cache.key = cache.value = None
 
 
 def call_edge(edge: nn.Module, x: torch.Tensor, w: torch.Tensor, active: list[int] | None,
@@ -74,7 +85,7 @@ def call_edge(edge: nn.Module, x: torch.Tensor, w: torch.Tensor, active: list[in
     """A searchable edge; with `recompute` only its input and weights are kept for backward."""
     if recompute and torch.is_grad_enabled() and edge.training:
         return checkpoint(_Recomputed(edge, active), x, w, use_reentrant=False)
-    return edge(x, w) if active is None else edge(x, w, active)
+    return _plain_call(edge, x, w, active)
 
 
 def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:

@@ -31,6 +31,7 @@ from nasc.compiler.resolve import resolve_path
 from nasc.errors import GenotypeError, SearchError, did_you_mean
 from nasc.runtime.augment import Augment
 from nasc.runtime.data import Batches, Dataset, load_dataset
+from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.rundir import RunDir, environment
 from nasc.runtime.schedules import learning_rate
 from nasc.runtime.search import pick_device, seed_everything
@@ -157,7 +158,7 @@ def prepare_train(request: TrainRequest) -> TrainJob:
     settings = {k: v for k, v in train_settings.items() if k not in decl.params}
     params.update(request.params)
     config = train_config(settings, request.overrides)
-    dataset = load_dataset(config.dataset, config.data_dir)
+    dataset = _dist.main_first(load_dataset, config.dataset, config.data_dir)  # distributed: one download per machine
     config, notes = fit_to_dataset(config, dataset)
     if "classes" in decl.params and "classes" not in params:
         params["classes"] = dataset.classes
@@ -206,6 +207,7 @@ class Fitter:
         self.plain = Augment(job.dataset, train=False)
         self.gen = torch.Generator().manual_seed(cfg.seed + 2)
         self.epoch = 0
+        self.sync = _dist.attach_train(self)  # distributed: shard batches, return hooks (no-op in one process)
 
     def state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "net": self.job.net.state_dict(), "opt": self.opt.state_dict(),
@@ -230,6 +232,7 @@ class Fitter:
             g["lr"] = lr
         net.drop_path_prob = cfg.drop_path * epoch / cfg.epochs  # DARTS: rises linearly from 0
         net.train()
+        self.sync.begin_epoch(epoch)  # distributed hook
         tot = {"loss": 0.0, "correct": 0, "n": 0}
         steps = len(self.batches)
         use_aux = bool(cfg.aux_weight and net.aux_ids)
@@ -245,6 +248,7 @@ class Fitter:
                 logits = net(x)
                 loss = loss_total = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             loss_total.backward()
+            self.sync.average_grads(list(net.parameters()))  # distributed hook: mean gradients over ranks
             if cfg.clip:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
             self.opt.step()
@@ -269,6 +273,7 @@ class Fitter:
         if self.test is None:
             return float("nan"), float("nan")
         net = self.job.net
+        self.sync.before_eval()  # distributed hook: average BN statistics over ranks
         net.eval()
         loss = correct = n = 0.0
         for xb, yb in self.test.epoch(0):
@@ -283,13 +288,15 @@ class Fitter:
 def run_train(job: TrainJob, run_path: str | Path, *, on_event: Callable[[Event], None] | None = None,
               resume_state: Mapping[str, Any] | None = None, stop_after: int | None = None) -> dict[str, Any]:
     """Train in `run_path`; returns the final epoch record (with the test accuracy)."""
-    run = RunDir(run_path)
+    _dist.check_job(job)  # distributed hook: refuse what several processes cannot run
+    run = _dist.run_dir(run_path)  # distributed hook: rank 0 writes, other ranks only read
     fit = Fitter(job)
     if resume_state is None:
         run.create()
         run.write("config.json", {**describe_train(job), "kind": "train"})
         run.write("network.ir.json", to_json_dict(job.ir))
-        G.save(job.genotype, run.path / "genotype.json")
+        if _dist.is_main():  # distributed hook: rank 0 writes
+            G.save(job.genotype, run.path / "genotype.json")
     else:
         fit.load_state(resume_state)
         run.truncate_metrics(int(resume_state["metrics_size"]))
@@ -316,8 +323,9 @@ def run_train(job: TrainJob, run_path: str | Path, *, on_event: Callable[[Event]
         done += 1
         if stop_after is not None and done >= stop_after and fit.epoch < cfg.epochs:
             raise KeyboardInterrupt
-    torch.save(job.net.state_dict(), run.path / ".weights.pt.tmp")
-    (run.path / ".weights.pt.tmp").replace(run.path / "weights.pt")
+    if _dist.is_main():  # distributed hook: rank 0 writes
+        torch.save(job.net.state_dict(), run.path / ".weights.pt.tmp")
+        (run.path / ".weights.pt.tmp").replace(run.path / "weights.pt")
     result = {"test_acc": final.get("val_acc"), "test_loss": final.get("val_loss"), **counts(job),
               "epochs": cfg.epochs}
     run.write("result.json", result)

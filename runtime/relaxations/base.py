@@ -46,6 +46,32 @@ class GroupWeights:
         self.active = active
 
 
+class _ReluCache:
+    """One edge input's ReLU, computed once per forward and read by every candidate that starts with ReLU."""
+
+    __slots__ = ("key", "value", "enabled")
+
+    def __init__(self) -> None:
+        self.key = self.value = None
+        self.enabled = True
+
+
+class SharedReLU(nn.ReLU):
+    """A candidate's leading ReLU that reuses the value its edge already computed for the same input."""
+
+    def __init__(self, cache: _ReluCache):
+        super().__init__()
+        object.__setattr__(self, "_cache", cache)  # not a submodule: the cache is plain state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cache = self._cache
+        if not cache.enabled:
+            return torch.relu(x)
+        if cache.key is not x:
+            cache.key, cache.value = x, torch.relu(x)
+        return cache.value
+
+
 class MixedEdge(nn.Module):
     """Σ_o w_o · o(x): the DARTS mixture; relaxations subclass it to run fewer candidates.
 
@@ -53,8 +79,8 @@ class MixedEdge(nn.Module):
     (the plain lowering, for comparisons): a zero candidate (`none`) is never
     computed — its weight still takes part in the normalisation, so α's
     gradient is unchanged — and candidates that begin with a ReLU of the edge
-    input (DARTS' sep/dil convs) share one ReLU, so its output is computed and
-    kept for backward once instead of once per candidate.
+    input (DARTS' sep/dil convs) share one ReLU (`SharedReLU`), so its output
+    is computed and kept for backward once instead of once per candidate.
     """
 
     def __init__(self, candidates: list[nn.Module], names: list[str]):
@@ -63,32 +89,31 @@ class MixedEdge(nn.Module):
 
         self.candidates = nn.ModuleList(candidates)
         self.names = list(names)
-        self.share = True
         self.zero = [isinstance(c, Zero) for c in candidates]
-        self.relu_head = [isinstance(c, nn.Sequential) and len(c) > 1 and isinstance(c[0], nn.ReLU)
-                          for c in candidates]
+        self._relu = _ReluCache()
+        for c in candidates:
+            if isinstance(c, nn.Sequential) and len(c) > 1 and type(c[0]) is nn.ReLU:
+                c[0] = SharedReLU(self._relu)
 
-    def run(self, i: int, x: torch.Tensor, shared: dict) -> torch.Tensor:
-        """Candidate i on x, reusing the edge's ReLU(x) when the candidate starts with one."""
-        op = self.candidates[i]
-        if self.share and self.relu_head[i]:
-            if "relu" not in shared:
-                shared["relu"] = torch.relu(x)
-            y = shared["relu"]
-            for m in list(op)[1:]:
-                y = m(y)
-            return y
-        return op(x)
+    @property
+    def share(self) -> bool:
+        return self._relu.enabled
+
+    @share.setter
+    def share(self, value: bool) -> None:
+        self._relu.enabled = bool(value)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, active: list[int] | None = None) -> torch.Tensor:
         idx = list(range(len(self.candidates))) if active is None else list(active)
         if self.share:
             idx = [i for i in idx if not self.zero[i]] or idx[:1]
-        shared: dict = {}
         out = None
-        for i in idx:
-            term = w[i] * self.run(i, x, shared)
-            out = term if out is None else out + term
+        try:
+            for i in idx:
+                term = w[i] * self.candidates[i](x)
+                out = term if out is None else out + term
+        finally:
+            self._relu.key = self._relu.value = None  # never keep a tensor alive past the forward
         return out
 
 

@@ -118,7 +118,8 @@ def test_prune_keeps_the_strongest_ops_in_declared_order(tiny_net):
     assert kept["normal"]["n0<-s1"] == ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"]
     assert all(len(ops) == 4 for g in kept.values() for ops in g.values())
     assert P.prune(tiny_net, None)["reduce"]["n0<-s0"] == OPS
-    assert P.merge({"normal": {"a": ["x"], "b": ["y"]}}, {"normal": {"b": ["z"]}}) == {"normal": {"a": ["x"], "b": ["z"]}}
+    merged = P.merge({"normal": {"a": ["x"], "b": ["y"]}}, {"normal": {"b": ["z"]}})
+    assert merged == {"normal": {"a": ["x"], "b": ["z"]}}
 
 
 def test_alpha_carries_over_by_op_name(tiny_ir, tiny_net):

@@ -1,0 +1,137 @@
+"""The Python API (`import nasc`): lazy and torch-free at import, thin wrappers over the library, docs that run."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import nasc
+from nasc.errors import NascError
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = {"C": 4, "N": 1}
+
+
+def _run_python(code: str, cwd: Path = REPO) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_import_nasc_does_not_import_torch():
+    out = _run_python("import sys, nasc\n"
+                      "assert callable(nasc.search) and callable(nasc.compile_space)\n"
+                      "ir = nasc.compile_space('nb201', params={'C': 4, 'N': 1})\n"
+                      "print(ir.name, 'torch' in sys.modules)")
+    assert out.split() == ["nb201", "False"]
+
+
+def test_public_names_and_unknown_attributes():
+    for name in ("compile_space", "build_supernet", "search", "resume", "select", "load_genotype",
+                 "build_network", "train", "viz", "export", "load_plugins", "register_op"):
+        assert name in dir(nasc) and callable(getattr(nasc, name))
+    with pytest.raises(AttributeError, match="no attribute 'serach'"):
+        nasc.serach  # noqa: B018
+
+
+def test_compile_space_for_a_dataset_and_from_text():
+    ir = nasc.compile_space("nb201", params=TINY, data="digits")
+    assert ir.input_shape == (1, 8, 8) and ir.params["classes"] == 10
+    ir = nasc.compile_space("t.nas", text='space t extends "nb201.nas"\n', params=TINY, input_shape=(3, 16, 16))
+    assert ir.name == "t" and ir.input_shape == (3, 16, 16)
+    with pytest.raises(NascError, match="unknown relaxation 'softmx'"):
+        nasc.compile_space("t.nas", text='space t extends "nb201.nas"\nrelax softmx\n')
+
+
+def test_build_supernet_with_the_spaces_relaxation_or_another():
+    import torch
+
+    net = nasc.build_supernet("nb201", params=TINY, input_shape=(1, 8, 8))
+    assert net.relax.name == "softmax" and set(net.alphas) == {"cell"}
+    assert net(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    gdas = nasc.build_supernet(nasc.compile_space("nb201", params=TINY), relax="gdas", seed=1)
+    assert gdas.relax.name == "gumbel" and gdas.relax.hard
+    with pytest.raises(NascError, match="not with a compiled IR"):
+        nasc.build_supernet(nasc.compile_space("nb201", params=TINY), params=TINY)
+
+
+def test_load_genotype_and_build_network():
+    import torch
+
+    text = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    g = nasc.load_genotype(text)
+    assert nasc.load_genotype(g) is g
+    net = nasc.build_network("nb201", g, params=TINY, data="digits")
+    assert not net.alphas and not net.training
+    assert net(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    with pytest.raises(NascError):
+        nasc.load_genotype("not a genotype")
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """One tiny NAS-Bench-201 search through the API, shared by the tests below."""
+    events = []
+    run = nasc.search("nb201", params=TINY, epochs=1, seed=0, run_dir=tmp_path_factory.mktemp("api") / "search",
+                      on_event=events.append, train_portion=0.2)
+    return run, events
+
+
+def test_search_returns_a_result_and_writes_the_run_directory(searched):
+    run, events = searched
+    assert (run.run_dir / "genotype.json").is_file()
+    assert nasc.load_genotype(run.run_dir) == run.genotype == nasc.load_genotype(run)
+    assert [e["type"] for e in events if e["type"] != "step"] == ["start", "epoch", "end"]
+    config = json.loads((run.run_dir / "config.json").read_text())
+    assert config["search"]["epochs"] == 1 and config["search"]["train_portion"] == 0.2
+    assert 0.0 <= run.final["val_acc"] <= 1.0
+
+
+def test_select_again_with_another_selector(searched):
+    run, _ = searched
+    genotype = nasc.select(run, "magnitude")
+    assert genotype == run.genotype
+    assert (run.run_dir / "genotype-magnitude.json").is_file()
+
+
+@pytest.mark.slow
+def test_train_viz_and_export(searched, tmp_path):
+    run, _ = searched
+    trained = nasc.train(run, params={"C": 4, "N": 1}, epochs=1, run_dir=tmp_path / "train")
+    assert isinstance(trained, nasc.TrainResult) and trained.epochs == 1
+    assert (trained.run_dir / "weights.pt").is_file() and 0.0 <= trained.test_acc <= 1.0
+    assert trained.params == sum(p.numel() for p in trained.net.parameters())
+    drawn = nasc.viz(run, tmp_path / "g.dot")
+    assert drawn[0].read_text().startswith("digraph") and drawn[1].name == "g_alpha.png"
+    written = nasc.export(trained, tmp_path / "net.py")
+    assert [p.name for p in written] == ["net.py", "net.pt"]
+    assert "def build" in (tmp_path / "net.py").read_text()
+
+
+def test_load_plugins_through_the_api():
+    from nasc import plugins as P
+
+    snap = P._snapshot()
+    try:
+        [record] = nasc.load_plugins([str(REPO / "examples" / "plugin_op" / "se_op.py")], entry_points=False)
+        assert record.ok and "primitive se" in record.registered
+    finally:
+        P._restore(snap)
+        P._LOADED.clear()
+
+
+@pytest.mark.slow
+def test_docs_api_examples_run(tmp_path):
+    """Every ```python block of docs/api.md, in order, in one fresh interpreter (in an empty folder)."""
+    text = (REPO / "docs" / "api.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 5
+    (tmp_path / "examples").symlink_to(REPO / "examples")
+    code = "\n".join(blocks) + "\nprint('docs ok')\n"
+    assert _run_python(code, cwd=tmp_path).strip().endswith("docs ok")

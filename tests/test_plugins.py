@@ -1,0 +1,370 @@
+"""Plugins: explicit files and modules, entry points, origins, rollback of broken plugins, and the listings.
+
+Every test runs with the registries snapshotted and restored, so a plugin loaded
+here never leaks into other tests (tests/runtime/test_ops.py checks that OPS and
+PRIMITIVES agree; the language docs list every primitive).
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from nasc import plugins as P
+from nasc.cli import app
+from nasc.compiler.primitives import PRIMITIVES
+from nasc.errors import RegistryError
+
+REPO = Path(__file__).resolve().parent.parent
+SE_OP = REPO / "examples" / "plugin_op" / "se_op.py"
+SE_SPACE = REPO / "examples" / "plugin_op" / "se_space.nas"
+DIRICHLET = REPO / "examples" / "plugin_relaxation" / "nasc_dirichlet.py"
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch):
+    """Registries, plugin records and imported plugin modules as they were before the test."""
+    snap = P._snapshot()
+    loaded, eps, modules = dict(P._LOADED), P._ENTRY_POINTS, set(sys.modules)
+    path = list(sys.path)
+    P._LOADED.clear()
+    yield
+    P._restore(snap)
+    P._LOADED.clear()
+    P._LOADED.update(loaded)
+    P._ENTRY_POINTS = eps
+    sys.path[:] = path
+    for name in set(sys.modules) - modules:
+        if name.startswith(("nasc_plugin_", "fake_nasc_plugin", "nasc_dirichlet")):
+            del sys.modules[name]
+
+
+def _write(tmp_path: Path, name: str, code: str) -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(code))
+    return path
+
+
+# ---------------------------------------------------------------- ops: compile side and runtime side
+
+
+def test_file_plugin_registers_a_primitive_on_both_sides_with_its_origin():
+    from nasc.runtime.ops import OPS
+
+    [record] = P.load_plugins([str(SE_OP)], entry_points=False)
+    assert record.ok and record.source == "file"
+    assert "primitive se" in record.registered
+    assert "se" in PRIMITIVES and "se" in OPS
+    assert P.origin_of("primitive", "se") == str(SE_OP)
+    assert OPS.entry("se").origin == str(SE_OP)
+    assert P.origin_of("primitive", "conv") == "nasc"
+
+
+def test_loading_twice_is_a_no_op():
+    first = P.load_plugins([str(SE_OP)], entry_points=False)
+    prim = PRIMITIVES["se"]
+    second = P.load_plugins([str(SE_OP)], entry_points=False)
+    assert first == second and PRIMITIVES["se"] is prim
+
+
+@pytest.mark.parametrize("c_in, reduction", [(4, 4), (8, 4), (16, 2), (3, 8), (12, 1)])
+def test_plugin_op_parameters_and_madds_match_its_rules(c_in, reduction):
+    """Parameter-count parity: the built module has exactly the weights the compiler's rule counts."""
+    from nasc.runtime.ops import build_step
+
+    P.load_plugins([str(SE_OP)], entry_points=False)
+    prim = PRIMITIVES["se"]
+    args = {"reduction": reduction}
+    c_out = prim.channels(c_in, c_in, args)
+    m = build_step("se", c_in, c_out, args, affine=False)
+    assert sum(p.numel() for p in m.parameters()) == prim.n_params(c_in, c_out, args, False)
+    madds = 0
+
+    def hook(mod, inp, out):
+        nonlocal madds
+        madds += mod.weight[0].numel() * out[0].numel()
+
+    for conv in (x for x in m.modules() if isinstance(x, nn.Conv2d)):
+        conv.register_forward_hook(hook)
+    x = torch.randn(2, c_in, 5, 5, requires_grad=True)
+    y = m(x)
+    assert y.shape == (2, c_out, 5, 5)
+    assert madds == prim.madds(c_in, c_out, prim.spatial(5, args), args)
+    y.sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_space_using_a_plugin_op_compiles_only_with_the_plugin_and_costs_match_the_supernet():
+    from nasc.compiler.pipeline import compile_space
+    from nasc.errors import NasSemanticError
+    from nasc.runtime.relaxations.base import load_relaxation
+    from nasc.runtime.supernet import build_supernet
+
+    with pytest.raises(NasSemanticError, match="unknown op 'se'"):
+        compile_space(SE_SPACE, params={"C": 4})
+    P.load_plugins([str(SE_OP)], entry_points=False)
+    ir = compile_space(SE_SPACE, params={"C": 4})
+    assert ir.meta["costs"]["per_op"]["conv_se_3x3"]["params"] > ir.meta["costs"]["per_op"]["conv_3x3"]["params"]
+    net = build_supernet(ir, load_relaxation("softmax"), generator=torch.Generator().manual_seed(0))
+    assert sum(p.numel() for p in net.weight_parameters()) == ir.meta["costs"]["total_without_aux"]["params"]
+    assert net(torch.randn(2, *ir.input_shape)).shape == (2, 10)
+
+
+def test_register_primitive_alone_is_torch_free_and_checks_names():
+    from nasc.errors import NascError
+
+    prim = P.register_primitive("double_width", params={"k": int, "scale": 2.0},
+                                channels=lambda c_in, c, a: 2 * c_in, doc="widens")
+    assert prim.param("k").required and prim.param("scale").default == 2.0
+    assert PRIMITIVES["double_width"].channels(3, 3, {}) == 6
+    with pytest.raises(NascError, match="not a valid .nas name"):
+        P.register_primitive("bad-name")
+    P.unregister_primitive("double_width")
+    assert "double_width" not in PRIMITIVES
+
+
+def test_op_builder_without_a_primitive_is_refused(tmp_path):
+    path = _write(tmp_path, "orphan.py", """
+        from nasc.runtime.ops import OPS
+
+        @OPS.register("orphan")
+        def build(c_in, c_out, args, *, affine):
+            raise AssertionError
+    """)
+    [record] = P.load_plugins([str(path)], entry_points=False)
+    assert not record.ok and "'orphan'" in record.error.message and "without a primitive" in record.error.message
+    from nasc.runtime.ops import OPS
+    assert "orphan" not in OPS
+
+
+# ---------------------------------------------------------------- broken plugins
+
+
+def test_broken_plugin_is_a_warning_record_and_is_rolled_back(tmp_path):
+    from nasc.runtime.relaxations.base import RELAXATIONS, relaxation_class
+
+    softmax = relaxation_class("softmax")
+    path = _write(tmp_path, "half.py", """
+        from nasc.plugins import register_primitive
+        from nasc.runtime.relaxations.base import RELAXATIONS
+
+        register_primitive("half_done")
+        RELAXATIONS.add("softmax", object(), origin="half")   # overrides a built-in, then fails
+        raise RuntimeError("boom")
+    """)
+    [record] = P.load_plugins([str(path)], entry_points=False)
+    assert not record.ok
+    assert isinstance(record.error, P.PluginError)
+    assert str(path) in record.error.message and "RuntimeError: boom" in record.error.message
+    assert record.error.render().startswith("warning: plugin")
+    assert "half_done" not in PRIMITIVES
+    assert RELAXATIONS.get("softmax") is softmax
+
+
+def test_missing_file_and_missing_module_are_records_not_exceptions():
+    missing_file, missing_module = P.load_plugins(["nothere/plugin.py", "no_such_module_xyz"], entry_points=False)
+    assert "no such file" in missing_file.error.message
+    assert "no_such_module_xyz" in missing_module.error.message
+    assert "ModuleNotFoundError" in missing_module.error.message
+
+
+def test_cli_broken_plugin_warns_and_the_listing_still_works(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "bad.py", "raise ImportError('needs a package that is not installed')\n")
+    for command in ("relaxations", "selectors", "ops"):
+        result = runner.invoke(app, ["--plugin", "bad.py", command])
+        assert result.exit_code == 0, result.output
+        assert "warning: plugin 'bad.py' (file) failed to load: ImportError" in result.output
+        assert "Traceback" not in result.output
+    assert "softmax" in runner.invoke(app, ["relaxations"]).output
+
+
+# ---------------------------------------------------------------- relaxations and selectors
+
+
+def test_relaxation_plugin_is_listed_with_origin_presets_and_usable_from_nas(tmp_path, compile_text):
+    from nasc.catalog import PRESETS, relaxation_names
+    from nasc.compiler.pipeline import PassContext
+    from nasc.runtime.relaxations.base import load_relaxation
+
+    [record] = P.load_plugins([str(DIRICHLET)], entry_points=False)
+    assert record.ok and "relaxation dirichlet" in record.registered
+    assert {"dirichlet", "drnas"} <= relaxation_names() and PRESETS["drnas"] == "dirichlet"
+    relax = load_relaxation("drnas")
+    assert relax.name == "dirichlet"
+    text = 'space d extends "nb201.nas"\nrelax dirichlet(kl_weight = 0.001)\n'
+    ir = compile_text(text, ctx=PassContext(relaxations=relaxation_names(), selectors=None))
+    assert ir.relax.name == "dirichlet"
+    rows = {r["name"]: r for r in P.relaxation_rows()}
+    assert rows["dirichlet"]["origin"] == str(DIRICHLET)
+    assert rows["dirichlet"]["defaults"] == {"activation": "elu", "kl_weight": 0.0, "prior": 1.0}
+    assert "drnas" in rows["dirichlet"]["presets"] and rows["softmax"]["origin"] == "nasc"
+    result = runner.invoke(app, ["--plugin", str(DIRICHLET), "relaxations"])
+    assert result.exit_code == 0 and "dirichlet" in result.output and "drnas" in result.output
+
+
+def test_dirichlet_weights_are_samples_on_the_simplex_with_gradients():
+    P.load_plugins([str(DIRICHLET)], entry_points=False)
+    from nasc.runtime.relaxations.base import load_relaxation
+
+    relax = load_relaxation("dirichlet")
+    alpha = torch.randn(3, 4, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.bool)
+    torch.manual_seed(0)
+    w1 = relax.group_weights(alpha, mask, {}, [0, 0, 1]).ops
+    w2 = relax.group_weights(alpha, mask, {}, [0, 0, 1]).ops
+    assert torch.all(w1[~mask] == 0) and torch.all(w1[mask] > 0)
+    torch.testing.assert_close(w1.sum(-1), torch.ones(3))
+    assert not torch.equal(w1, w2)  # a fresh sample every pass
+    (w1 * torch.arange(4.0)).sum().backward()  # pathwise gradient reaches α
+    assert alpha.grad is not None and torch.all(alpha.grad[mask] != 0) and torch.all(alpha.grad[~mask] == 0)
+    relax.set_phase("eval")
+    mean = relax.group_weights(alpha.detach(), mask, {}, [0, 0, 1]).ops
+    beta = torch.nn.functional.elu(alpha.detach()) + 1
+    torch.testing.assert_close(mean[0], beta[0] / beta[0].sum())
+
+
+def test_dirichlet_kl_matches_torch_and_respects_padding():
+    P.load_plugins([str(DIRICHLET)], entry_points=False)
+    from torch.distributions import Dirichlet, kl_divergence
+
+    kl = sys.modules[next(m for m in sys.modules if m.startswith("nasc_plugin_nasc_dirichlet"))].dirichlet_kl
+    a, b = torch.rand(3, 5) + 0.1, torch.rand(3, 5) + 0.5
+    full = torch.ones(3, 5, dtype=torch.bool)
+    torch.testing.assert_close(kl(a, b, full), kl_divergence(Dirichlet(a), Dirichlet(b)))
+    mask = full.clone()
+    mask[1, 3:] = False
+    torch.testing.assert_close(kl(a, b, mask)[1], kl_divergence(Dirichlet(a[1, :3]), Dirichlet(b[1, :3])))
+
+
+def test_selector_plugin_registers_and_lists(tmp_path):
+    from nasc.catalog import selector_names
+    from nasc.runtime.selectors import load_selector
+
+    path = _write(tmp_path, "first_op.py", """
+        from nasc.runtime.selectors import SELECTORS, Selector
+
+        @SELECTORS.register("first")
+        class First(Selector):
+            '''Always the first candidate (a placeholder selector).'''
+            name = "first"
+            defaults = {"k": 2}
+    """)
+    [record] = P.load_plugins([str(path)], entry_points=False)
+    assert record.registered == ("selector first",)
+    assert "first" in selector_names() and load_selector("first").options == {"k": 2}
+    rows = {r["name"]: r for r in P.selector_rows()}
+    assert rows["first"]["origin"] == str(path) and rows["magnitude"]["origin"] == "nasc"
+    result = runner.invoke(app, ["--plugin", str(path), "selectors"])
+    assert result.exit_code == 0 and "first" in result.output and "placeholder" in result.output
+
+
+# ---------------------------------------------------------------- schedules and datasets
+
+
+def test_schedule_plugin_is_valid_in_settings_and_in_nas(tmp_path, compile_text):
+    from nasc.runtime.config import make_config
+    from nasc.runtime.schedules import learning_rate
+
+    path = _write(tmp_path, "step.py", """
+        from nasc.plugins import register_schedule
+
+        @register_schedule("halving")
+        def halving(epoch, epochs, lr, lr_min, **kw):
+            '''Halve the rate every epoch, down to lr_min.'''
+            return max(lr_min, lr / 2 ** epoch)
+    """)
+    [record] = P.load_plugins([str(path)], entry_points=False)
+    assert record.registered == ("schedule halving",)
+    assert learning_rate("halving", 3, 10, 0.8, 0.0) == pytest.approx(0.1)
+    assert make_config({}, {"schedule": "halving"}).schedule == "halving"
+    ir = compile_text('space h extends "nb201.nas"\nsearch:\n    lr_schedule = halving(min = 0.001)\n')
+    assert ir.search["lr_schedule"].name == "halving"
+
+
+def test_unknown_schedule_is_a_registry_error():
+    from nasc.runtime.schedules import learning_rate
+
+    with pytest.raises(RegistryError, match="unknown learning-rate schedule 'cosin'") as info:
+        learning_rate("cosin", 0, 1, 0.1, 0.0)
+    assert info.value.hint == "did you mean 'cosine'?"
+
+
+def test_dataset_plugin(tmp_path):
+    from nasc.runtime.data import DATASETS, load_dataset
+
+    path = _write(tmp_path, "noise_data.py", """
+        import torch
+        from nasc.runtime.data import DATASETS, Dataset, ImageSet
+
+        @DATASETS.register("noise")
+        def load(data_dir, download):
+            '''Random 1x8x8 images in 3 classes.'''
+            g = torch.Generator().manual_seed(0)
+            split = ImageSet(images=torch.randint(0, 256, (30, 1, 8, 8), dtype=torch.uint8, generator=g),
+                             labels=torch.arange(30) % 3)
+            return Dataset(name="noise", train=split, test=split, classes=3, mean=(0.5,), std=(0.3,),
+                           flip=False, crop_pad=1)
+    """)
+    [record] = P.load_plugins([str(path)], entry_points=False)
+    assert record.registered == ("dataset noise",)
+    assert load_dataset("noise").classes == 3 and DATASETS.entry("noise").origin == str(path)
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def _fake_distribution(root: Path, entry_points: str, module: str, code: str) -> None:
+    """A distribution importlib.metadata finds on sys.path: a module plus its dist-info with entry points."""
+    (root / f"{module}.py").write_text(textwrap.dedent(code))
+    info = root / "fake_nasc_plugin-1.2.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-nasc-plugin\nVersion: 1.2\n")
+    (info / "entry_points.txt").write_text(textwrap.dedent(entry_points))
+    sys.path.insert(0, str(root))
+
+
+def test_entry_points_load_modules_and_objects_and_report_broken_ones(tmp_path):
+    from nasc.catalog import relaxation_names
+    from nasc.runtime.relaxations.base import RELAXATIONS
+
+    _fake_distribution(tmp_path, """
+        [nasc.relaxations]
+        plainmix = fake_nasc_plugin_mod:PlainMix
+        [nasc.ops]
+        doubler = fake_nasc_plugin_mod
+        [nasc.selectors]
+        broken = fake_nasc_plugin_missing
+    """, "fake_nasc_plugin_mod", """
+        from nasc.plugins import register_op
+        from nasc.runtime.relaxations.base import Relaxation
+        from torch import nn
+
+        class PlainMix(Relaxation):
+            '''Softmax, registered through an entry point that names the class.'''
+            name = "plainmix"
+
+        @register_op("doubler", channels=lambda c_in, c, a: c_in)
+        def build(c_in, c_out, args, *, affine):
+            '''x + x.'''
+            return nn.Identity()
+    """)
+    records = {r.name: r for r in P.load_plugins(refresh=True)}
+    assert records["plainmix"].ok and records["plainmix"].origin == "fake-nasc-plugin 1.2"
+    assert records["plainmix"].source == "entry point nasc.relaxations"
+    assert "plainmix" in RELAXATIONS and RELAXATIONS.entry("plainmix").origin == "fake-nasc-plugin 1.2"
+    assert "plainmix" in relaxation_names()
+    assert records["doubler"].ok and P.origin_of("primitive", "doubler") == "fake-nasc-plugin 1.2"
+    assert not records["broken"].ok and "'broken'" in records["broken"].error.message
+    assert "fix or uninstall fake-nasc-plugin 1.2" in records["broken"].error.hint
+    rows = {r["name"]: r for r in P.selector_rows()}
+    assert rows["broken"]["error"] == "its plugin did not load"
+    result = runner.invoke(app, ["selectors"])
+    assert result.exit_code == 0 and "broken" in result.output and "magnitude" in result.output
