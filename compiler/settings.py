@@ -33,6 +33,7 @@ SEARCH_SETTINGS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | None, str]]
     "cutout": ((int,), None, "cutout square side during search (0: off)"),
     "drop_path": (NUMBER + (Ramp,), None, "drop-path probability on non-identity candidates during search"),
     "seed": ((int,), None, "default random seed"),
+    "precision": ((str,), None, '"fp32" or "bf16" (autocast; α and its softmax stay fp32)'),
     "memory": ((str,), None, 'supernet memory mode: "plain", "recompute" (keep only edge inputs for backward) '
                              'or "auto" (plain when it fits, else recompute)'),
     # progressive search (P-DARTS, Chen et al. 2019; runtime/progressive.py)

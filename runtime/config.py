@@ -72,6 +72,8 @@ class SearchConfig:
     arch_start: int = 0
     arch_every: int = attrs.field(default=1, validator=_positive)  # α step every N weight steps (ProxylessNAS: 5)
     memory: str = "auto"  # plain | recompute | auto
+    precision: str = "fp32"  # fp32 | bf16 (autocast; α and its softmax stay fp32)
+    channels_last: bool | None = None  # None: on for CUDA
     share_work: bool = True  # exact shared-work savings in mixed edges (off only for comparisons)
     fix_alpha: bool = False  # α stays uniform (zero) during search; pair with the perturbation selector
     affine: bool = False
@@ -97,6 +99,8 @@ class SearchConfig:
         if self.schedule not in SCHEDULES:  # plugins may register more
             raise SearchError(f"unknown learning-rate schedule {self.schedule!r}",
                               hint=did_you_mean(self.schedule, SCHEDULES.names()))
+        if self.precision not in ("fp32", "bf16"):
+            raise SearchError(f"unknown precision {self.precision!r}", hint="fp32 or bf16")
         if self.memory not in ("plain", "recompute", "auto"):
             raise SearchError(f"unknown memory mode {self.memory!r}", hint="plain, recompute or auto")
         if self.arch_optimizer not in ("adam", "sgd"):
@@ -116,7 +120,7 @@ def from_space(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Translate a space's `search:` block (already type-checked by the compiler) to config fields."""
     out: dict[str, Any] = {}
     plain = {"epochs", "batch", "train_portion", "levels", "order", "clip", "arch_clip", "arch_start", "affine",
-             "cutout", "seed", "fix_alpha", "arch_every", "memory"}
+             "cutout", "seed", "fix_alpha", "arch_every", "memory", "precision"}
     for key, value in settings.items():
         if key in plain:
             out[key] = value

@@ -238,6 +238,11 @@ class Trainer:
             self.a_opt = torch.optim.SGD(self.arch, lr=cfg.arch_lr, momentum=cfg.arch_momentum,
                                          weight_decay=cfg.arch_weight_decay)
         data = job.dataset.train
+        if job.device.type == "cuda":  # CIFAR-sized sets live on the GPU: batches and augmentation never leave it
+            data = type(data)(images=data.images.to(job.device), labels=data.labels.to(job.device))
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else job.device.type == "cuda"
+        if self.channels_last:
+            job.net.to(memory_format=torch.channels_last)
         if cfg.levels == 2:
             train_idx, val_idx = split_indices(len(data), cfg.train_portion)
         else:
@@ -275,20 +280,29 @@ class Trainer:
         self.epoch = int(state["epoch"])
 
     # ---- one epoch ----
+    def autocast(self):
+        """bf16 autocast for forward passes when asked for (α's softmax is excluded by the network)."""
+        return torch.autocast(device_type=self.job.device.type, dtype=torch.bfloat16,
+                              enabled=self.job.config.precision == "bf16")
+
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.job.net(x), y)
+        with self.autocast():
+            return F.cross_entropy(self.job.net(x).float(), y)
 
     def _arch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         custom = self.job.relax.arch_loss(self.job.net, self._loss, x, y)
         if custom is not None:
             return custom
-        loss = F.cross_entropy(self.job.net(x), y)
+        loss = self._loss(x, y)
         extra = self.job.relax.regularizer(self.job.net)
         return loss if extra is None else loss + extra
 
     def _batch(self, images: torch.Tensor, labels: torch.Tensor, augment: Augment) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.job.device
-        return augment(images.to(device), self.aug_gen).to(device), labels.to(device)
+        x = augment(images.to(device), self.aug_gen).to(device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, labels.to(device)
 
     def run_epoch(self, emit: Callable[[Event], None], *, lr: float | None = None) -> dict[str, Any]:
         """One epoch; `lr` fixes the weight learning rate (selectors' fine-tuning), else the schedule sets it."""
@@ -340,7 +354,8 @@ class Trainer:
                 total.backward()
                 loss = F.cross_entropy(logits.detach(), y)
             else:
-                logits = net(x)
+                with self.autocast():
+                    logits = net(x).float()
                 loss = F.cross_entropy(logits, y)
             if custom is not None:
                 pass
@@ -391,7 +406,8 @@ class Trainer:
         loss = correct = n = 0.0
         for xb, yb in self.val_eval.epoch(0):
             x, y = self._batch(xb, yb, self.plain)
-            logits = net(x)
+            with self.autocast():
+                logits = net(x).float()
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
             n += y.numel()

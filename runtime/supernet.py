@@ -304,9 +304,14 @@ class Network(nn.Module):
         return getattr(self, f"mask_{group}")
 
     def group_weights(self) -> dict[str, GroupWeights]:
-        """Every group's weights for one forward pass (sampled once per pass, shared by its cells)."""
-        return {g: self.relax.group_weights(a, self.mask(g), self.extras(g), self.group_nodes[g])
-                for g, a in self.alphas.items()}
+        """Every group's weights for one forward pass (sampled once per pass, shared by its cells).
+
+        Computed outside any autocast region: α and its softmax stay in fp32 under bf16 training.
+        """
+        device_type = next(iter(self.alphas.values())).device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            return {g: self.relax.group_weights(a, self.mask(g), self.extras(g), self.group_nodes[g])
+                    for g, a in self.alphas.items()}
 
     # ---- forward ----
     def forward(self, x: torch.Tensor, *, weights: dict[str, GroupWeights] | None = None,

@@ -102,3 +102,15 @@ def test_auto_picks_plain_when_it_fits_and_recompute_when_not(monkeypatch):
     mode, reason = choose_memory("auto", ir, 64, cpu)
     assert mode == "recompute" and "GiB" in reason
     assert choose_memory("plain", ir, 64, cpu)[0] == "plain"
+
+
+def test_bf16_search_keeps_alpha_in_fp32(tmp_path):
+    from nasc.runtime.search import Request, prepare, run_search
+
+    job = prepare(Request(space="spaces/nb201.nas", params={"C": 4, "N": 1},
+                          overrides={"epochs": 1, "batch": 32, "train_portion": 0.1, "precision": "bf16"}))
+    weights = job.net.group_weights()
+    assert all(w.ops.dtype == torch.float32 for w in weights.values())
+    result = run_search(job, tmp_path / "run")
+    assert all(a.dtype == torch.float32 and torch.isfinite(a).all() for a in job.net.alphas.values())
+    assert result.genotype.cells
