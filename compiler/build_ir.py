@@ -41,8 +41,15 @@ class Collector:
 
     def check(self) -> None:
         if self.errors:
-            first = self.errors[0]
-            raise NasSemanticError(first.message, span=first.span, hint=first.hint, errors=self.errors)
+            # an op set used by several cells fails once per use; report each distinct problem once
+            unique, seen = [], set()
+            for e in self.errors:
+                key = (e.message, str(e.span) if e.span else None)
+                if key not in seen:
+                    seen.add(key)
+                    unique.append(e)
+            first = unique[0]
+            raise NasSemanticError(first.message, span=first.span, hint=first.hint, errors=unique)
 
 
 def eval_params(decl: SpaceDecl, overrides: Mapping[str, Any]) -> dict[str, Any]:

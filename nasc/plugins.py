@@ -465,9 +465,11 @@ def relaxation_rows() -> list[dict[str, Any]]:
             rows.append({"name": name, "error": e.message, "origin": _entry_origin("nasc.relaxations", name)})
             continue
         entry = RELAXATIONS.entry(name)
-        presets = {p: tuple(dict(x) for x in cls.presets.get(p, ({}, {})))
+        own = getattr(cls, "presets", None) or {}
+        presets = {p: tuple(dict(x) for x in own.get(p, ({}, {})))
                    for p, target in sorted(catalog.PRESETS.items()) if target == name and p != name}
-        rows.append({"name": name, "doc": entry.doc, "defaults": dict(cls.defaults), "presets": presets,
+        rows.append({"name": name, "doc": entry.doc, "defaults": dict(getattr(cls, "defaults", None) or {}),
+                     "presets": presets,
                      "origin": _short_origin(entry.origin)})
     return rows
 

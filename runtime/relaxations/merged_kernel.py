@@ -121,7 +121,7 @@ def conv_pattern(module: nn.Module) -> tuple[tuple, tuple[int, int]] | None:
     if not isinstance(module, nn.Sequential):
         return None
     m = list(module)
-    if len(m) < 3 or type(m[0]) is not nn.ReLU:
+    if len(m) < 3 or not isinstance(m[0], nn.ReLU):  # SharedReLU (a mixed edge's cached ReLU) counts
         return None
     # separable: stages of (ReLU, depthwise, pointwise, BN); only the first is merged
     if len(m) >= 4 and len(m) % 4 == 0 and _is_depthwise(m[1]) and _is_pointwise(m[2]) \
@@ -132,7 +132,7 @@ def conv_pattern(module: nn.Module) -> tuple[tuple, tuple[int, int]] | None:
             return None
         for i in range(4, len(m), 4):  # the later stages must be proper stride-1 stages
             rest = m[i:i + 4]
-            if not (type(rest[0]) is nn.ReLU and _is_depthwise(rest[1]) and _is_pointwise(rest[2])
+            if not (isinstance(rest[0], nn.ReLU) and _is_depthwise(rest[1]) and _is_pointwise(rest[2])
                     and type(rest[3]) is nn.BatchNorm2d):
                 return None
             g = _conv_geometry(rest[1])
