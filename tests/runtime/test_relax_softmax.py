@@ -104,3 +104,21 @@ def test_unknown_option_is_a_build_error():
     assert "softmax" in info.value.message
     with pytest.raises(BuildError):
         load_relaxation("darts", {"k": 4})
+
+
+def test_max_w_weighting_follows_sharpdarts_formula():
+    """sharpDARTS' Max-W: each op weighs 1 - max_k w_k + w_o, so the strongest op has weight 1."""
+    import torch
+
+    from nasc.runtime.relaxations.base import load_relaxation, masked_softmax, preset
+
+    relax = load_relaxation("sharpdarts")
+    assert relax.options["weighting"] == "max_w"
+    assert preset("sharpdarts")[1]["schedule"] == "cosine_power"
+    alpha = torch.tensor([[0.5, -1.0, 2.0, 0.0], [0.1, 0.2, 0.3, 0.0]])
+    mask = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    w = masked_softmax(alpha, mask)
+    expected = (1 - w.max(dim=1, keepdim=True).values + w) * mask
+    got = relax.group_weights(alpha, mask, {}, [0, 0]).ops
+    torch.testing.assert_close(got, expected)
+    assert got[0, 2] == 1 and got[1, 3] == 0

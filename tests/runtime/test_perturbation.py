@@ -1,0 +1,94 @@
+"""DARTS-PT: the op whose removal hurts the supernet most is kept, whatever α says."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nasc.cli import app
+from nasc.runtime.search import Request, Trainer, prepare
+from nasc.runtime.selectors import load_selector
+
+# One searchable edge: a parameter-free op that only adds noise, and a convolution that carries the signal.
+SPACE = """
+space pt_case(C = 8, classes = 10)
+op noise = noise(stride)
+op nor_conv_{k}x{k} = relu > conv(k, stride) > bn
+cell c(x0):
+    nodes x1 = sum
+    edge x0 -> x1: [noise, nor_conv_3x3]
+    output x1
+network:
+    stem conv(3, out = C) > bn
+    stack 1 x c, width C
+    head global_avg_pool > linear(classes)
+select argmax per edge
+search:
+    epochs = 3
+    batch = 32
+    fix_alpha = true
+    weights = sgd(lr = 0.05, momentum = 0.9, weight_decay = 3e-4)
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pt") / "pt_case.nas"
+    path.write_text(SPACE)
+    job = prepare(Request(space=str(path)))
+    trainer = Trainer(job)
+    for _ in range(job.config.epochs):
+        trainer.run_epoch(lambda e: None)
+    with torch.no_grad():  # α now says the noise op matters most
+        job.net.alphas["c"].copy_(torch.tensor([[2.0, 0.0]]))
+    return job, trainer
+
+
+def test_magnitude_and_perturbation_disagree_and_pt_keeps_the_convolution(trained):
+    job, trainer = trained
+    magnitude = load_selector("magnitude").select(job.net, job.ir)
+    assert [e.op for e in magnitude.cells["c"].edges] == ["noise"]
+    decisions = []
+    pt = load_selector("perturbation", {"tune_epochs": 0}).select(job.net, job.ir, trainer=trainer,
+                                                                  emit=decisions.append)
+    assert [e.op for e in pt.cells["c"].edges] == ["nor_conv_3x3"]
+    (decision,) = [d for d in decisions if d["stage"] == "op"]
+    # removing the convolution leaves only noise: accuracy collapses; removing the noise does not hurt
+    assert decision["without"]["nor_conv_3x3"] < decision["without"]["noise"]
+    assert decision["chosen"] == "nor_conv_3x3" and decision["edge"] == "x1<-x0"
+    assert job.net.weight_transform is None  # the projection is removed afterwards
+
+
+def test_perturbation_needs_the_trainer(trained):
+    from nasc.errors import BuildError
+
+    job, _ = trained
+    with pytest.raises(BuildError, match="perturbation"):
+        load_selector("perturbation").select(job.net, job.ir)
+
+
+def _search(tmp_path, space, *extra):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["search", space, "--set", "C=4", "--epochs", "1", "--batch", "32",
+                                      "--opt", "train_portion=0.2", "--run-dir", str(run), *extra])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("space,extra", [
+    ("spaces/darts_s2.nas", ["--set", "layers=5", "--first-order"]),
+    ("spaces/nb201.nas", ["--set", "N=1"]),
+])
+def test_pt_end_to_end_and_reselection_keeps_the_original(tmp_path, space, extra):
+    run = _search(tmp_path, space, "--select", "perturbation", "--select-opt", "tune_epochs=0", *extra)
+    genotype = json.loads((run / "genotype.json").read_text())
+    assert genotype["cells"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["type"] == "select" and r["stage"] == "op" for r in records)
+    before = (run / "genotype.json").read_bytes()
+    result = CliRunner().invoke(app, ["select", str(run), "--select", "magnitude"])
+    assert result.exit_code == 0, result.output
+    assert (run / "genotype-magnitude.json").is_file()
+    assert (run / "genotype.json").read_bytes() == before  # `nasc select` never overwrites the run's genotype

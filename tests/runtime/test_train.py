@@ -1,0 +1,99 @@
+"""`nasc train`: the derived network, its protocol from the space's `train:` block, runs and resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nasc.cli import app
+from nasc.errors import GenotypeError
+from nasc.runtime.train import TrainRequest, prepare_train, resume_train, run_train, train_config
+
+GENOTYPES = Path(__file__).resolve().parents[2] / "examples" / "genotypes"
+TINY = {"C": 4, "layers": 5}
+
+
+def test_protocol_comes_from_the_train_block_and_the_command_line_wins():
+    job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "darts_v2.json"), params=TINY,
+                                     overrides={"epochs": 3}))
+    cfg = job.config
+    assert (cfg.batch, cfg.lr, cfg.weight_decay, cfg.clip, cfg.drop_path, cfg.aux_weight) == (96, 0.025, 3e-4, 5, 0.2, 0.4)
+    assert cfg.epochs == 3
+    assert cfg.cutout == 4  # 16 from the DARTS protocol, capped at half the 8x8 digits
+    assert job.ir.params["C"] == 4 and job.ir.params["layers"] == 5  # --set beats the train block's C = 36
+
+
+def test_eval_network_has_the_published_size_for_cifar_inputs():
+    job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "darts_v2.json"), input_shape=(3, 32, 32)))
+    assert job.ir.meta["costs"]["total_without_aux"]["params"] == 3_349_342
+    assert sum(p.numel() for n, p in job.net.named_parameters() if not n.startswith("layers.aux")) == 3_349_342
+
+
+def test_drop_path_rises_linearly_and_only_in_training(tmp_path):
+    job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "darts_v2.json"), params=TINY,
+                                     overrides={"epochs": 2, "batch": 128}))
+    events = []
+    run_train(job, tmp_path / "run", on_event=events.append)
+    epochs = [e for e in events if e["type"] == "epoch"]
+    assert [e["drop_path"] for e in epochs] == [0.0, pytest.approx(0.2 * 1 / 2)]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert 0 <= result["test_acc"] <= 1 and result["params"] == job.ir.meta["costs"]["total_without_aux"]["params"]
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "weights.pt", "genotype.json", "network.ir.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+
+
+def test_resume_ends_like_an_uninterrupted_run(tmp_path):
+    request = TrainRequest(genotype=str(GENOTYPES / "nb201_best_cifar10.json"), params={"C": 4, "N": 1},
+                           overrides={"epochs": 2, "batch": 128})
+    run_train(prepare_train(request), tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        run_train(prepare_train(request), tmp_path / "resumed", stop_after=1)
+    resume_train(tmp_path / "resumed")
+    for name in ("metrics.jsonl", "result.json"):
+        assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+    a = torch.load(tmp_path / "straight" / "weights.pt")
+    b = torch.load(tmp_path / "resumed" / "weights.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_genotype_errors_are_clear(tmp_path):
+    bad = json.loads((GENOTYPES / "darts_v2.json").read_text())
+    bad["cells"]["normal"]["edges"][0]["op"] = "sep_conv_9x9"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(GenotypeError, match="sep_conv_9x9"):
+        prepare_train(TrainRequest(genotype=str(path), params=TINY))
+    with pytest.raises(GenotypeError):  # an NB201 cell on the DARTS space
+        prepare_train(TrainRequest(genotype="|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|"
+                                            "skip_connect~1|skip_connect~2|", space="darts", params=TINY))
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "no/such/genotype.json"],
+    ["train", "Genotype(normal=[('sep_conv_3x3', 0)"],
+    ["train", str(GENOTYPES / "darts_v2.json"), "--space", "nb201"],
+])
+def test_cli_bad_input_exits_1_without_traceback(args):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "error" in result.output and "Traceback" not in result.output
+
+
+def test_cli_dry_run_prints_counts():
+    result = CliRunner().invoke(app, ["train", str(GENOTYPES / "darts_v2.json"), "--dry-run", "--input", "3x32x32"])
+    assert result.exit_code == 0, result.output
+    assert "3,349,342 parameters" in result.output and "528,359,040 multiply-adds" in result.output
+
+
+@pytest.mark.slow
+def test_cli_trains_a_published_genotype_for_one_epoch_and_resume_refuses_a_finished_run(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", str(GENOTYPES / "darts_v2.json"), "--set", "C=4", "--set", "layers=5", "--epochs", "1",
+            "--run-dir", str(run)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output
+    again = CliRunner().invoke(app, ["train", "x", "--resume", str(run)])
+    assert again.exit_code == 1 and "already finished" in again.output
