@@ -418,7 +418,7 @@ class Trainer:
 def _emit_to(run: RunDir, on_event: Callable[[Event], None] | None) -> Callable[[Event], None]:
     def emit(event: Event) -> None:
         record = {k: v for k, v in event.items() if not k.startswith("_")}
-        if event["type"] in ("step", "epoch"):
+        if event["type"] in ("step", "epoch", "select"):
             run.append(run.metrics, record)
         if on_event is not None:
             on_event(event)
