@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,20 @@ class RunDir:
                               f"(fingerprint {state.get('fingerprint')}, this space {fingerprint})",
                               hint="the space file changed since the run started, or the run dir is another run's")
         return state
+
+
+def unused_path(base: Path) -> Path:
+    """`base`, or `base-2`, `base-3`, ... : the first that does not exist yet."""
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
+def default_run_path(name: str, seed: int) -> Path:
+    """runs/<name>-<date>-<time>-s<seed>, never an existing directory."""
+    return unused_path(Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-s{seed}")
 
 
 def environment() -> dict[str, Any]:

@@ -32,7 +32,7 @@ from nasc.runtime.config import SearchConfig, make_config
 from nasc.runtime.data import Batches, Dataset, load_dataset, split_indices
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.relaxations.base import Relaxation, load_relaxation, preset
-from nasc.runtime.rundir import RunDir, environment
+from nasc.runtime.rundir import RunDir, default_run_path, environment
 from nasc.runtime.schedules import learning_rate
 from nasc.runtime.selectors import Selector, load_selector, strengths
 from nasc.runtime import perturbation as _perturbation  # noqa: F401  (registers the selector)
@@ -515,9 +515,8 @@ def reselect(run_path: str | Path, select: str, select_options: Mapping[str, Any
             on_event(event)
 
     genotype = job.selector.select(job.net, job.ir, relax=job.relax, trainer=trainer, emit=emit)
-    target = run.path / f"genotype-{job.selector.name}.json"
-    i = 1
-    while target.exists():
+    target, i = run.path / f"genotype-{job.selector.name}.json", 1
+    while target.exists():  # genotype-perturbation.json taken: genotype-perturbation-2.json, ...
         i += 1
         target = run.path / f"genotype-{job.selector.name}-{i}.json"
     G.save(genotype, target)
@@ -525,10 +524,4 @@ def reselect(run_path: str | Path, select: str, select_options: Mapping[str, Any
 
 
 def default_run_dir(space_name: str, seed: int) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"{space_name}-{stamp}-s{seed}"
-    path, i = base, 1
-    while path.exists():
-        i += 1
-        path = base.with_name(f"{base.name}-{i}")
-    return path
+    return default_run_path(space_name, seed)

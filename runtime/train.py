@@ -32,7 +32,7 @@ from nasc.errors import GenotypeError, SearchError, did_you_mean
 from nasc.runtime.augment import Augment
 from nasc.runtime.data import Batches, Dataset, load_dataset
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
-from nasc.runtime.rundir import RunDir, environment
+from nasc.runtime.rundir import RunDir, default_run_path, environment
 from nasc.runtime.schedules import learning_rate
 from nasc.runtime.search import pick_device, seed_everything
 from nasc.runtime.supernet import Network, build_network
@@ -351,13 +351,7 @@ def resume_train(run_path: str | Path, *, on_event: Callable[[Event], None] | No
 
 
 def default_train_dir(space: str, seed: int) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / f"train-{space}-{stamp}-s{seed}"
-    path, i = base, 1
-    while path.exists():
-        i += 1
-        path = base.with_name(f"{base.name}-{i}")
-    return path
+    return default_run_path(f"train-{space}", seed)
 
 
 def load_json(path: Path) -> Any:
