@@ -308,7 +308,18 @@ def _value(v: Any) -> str:
     return _default(v)
 
 
-OptList = Annotated[Optional[list[str]], typer.Option()]
+
+
+def _distributed_entry(nproc: int | None, dry_run: bool) -> None:
+    """Start `nproc` workers (and exit with their status), or join torchrun's group when launched by it."""
+    from nasc.runtime import distributed as D
+
+    try:
+        code = D.cli_entry(nproc, console, launch_ok=not dry_run)
+    except NascError as e:
+        fail(e)
+    if code is not None:
+        raise typer.Exit(code=code)
 
 
 @app.command()
@@ -344,14 +355,8 @@ def search(
     from nasc.progress import SearchDisplay
     from nasc.report import human
     from nasc.runtime import search as S
-    from nasc.runtime import distributed as D  # distributed hook: --nproc launcher / torchrun worker setup
 
-    try:
-        code = D.cli_entry(nproc, console, launch_ok=not dry_run)
-    except NascError as e:
-        fail(e)
-    if code is not None:
-        raise typer.Exit(code=code)
+    _distributed_entry(nproc, dry_run)
 
     if second_order and first_order:
         raise typer.BadParameter("--first-order and --second-order exclude each other")
@@ -438,14 +443,8 @@ def train(
     """Train a derived architecture from scratch (DARTS protocol by default, from the space's `train:` block)."""
     from nasc.progress import SearchDisplay
     from nasc.runtime import train as T
-    from nasc.runtime import distributed as D  # distributed hook: --nproc launcher / torchrun worker setup
 
-    try:
-        code = D.cli_entry(nproc, console, launch_ok=not dry_run)
-    except NascError as e:
-        fail(e)
-    if code is not None:
-        raise typer.Exit(code=code)
+    _distributed_entry(nproc, dry_run)
 
     overrides = parse_assignments(opt, "--opt")
     for key, value in (("epochs", epochs), ("batch", batch), ("seed", seed), ("dataset", data),
