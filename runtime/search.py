@@ -35,7 +35,6 @@ from nasc.runtime.relaxations.base import Relaxation, load_relaxation, preset
 from nasc.runtime.rundir import RunDir, default_run_path, environment
 from nasc.runtime.schedules import learning_rate
 from nasc.runtime.selectors import Selector, load_selector, strengths
-from nasc.runtime import perturbation as _perturbation  # noqa: F401  (registers the selector)
 from nasc.runtime.supernet import Network, build_supernet
 
 Event = dict[str, Any]
