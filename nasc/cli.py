@@ -566,6 +566,17 @@ def _read_genotype(source: str):
     return G.read_source(source)[0]
 
 
+def _train_params(space: str) -> dict[str, Any]:
+    """Space parameters the `train:` block sets (DARTS: C = 36, layers = 20)."""
+    from nasc.compiler.build_ir import eval_params
+    from nasc.compiler.expr import evaluate
+    from nasc.compiler.resolve import resolve_path
+
+    decl = resolve_path(space)
+    base = eval_params(decl, {})
+    return {k: evaluate(s.value, base) for k, s in decl.train.items() if k in decl.params}
+
+
 def _check_fits(genotype, space: str, params: dict[str, Any]) -> None:
     """Raise GenotypeError unless the genotype's cells, edges and ops exist in the space."""
     from nasc.compiler.derive import cell_shapes, layer_choices
@@ -657,7 +668,9 @@ def export_cmd(
     params = parse_assignments(set_, "--set")
     try:
         g = _read_genotype(source)
-        ir = compile_space(space, params=params, input_shape=parse_shape(input_shape), ctx=_ctx())
+        # the evaluation network, as `nasc train` builds it: the space's `train:` parameters, then --set
+        ir = compile_space(space, params={**_train_params(space), **params}, input_shape=parse_shape(input_shape),
+                           ctx=_ctx())
         derived, net = X.derived_network(ir, g)
         if checkpoint:
             X.load_weights(net, checkpoint)

@@ -152,7 +152,7 @@ def prepare_train(request: TrainRequest) -> TrainJob:
     genotype, run_config = read_genotype(request.genotype)
     space = request.space or guess_space(genotype, run_config)
     decl = resolve_path(space)
-    base_params = eval_params(decl, {})
+    base_params = eval_params(decl, {})  # the train block's own parameters override these below
     train_settings = {k: evaluate(s.value, base_params) for k, s in decl.train.items()}
     params = {k: v for k, v in train_settings.items() if k in decl.params}
     settings = {k: v for k, v in train_settings.items() if k not in decl.params}

@@ -246,3 +246,23 @@ def test_cli_export_bad_input_exits_1_without_traceback(args, message):
 def test_cli_export_unknown_format_is_a_usage_error():
     result = runner.invoke(app, ["export", NB201, "--space", "nb201", "--to", "keras"])
     assert result.exit_code == 2
+
+
+def test_export_defaults_to_the_evaluation_network_of_the_train_block(tmp_path):
+    """Without --set, the exported DARTS V2 is the paper's 3.3M network (C = 36, 20 cells), as `nasc train` builds."""
+    import importlib.util
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from nasc.cli import app
+
+    genotype = Path(__file__).resolve().parents[2] / "examples" / "genotypes" / "darts_v2.json"
+    out = tmp_path / "v2.py"
+    result = CliRunner().invoke(app, ["export", str(genotype), "--space", "darts", "--to", "pytorch", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    spec = importlib.util.spec_from_file_location("v2", out)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    net = module.build()
+    assert sum(p.numel() for n, p in net.named_parameters() if "aux" not in n) == 3_349_342
