@@ -81,22 +81,15 @@ def one_step(net, relax, arch_opt, w_opt, x, y, xv, yv) -> None:
     relax.after_weight_step(net)
 
 
-def measure(name: str, options: dict, args, device: torch.device) -> dict:
-    space = "spaces/pcdarts.nas" if name == "partial-channel" else "spaces/darts.nas"
-    ir = compile_space(space, params={"C": args.C, "layers": args.layers}, input_shape=(3, 32, 32))
-    ir.relax = type(ir.relax)(name=name, options=tuple(options.items()))
-    torch.manual_seed(0)
-    relax = load_relaxation(name, options)
-    net = build_supernet(ir, relax).to(device)
-    relax.setup(ir, net)
-    arch_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
-    w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-    x = torch.randn(args.batch, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (args.batch,), device=device)
-    xv, yv = torch.randn_like(x), torch.randint(0, 10, (args.batch,), device=device)
+def time_and_measure(net, relax, arch_opt, w_opt, batch: int, size: int, repeats: int,
+                     device: torch.device) -> tuple[list[float], int, str]:
+    """Step times after a warm-up, then the activation memory of one step (CUDA peak, or saved bytes on CPU)."""
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    xv, yv = torch.randn_like(x), torch.randint(0, 10, (batch,), device=device)
     one_step(net, relax, arch_opt, w_opt, x, y, xv, yv)  # warm-up
     times = []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -108,16 +101,26 @@ def measure(name: str, options: dict, args, device: torch.device) -> dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         one_step(net, relax, arch_opt, w_opt, x, y, xv, yv)
-        memory = torch.cuda.max_memory_allocated() - base
-        memory_kind = "cuda max allocated during one step, above the resident model"
-    else:
-        counter = SavedBytes()
-        relax.set_phase("weights")
-        with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
-            loss = F.cross_entropy(net(x), y)
-        memory = counter.total
-        del loss
-        memory_kind = "bytes saved for backward by one weight-step forward"
+        return times, torch.cuda.max_memory_allocated() - base, "cuda max allocated during one step, above the resident model"
+    counter = SavedBytes()
+    relax.set_phase("weights")
+    with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+        loss = F.cross_entropy(net(x), y)
+    del loss
+    return times, counter.total, "bytes saved for backward by one weight-step forward"
+
+
+def measure(name: str, options: dict, args, device: torch.device) -> dict:
+    space = "spaces/pcdarts.nas" if name == "partial-channel" else "spaces/darts.nas"
+    ir = compile_space(space, params={"C": args.C, "layers": args.layers}, input_shape=(3, 32, 32))
+    ir.relax = type(ir.relax)(name=name, options=tuple(options.items()))
+    torch.manual_seed(0)
+    relax = load_relaxation(name, options)
+    net = build_supernet(ir, relax).to(device)
+    relax.setup(ir, net)
+    arch_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+    w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    times, memory, memory_kind = time_and_measure(net, relax, arch_opt, w_opt, args.batch, 32, args.repeats, device)
     return {
         "relaxation": name,
         "options": options,

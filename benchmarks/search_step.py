@@ -23,14 +23,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from nasc.compiler.pipeline import compile_space
 from nasc.runtime.relaxations.base import load_relaxation
 from nasc.runtime.supernet import build_supernet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from relaxations import RELAXATIONS, SavedBytes, one_step  # noqa: E402
+from relaxations import RELAXATIONS, time_and_measure  # noqa: E402
 
 LOWERINGS = {"plain": ("plain", False), "recompute": ("recompute", False), "optimised": ("recompute", True)}
 
@@ -46,31 +45,7 @@ def run(name: str, options: dict, lowering: str, batch: int, args, device: torch
     net.set_memory(mode, share=share)
     arch_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-    x = torch.randn(batch, 3, args.size, args.size, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-    xv, yv = torch.randn_like(x), torch.randint(0, 10, (batch,), device=device)
-    one_step(net, relax, arch_opt, w_opt, x, y, xv, yv)
-    times = []
-    for _ in range(args.repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        one_step(net, relax, arch_opt, w_opt, x, y, xv, yv)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        one_step(net, relax, arch_opt, w_opt, x, y, xv, yv)
-        memory = torch.cuda.max_memory_allocated() - base
-    else:
-        counter = SavedBytes()
-        relax.set_phase("weights")
-        with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
-            loss = F.cross_entropy(net(x), y)
-        del loss
-        memory = counter.total
+    times, memory, _ = time_and_measure(net, relax, arch_opt, w_opt, batch, args.size, args.repeats, device)
     label = f"{name}({', '.join(f'{k}={v}' for k, v in options.items())})" if options else name
     return {"relaxation": label, "lowering": lowering, "batch": batch, "step_seconds_median": statistics.median(times),
             "step_seconds": times, "memory_bytes": memory}

@@ -245,27 +245,32 @@ def ops(
         console.print(t)
 
 
+def _method_table(kind: str, rows: list[dict], *, presets: bool) -> Table:
+    """One listing for relaxations and selectors: name, option defaults, doc, origin (and presets)."""
+    table = Table(show_edge=False)
+    table.add_column(kind, style="bold")
+    table.add_column("options (defaults)")
+    table.add_column("what it is")
+    table.add_column("origin", style="dim")
+    for row in rows:
+        if "error" in row:
+            table.add_row(row["name"], "", f"[red]unavailable[/red]: {_escape(row['error'])}", row["origin"])
+            continue
+        table.add_row(row["name"], _escape(_options(row["defaults"])), _escape(row["doc"]), row["origin"])
+        for preset, (options, settings) in (row.get("presets", {}).items() if presets else ()):
+            what = "preset: " + (_options(options) if options else "default options")
+            if settings:
+                what += "; search: " + _options(settings)
+            table.add_row(f"  {preset}", "", _escape(what), row["origin"])
+    return table
+
+
 @app.command("relaxations")
 def relaxations_cmd() -> None:
     """List the relaxations (built-in and plugins), their options with defaults, and their method presets."""
     from nasc.plugins import relaxation_rows
 
-    table = Table(show_edge=False)
-    table.add_column("relaxation", style="bold")
-    table.add_column("options (defaults)")
-    table.add_column("what it is")
-    table.add_column("origin", style="dim")
-    for row in relaxation_rows():
-        if "error" in row:
-            table.add_row(row["name"], "", f"[red]unavailable[/red]: {_escape(row['error'])}", row["origin"])
-            continue
-        table.add_row(row["name"], _escape(_options(row["defaults"])), _escape(row["doc"]), row["origin"])
-        for preset, (options, settings) in row["presets"].items():
-            what = "preset: " + (_options(options) if options else "default options")
-            if settings:
-                what += "; search: " + _options(settings)
-            table.add_row(f"  {preset}", "", _escape(what), row["origin"])
-    console.print(table)
+    console.print(_method_table("relaxation", relaxation_rows(), presets=True))
     console.print("[dim]use one with `nasc search SPACE --relax NAME` (a preset also sets its search defaults); "
                   "options with --relax-opt NAME=VALUE[/dim]")
 
@@ -275,17 +280,7 @@ def selectors_cmd() -> None:
     """List the selectors (built-in and plugins) and their options with defaults."""
     from nasc.plugins import selector_rows
 
-    table = Table(show_edge=False)
-    table.add_column("selector", style="bold")
-    table.add_column("options (defaults)")
-    table.add_column("what it is")
-    table.add_column("origin", style="dim")
-    for row in selector_rows():
-        if "error" in row:
-            table.add_row(row["name"], "", f"[red]unavailable[/red]: {_escape(row['error'])}", row["origin"])
-            continue
-        table.add_row(row["name"], _escape(_options(row["defaults"])), _escape(row["doc"]), row["origin"])
-    console.print(table)
+    console.print(_method_table("selector", selector_rows(), presets=False))
 
 
 def _options(values: dict[str, Any]) -> str:
