@@ -30,6 +30,7 @@ from nasc.compiler.pipeline import compile_decl
 from nasc.compiler.resolve import resolve_path
 from nasc.errors import GenotypeError, SearchError, did_you_mean
 from nasc.runtime.augment import Augment
+from nasc.runtime.config import from_space
 from nasc.runtime.data import Batches, Dataset, load_dataset
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.rundir import RunDir, default_run_path, environment
@@ -74,19 +75,9 @@ FIELDS = tuple(f.name for f in attrs.fields(TrainConfig))
 
 
 def train_config(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> TrainConfig:
-    values: dict[str, Any] = {}
-    for key, value in settings.items():
-        if isinstance(value, CallValue):
-            kw = dict(value.kwargs)
-            if key == "weights":
-                values.update({k: kw[k] for k in ("lr", "momentum", "weight_decay", "nesterov") if k in kw})
-            elif key == "lr_schedule":
-                values["schedule"] = value.name
-                for src, dst in (("min", "lr_min"), ("exponent", "schedule_exponent"), ("warmup", "warmup")):
-                    if src in kw:
-                        values[dst] = kw[src]
-        elif key in FIELDS:
-            values[key] = value
+    """A `train:` block (optimiser and schedule calls read as in search settings), then overrides."""
+    values = {k: v for k, v in from_space(settings).items() if k in FIELDS}
+    values.update({k: v for k, v in settings.items() if k in FIELDS and not isinstance(v, CallValue)})
     for key, value in overrides.items():
         if value is None:
             continue
