@@ -3,10 +3,14 @@
 Usage:  python benchmarks/search_step.py [--batches 64 256] [--C 16] [--layers 8] [--size 32]
                                          [--repeats 2] [--only softmax gumbel] [--out FILE]
 
-Lowerings (the same maths, checked by tests/runtime/test_memory_modes.py):
-  plain      every candidate output kept for backward, no shared work
-  recompute  mixed edges keep only their input; candidates are recomputed in backward
-  optimised  recompute + shared work (one ReLU per edge for its convolutions, `none` never computed)
+Lowerings (the same maths, checked by tests/runtime/test_memory_modes.py and tests/runtime/test_step.py):
+  plain         every candidate output kept for backward, no shared work, eager
+  recompute     mixed edges keep only their input; candidates are recomputed in backward
+  optimised     recompute + shared work (one ReLU per edge for its convolutions, `none` never computed)
+                + the step replayed from a CUDA graph where the relaxation allows it (runtime/step.py)
+  plain+graphs  (--lowerings) plain memory, shared work and CUDA graphs: the fastest when memory allows
+The step is the search loop's own (`runtime/step.SearchStep`): first-order α step on a validation
+batch, then the weight step with gradient clipping, DARTS' optimiser settings.
 Memory: on CUDA the peak allocated bytes of the step above the resident model; on CPU the bytes autograd
 saves for backward during the weight step's forward (saved-tensor hooks, each storage counted once).
 Writes JSON (default benchmarks/results/search_step-<device>.json) and prints a Markdown table.
@@ -25,13 +29,54 @@ from pathlib import Path
 import torch
 
 from nasc.compiler.pipeline import compile_space
+from nasc.runtime.config import make_config
 from nasc.runtime.relaxations.base import load_relaxation
+from nasc.runtime.step import SearchStep
 from nasc.runtime.supernet import build_supernet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from relaxations import RELAXATIONS, time_and_measure  # noqa: E402
+from relaxations import RELAXATIONS, SavedBytes  # noqa: E402
 
-LOWERINGS = {"plain": ("plain", False), "recompute": ("recompute", False), "optimised": ("recompute", True)}
+
+def time_step(step: SearchStep, batch: int, size: int, repeats: int, device: torch.device) -> tuple[list[float], int]:
+    """Step times (after warm-up and, with graphs, the capture), then the step's memory.
+
+    CUDA: peak allocated bytes during one step above what is resident before it (the model, optimiser
+    state and, with graphs, the graph's pool). CPU: bytes saved for backward by the weight step's forward.
+    """
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    xv, yv = torch.randn_like(x), torch.randint(0, 10, (batch,), device=device)
+    if step.cfg.channels_last:
+        x, xv = (t.contiguous(memory_format=torch.channels_last) for t in (x, xv))
+    for _ in range(4 if step.uses_graphs else 1):  # warm-up (and capture)
+        float(step(x, y, xv, yv, lr=0.025, arch_step=True).loss)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = step(x, y, xv, yv, lr=0.025, arch_step=True)
+        float(out.loss)  # the search loop reads the loss every step
+        times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        float(step(x, y, xv, yv, lr=0.025, arch_step=True).loss)
+        peak = torch.cuda.max_memory_allocated() - base
+        if step.uses_graphs:  # a graph's activations live in its pool, allocated at capture: count the pool
+            peak = max(peak, torch.cuda.memory_reserved() - base)
+        return times, peak
+    counter = SavedBytes()
+    step.relax.set_phase("weights")
+    with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+        loss = step.loss(x, y)
+    del loss
+    return times, counter.total
+
+LOWERINGS = {"plain": ("plain", False, False), "recompute": ("recompute", False, False),
+             "optimised": ("recompute", True, None), "plain+graphs": ("plain", True, None)}
 
 
 def run(name: str, options: dict, lowering: str, batch: int, args, device: torch.device) -> dict:
@@ -41,14 +86,25 @@ def run(name: str, options: dict, lowering: str, batch: int, args, device: torch
     relax = load_relaxation(name, options)
     net = build_supernet(ir, relax).to(device)
     relax.setup(ir, net)
-    mode, share = LOWERINGS[lowering]
+    mode, share, graphs = LOWERINGS[lowering]
     net.set_memory(mode, share=share)
-    arch_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+    fast = lowering in ("optimised", "plain+graphs")
+    cfg = make_config({}, {"batch": batch, "cuda_graphs": graphs, "precision": args.precision if fast else "fp32",
+                           "channels_last": fast and device.type == "cuda" and args.channels_last})
+    if cfg.channels_last:
+        net.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = fast
+    arch = net.arch_parameters()
+    arch_opt = torch.optim.Adam(arch, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3,
+                                capturable=device.type == "cuda")
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-    times, memory, _ = time_and_measure(net, relax, arch_opt, w_opt, batch, args.size, args.repeats, device)
+    step = SearchStep(net, relax, cfg, w_opt, arch_opt, device=device, graphs=graphs)
+    times, memory = time_step(step, batch, args.size, args.repeats, device)
     label = f"{name}({', '.join(f'{k}={v}' for k, v in options.items())})" if options else name
     return {"relaxation": label, "lowering": lowering, "batch": batch, "step_seconds_median": statistics.median(times),
-            "step_seconds": times, "memory_bytes": memory}
+            "step_seconds": times, "memory_bytes": memory, "cuda_graphs": step.uses_graphs and step.replays > 0,
+            "graph_blocker": step.blocker, "precision": cfg.precision, "channels_last": bool(cfg.channels_last)}
 
 
 def main() -> None:
@@ -59,7 +115,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--only", nargs="*")
-    parser.add_argument("--lowerings", nargs="*", default=list(LOWERINGS))
+    parser.add_argument("--lowerings", nargs="*", default=["plain", "recompute", "optimised"])
+    parser.add_argument("--precision", default="fp32", help="fp32 or bf16 for the optimised lowerings")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="channels-last tensors for the optimised lowerings on CUDA")
     parser.add_argument("--out")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -71,9 +130,12 @@ def main() -> None:
             for lowering in args.lowerings:
                 try:
                     rows.append(run(name, options, lowering, batch, args, device))
+                except torch.cuda.OutOfMemoryError:
+                    rows.append({"relaxation": name, "lowering": lowering, "batch": batch, "error": "out of memory"})
+                    torch.cuda.empty_cache()
                 except Exception as e:  # noqa: BLE001 - report and go on
                     rows.append({"relaxation": name, "lowering": lowering, "batch": batch,
-                                 "error": f"{type(e).__name__}: {e}"})
+                                 "error": f"{type(e).__name__}: {str(e)[:300]}"})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     machine = {"device": str(device), "cpu": platform.processor() or platform.machine(),
                "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
@@ -85,8 +147,8 @@ def main() -> None:
     out = Path(args.out or f"benchmarks/results/search_step-{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    print("| relaxation | batch | lowering | step time (s) | memory (MiB) | vs plain |")
-    print("|---|---:|---|---:|---:|---:|")
+    print("| relaxation | batch | lowering | step time (s) | memory (MiB) | vs plain | graphs |")
+    print("|---|---:|---|---:|---:|---:|---|")
     plain = {(r["relaxation"], r["batch"]): r for r in rows if r.get("lowering") == "plain" and "error" not in r}
     for r in rows:
         if "error" in r:
@@ -94,8 +156,8 @@ def main() -> None:
             continue
         p = plain.get((r["relaxation"], r["batch"]))
         ratio = f"{r['memory_bytes'] / p['memory_bytes']:.2f}x" if p else "–"
-        print(f"| {r['relaxation']} | {r['batch']} | {r['lowering']} | {r['step_seconds_median']:.2f} "
-              f"| {r['memory_bytes'] / 2**20:.1f} | {ratio} |")
+        print(f"| {r['relaxation']} | {r['batch']} | {r['lowering']} | {r['step_seconds_median']:.3f} "
+              f"| {r['memory_bytes'] / 2**20:.1f} | {ratio} | {'yes' if r['cuda_graphs'] else 'no'} |")
 
 
 if __name__ == "__main__":

@@ -18,15 +18,17 @@ from torch import nn
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def first_order(loss_fn: LossFn, arch: list[nn.Parameter], x_val: torch.Tensor, y_val: torch.Tensor) -> float:
-    """∇_α L_val(w, α) into α.grad; returns the validation loss."""
+def first_order(loss_fn: LossFn, arch: list[nn.Parameter], x_val: torch.Tensor,
+                y_val: torch.Tensor) -> torch.Tensor:
+    """∇_α L_val(w, α) into α.grad; returns the validation loss (detached, never read on the host here,
+    so the step can be captured as a CUDA graph)."""
     for p in arch:
         p.grad = None
     loss = loss_fn(x_val, y_val)
     grads = torch.autograd.grad(loss, arch, allow_unused=True)
     for p, g in zip(arch, grads):
         p.grad = torch.zeros_like(p) if g is None else g
-    return float(loss.detach())
+    return loss.detach()
 
 
 @torch.no_grad()
@@ -37,7 +39,8 @@ def _copy_into(params: list[nn.Parameter], values: list[torch.Tensor]) -> None:
 
 def second_order(loss_fn: LossFn, weights: list[nn.Parameter], arch: list[nn.Parameter],
                  optimizer: torch.optim.Optimizer, lr: float, x_train: torch.Tensor, y_train: torch.Tensor,
-                 x_val: torch.Tensor, y_val: torch.Tensor, buffers: list[torch.Tensor] | None = None) -> float:
+                 x_val: torch.Tensor, y_val: torch.Tensor,
+                 buffers: list[torch.Tensor] | None = None) -> torch.Tensor:
     """The unrolled DARTS gradient into α.grad; weights are left exactly as they were.
 
     `buffers` (BN running statistics) are restored after the forward at the virtual
@@ -82,4 +85,4 @@ def second_order(loss_fn: LossFn, weights: list[nn.Parameter], arch: list[nn.Par
     _copy_into(weights, original)
     for a, da, h in zip(arch, d_alpha, hvp):
         a.grad = da - lr * h
-    return float(val_loss.detach())
+    return val_loss.detach()

@@ -74,6 +74,7 @@ class SearchConfig:
     memory: str = "auto"  # plain | recompute | auto
     precision: str = "fp32"  # fp32 | bf16 (autocast; α and its softmax stay fp32)
     channels_last: bool | None = None  # None: on for CUDA
+    cuda_graphs: bool | None = None  # None: replay each step from a CUDA graph where the step is static
     share_work: bool = True  # exact shared-work savings in mixed edges (off only for comparisons)
     fix_alpha: bool = False  # α stays uniform (zero) during search; pair with the perturbation selector
     affine: bool = False
@@ -120,7 +121,7 @@ def from_space(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Translate a space's `search:` block (already type-checked by the compiler) to config fields."""
     out: dict[str, Any] = {}
     plain = {"epochs", "batch", "train_portion", "levels", "order", "clip", "arch_clip", "arch_start", "affine",
-             "cutout", "seed", "fix_alpha", "arch_every", "memory", "precision"}
+             "cutout", "seed", "fix_alpha", "arch_every", "memory", "precision", "cuda_graphs"}
     for key, value in settings.items():
         if key in plain:
             out[key] = value

@@ -26,7 +26,6 @@ from nasc.compiler.ir import SpaceIR, to_json_dict
 from nasc.compiler.pipeline import compile_decl
 from nasc.compiler.resolve import resolve_path
 from nasc.errors import NascError, SearchError
-from nasc.runtime.architect import first_order, second_order
 from nasc.runtime.augment import Augment
 from nasc.runtime.config import SearchConfig, make_config
 from nasc.runtime.data import Batches, Dataset, load_dataset, split_indices
@@ -35,6 +34,7 @@ from nasc.runtime.relaxations.base import Relaxation, load_relaxation, preset
 from nasc.runtime.rundir import RunDir, default_run_path, environment
 from nasc.runtime.schedules import learning_rate
 from nasc.runtime.selectors import Selector, load_selector, strengths
+from nasc.runtime.step import EvalForward, SearchStep, graph_blocker
 from nasc.runtime.supernet import Network, build_supernet
 
 Event = dict[str, Any]
@@ -172,6 +172,10 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     mode, reason = choose_memory(config.memory, ir, config.batch, device)
     net.set_memory(mode, share=config.share_work)
     ir.meta["memory"] = {"mode": mode, "reason": reason}
+    blocker = graph_blocker(net, relax, config, device, _dist.world_size())
+    if config.cuda_graphs is False:
+        blocker = "turned off (cuda_graphs = false)"
+    ir.meta["cuda_graphs"] = {"used": blocker is None, "reason": blocker or "the step is static: captured once, replayed"}
     return Job(request=request, ir=ir, config=config, dataset=dataset, relax=relax, selector=selector,
                net=net.to(device), device=device, space_path=str(Path(decl.path).resolve()))
 
@@ -202,6 +206,7 @@ def describe(job: Job) -> dict[str, Any]:
         "activation_bytes_estimate": costs["act"] * job.config.batch * (2 if job.config.levels == 2 else 1),
         "device": str(job.device),
         "memory": job.ir.meta.get("memory"),
+        "cuda_graphs": job.ir.meta.get("cuda_graphs"),
         "request": to_json({"relax": job.request.relax, "relax_options": job.request.relax_options,
                             "select": job.request.select, "select_options": job.request.select_options,
                             "overrides": job.request.overrides, "params": job.request.params}),
@@ -230,9 +235,11 @@ class Trainer:
         self.arch = net.arch_parameters()
         self.w_opt = torch.optim.SGD(self.weights, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                      nesterov=cfg.nesterov and cfg.momentum > 0)
-        if cfg.arch_optimizer == "adam":
+        blocker = graph_blocker(net, job.relax, cfg, job.device, _dist.world_size())
+        graphs = cfg.cuda_graphs is not False and blocker is None
+        if cfg.arch_optimizer == "adam":  # capturable: its step count lives on the device, readable by a graph
             self.a_opt = torch.optim.Adam(self.arch, lr=cfg.arch_lr, betas=tuple(cfg.arch_betas),
-                                          weight_decay=cfg.arch_weight_decay)
+                                          weight_decay=cfg.arch_weight_decay, capturable=graphs)
         else:
             self.a_opt = torch.optim.SGD(self.arch, lr=cfg.arch_lr, momentum=cfg.arch_momentum,
                                          weight_decay=cfg.arch_weight_decay)
@@ -256,6 +263,11 @@ class Trainer:
         # the per-epoch genotype is always the cheap magnitude view; a costly final selector runs once at the end
         self.magnitude = job.selector if job.selector.name == "magnitude" else load_selector("magnitude")
         self.sync = _dist.attach_search(self)  # distributed: shard batches, return hooks (no-op in one process)
+        self.step = SearchStep(net, job.relax, cfg, self.w_opt, self.a_opt, device=job.device, sync=self.sync,
+                               graphs=cfg.cuda_graphs, world_size=_dist.world_size())
+        self.eval_forward = EvalForward(net, self.autocast, enabled=self.step.uses_graphs)
+        if job.device.type == "cuda" and not cfg.deterministic:
+            torch.backends.cudnn.benchmark = True  # as the official DARTS code: autotuned convolutions
 
     # ---- state ----
     def state(self) -> dict[str, Any]:
@@ -285,16 +297,10 @@ class Trainer:
                               enabled=self.job.config.precision == "bf16")
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with self.autocast():
-            return F.cross_entropy(self.job.net(x).float(), y)
+        return self.step.loss(x, y)
 
     def _arch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        custom = self.job.relax.arch_loss(self.job.net, self._loss, x, y)
-        if custom is not None:
-            return custom
-        loss = self._loss(x, y)
-        extra = self.job.relax.regularizer(self.job.net)
-        return loss if extra is None else loss + extra
+        return self.step.arch_loss(x, y)
 
     def _batch(self, images: torch.Tensor, labels: torch.Tensor, augment: Augment) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.job.device
@@ -322,61 +328,18 @@ class Trainer:
         for step, (xb, yb) in enumerate(self.train.epoch(epoch)):
             job.relax.set_progress(epoch, cfg.epochs, step)
             x, y = self._batch(xb, yb, self.augment)
-            arch_loss = None
-            if update_arch and cfg.levels == 2 and step % cfg.arch_every == 0:
+            arch_step = update_arch and step % cfg.arch_every == 0
+            xv = yv = None
+            if arch_step and cfg.levels == 2:
                 try:
                     xv, yv = next(val_iter)
                 except StopIteration:
                     val_iter = self.val.epoch(epoch + 10_000)
                     xv, yv = next(val_iter)
                 xv, yv = self._batch(xv, yv, self.augment)
-                self.a_opt.zero_grad(set_to_none=True)
-                job.relax.set_phase("arch")
-                if cfg.order == 2:
-                    arch_loss = second_order(self._arch_loss, self.weights, self.arch, self.w_opt, lr, x, y, xv, yv,
-                                             buffers=list(net.buffers()))
-                else:
-                    arch_loss = first_order(self._arch_loss, self.arch, xv, yv)
-                self.sync.average_grads(self.arch)  # distributed hook: mean α gradient over ranks
-                if cfg.arch_clip:
-                    torch.nn.utils.clip_grad_norm_(self.arch, cfg.arch_clip)
-                job.relax.before_arch_step(net)
-                self.a_opt.step()
-                job.relax.after_arch_step(net)
-            self.w_opt.zero_grad(set_to_none=True)
-            if update_arch and cfg.levels == 1:
-                self.a_opt.zero_grad(set_to_none=True)
-            job.relax.set_phase("weights")
-            custom = job.relax.weight_loss(net, x, y) if cfg.levels == 2 else None
-            if custom is not None:  # e.g. ROME: the sum over several sampled sub-networks
-                total, logits = custom
-                total.backward()
-                loss = F.cross_entropy(logits.detach(), y)
-            else:
-                with self.autocast():
-                    logits = net(x).float()
-                loss = F.cross_entropy(logits, y)
-            if custom is not None:
-                pass
-            elif update_arch and cfg.levels == 1:
-                extra = job.relax.regularizer(net)
-                (loss if extra is None else loss + extra).backward()
-            else:
-                loss.backward()
-            if not (update_arch and cfg.levels == 1):
-                for p in self.arch:
-                    p.grad = None
-            self.sync.average_grads(self.weights + self.arch)  # distributed hook: mean gradients over ranks
-            if cfg.clip:
-                torch.nn.utils.clip_grad_norm_(self.weights, cfg.clip)
-            self.w_opt.step()
-            job.relax.after_weight_step(net)
-            if update_arch and cfg.levels == 1:
-                if cfg.arch_clip:
-                    torch.nn.utils.clip_grad_norm_(self.arch, cfg.arch_clip)
-                job.relax.before_arch_step(net)
-                self.a_opt.step()
-                job.relax.after_arch_step(net)
+            out = self.step(x, y, xv, yv, lr=lr, arch_step=arch_step or (update_arch and cfg.levels == 1))
+            loss, logits = out.loss, out.logits
+            arch_loss = None if out.arch_loss is None else float(out.arch_loss)
             loss_v = float(loss.detach())
             if not math.isfinite(loss_v):
                 raise SearchError(f"the training loss became {loss_v} at epoch {epoch + 1}, step {step + 1}",
@@ -405,8 +368,7 @@ class Trainer:
         loss = correct = n = 0.0
         for xb, yb in self.val_eval.epoch(0):
             x, y = self._batch(xb, yb, self.plain)
-            with self.autocast():
-                logits = net(x).float()
+            logits = self.eval_forward(x)
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
             n += y.numel()
@@ -454,6 +416,7 @@ def run_search(job: Job, run_path: str | Path, *, on_event: Callable[[Event], No
         emit(record)
         seconds = time.perf_counter() - t0
         run.append(run.timing, {"epoch": record["epoch"], "seconds": round(seconds, 3),
+                                "graph_replays": trainer.step.replays,
                                 "images_per_second": round(len(trainer.train) * cfg.batch / max(seconds, 1e-9), 1)})
         run.save_checkpoint({**trainer.state(), "fingerprint": job.ir.meta["fingerprint"],
                              "metrics_size": run.metrics_size(), "space": job.ir.name})

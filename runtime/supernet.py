@@ -84,7 +84,9 @@ def call_edge(edge: nn.Module, x: torch.Tensor, w: torch.Tensor, active: list[in
               recompute: bool) -> torch.Tensor:
     """A searchable edge; with `recompute` only its input and weights are kept for backward."""
     if recompute and torch.is_grad_enabled() and edge.training:
-        return checkpoint(_Recomputed(edge, active), x, w, use_reentrant=False)
+        # a CUDA graph capture cannot read the RNG state; runtime/step.py captures no random edges
+        keep_rng = not (x.is_cuda and torch.cuda.is_current_stream_capturing())
+        return checkpoint(_Recomputed(edge, active), x, w, use_reentrant=False, preserve_rng_state=keep_rng)
     return _plain_call(edge, x, w, active)
 
 

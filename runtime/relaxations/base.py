@@ -121,6 +121,9 @@ class Relaxation:
     """Base class; the defaults implement plain DARTS (softmax over every candidate)."""
 
     name = "softmax"
+    #: True when a forward pass launches the same kernels every step (no samples, masks or host reads),
+    #: so the search step may be captured once as a CUDA graph and replayed (runtime/step.py)
+    graph_safe = False
     #: option name -> default; options not listed here are rejected with a clear error
     defaults: dict[str, Any] = {}
     #: method presets: name -> (options, search settings), e.g. {"gdas": ({"hard": True}, {"epochs": 250})};

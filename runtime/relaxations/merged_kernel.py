@@ -334,6 +334,7 @@ class MergedKernel(Relaxation):
     """
 
     name = "merged-kernel"
+    graph_safe = True  # nothing is drawn per step: runtime/step.py may capture the step as a CUDA graph
     defaults: dict[str, Any] = {"renormalise": True}
     # EASY's MergeNAS config equals the DARTS defaults (algorithms.md §5.7, §6): nothing to override
     presets = {"mergenas": ({}, {})}

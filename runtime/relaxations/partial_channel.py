@@ -80,6 +80,7 @@ class PartialChannel(Relaxation):
     """PC-DARTS: the mixture runs on 1/k of each edge's channels; β normalises a node's incoming edges."""
 
     name = "partial-channel"
+    graph_safe = True  # nothing is drawn per step: runtime/step.py may capture the step as a CUDA graph
     defaults: dict[str, Any] = {"k": 4, "edge_norm": True}
     presets = {
         "pcdarts": ({"k": 4, "edge_norm": True},

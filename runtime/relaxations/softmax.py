@@ -23,6 +23,7 @@ class Softmax(Relaxation):
     """DARTS: Σ_o softmax(α)_o · o(x) over all candidates of an edge (or sharpDARTS' Max-W weights)."""
 
     name = "softmax"
+    graph_safe = True  # nothing is drawn per step: runtime/step.py may capture the step as a CUDA graph
     defaults: dict[str, Any] = {"weighting": "scalar"}
     presets = {
         "darts": ({}, {}),
