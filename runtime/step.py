@@ -186,7 +186,9 @@ class SearchStep:
                 static.copy_(t)
         graph.replay()
         self.replays += 1
-        return out
+        # copies: the graph's own outputs live in its memory pool, which must never outlive the graph
+        return StepResult(loss=out.loss.clone(), logits=out.logits.clone(),
+                          arch_loss=None if out.arch_loss is None else out.arch_loss.clone())
 
     def _side_stream(self, fn: Callable[[], StepResult]) -> StepResult:
         """Warm-up steps run on a side stream, as CUDA graph capture requires of the code it captures."""
@@ -200,11 +202,16 @@ class SearchStep:
 
     def _capture(self, key: tuple, x, y, xv, yv):
         _, _, lr, arch_step = key
-        # captures of an earlier learning rate are never replayed again: free them first
-        for old in [k for k in self._graphs if k[2] != lr]:
-            del self._graphs[old]
+        if any(k[2] != lr for k in self._graphs):
+            # captures of an earlier learning rate are never replayed again. Their pool still holds the
+            # gradients: drop those while the graphs live, then the graphs, then start a new pool
+            for p in self.weights + self.arch:
+                p.grad = None
+            torch.cuda.synchronize(self.device)
+            self._graphs.clear()
+            self._pool = None
         inputs = [t.clone() if t is not None else None for t in (x, y, xv, yv)]
-        if self._pool is None:
+        if self._pool is None:  # one pool per learning rate, shared by its captures (with and without α step)
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         try:
@@ -212,6 +219,8 @@ class SearchStep:
                 out = self.compute(*inputs, lr=lr, arch_step=arch_step)
         except RuntimeError as e:  # an op that cannot be captured: run eagerly, and record why
             self.blocker = f"capture failed: {str(e).splitlines()[0][:200]}"
+            for p in self.weights + self.arch:
+                p.grad = None
             self._graphs.clear()
             with contextlib.suppress(RuntimeError):
                 torch.cuda.synchronize(self.device)
