@@ -99,7 +99,7 @@ def run(name: str, options: dict, lowering: str, batch: int, args, device: torch
     arch_opt = torch.optim.Adam(arch, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3,
                                 capturable=device.type == "cuda")
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-    step = SearchStep(net, relax, cfg, w_opt, arch_opt, device=device, graphs=graphs)
+    step = SearchStep(net, relax, cfg, w_opt, arch_opt, device=device)
     times, memory = time_step(step, batch, args.size, args.repeats, device)
     label = f"{name}({', '.join(f'{k}={v}' for k, v in options.items())})" if options else name
     return {"relaxation": label, "lowering": lowering, "batch": batch, "step_seconds_median": statistics.median(times),

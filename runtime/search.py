@@ -173,8 +173,6 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     net.set_memory(mode, share=config.share_work)
     ir.meta["memory"] = {"mode": mode, "reason": reason}
     blocker = graph_blocker(net, relax, config, device, _dist.world_size())
-    if config.cuda_graphs is False:
-        blocker = "turned off (cuda_graphs = false)"
     ir.meta["cuda_graphs"] = {"used": blocker is None, "reason": blocker or "the step is static: captured once, replayed"}
     return Job(request=request, ir=ir, config=config, dataset=dataset, relax=relax, selector=selector,
                net=net.to(device), device=device, space_path=str(Path(decl.path).resolve()))
@@ -235,8 +233,7 @@ class Trainer:
         self.arch = net.arch_parameters()
         self.w_opt = torch.optim.SGD(self.weights, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                      nesterov=cfg.nesterov and cfg.momentum > 0)
-        blocker = graph_blocker(net, job.relax, cfg, job.device, _dist.world_size())
-        graphs = cfg.cuda_graphs is not False and blocker is None
+        graphs = graph_blocker(net, job.relax, cfg, job.device, _dist.world_size()) is None
         if cfg.arch_optimizer == "adam":  # capturable: its step count lives on the device, readable by a graph
             self.a_opt = torch.optim.Adam(self.arch, lr=cfg.arch_lr, betas=tuple(cfg.arch_betas),
                                           weight_decay=cfg.arch_weight_decay, capturable=graphs)
@@ -264,8 +261,8 @@ class Trainer:
         self.magnitude = job.selector if job.selector.name == "magnitude" else load_selector("magnitude")
         self.sync = _dist.attach_search(self)  # distributed: shard batches, return hooks (no-op in one process)
         self.step = SearchStep(net, job.relax, cfg, self.w_opt, self.a_opt, device=job.device, sync=self.sync,
-                               graphs=cfg.cuda_graphs, world_size=_dist.world_size())
-        self.eval_forward = EvalForward(net, self.autocast, enabled=self.step.uses_graphs)
+                               world_size=_dist.world_size())
+        self.eval_forward = EvalForward(net, self.step.autocast, enabled=self.step.uses_graphs)
         if job.device.type == "cuda" and not cfg.deterministic:
             torch.backends.cudnn.benchmark = True  # as the official DARTS code: autotuned convolutions
 
@@ -291,11 +288,6 @@ class Trainer:
         self.epoch = int(state["epoch"])
 
     # ---- one epoch ----
-    def autocast(self):
-        """bf16 autocast for forward passes when asked for (α's softmax is excluded by the network)."""
-        return torch.autocast(device_type=self.job.device.type, dtype=torch.bfloat16,
-                              enabled=self.job.config.precision == "bf16")
-
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.step.loss(x, y)
 
@@ -328,7 +320,8 @@ class Trainer:
         for step, (xb, yb) in enumerate(self.train.epoch(epoch)):
             job.relax.set_progress(epoch, cfg.epochs, step)
             x, y = self._batch(xb, yb, self.augment)
-            arch_step = update_arch and step % cfg.arch_every == 0
+            # bi-level: an α step every `arch_every` steps; single-level: α and weights from every step's backward
+            arch_step = update_arch and (cfg.levels == 1 or step % cfg.arch_every == 0)
             xv = yv = None
             if arch_step and cfg.levels == 2:
                 try:
@@ -337,7 +330,7 @@ class Trainer:
                     val_iter = self.val.epoch(epoch + 10_000)
                     xv, yv = next(val_iter)
                 xv, yv = self._batch(xv, yv, self.augment)
-            out = self.step(x, y, xv, yv, lr=lr, arch_step=arch_step or (update_arch and cfg.levels == 1))
+            out = self.step(x, y, xv, yv, lr=lr, arch_step=arch_step)
             loss, logits = out.loss, out.logits
             arch_loss = None if out.arch_loss is None else float(out.arch_loss)
             loss_v = float(loss.detach())

@@ -45,6 +45,8 @@ class StepResult:
 
 def graph_blocker(net: nn.Module, relax: Relaxation, cfg: Any, device: torch.device, world_size: int) -> str | None:
     """Why this search cannot replay its step from a CUDA graph; None when it can."""
+    if getattr(cfg, "cuda_graphs", None) is False:
+        return "turned off (cuda_graphs = false)"
     if device.type != "cuda":
         return "CUDA graphs need a CUDA device"
     if not vars(type(relax)).get("graph_safe", False):  # declared by the class itself, never inherited
@@ -70,20 +72,14 @@ class SearchStep:
     """The step the search loop runs; `__call__` picks eager or graph replay, `compute` is the maths."""
 
     def __init__(self, net: nn.Module, relax: Relaxation, cfg: Any, w_opt: torch.optim.Optimizer,
-                 a_opt: torch.optim.Optimizer, *, device: torch.device, sync: Any = None,
-                 graphs: bool | None = None, world_size: int = 1):
+                 a_opt: torch.optim.Optimizer, *, device: torch.device, sync: Any = None, world_size: int = 1):
         self.net, self.relax, self.cfg = net, relax, cfg
         self.w_opt, self.a_opt = w_opt, a_opt
         self.weights = [p for g in w_opt.param_groups for p in g["params"]]
         self.arch = [p for g in a_opt.param_groups for p in g["params"]]
         self.device = device
         self.sync = sync
-        blocker = graph_blocker(net, relax, cfg, device, world_size)
-        if graphs is False:
-            blocker = "turned off (cuda_graphs = false)"
-        elif graphs and blocker:
-            pass  # asked for but impossible: fall back, and say why (describe() records it)
-        self.blocker = blocker
+        self.blocker = graph_blocker(net, relax, cfg, device, world_size)  # None: graphs; else why not
         self._graphs: dict[tuple, tuple[list[torch.Tensor], torch.cuda.CUDAGraph, StepResult]] = {}
         self._warm = {True: 0, False: 0}
         self._pool = None

@@ -50,6 +50,7 @@ def test_every_other_obstacle_has_its_reason():
     net, relax = _net()
     cfg = make_config({}, {})
     assert "CUDA device" in graph_blocker(net, relax, cfg, torch.device("cpu"), 1)
+    assert "turned off" in graph_blocker(net, relax, attrs.evolve(cfg, cuda_graphs=False), CUDA, 1)
     assert "second-order" in graph_blocker(net, relax, attrs.evolve(cfg, order=2), CUDA, 1)
     assert "processes" in graph_blocker(net, relax, cfg, CUDA, 2)
     assert "drop-path" in graph_blocker(net, relax, attrs.evolve(cfg, drop_path=0.1), CUDA, 1)
@@ -103,7 +104,7 @@ def _steps(graphs, memory, batches, lrs):
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-3, betas=(0.5, 0.999), weight_decay=1e-3,
                              capturable=True)
-    step = SearchStep(net, relax, cfg, w_opt, a_opt, device=CUDA, graphs=graphs)
+    step = SearchStep(net, relax, cfg, w_opt, a_opt, device=CUDA)
     losses = []
     for (x, y, xv, yv), lr in zip(batches, lrs):
         out = step(x, y, xv, yv, lr=lr, arch_step=True)
