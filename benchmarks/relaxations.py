@@ -25,10 +25,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from nasc.compiler.pipeline import compile_space
+from nasc.runtime.config import make_config
 from nasc.runtime.relaxations.base import load_relaxation
+from nasc.runtime.step import SearchStep
 from nasc.runtime.supernet import build_supernet
 
 RELAXATIONS = [
@@ -65,49 +66,42 @@ class SavedBytes:
         return sum(self.storages.values())
 
 
-def one_step(net, relax, arch_opt, w_opt, x, y, xv, yv) -> None:
-    relax.set_phase("arch")
-    arch_opt.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(net(xv), yv)
-    extra = relax.regularizer(net)
-    (loss if extra is None else loss + extra).backward()
-    relax.before_arch_step(net)
-    arch_opt.step()
-    relax.after_arch_step(net)
-    relax.set_phase("weights")
-    w_opt.zero_grad(set_to_none=True)
-    F.cross_entropy(net(x), y).backward()
-    w_opt.step()
-    relax.after_weight_step(net)
+def time_step(step: SearchStep, batch: int, size: int, repeats: int, device: torch.device) -> tuple[list[float], int]:
+    """Step times (after warm-up and, with graphs, the capture), then the step's memory.
 
-
-def time_and_measure(net, relax, arch_opt, w_opt, batch: int, size: int, repeats: int,
-                     device: torch.device) -> tuple[list[float], int, str]:
-    """Step times after a warm-up, then the activation memory of one step (CUDA peak, or saved bytes on CPU)."""
+    CUDA: peak allocated bytes during one step above what is resident before it (the model, optimiser
+    state and, with graphs, the graph's pool). CPU: bytes saved for backward by the weight step's forward.
+    """
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     xv, yv = torch.randn_like(x), torch.randint(0, 10, (batch,), device=device)
-    one_step(net, relax, arch_opt, w_opt, x, y, xv, yv)  # warm-up
+    if step.cfg.channels_last:
+        x, xv = (t.contiguous(memory_format=torch.channels_last) for t in (x, xv))
+    for _ in range(4 if step.uses_graphs else 1):  # warm-up (and capture)
+        float(step(x, y, xv, yv, lr=0.025, arch_step=True).loss)
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        one_step(net, relax, arch_opt, w_opt, x, y, xv, yv)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        out = step(x, y, xv, yv, lr=0.025, arch_step=True)
+        float(out.loss)  # the search loop reads the loss every step
         times.append(time.perf_counter() - t0)
     if device.type == "cuda":
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        one_step(net, relax, arch_opt, w_opt, x, y, xv, yv)
-        return times, torch.cuda.max_memory_allocated() - base, "cuda max allocated during one step, above the resident model"
+        float(step(x, y, xv, yv, lr=0.025, arch_step=True).loss)
+        peak = torch.cuda.max_memory_allocated() - base
+        if step.uses_graphs:  # a graph's activations live in its pool, allocated at capture: count the pool
+            peak = max(peak, torch.cuda.memory_reserved() - base)
+        return times, peak
     counter = SavedBytes()
-    relax.set_phase("weights")
+    step.relax.set_phase("weights")
     with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
-        loss = F.cross_entropy(net(x), y)
+        loss = step.loss(x, y)
     del loss
-    return times, counter.total, "bytes saved for backward by one weight-step forward"
+    return times, counter.total
 
 
 def measure(name: str, options: dict, args, device: torch.device) -> dict:
@@ -120,7 +114,11 @@ def measure(name: str, options: dict, args, device: torch.device) -> dict:
     relax.setup(ir, net)
     arch_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-    times, memory, memory_kind = time_and_measure(net, relax, arch_opt, w_opt, args.batch, 32, args.repeats, device)
+    step = SearchStep(net, relax, make_config({}, {"batch": args.batch, "cuda_graphs": False}), w_opt, arch_opt,
+                      device=device)
+    times, memory = time_step(step, args.batch, 32, args.repeats, device)
+    memory_kind = ("cuda max allocated during one step, above the resident model" if device.type == "cuda"
+                   else "bytes saved for backward by one weight-step forward")
     return {
         "relaxation": name,
         "options": options,

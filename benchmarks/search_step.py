@@ -35,45 +35,7 @@ from nasc.runtime.step import SearchStep
 from nasc.runtime.supernet import build_supernet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from relaxations import RELAXATIONS, SavedBytes  # noqa: E402
-
-
-def time_step(step: SearchStep, batch: int, size: int, repeats: int, device: torch.device) -> tuple[list[float], int]:
-    """Step times (after warm-up and, with graphs, the capture), then the step's memory.
-
-    CUDA: peak allocated bytes during one step above what is resident before it (the model, optimiser
-    state and, with graphs, the graph's pool). CPU: bytes saved for backward by the weight step's forward.
-    """
-    x = torch.randn(batch, 3, size, size, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-    xv, yv = torch.randn_like(x), torch.randint(0, 10, (batch,), device=device)
-    if step.cfg.channels_last:
-        x, xv = (t.contiguous(memory_format=torch.channels_last) for t in (x, xv))
-    for _ in range(4 if step.uses_graphs else 1):  # warm-up (and capture)
-        float(step(x, y, xv, yv, lr=0.025, arch_step=True).loss)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = step(x, y, xv, yv, lr=0.025, arch_step=True)
-        float(out.loss)  # the search loop reads the loss every step
-        times.append(time.perf_counter() - t0)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        float(step(x, y, xv, yv, lr=0.025, arch_step=True).loss)
-        peak = torch.cuda.max_memory_allocated() - base
-        if step.uses_graphs:  # a graph's activations live in its pool, allocated at capture: count the pool
-            peak = max(peak, torch.cuda.memory_reserved() - base)
-        return times, peak
-    counter = SavedBytes()
-    step.relax.set_phase("weights")
-    with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
-        loss = step.loss(x, y)
-    del loss
-    return times, counter.total
+from relaxations import RELAXATIONS, time_step  # noqa: E402
 
 LOWERINGS = {"plain": ("plain", False, False), "recompute": ("recompute", False, False),
              "optimised": ("recompute", True, None), "plain+graphs": ("plain", True, None)}
