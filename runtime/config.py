@@ -102,6 +102,8 @@ class SearchConfig:
                               hint=did_you_mean(self.schedule, SCHEDULES.names()))
         if self.precision not in ("fp32", "bf16"):
             raise SearchError(f"unknown precision {self.precision!r}", hint="fp32 or bf16")
+        if self.cuda_graphs not in (None, True, False):
+            raise SearchError(f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
         if self.memory not in ("plain", "recompute", "auto"):
             raise SearchError(f"unknown memory mode {self.memory!r}", hint="plain, recompute or auto")
         if self.arch_optimizer not in ("adam", "sgd"):

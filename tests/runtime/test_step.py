@@ -58,6 +58,16 @@ def test_every_other_obstacle_has_its_reason():
     assert "random" in graph_blocker(noisy, noisy_relax, cfg, CUDA, 1)
 
 
+def test_cuda_graphs_must_be_a_boolean_and_the_cli_says_so(tmp_path):
+    from typer.testing import CliRunner
+
+    from nasc.cli import app
+
+    result = CliRunner().invoke(app, ["search", "--opt", "cuda_graphs=maybe", "--dry-run"])
+    assert result.exit_code != 0 and "cuda_graphs must be true or false" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_a_subclass_must_declare_itself_graph_safe():
     class Sampled(Softmax):  # e.g. a plugin that adds noise to the weights every step
         name = "sampled-softmax-test"
