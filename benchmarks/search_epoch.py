@@ -1,7 +1,7 @@
 """Wall time of a real search on CIFAR-10, epoch by epoch, and what a full search therefore takes.
 
 Usage:  python benchmarks/search_epoch.py [--data-dir DIR | --synthetic] [--run-epochs 2] [--epochs 50]
-                                          [--batch 64] [--opt NAME=VALUE ...] [--set NAME=VALUE ...] [--out FILE]
+                                          [--batch 64] [--progress N] [--opt NAME=VALUE ...] [--set NAME=VALUE ...] [--out FILE]
 
 It runs the search loop exactly as `nasc search spaces/darts.nas --data cifar10` does (same
 settings, data pipeline, evaluation and checkpoint per epoch) for `--run-epochs` epochs of an
@@ -43,6 +43,17 @@ def write_synthetic_cifar10(root: Path, seed: int = 0) -> Path:
     return root
 
 
+def _progress(every: int, t0: float):
+    """An on_event hook printing how far the search is, so a stalled run shows where it stalled."""
+    def show(event: dict) -> None:
+        if every and event["type"] == "step" and (event["step"] + 1) % every == 0:
+            print(f"  epoch {event['epoch'] + 1} step {event['step'] + 1}/{event['steps']} "
+                  f"at {time.perf_counter() - t0:.1f} s", flush=True)
+        elif event["type"] == "epoch":
+            print(f"  epoch {event['epoch'] + 1} done at {time.perf_counter() - t0:.1f} s", flush=True)
+    return show
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="spaces/darts.nas")
@@ -55,6 +66,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="space parameter NAME=VALUE")
     parser.add_argument("--label", default="")
     parser.add_argument("--out")
+    parser.add_argument("--progress", type=int, default=0, metavar="N", help="print the pace every N steps")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="nasc-bench-"))
     data_dir = write_synthetic_cifar10(tmp / "data") if args.synthetic else args.data_dir
@@ -69,7 +81,7 @@ def main() -> None:
     run_dir = tmp / "run"
     t1 = time.perf_counter()
     try:
-        run_search(job, run_dir, stop_after=args.run_epochs)
+        run_search(job, run_dir, stop_after=args.run_epochs, on_event=_progress(args.progress, t1))
     except KeyboardInterrupt:  # stop_after: the schedule is the full one, we only time its first epochs
         pass
     wall = time.perf_counter() - t1
