@@ -76,6 +76,7 @@ class SearchConfig:
     channels_last: bool | None = None  # None: on for CUDA
     cuda_graphs: bool | None = None  # None: replay each step from a CUDA graph where the step is static
     share_work: bool = True  # exact shared-work savings in mixed edges (off only for comparisons)
+    fuse_edges: bool = True  # mixed edges reading one state computed together (runtime/fuse.py); exact
     fix_alpha: bool = False  # α stays uniform (zero) during search; pair with the perturbation selector
     affine: bool = False
     cutout: int = 0
@@ -104,6 +105,9 @@ class SearchConfig:
             raise SearchError(f"unknown precision {self.precision!r}", hint="fp32 or bf16")
         if self.cuda_graphs not in (None, True, False):
             raise SearchError(f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
+        for name in ("share_work", "fuse_edges"):
+            if getattr(self, name) not in (True, False):
+                raise SearchError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.memory not in ("plain", "recompute", "auto"):
             raise SearchError(f"unknown memory mode {self.memory!r}", hint="plain, recompute or auto")
         if self.arch_optimizer not in ("adam", "sgd"):
@@ -123,7 +127,8 @@ def from_space(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Translate a space's `search:` block (already type-checked by the compiler) to config fields."""
     out: dict[str, Any] = {}
     plain = {"epochs", "batch", "train_portion", "levels", "order", "clip", "arch_clip", "arch_start", "affine",
-             "cutout", "seed", "fix_alpha", "arch_every", "memory", "precision", "cuda_graphs"}
+             "cutout", "seed", "fix_alpha", "arch_every", "memory", "precision", "cuda_graphs",
+             "fuse_edges"}
     for key, value in settings.items():
         if key in plain:
             out[key] = value

@@ -170,7 +170,7 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
         raise SearchError(f"space {ir.name!r} has nothing to search (no edge or layer has two candidates)")
     device = pick_device(config.device)
     mode, reason = choose_memory(config.memory, ir, config.batch, device)
-    net.set_memory(mode, share=config.share_work)
+    net.set_memory(mode, share=config.share_work, fuse=config.fuse_edges)
     ir.meta["memory"] = {"mode": mode, "reason": reason}
     blocker = graph_blocker(net, relax, config, device, _dist.world_size())
     ir.meta["cuda_graphs"] = {"used": blocker is None, "reason": blocker or "the step is static: captured once, replayed"}

@@ -13,6 +13,7 @@ relaxation at all.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from nasc.compiler.infer_shapes import cell_affine
 from nasc.compiler.instantiate import place
 from nasc.compiler.ir import SpaceIR, Step
 from nasc.errors import BuildError
+from nasc.runtime.fuse import EdgeGroup, plan_groups
 from nasc.runtime.ops import build_step
 from nasc.runtime.relaxations.base import GroupWeights, Relaxation
 
@@ -38,35 +40,32 @@ def build_steps(steps: tuple[Step, ...], *, c_in: int, c: int, h: int | None, se
 
 
 class _Recomputed:
-    """Calls an edge so torch.utils.checkpoint can re-run it in backward with BN statistics frozen.
+    """Calls `fn` so torch.utils.checkpoint can re-run it in backward with BN statistics frozen.
 
     Recomputation would otherwise update every BN's running statistics a second
     time; freezing them (momentum 0) during the re-run keeps `recompute`
     numerically identical to the plain lowering, running statistics included.
     """
 
-    def __init__(self, edge: nn.Module, active: list[int] | None):
-        self.edge, self.active, self.calls = edge, active, 0
+    def __init__(self, modules: Callable[[], Any], fn: Callable[..., torch.Tensor]):
+        self.modules, self.fn, self.calls = modules, fn, 0
 
-    def __call__(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         if self.calls == 1:
-            return self._run(x, w)
-        bns = [m for m in self.edge.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            return self.fn(*args)
+        bns = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
                  for m in bns]
         for m in bns:
             m.momentum = 0.0
         try:
-            return self._run(x, w)
+            return self.fn(*args)
         finally:
             for m, (momentum, tracked) in zip(bns, saved):
                 m.momentum = momentum
                 if tracked is not None:
                     m.num_batches_tracked.copy_(tracked)
-
-    def _run(self, x, w):
-        return _plain_call(self.edge, x, w, self.active)
 
 
 def _plain_call(edge: nn.Module, x: torch.Tensor, w: torch.Tensor, active: list[int] | None) -> torch.Tensor:
@@ -80,14 +79,25 @@ def _plain_call(edge: nn.Module, x: torch.Tensor, w: torch.Tensor, active: list[
             cache.key = cache.value = None
 
 
+def _checkpointed(modules: Callable[[], Any], fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+    # a CUDA graph capture cannot read the RNG state; runtime/step.py captures no random edges
+    keep_rng = not (args[0].is_cuda and torch.cuda.is_current_stream_capturing())
+    return checkpoint(_Recomputed(modules, fn), *args, use_reentrant=False, preserve_rng_state=keep_rng)
+
+
 def call_edge(edge: nn.Module, x: torch.Tensor, w: torch.Tensor, active: list[int] | None,
               recompute: bool) -> torch.Tensor:
     """A searchable edge; with `recompute` only its input and weights are kept for backward."""
     if recompute and torch.is_grad_enabled() and edge.training:
-        # a CUDA graph capture cannot read the RNG state; runtime/step.py captures no random edges
-        keep_rng = not (x.is_cuda and torch.cuda.is_current_stream_capturing())
-        return checkpoint(_Recomputed(edge, active), x, w, use_reentrant=False, preserve_rng_state=keep_rng)
+        return _checkpointed(edge.modules, lambda x, w: _plain_call(edge, x, w, active), x, w)
     return _plain_call(edge, x, w, active)
+
+
+def call_group(group: EdgeGroup, x: torch.Tensor, w: torch.Tensor, recompute: bool) -> torch.Tensor:
+    """The edges of one source state at once (runtime/fuse.py); `recompute` as for one edge."""
+    if recompute and torch.is_grad_enabled() and group.edges[0].training:
+        return _checkpointed(group.modules, group, x, w)
+    return group(x, w)
 
 
 def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -110,9 +120,17 @@ class Cell(nn.Module):
         self.plan = plan
         self.output = output
         self.recompute = False  # set by Network.set_memory
+        # edges of one source computed together (runtime/fuse.py); set by Network.set_memory
+        self.groups: list[EdgeGroup] = []
+        self.group_of: dict[str, tuple[int, int]] = {}
+
+    def fuse(self, on: bool) -> None:
+        self.groups, self.group_of = plan_groups(self.plan, self.edges) if on else ([], {})
 
     def forward(self, inputs: list[torch.Tensor], w: GroupWeights | None, drop_prob: float = 0.0) -> torch.Tensor:
         states = [pre(x) for pre, x in zip(self.pre, inputs)]
+        grouped = self.group_of if w is not None and w.active is None else {}
+        group_out: dict[int, torch.Tensor] = {}  # group index -> (B, k, C, H, W)
         for _, edges, combine, zero_shape in self.plan:
             parts = []
             for key, src, row in edges:
@@ -121,6 +139,13 @@ class Cell(nn.Module):
                     out = edge(states[src])
                     if drop_prob > 0 and not isinstance(edge, nn.Identity):
                         out = drop_path(out, drop_prob)
+                elif key in grouped:
+                    gi, pos = grouped[key]
+                    if gi not in group_out:
+                        group_out[gi] = call_group(self.groups[gi], states[src], w.ops, self.recompute)
+                    out = group_out[gi][:, pos]
+                    if w.edges is not None:
+                        out = out * w.edges[row]
                 else:
                     active = None if w.active is None else w.active[row]
                     if active is not None and not active:
@@ -276,10 +301,11 @@ class Network(nn.Module):
         return Choice(cands[0], layer.residual, False)
 
     # ---- lowering choices ----
-    def set_memory(self, mode: str, *, share: bool = True) -> None:
+    def set_memory(self, mode: str, *, share: bool = True, fuse: bool = False) -> None:
         """`plain` keeps every candidate output for backward; `recompute` keeps only edge inputs.
 
-        `share` turns the exact shared-work savings of mixed edges on or off.
+        `share` turns the exact shared-work savings of mixed edges on or off; `fuse` (with `share`)
+        computes the mixed edges that read one state together (runtime/fuse.py).
         """
         if mode not in ("plain", "recompute"):
             raise BuildError(f"unknown memory mode {mode!r}", hint="plain or recompute (auto is resolved earlier)")
@@ -288,6 +314,9 @@ class Network(nn.Module):
                 m.recompute = mode == "recompute"
             if hasattr(m, "share"):
                 m.share = share
+        for m in self.modules():  # after `share`: grouping needs the shared-work edges
+            if isinstance(m, Cell):
+                m.fuse(fuse and share)
         self.memory_mode = mode
 
     # ---- parameters ----
