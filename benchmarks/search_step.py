@@ -3,12 +3,16 @@
 Usage:  python benchmarks/search_step.py [--batches 64 256] [--C 16] [--layers 8] [--size 32]
                                          [--repeats 2] [--only softmax gumbel] [--out FILE]
 
-Lowerings (the same maths, checked by tests/runtime/test_memory_modes.py and tests/runtime/test_step.py):
-  plain         every candidate output kept for backward, no shared work, eager
+Lowerings (the same maths, checked by tests/runtime/test_memory_modes.py, test_fuse.py and test_step.py):
+  plain         every candidate output kept for backward, no shared work, eager, edge by edge
   recompute     mixed edges keep only their input; candidates are recomputed in backward
-  optimised     recompute + shared work (one ReLU per edge for its convolutions, `none` never computed)
+  fused         plain memory + shared work (`none` never computed) + fused edge groups (the edges that
+                read one state run together: one ReLU and pooling, one grouped conv per candidate;
+                runtime/fuse.py), eager
+  optimised     recompute + shared work + fused edge groups
                 + the step replayed from a CUDA graph where the relaxation allows it (runtime/step.py)
-  plain+graphs  (--lowerings) plain memory, shared work and CUDA graphs: the fastest when memory allows
+  plain+graphs  (--lowerings) plain memory, shared work, fused groups and CUDA graphs: the fastest
+                when memory allows
 The step is the search loop's own (`runtime/step.SearchStep`): first-order α step on a validation
 batch, then the weight step with gradient clipping, DARTS' optimiser settings.
 Memory: on CUDA the peak allocated bytes of the step above the resident model; on CPU the bytes autograd
@@ -37,8 +41,10 @@ from nasc.runtime.supernet import build_supernet
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from relaxations import RELAXATIONS, time_step  # noqa: E402
 
+# name -> (memory mode, shared work and fused groups, cuda_graphs)
 LOWERINGS = {"plain": ("plain", False, False), "recompute": ("recompute", False, False),
-             "optimised": ("recompute", True, None), "plain+graphs": ("plain", True, None)}
+             "fused": ("plain", True, False), "optimised": ("recompute", True, None),
+             "plain+graphs": ("plain", True, None)}
 
 
 def run(name: str, options: dict, lowering: str, batch: int, args, device: torch.device) -> dict:
@@ -49,7 +55,7 @@ def run(name: str, options: dict, lowering: str, batch: int, args, device: torch
     net = build_supernet(ir, relax).to(device)
     relax.setup(ir, net)
     mode, share, graphs = LOWERINGS[lowering]
-    net.set_memory(mode, share=share)
+    net.set_memory(mode, share=share, fuse=share)
     fast = lowering in ("optimised", "plain+graphs")
     cfg = make_config({}, {"batch": batch, "cuda_graphs": graphs, "precision": args.precision if fast else "fp32",
                            "channels_last": fast and device.type == "cuda" and args.channels_last})
@@ -77,7 +83,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--only", nargs="*")
-    parser.add_argument("--lowerings", nargs="*", default=["plain", "recompute", "optimised"])
+    parser.add_argument("--lowerings", nargs="*", default=["plain", "recompute", "fused", "optimised"],
+                        choices=list(LOWERINGS))
     parser.add_argument("--precision", default="fp32", help="fp32 or bf16 for the optimised lowerings")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="channels-last tensors for the optimised lowerings on CUDA")

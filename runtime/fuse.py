@@ -151,7 +151,7 @@ class EdgeGroup:
     def _batched_bn(self, mods: tuple[nn.Module, ...], t: torch.Tensor) -> torch.Tensor:
         m = mods[0]
         mean, var = self._linked(mods, "running_mean"), self._linked(mods, "running_var")
-        if m.training:
+        if m.training and m.num_batches_tracked is not None:  # None while recomputed (runtime/supernet.py)
             self._linked(mods, "num_batches_tracked").add_(1)
         weight = _cat(mm.weight for mm in mods) if m.affine else None
         bias = _cat(mm.bias for mm in mods) if m.affine else None
@@ -161,6 +161,8 @@ class EdgeGroup:
         """k affine-free BNs in training mode on one tensor: one output, k running-statistics updates."""
         m = mods[0]
         out = F.batch_norm(t, None, None, None, None, True, 0.0, m.eps)
+        if m.num_batches_tracked is None:  # recomputed (runtime/supernet.py): the statistics stay put
+            return out
         with torch.no_grad():
             var, mean = torch.var_mean(t.detach(), dim=(0, 2, 3), correction=1)  # BN keeps the unbiased variance
             for name, stat in (("running_mean", mean), ("running_var", var)):

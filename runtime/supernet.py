@@ -40,11 +40,14 @@ def build_steps(steps: tuple[Step, ...], *, c_in: int, c: int, h: int | None, se
 
 
 class _Recomputed:
-    """Calls `fn` so torch.utils.checkpoint can re-run it in backward with BN statistics frozen.
+    """Calls `fn` so torch.utils.checkpoint can re-run it in backward with BN statistics left alone.
 
-    Recomputation would otherwise update every BN's running statistics a second
-    time; freezing them (momentum 0) during the re-run keeps `recompute`
-    numerically identical to the plain lowering, running statistics included.
+    Recomputation would otherwise update every BN's running statistics and batch
+    counter a second time. During the re-run each BN has momentum 0 (its
+    statistics stay put; the re-run must save the same tensors for backward as
+    the first run, so they are still passed) and no batch counter (not counted);
+    both are plain attributes, put back afterwards with no tensor work. That keeps
+    `recompute` numerically identical to the plain lowering, running statistics included.
     """
 
     def __init__(self, modules: Callable[[], Any], fn: Callable[..., torch.Tensor]):
@@ -55,17 +58,18 @@ class _Recomputed:
         if self.calls == 1:
             return self.fn(*args)
         bns = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
-                 for m in bns]
+        saved = [(m.momentum, m._buffers.get("num_batches_tracked")) for m in bns]
         for m in bns:
             m.momentum = 0.0
+            if "num_batches_tracked" in m._buffers:
+                m._buffers["num_batches_tracked"] = None
         try:
             return self.fn(*args)
         finally:
-            for m, (momentum, tracked) in zip(bns, saved):
+            for m, (momentum, counter) in zip(bns, saved):
                 m.momentum = momentum
-                if tracked is not None:
-                    m.num_batches_tracked.copy_(tracked)
+                if counter is not None:
+                    m._buffers["num_batches_tracked"] = counter
 
 
 def _plain_call(edge: nn.Module, x: torch.Tensor, w: torch.Tensor, active: list[int] | None) -> torch.Tensor:

@@ -10,6 +10,7 @@ import json
 import attrs
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nasc.compiler.pipeline import compile_space
 from nasc.runtime.config import make_config
@@ -105,11 +106,11 @@ def test_the_run_records_whether_graphs_were_used(tmp_path):
 # ---- CUDA: graphs change nothing ---------------------------------------------------------------------------
 
 
-def _steps(graphs, memory, batches, lrs):
+def _steps(graphs, memory, batches, lrs, fuse=False):
     torch.manual_seed(0)
     net, relax = _net()
     net = net.to(CUDA)
-    net.set_memory(memory)
+    net.set_memory(memory, fuse=fuse)
     cfg = make_config({}, {"batch": 8, "cuda_graphs": graphs})
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-3, betas=(0.5, 0.999), weight_decay=1e-3,
@@ -123,8 +124,9 @@ def _steps(graphs, memory, batches, lrs):
 
 
 @needs_cuda
+@pytest.mark.parametrize("fuse", [False, True])
 @pytest.mark.parametrize("memory", ["plain", "recompute"])
-def test_graph_replay_equals_eager_steps(memory):
+def test_graph_replay_equals_eager_steps(memory, fuse):
     torch.backends.cudnn.benchmark = False
     gen = torch.Generator(device="cpu").manual_seed(1)
 
@@ -136,8 +138,8 @@ def test_graph_replay_equals_eager_steps(memory):
     batches = [(*batch(8), *batch(8)) for _ in range(7)] + [(*batch(5), *batch(8))] + \
               [(*batch(8), *batch(8)) for _ in range(3)]
     lrs = [0.1] * 8 + [0.05] * 3
-    eager, _, eager_losses = _steps(False, memory, batches, lrs)
-    graphed, step, graph_losses = _steps(None, memory, batches, lrs)
+    eager, _, eager_losses = _steps(False, memory, batches, lrs, fuse)
+    graphed, step, graph_losses = _steps(None, memory, batches, lrs, fuse)
     assert step.uses_graphs and step.replays >= 5, step.blocker
     for (a, b), (c, d) in zip(eager_losses, graph_losses):
         assert a == pytest.approx(c, rel=1e-4, abs=1e-5) and b == pytest.approx(d, rel=1e-4, abs=1e-5)
@@ -146,8 +148,32 @@ def test_graph_replay_equals_eager_steps(memory):
 
 
 @needs_cuda
-def test_eval_forward_from_a_graph_equals_eager():
+def test_fused_groups_on_cuda_in_channels_last_equal_edge_by_edge():
+    x = torch.randn(8, 3, 16, 16, device=CUDA).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8,), device=CUDA)
+    results = []
+    for fuse in (False, True):
+        torch.manual_seed(0)
+        net, _ = _net()
+        net = net.to(CUDA).to(memory_format=torch.channels_last)
+        net.set_memory("plain", fuse=fuse)
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        results.append((float(loss), {n: p.grad for n, p in net.named_parameters() if p.grad is not None},
+                        {n: b for n, b in net.named_buffers()}))
+    (la, ga, ba), (lb, gb, bb) = results
+    assert la == pytest.approx(lb, rel=1e-5)
+    for name in ga:
+        torch.testing.assert_close(gb[name], ga[name], rtol=1e-4, atol=1e-5, msg=name)
+    for name in ba:
+        torch.testing.assert_close(bb[name], ba[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@needs_cuda
+@pytest.mark.parametrize("fuse", [False, True])
+def test_eval_forward_from_a_graph_equals_eager(fuse):
     net, _ = _net()
+    net.set_memory("plain", fuse=fuse)
     net = net.to(CUDA).eval()
     forward = EvalForward(net, lambda: torch.autocast("cuda", enabled=False), enabled=True)
     for _ in range(3):

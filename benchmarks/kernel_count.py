@@ -1,0 +1,100 @@
+"""Operators per search step, by lowering: what bounds a GPU step once CUDA graphs remove the launch cost.
+
+Usage:  python benchmarks/kernel_count.py [--C 16] [--layers 8] [--size 32] [--batch 8] [--out FILE]
+
+On a GPU the DARTS supernet is bound by how many small kernels one step runs, not by arithmetic
+(docs/performance.md): with the step replayed from a CUDA graph, each kernel still costs a few
+microseconds of GPU time. This script counts the ATen operators that do work in one search step
+(a first-order α step, then the weight step with clipping and the optimisers; view and metadata
+operators excluded), on the CPU, so lowerings can be compared on any machine. The count does not
+depend on the batch size; it is close to, not equal to, the number of GPU kernels (an optimiser's
+foreach operator is one count but a few kernels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from nasc.compiler.pipeline import compile_space
+from nasc.runtime.config import make_config
+from nasc.runtime.relaxations.base import load_relaxation
+from nasc.runtime.step import SearchStep
+from nasc.runtime.supernet import build_supernet
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search_step import LOWERINGS  # noqa: E402
+
+#: operators that allocate or describe memory but run no kernel
+FREE = {"empty", "empty_strided", "empty_like", "detach", "lift_fresh", "_to_copy_meta", "set_", "alias",
+        "resize_", "_reshape_alias", "is_same_size"}
+
+
+class CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if not func.is_view and name not in FREE:
+            self.ops[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count(lowering: str, args) -> dict:
+    ir = compile_space("spaces/darts.nas", params={"C": args.C, "layers": args.layers},
+                       input_shape=(3, args.size, args.size))
+    torch.manual_seed(0)
+    relax = load_relaxation("softmax")
+    net = build_supernet(ir, relax)
+    relax.setup(ir, net)
+    mode, share, _ = LOWERINGS[lowering]
+    net.set_memory(mode, share=share, fuse=share)
+    cfg = make_config({}, {"batch": args.batch, "cuda_graphs": False})
+    w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    a_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+    step = SearchStep(net, relax, cfg, w_opt, a_opt, device=torch.device("cpu"))
+    x, y = torch.randn(args.batch, 3, args.size, args.size), torch.randint(0, 10, (args.batch,))
+    xv, yv = torch.randn_like(x), torch.randint(0, 10, (args.batch,))
+    step(x, y, xv, yv, lr=0.025, arch_step=True)  # optimiser state exists from here on
+    with CountOps() as counter:
+        step(x, y, xv, yv, lr=0.025, arch_step=True)
+    top = dict(counter.ops.most_common(12))
+    return {"lowering": lowering, "operators": sum(counter.ops.values()), "top": top}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--C", type=int, default=16)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lowerings", nargs="*", default=["plain", "recompute", "fused", "optimised"],
+                        choices=list(LOWERINGS))
+    parser.add_argument("--out", default="benchmarks/results/kernel_count.json")
+    args = parser.parse_args()
+    rows = [count(lowering, args) for lowering in args.lowerings]
+    result = {"benchmark": "kernel_count", "space": "spaces/darts.nas", "relaxation": "softmax", "C": args.C,
+              "layers": args.layers, "input": [3, args.size, args.size], "rows": rows,
+              "machine": {"torch": torch.__version__, "python": platform.python_version(),
+                          "date": time.strftime("%Y-%m-%d")}}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    base = rows[0]["operators"]
+    print(f"| lowering | operators per step | vs {rows[0]['lowering']} |")
+    print("|---|---:|---:|")
+    for r in rows:
+        print(f"| {r['lowering']} | {r['operators']:,} | {r['operators'] / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
