@@ -57,8 +57,8 @@ def count(lowering: str, args) -> dict:
     relax = load_relaxation("softmax")
     net = build_supernet(ir, relax)
     relax.setup(ir, net)
-    mode, share, _ = LOWERINGS[lowering]
-    net.set_memory(mode, share=share, fuse=share)
+    mode, share, fuse, _ = LOWERINGS[lowering]
+    net.set_memory(mode, share=share, fuse=fuse)
     cfg = make_config({}, {"batch": args.batch, "cuda_graphs": False})
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--lowerings", nargs="*", default=["plain", "recompute", "fused", "optimised"],
+    parser.add_argument("--lowerings", nargs="*", default=["plain", "shared", "fused", "recompute", "optimised"],
                         choices=list(LOWERINGS))
     parser.add_argument("--out", default="benchmarks/results/kernel_count.json")
     args = parser.parse_args()

@@ -6,6 +6,8 @@ Usage:  python benchmarks/search_step.py [--batches 64 256] [--C 16] [--layers 8
 Lowerings (the same maths, checked by tests/runtime/test_memory_modes.py, test_fuse.py and test_step.py):
   plain         every candidate output kept for backward, no shared work, eager, edge by edge
   recompute     mixed edges keep only their input; candidates are recomputed in backward
+  shared        (--lowerings) plain memory + shared work within each edge (`none` never computed, one
+                ReLU per edge for its convolutions), edge by edge: the lowering before fused groups
   fused         plain memory + shared work (`none` never computed) + fused edge groups (the edges that
                 read one state run together: one ReLU and pooling, one grouped conv per candidate;
                 runtime/fuse.py), eager
@@ -41,10 +43,10 @@ from nasc.runtime.supernet import build_supernet
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from relaxations import RELAXATIONS, time_step  # noqa: E402
 
-# name -> (memory mode, shared work and fused groups, cuda_graphs)
-LOWERINGS = {"plain": ("plain", False, False), "recompute": ("recompute", False, False),
-             "fused": ("plain", True, False), "optimised": ("recompute", True, None),
-             "plain+graphs": ("plain", True, None)}
+# name -> (memory mode, shared work, fused edge groups, cuda_graphs)
+LOWERINGS = {"plain": ("plain", False, False, False), "recompute": ("recompute", False, False, False),
+             "shared": ("plain", True, False, False), "fused": ("plain", True, True, False),
+             "optimised": ("recompute", True, True, None), "plain+graphs": ("plain", True, True, None)}
 
 
 def run(name: str, options: dict, lowering: str, batch: int, args, device: torch.device) -> dict:
@@ -54,8 +56,8 @@ def run(name: str, options: dict, lowering: str, batch: int, args, device: torch
     relax = load_relaxation(name, options)
     net = build_supernet(ir, relax).to(device)
     relax.setup(ir, net)
-    mode, share, graphs = LOWERINGS[lowering]
-    net.set_memory(mode, share=share, fuse=share)
+    mode, share, fuse, graphs = LOWERINGS[lowering]
+    net.set_memory(mode, share=share, fuse=fuse)
     fast = lowering in ("optimised", "plain+graphs")
     cfg = make_config({}, {"batch": batch, "cuda_graphs": graphs, "precision": args.precision if fast else "fp32",
                            "channels_last": fast and device.type == "cuda" and args.channels_last})

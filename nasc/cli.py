@@ -407,6 +407,8 @@ def _print_dry_run(info: dict[str, Any], human) -> None:
     table.add_row("device", info["device"])
     if info.get("memory"):
         table.add_row("memory", info["memory"]["reason"])
+    if info.get("fuse_edges"):
+        table.add_row("fused edges", info["fuse_edges"]["reason"])
     for key, value in info["search"].items():
         table.add_row(f"  {key}", str(value))
     console.print(table)

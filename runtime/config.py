@@ -76,7 +76,7 @@ class SearchConfig:
     channels_last: bool | None = None  # None: on for CUDA
     cuda_graphs: bool | None = None  # None: replay each step from a CUDA graph where the step is static
     share_work: bool = True  # exact shared-work savings in mixed edges (off only for comparisons)
-    fuse_edges: bool = True  # mixed edges reading one state computed together (runtime/fuse.py); exact
+    fuse_edges: bool | None = None  # edges reading one state run together (runtime/fuse.py); None: on CUDA
     fix_alpha: bool = False  # α stays uniform (zero) during search; pair with the perturbation selector
     affine: bool = False
     cutout: int = 0
@@ -105,9 +105,10 @@ class SearchConfig:
             raise SearchError(f"unknown precision {self.precision!r}", hint="fp32 or bf16")
         if self.cuda_graphs not in (None, True, False):
             raise SearchError(f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
-        for name in ("share_work", "fuse_edges"):
-            if getattr(self, name) not in (True, False):
-                raise SearchError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.share_work not in (True, False):
+            raise SearchError(f"share_work must be true or false, got {self.share_work!r}")
+        if self.fuse_edges not in (None, True, False):
+            raise SearchError(f"fuse_edges must be true or false, got {self.fuse_edges!r}")
         if self.memory not in ("plain", "recompute", "auto"):
             raise SearchError(f"unknown memory mode {self.memory!r}", hint="plain, recompute or auto")
         if self.arch_optimizer not in ("adam", "sgd"):

@@ -111,6 +111,22 @@ def choose_memory(mode: str, ir: SpaceIR, batch: int, device: torch.device) -> t
     return "recompute", f"recompute: plain needs ~{need / 2**30:.2f} GiB, {free / 2**30:.1f} GiB free"
 
 
+def choose_fusion(config: SearchConfig, device: torch.device) -> tuple[bool, str]:
+    """Resolve `fuse_edges`: asked for, or on a GPU (launch-bound) and not on a CPU (compute-bound).
+
+    On a GPU fused groups halve the kernels of a step (benchmarks/kernel_count.py). On a CPU the
+    full DARTS supernet's step was 9% slower fused (oneDNN's grouped-convolution backward), so
+    auto leaves it off there; docs/performance.md has the figures.
+    """
+    if not config.share_work:
+        return False, "shared work is off (share_work = false)"
+    if config.fuse_edges is not None:
+        return config.fuse_edges, f"asked for ({'true' if config.fuse_edges else 'false'})"
+    if device.type == "cuda":
+        return True, "auto: on a GPU, half the kernels per step"
+    return False, "auto: off on a CPU, where grouped convolutions are not faster"
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
@@ -170,8 +186,10 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
         raise SearchError(f"space {ir.name!r} has nothing to search (no edge or layer has two candidates)")
     device = pick_device(config.device)
     mode, reason = choose_memory(config.memory, ir, config.batch, device)
-    net.set_memory(mode, share=config.share_work, fuse=config.fuse_edges)
+    fuse, fuse_reason = choose_fusion(config, device)
+    net.set_memory(mode, share=config.share_work, fuse=fuse)
     ir.meta["memory"] = {"mode": mode, "reason": reason}
+    ir.meta["fuse_edges"] = {"used": fuse, "reason": fuse_reason}
     blocker = graph_blocker(net, relax, config, device, _dist.world_size())
     ir.meta["cuda_graphs"] = {"used": blocker is None, "reason": blocker or "the step is static: captured once, replayed"}
     return Job(request=request, ir=ir, config=config, dataset=dataset, relax=relax, selector=selector,
@@ -205,6 +223,7 @@ def describe(job: Job) -> dict[str, Any]:
         "device": str(job.device),
         "memory": job.ir.meta.get("memory"),
         "cuda_graphs": job.ir.meta.get("cuda_graphs"),
+        "fuse_edges": job.ir.meta.get("fuse_edges"),
         "request": to_json({"relax": job.request.relax, "relax_options": job.request.relax_options,
                             "select": job.request.select, "select_options": job.request.select_options,
                             "overrides": job.request.overrides, "params": job.request.params}),

@@ -224,3 +224,28 @@ def test_fuse_edges_must_be_a_boolean_and_the_cli_says_so():
     result = CliRunner().invoke(app, ["search", "--opt", "fuse_edges=sometimes", "--dry-run"])
     assert result.exit_code != 0 and "fuse_edges must be true or false" in result.output
     assert "Traceback" not in result.output
+
+
+def test_auto_fuses_on_a_gpu_and_not_on_a_cpu_and_says_why():
+    from nasc.runtime.config import make_config
+    from nasc.runtime.search import choose_fusion
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert choose_fusion(make_config({}, {}), cuda)[0] is True
+    used, reason = choose_fusion(make_config({}, {}), cpu)
+    assert used is False and "CPU" in reason
+    assert choose_fusion(make_config({}, {"fuse_edges": True}), cpu) == (True, "asked for (true)")
+    assert choose_fusion(make_config({}, {"fuse_edges": True, "share_work": False}), cuda)[0] is False
+
+
+def test_a_search_asked_to_fuse_runs_fused_and_records_it(tmp_path):
+    import json
+
+    from nasc.runtime.search import Request, prepare, run_search
+
+    job = prepare(Request(space="darts", params=SMALL,
+                          overrides={"epochs": 1, "batch": 32, "train_portion": 0.2, "fuse_edges": True}))
+    assert _groups(job.net)
+    run_search(job, tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["fuse_edges"] == {"used": True, "reason": "asked for (true)"}
