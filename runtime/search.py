@@ -25,7 +25,7 @@ from nasc.compiler.expr import to_json
 from nasc.compiler.ir import SpaceIR, to_json_dict
 from nasc.compiler.pipeline import compile_decl
 from nasc.compiler.resolve import resolve_path
-from nasc.errors import NascError, SearchError
+from nasc.errors import SearchError
 from nasc.runtime.augment import Augment
 from nasc.runtime.config import SearchConfig, make_config
 from nasc.runtime.data import Batches, Dataset, load_dataset, split_indices
