@@ -30,12 +30,7 @@ def _available():
     return names
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/runtime/conftest.py
 
 
 def _step(ir, relax_name, phase, mode, share, fuse=False):
@@ -78,9 +73,9 @@ def test_recompute_and_shared_work_are_exact(relax_name, phase):
 def test_recompute_keeps_far_less_for_backward():
     ir = compile_space("spaces/darts.nas", params={"C": 8, "layers": 5}, input_shape=(3, 16, 16))
 
-    def saved_bytes(mode):
+    def saved_bytes(mode, fuse=False):
         net = build_supernet(ir, load_relaxation("darts"))
-        net.set_memory(mode)
+        net.set_memory(mode, fuse=fuse)
         storages = {}
 
         def pack(t):
@@ -91,7 +86,10 @@ def test_recompute_keeps_far_less_for_backward():
             net(torch.randn(8, 3, 16, 16)).sum()
         return sum(storages.values())
 
-    assert saved_bytes("recompute") * 4 <= saved_bytes("plain")
+    plain = saved_bytes("plain")
+    assert saved_bytes("recompute") * 4 <= plain
+    assert saved_bytes("recompute", fuse=True) * 4 <= plain  # fused groups keep only the shared input too
+    assert saved_bytes("plain", fuse=True) < plain  # shared ReLU, pooling and BN outputs are stored once
 
 
 def test_auto_picks_plain_when_it_fits_and_recompute_when_not(monkeypatch):

@@ -17,13 +17,7 @@ from nasc.runtime.relaxations.gumbel import Gumbel, linear_ramp
 from nasc.runtime.supernet import build_supernet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny CPU nets run far faster (and steadier on a loaded machine) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/runtime/conftest.py
 
 
 @pytest.fixture(scope="module")
