@@ -52,7 +52,9 @@ def _batchable(m: nn.Module) -> bool:
         return m.padding_mode == "zeros"
     if kind is nn.BatchNorm2d:
         return m.track_running_stats and m.momentum is not None
-    return kind in (nn.MaxPool2d, nn.AvgPool2d, nn.Identity)
+    if kind is nn.MaxPool2d:
+        return not m.return_indices
+    return kind in (nn.AvgPool2d, nn.Identity)
 
 
 def edge_signature(edge: nn.Module) -> tuple | None:
