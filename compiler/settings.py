@@ -40,6 +40,8 @@ SEARCH_SETTINGS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | None, str]]
                     "(default: on where possible; false turns it off)"),
     "fuse_edges": ((bool,), None, "compute the mixed edges that read one state together: shared ReLU and pooling, "
                    "one grouped convolution per candidate (exact; default: on a GPU, off on a CPU)"),
+    "torch_compile": ((bool,), None, "torch.compile each cell where the step is static, using a compiled cell only "
+                      "after it matches the eager one (default: off)"),
     # progressive search (P-DARTS, Chen et al. 2019; runtime/progressive.py)
     "stages": ((tuple,), None, "progressive search: [stage(layers = 5, keep = 8, skip_dropout = 0.1), ...]; "
                "each stage recompiles the space and keeps the `keep` strongest ops of every edge"),

@@ -409,6 +409,8 @@ def _print_dry_run(info: dict[str, Any], human) -> None:
         table.add_row("memory", info["memory"]["reason"])
     if info.get("fuse_edges"):
         table.add_row("fused edges", info["fuse_edges"]["reason"])
+    if info.get("torch_compile"):
+        table.add_row("torch.compile", info["torch_compile"]["reason"])
     for key, value in info["search"].items():
         table.add_row(f"  {key}", str(value))
     console.print(table)

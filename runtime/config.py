@@ -77,6 +77,7 @@ class SearchConfig:
     cuda_graphs: bool | None = None  # None: replay each step from a CUDA graph where the step is static
     share_work: bool = True  # exact shared-work savings in mixed edges (off only for comparisons)
     fuse_edges: bool | None = None  # edges reading one state run together (runtime/fuse.py); None: on CUDA
+    torch_compile: bool | None = None  # torch.compile each cell, checked against eager (runtime/compiled.py); None: off
     fix_alpha: bool = False  # α stays uniform (zero) during search; pair with the perturbation selector
     affine: bool = False
     cutout: int = 0
@@ -109,6 +110,8 @@ class SearchConfig:
             raise SearchError(f"share_work must be true or false, got {self.share_work!r}")
         if self.fuse_edges not in (None, True, False):
             raise SearchError(f"fuse_edges must be true or false, got {self.fuse_edges!r}")
+        if self.torch_compile not in (None, True, False):
+            raise SearchError(f"torch_compile must be true or false, got {self.torch_compile!r}")
         if self.memory not in ("plain", "recompute", "auto"):
             raise SearchError(f"unknown memory mode {self.memory!r}", hint="plain, recompute or auto")
         if self.arch_optimizer not in ("adam", "sgd"):
@@ -129,7 +132,7 @@ def from_space(settings: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     plain = {"epochs", "batch", "train_portion", "levels", "order", "clip", "arch_clip", "arch_start", "affine",
              "cutout", "seed", "fix_alpha", "arch_every", "memory", "precision", "cuda_graphs",
-             "fuse_edges"}
+             "fuse_edges", "torch_compile"}
     for key, value in settings.items():
         if key in plain:
             out[key] = value

@@ -27,6 +27,7 @@ from nasc.compiler.pipeline import compile_decl
 from nasc.compiler.resolve import resolve_path
 from nasc.errors import SearchError
 from nasc.runtime.augment import Augment
+from nasc.runtime.compiled import compile_blocker, compile_cells, summary
 from nasc.runtime.config import SearchConfig, make_config
 from nasc.runtime.data import Batches, Dataset, load_dataset, split_indices
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
@@ -192,6 +193,9 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     ir.meta["fuse_edges"] = {"used": fuse, "reason": fuse_reason}
     blocker = graph_blocker(net, relax, config, device, _dist.world_size())
     ir.meta["cuda_graphs"] = {"used": blocker is None, "reason": blocker or "the step is static: captured once, replayed"}
+    held = compile_blocker(net, relax, config)
+    ir.meta["torch_compile"] = {"used": held is None, "reason": held or "each cell compiled, then checked against eager "
+                                                                        "on the first batch shape"}
     return Job(request=request, ir=ir, config=config, dataset=dataset, relax=relax, selector=selector,
                net=net.to(device), device=device, space_path=str(Path(decl.path).resolve()))
 
@@ -224,6 +228,7 @@ def describe(job: Job) -> dict[str, Any]:
         "memory": job.ir.meta.get("memory"),
         "cuda_graphs": job.ir.meta.get("cuda_graphs"),
         "fuse_edges": job.ir.meta.get("fuse_edges"),
+        "torch_compile": job.ir.meta.get("torch_compile"),
         "request": to_json({"relax": job.request.relax, "relax_options": job.request.relax_options,
                             "select": job.request.select, "select_options": job.request.select_options,
                             "overrides": job.request.overrides, "params": job.request.params}),
@@ -282,8 +287,25 @@ class Trainer:
         self.step = SearchStep(net, job.relax, cfg, self.w_opt, self.a_opt, device=job.device, sync=self.sync,
                                world_size=_dist.world_size())
         self.eval_forward = EvalForward(net, self.step.autocast, enabled=self.step.uses_graphs)
+        self._compile_cells()
         if job.device.type == "cuda" and not cfg.deterministic:
             torch.backends.cudnn.benchmark = True  # as the official DARTS code: autotuned convolutions
+
+    def _compile_cells(self) -> None:
+        """torch.compile the cells where asked and allowed; each compiled cell is checked against eager first."""
+        job, cfg = self.job, self.job.config
+        if compile_blocker(job.net, job.relax, cfg) is not None:
+            return
+        shape = (min(self.train.batch_size, len(self.train.indices)), *job.dataset.shape)  # the first batch's
+        example = torch.randn(shape, generator=torch.Generator().manual_seed(cfg.seed)).to(job.device)
+        if self.channels_last:
+            example = example.contiguous(memory_format=torch.channels_last)
+        job.relax.set_phase("weights")
+        t0 = time.perf_counter()
+        report = compile_cells(job.net, example, autocast=self.step.autocast, precision=cfg.precision)
+        used = any(v == "compiled" for v in report.values())
+        job.ir.meta["torch_compile"] = {"used": used, "reason": summary(report), "cells": report,
+                                        "seconds": round(time.perf_counter() - t0, 1)}
 
     # ---- state ----
     def state(self) -> dict[str, Any]:

@@ -127,9 +127,20 @@ class Cell(nn.Module):
         # edges of one source computed together (runtime/fuse.py); set by Network.set_memory
         self.groups: list[EdgeGroup] = []
         self.group_of: dict[str, tuple[int, int]] = {}
+        # torch.compile'd forward and the input shapes it was checked on (runtime/compiled.py)
+        self.compiled: Callable[..., torch.Tensor] | None = None
+        self.compiled_shapes: list[tuple[int, ...]] | None = None
 
     def fuse(self, on: bool) -> None:
         self.groups, self.group_of = plan_groups(self.plan, self.edges) if on else ([], {})
+
+    def run(self, inputs: list[torch.Tensor], w: GroupWeights | None, drop_prob: float = 0.0) -> torch.Tensor:
+        """The compiled forward where it was checked against eager (these shapes, training, gradients on)."""
+        fn = self.compiled
+        if (fn is not None and self.training and torch.is_grad_enabled() and drop_prob == 0.0
+                and (w is None or w.active is None) and [tuple(t.shape) for t in inputs] == self.compiled_shapes):
+            return fn(inputs, w, drop_prob)
+        return self(inputs, w, drop_prob)
 
     def forward(self, inputs: list[torch.Tensor], w: GroupWeights | None, drop_prob: float = 0.0) -> torch.Tensor:
         states = [pre(x) for pre, x in zip(self.pre, inputs)]
@@ -321,6 +332,7 @@ class Network(nn.Module):
         for m in self.modules():  # after `share`: grouping needs the shared-work edges
             if isinstance(m, Cell):
                 m.fuse(fuse and share)
+                m.compiled = m.compiled_shapes = None  # compiled for the old lowering: compile again
         self.memory_mode = mode
 
     # ---- parameters ----
@@ -362,7 +374,7 @@ class Network(nn.Module):
             module = self.layers[lid]
             w = weights.get(group) if (weights and group) else None
             if kind == "cell":
-                out = module(ins, w, self.drop_path_prob if self.training else 0.0)
+                out = module.run(ins, w, self.drop_path_prob if self.training else 0.0)
             elif kind == "choice":
                 out = module(ins[0], w)
             else:

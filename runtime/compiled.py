@@ -1,0 +1,212 @@
+"""`torch.compile` for a supernet's cells, each checked against the eager cell before it is used.
+
+Why per cell, not the whole network: a cell that fails to compile, or compiles
+to something wrong, falls back alone, and says which it was; the stem, the head
+and the α softmax are a handful of operators and stay eager.
+
+Why checked: a compiler is a second implementation of the maths, and it can be
+wrong. With torch 2.13.0+cpu, inductor's C++ code for one reduction cell of the
+DARTS space gave weight and α gradients 20-57% off the eager ones (the
+`aot_eager` backend, same graphs without inductor, was exact). So before a
+compiled cell is trusted, it runs one forward and backward on the step's own
+input shapes beside the eager cell, from the same BN statistics, and its
+output, its input, α and weight gradients and its updated BN statistics must
+agree within a tolerance; otherwise the cell stays eager and the run's
+config.json says why.
+
+Why only for the checked shapes, in training: every other shape, evaluation
+mode or no-grad pass is another compilation (minutes per cell on a CPU) and
+one nobody checked, so those passes run the eager cell, as batches of another
+shape skip CUDA graph replay (runtime/step.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasc.runtime.relaxations.base import GroupWeights, Relaxation
+
+#: torch.compile backend; tests swap in "aot_eager" (the same graphs without code generation, fast)
+BACKEND = "inductor"
+#: largest |compiled - eager| allowed, relative to the largest |eager| of each compared tensor
+TOLERANCE = {"fp32": 1e-3, "bf16": 5e-2}
+
+
+def compile_blocker(net: nn.Module, relax: Relaxation, cfg: Any) -> str | None:
+    """Why this search runs its cells eagerly; None when they are compiled (and checked)."""
+    if cfg.torch_compile is None:
+        return ("auto: off (compiling takes minutes per cell shape, and the compiled step was no faster on "
+                "a CPU; torch_compile = true turns it on)")
+    if cfg.torch_compile is False:
+        return "turned off (torch_compile = false)"
+    if not vars(type(relax)).get("graph_safe", False):  # declared by the class itself, never inherited
+        return f"the {relax.name} relaxation changes the network from step to step, so its cells would recompile"
+    if getattr(net, "memory_mode", "plain") == "recompute":
+        return "recompute mode: its checkpointed edges break the compiled graph (memory = plain compiles)"
+    from nasc.runtime.ops import Noise
+
+    if any(isinstance(m, (Noise, nn.Dropout)) for m in net.modules()):
+        return "the space has random candidates (noise, dropout)"
+    return None
+
+
+def compile_cells(net: nn.Module, example: torch.Tensor, *, autocast: Callable[[], Any], precision: str = "fp32",
+                  backend: str | None = None) -> dict[str, str]:
+    """Compile every cell of `net` for the shapes `example` gives them; per cell, "compiled" or why eager.
+
+    `net` must be in training mode with its relaxation in the weight phase; its
+    parameters, buffers and RNG-free state are left as they were.
+    """
+    from nasc.runtime.supernet import Cell
+
+    cells = {lid: m for lid, m in net.layers.items() if isinstance(m, Cell)}
+    calls = _cell_calls(net, cells, example, autocast)
+    # every cell runs the one Cell.forward code object: dynamo keeps one cache entry per cell there
+    limit = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = max(limit, 2 * len(cells) + 8)
+    tolerance = TOLERANCE.get(precision, TOLERANCE["fp32"])
+    report: dict[str, str] = {}
+    for lid, cell in cells.items():
+        cell.compiled, cell.compiled_shapes = None, None
+        if lid not in calls:
+            report[lid] = "eager: not reached by a forward pass"
+            continue
+        inputs, weights, drop_prob = calls[lid]
+        fn = torch.compile(cell.forward, dynamic=False, backend=backend or BACKEND)
+        try:
+            reference = _run(cell, cell, inputs, weights, drop_prob, autocast)
+            trial = _run(cell, fn, inputs, weights, drop_prob, autocast)
+        except Exception as e:  # noqa: BLE001 - any compiler failure means: this cell runs eagerly
+            report[lid] = f"eager: compilation failed ({_first_line(e)})"
+            continue
+        mismatch = _compare(reference, trial, tolerance)
+        if mismatch:
+            report[lid] = f"eager: the compiled cell disagrees with the eager one ({mismatch})"
+            continue
+        cell.compiled = fn
+        cell.compiled_shapes = [tuple(t.shape) for t in inputs]
+        report[lid] = "compiled"
+    return report
+
+
+def summary(report: dict[str, str]) -> str:
+    done = sum(v == "compiled" for v in report.values())
+    lines = [f"{done} of {len(report)} cells compiled and checked against eager"]
+    lines += [f"{lid}: {v}" for lid, v in report.items() if v != "compiled"]
+    return "; ".join(lines)
+
+
+# ---------------------------------------------------------------- helpers
+
+def _cell_calls(net: nn.Module, cells: dict[str, nn.Module], example: torch.Tensor,
+                autocast: Callable[[], Any]) -> dict[str, tuple[list[torch.Tensor], GroupWeights | None, float]]:
+    """Each cell's arguments in one eager forward of `example`; the network's buffers are restored after."""
+    calls = {}
+    hooks = []
+    for lid, cell in cells.items():
+        def hook(_module, args, lid=lid):
+            inputs, weights = args[0], args[1]
+            drop_prob = args[2] if len(args) > 2 else 0.0
+            calls[lid] = (_clones(inputs, lambda t: t.detach().clone()), _detached(weights), float(drop_prob))
+        hooks.append(cell.register_forward_pre_hook(hook))
+    saved = _buffers(net)
+    try:
+        with torch.no_grad(), autocast():
+            net(example)
+    finally:
+        for h in hooks:
+            h.remove()
+        _restore(net, saved)
+    return calls
+
+
+def _clones(tensors: list[torch.Tensor], clone: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+    """Copies that keep which inputs are one tensor (a first cell reads the stem twice): dynamo guards on it."""
+    made: dict[int, torch.Tensor] = {}
+    for t in tensors:
+        if id(t) not in made:
+            made[id(t)] = clone(t)
+    return [made[id(t)] for t in tensors]
+
+
+def _detached(w: GroupWeights | None) -> GroupWeights | None:
+    if w is None:
+        return None
+    return GroupWeights(w.ops.detach().clone(), None if w.edges is None else w.edges.detach().clone(), w.active)
+
+
+def _run(cell: nn.Module, fn: Callable, inputs: list[torch.Tensor], weights: GroupWeights | None,
+         drop_prob: float, autocast: Callable[[], Any]) -> dict[str, torch.Tensor | None]:
+    """One forward and backward of `fn` (the cell or its compiled forward) from the cell's current buffers."""
+    saved = _buffers(cell)
+    xs = _clones(inputs, lambda t: t.clone().requires_grad_())
+    w, leaves = weights, {}
+    if weights is not None:
+        ops = weights.ops.clone().requires_grad_()
+        edges = None if weights.edges is None else weights.edges.clone().requires_grad_()
+        w = GroupWeights(ops, edges, weights.active)
+        leaves["α weights"] = ops
+        if edges is not None:
+            leaves["edge weights"] = edges
+    leaves.update({f"input {i}": x for i, x in enumerate(xs)})
+    leaves.update({name: p for name, p in cell.named_parameters() if p.requires_grad})
+    try:
+        with autocast():
+            out = fn(xs, w, drop_prob)
+        seed = torch.Generator().manual_seed(0)
+        probe = torch.randn(out.shape, generator=seed).to(device=out.device, dtype=out.dtype)
+        grads = torch.autograd.grad(out, list(leaves.values()), probe, allow_unused=True)
+        result = {"output": out.detach().float()}
+        result.update({f"gradient of {k}": None if g is None else g.float() for k, g in zip(leaves, grads)})
+        result.update({f"BN statistic {k}": b.detach().float().clone() for k, b in cell.named_buffers()
+                       if b.is_floating_point()})
+        return result
+    finally:
+        _restore(cell, saved)
+
+
+def _compare(reference: dict[str, torch.Tensor | None], trial: dict[str, torch.Tensor | None], tolerance: float) -> str:
+    """'' when every tensor agrees; else the worst one and by how much."""
+    worst, what = 0.0, ""
+    for key, a in reference.items():
+        b = trial.get(key)
+        if (a is None) != (b is None):
+            return f"{key}: computed by one and not the other"
+        if a is None:
+            continue
+        if a.shape != b.shape:
+            return f"{key}: shape {tuple(b.shape)}, expected {tuple(a.shape)}"
+        scale = float(a.abs().max()) if a.numel() else 0.0
+        err = float((a - b).abs().max()) if a.numel() else 0.0
+        if not err <= tolerance * max(scale, 1e-12):  # also catches NaN
+            rel = err / max(scale, 1e-12)
+            if not rel <= worst:
+                worst, what = rel, key
+    return f"{what} off by {worst:.1%} of its largest value" if what else ""
+
+
+def _buffers(module: nn.Module) -> list[torch.Tensor]:
+    return [b.detach().clone() for b in module.buffers()]
+
+
+def _restore(module: nn.Module, saved: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for b, s in zip(module.buffers(), saved):
+            b.copy_(s)
+
+
+def _first_line(e: BaseException) -> str:
+    """The innermost cause's first line: dynamo wraps a backend's error in one that only names the backend."""
+    seen = {id(e)}
+    while True:
+        inner = getattr(e, "inner_exception", None) or e.__cause__
+        if inner is None or id(inner) in seen:
+            break
+        seen.add(id(inner))
+        e = inner
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {(text[0] if text else '')[:200]}"

@@ -1,0 +1,209 @@
+"""torch.compile'd cells (runtime/compiled.py): used only after they match eager, and never change the maths.
+
+Inductor's code generation takes minutes per cell on a CPU, so these tests run
+the same machinery with dynamo's `aot_eager` backend (the graphs dynamo and
+AOTAutograd produce, run without code generation), and with backends that
+fail or compute something wrong, to check that such cells fall back to eager
+and say why.
+"""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nasc.runtime.compiled as compiled
+from nasc.compiler.pipeline import compile_space
+from nasc.runtime.config import make_config
+from nasc.runtime.relaxations.base import load_relaxation
+from nasc.runtime.supernet import Cell, build_supernet
+
+SMALL = {"C": 4, "layers": 3}
+SHAPE = (3, 8, 8)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/runtime/conftest.py
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo(monkeypatch):
+    monkeypatch.setattr(compiled, "BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _net(fuse=False, relax="softmax", mode="plain"):
+    ir = compile_space("spaces/darts.nas", params=SMALL, input_shape=SHAPE)
+    torch.manual_seed(0)
+    relax = load_relaxation(relax)
+    net = build_supernet(ir, relax, generator=torch.Generator().manual_seed(0))
+    relax.setup(ir, net)
+    net.set_memory(mode, share=True, fuse=fuse)
+    relax.set_phase("weights")
+    return net, relax
+
+
+def _cells(net):
+    return [m for m in net.modules() if isinstance(m, Cell)]
+
+
+def _compile(net, batch=8, backend=None):
+    example = torch.randn(batch, *SHAPE, generator=torch.Generator().manual_seed(3))
+    return compiled.compile_cells(net, example, autocast=_no_autocast, backend=backend)
+
+
+def _no_autocast():
+    return torch.autocast("cpu", enabled=False)
+
+
+def _steps(net, steps=3, batch=8):
+    """Seeded SGD steps (α included); the losses, last gradients and every buffer."""
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    gen = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(steps):
+        x, y = torch.randn(batch, *SHAPE, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    return losses, grads, {n: b.clone() for n, b in net.named_buffers()}
+
+
+def _assert_same(a, b):
+    assert a[0] == pytest.approx(b[0], rel=1e-5, abs=1e-6)
+    assert a[1].keys() == b[1].keys()
+    for name in a[1]:
+        torch.testing.assert_close(a[1][name], b[1][name], rtol=1e-4, atol=1e-6, msg=name)
+    for name in a[2]:
+        torch.testing.assert_close(a[2][name].float(), b[2][name].float(), rtol=1e-4, atol=1e-6, msg=name)
+
+
+class _Counting:
+    """Wraps a cell's compiled forward to count the calls that reach it."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.fn(*args)
+
+
+@pytest.mark.parametrize("fuse", [False, True], ids=["edge-by-edge", "fused"])
+def test_compiled_cells_train_exactly_as_eager_and_run_only_where_checked(fuse):
+    eager, _ = _net(fuse)
+    net, _ = _net(fuse)
+    report = _compile(net, batch=8)
+    assert report == {"cell0": "compiled", "cell1": "compiled", "cell2": "compiled"}
+    counters = []
+    for cell in _cells(net):
+        cell.compiled = _Counting(cell.compiled)
+        counters.append(cell.compiled)
+    _assert_same(_steps(eager, batch=8), _steps(net, batch=8))
+    assert all(c.calls == 3 for c in counters)  # every step ran the compiled cells
+    net(torch.randn(5, *SHAPE))  # another batch size: never compiled, never checked
+    with torch.no_grad():
+        net(torch.randn(8, *SHAPE))
+    net.eval()
+    net(torch.randn(8, *SHAPE))
+    assert all(c.calls == 3 for c in counters)
+
+
+def test_checking_leaves_the_network_as_it_was_and_a_new_lowering_drops_compiled_cells():
+    net, _ = _net(True)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    _compile(net)
+    after = net.state_dict()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), k
+    assert all(cell.compiled is not None for cell in _cells(net))
+    net.set_memory("plain", share=True, fuse=False)
+    assert all(cell.compiled is None for cell in _cells(net))
+
+
+def test_a_backend_that_computes_something_else_leaves_the_cells_eager_and_says_how_far_off():
+    def off_by_one_percent(gm, example_inputs):
+        def run(*args):
+            out = gm(*args)
+            return [o * 1.01 for o in out] if isinstance(out, (list, tuple)) else out * 1.01
+        return run
+
+    net, _ = _net()
+    report = _compile(net, backend=off_by_one_percent)
+    assert all(v.startswith("eager: the compiled cell disagrees with the eager one") for v in report.values())
+    assert "off by 1.0% of its largest value" in report["cell0"]
+    assert all(cell.compiled is None for cell in _cells(net))
+    eager, _ = _net()
+    _assert_same(_steps(eager), _steps(net))
+
+
+def test_a_backend_that_fails_leaves_the_cells_eager_and_says_why():
+    def broken(gm, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    net, _ = _net()
+    report = _compile(net, backend=broken)
+    assert all(v.startswith("eager: compilation failed") and "no C++ compiler found" in v for v in report.values())
+    assert all(cell.compiled is None for cell in _cells(net))
+    net(torch.randn(8, *SHAPE)).sum().backward()  # still trains, eagerly
+
+
+def test_a_small_difference_within_tolerance_is_accepted_and_a_nan_is_not():
+    ref = {"output": torch.tensor([1.0, -2.0]), "gradient of w": None}
+    assert compiled._compare(ref, {"output": torch.tensor([1.0, -2.001]), "gradient of w": None}, 1e-3) == ""
+    assert "output" in compiled._compare(ref, {"output": torch.tensor([1.0, float("nan")]),
+                                               "gradient of w": None}, 1e-3)
+    assert "computed by one and not the other" in compiled._compare(
+        ref, {"output": torch.tensor([1.0, -2.0]), "gradient of w": torch.ones(1)}, 1e-3)
+
+
+@pytest.mark.parametrize("overrides, relax, mode, expected", [
+    ({}, "softmax", "plain", "auto: off"),
+    ({"torch_compile": False}, "softmax", "plain", "turned off"),
+    ({"torch_compile": True}, "gdas", "plain", "changes the network from step to step"),
+    ({"torch_compile": True}, "softmax", "recompute", "recompute mode"),
+    ({"torch_compile": True}, "softmax", "plain", None),
+])
+def test_compile_blocker(overrides, relax, mode, expected):
+    net, relax = _net(relax=relax, mode=mode)
+    blocker = compiled.compile_blocker(net, relax, make_config({}, overrides))
+    assert blocker is None if expected is None else expected in blocker
+
+
+def test_torch_compile_must_be_a_boolean_and_the_cli_says_so():
+    from typer.testing import CliRunner
+
+    from nasc.cli import app
+
+    result = CliRunner().invoke(app, ["search", "--opt", "torch_compile=yes", "--dry-run"])
+    assert result.exit_code != 0 and "torch_compile must be true or false" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_a_search_asked_to_compile_records_each_cell_in_config_json(tmp_path):
+    from nasc.runtime.search import Request, prepare, run_search
+
+    job = prepare(Request(space="darts", params=SMALL, overrides={
+        "epochs": 1, "batch": 32, "train_portion": 0.2, "torch_compile": True, "memory": "plain"}))
+    assert job.ir.meta["torch_compile"]["used"] is True
+    run_search(job, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "config.json").read_text())["torch_compile"]
+    assert record["used"] is True and record["cells"] == {f"cell{i}": "compiled" for i in range(3)}
+    assert record["reason"].startswith("3 of 3 cells compiled and checked against eager")
+    assert (tmp_path / "run" / "genotype.json").exists()
+
+
+def test_dry_run_says_whether_cells_are_compiled():
+    from typer.testing import CliRunner
+
+    from nasc.cli import app
+
+    result = CliRunner().invoke(app, ["search", "--dry-run", "--opt", "memory=recompute",
+                                      "--opt", "torch_compile=true"])
+    assert result.exit_code == 0, result.output
+    assert "torch.compile" in result.output and "recompute mode" in result.output
