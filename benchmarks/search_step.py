@@ -15,6 +15,10 @@ Lowerings (the same maths, checked by tests/runtime/test_memory_modes.py, test_f
                 + the step replayed from a CUDA graph where the relaxation allows it (runtime/step.py)
   plain+graphs  (--lowerings) plain memory, shared work, fused groups and CUDA graphs: the fastest
                 when memory allows
+  compiled      (--lowerings) `fused` with every cell torch.compile'd (inductor) and checked against
+                eager first (runtime/compiled.py); the row records the compile time and how many
+                cells passed the check
+  compiled+graphs  (--lowerings) `plain+graphs` with compiled cells
 The step is the search loop's own (`runtime/step.SearchStep`): first-order α step on a validation
 batch, then the weight step with gradient clipping, DARTS' optimiser settings.
 Memory: on CUDA the peak allocated bytes of the step above the resident model; on CPU the bytes autograd
@@ -43,10 +47,11 @@ from nasc.runtime.supernet import build_supernet
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from relaxations import RELAXATIONS, time_step  # noqa: E402
 
-# name -> (memory mode, shared work, fused edge groups, cuda_graphs)
-LOWERINGS = {"plain": ("plain", False, False, False), "recompute": ("recompute", False, False, False),
-             "shared": ("plain", True, False, False), "fused": ("plain", True, True, False),
-             "optimised": ("recompute", True, True, None), "plain+graphs": ("plain", True, True, None)}
+# name -> (memory mode, shared work, fused edge groups, cuda_graphs, torch.compile'd cells)
+LOWERINGS = {"plain": ("plain", False, False, False, False), "recompute": ("recompute", False, False, False, False),
+             "shared": ("plain", True, False, False, False), "fused": ("plain", True, True, False, False),
+             "optimised": ("recompute", True, True, None, False), "plain+graphs": ("plain", True, True, None, False),
+             "compiled": ("plain", True, True, False, True), "compiled+graphs": ("plain", True, True, None, True)}
 
 
 def run(name: str, options: dict, lowering: str, batch: int, args, device: torch.device) -> dict:
@@ -56,9 +61,9 @@ def run(name: str, options: dict, lowering: str, batch: int, args, device: torch
     relax = load_relaxation(name, options)
     net = build_supernet(ir, relax).to(device)
     relax.setup(ir, net)
-    mode, share, fuse, graphs = LOWERINGS[lowering]
+    mode, share, fuse, graphs, compile_cells = LOWERINGS[lowering]
     net.set_memory(mode, share=share, fuse=fuse)
-    fast = lowering in ("optimised", "plain+graphs")
+    fast = lowering in ("optimised", "plain+graphs", "compiled+graphs")
     cfg = make_config({}, {"batch": batch, "cuda_graphs": graphs, "precision": args.precision if fast else "fp32",
                            "channels_last": fast and device.type == "cuda" and args.channels_last})
     if cfg.channels_last:
@@ -70,11 +75,30 @@ def run(name: str, options: dict, lowering: str, batch: int, args, device: torch
                                 capturable=device.type == "cuda")
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     step = SearchStep(net, relax, cfg, w_opt, arch_opt, device=device)
+    compiled = {}
+    if compile_cells:
+        compiled = _compile(net, relax, step, batch, args.size, device)
     times, memory = time_step(step, batch, args.size, args.repeats, device)
     label = f"{name}({', '.join(f'{k}={v}' for k, v in options.items())})" if options else name
     return {"relaxation": label, "lowering": lowering, "batch": batch, "step_seconds_median": statistics.median(times),
             "step_seconds": times, "memory_bytes": memory, "cuda_graphs": step.uses_graphs and step.replays > 0,
-            "graph_blocker": step.blocker, "precision": cfg.precision, "channels_last": bool(cfg.channels_last)}
+            "graph_blocker": step.blocker, "precision": cfg.precision, "channels_last": bool(cfg.channels_last),
+            **compiled}
+
+
+def _compile(net, relax, step: SearchStep, batch: int, size: int, device: torch.device) -> dict:
+    """torch.compile every cell (each checked against eager) as a search does; how long and how many passed."""
+    from nasc.runtime.compiled import compile_cells
+
+    example = torch.randn(batch, 3, size, size, device=device)
+    if step.cfg.channels_last:
+        example = example.contiguous(memory_format=torch.channels_last)
+    relax.set_phase("weights")
+    t0 = time.perf_counter()
+    report = compile_cells(net, example, autocast=step.autocast, precision=step.cfg.precision)
+    done = sum(v == "compiled" for v in report.values())
+    return {"compile_seconds": round(time.perf_counter() - t0, 1), "compiled_cells": f"{done}/{len(report)}",
+            "eager_cells": {k: v for k, v in report.items() if v != "compiled"}}
 
 
 def main() -> None:
