@@ -194,8 +194,8 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     blocker = graph_blocker(net, relax, config, device, _dist.world_size())
     ir.meta["cuda_graphs"] = {"used": blocker is None, "reason": blocker or "the step is static: captured once, replayed"}
     held = compile_blocker(net, relax, config)
-    ir.meta["torch_compile"] = {"used": held is None, "reason": held or "each cell compiled, then checked against eager "
-                                                                        "on the first batch shape"}
+    ir.meta["torch_compile"] = {"used": held is None, "reason": held or "each cell compiled, then checked against a "
+                                                                        "float64 copy on the step's shapes"}
     return Job(request=request, ir=ir, config=config, dataset=dataset, relax=relax, selector=selector,
                net=net.to(device), device=device, space_path=str(Path(decl.path).resolve()))
 

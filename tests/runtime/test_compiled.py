@@ -134,7 +134,7 @@ def test_a_backend_that_computes_something_else_leaves_the_cells_eager_and_says_
 
     net, _ = _net()
     report = _compile(net, backend=off_by_one_percent)
-    assert all(v.startswith("eager: the compiled cell disagrees with the eager one") for v in report.values())
+    assert all(v.startswith("eager: the compiled cell is further from the float64 answer than eager") for v in report.values())
     assert "off by 1.00% of its largest value, eager by 0.00%" in report["cell0"]
     assert all(cell.compiled is None for cell in _cells(net))
     eager, _ = _net()
@@ -150,6 +150,18 @@ def test_a_backend_that_fails_leaves_the_cells_eager_and_says_why():
     assert all(v.startswith("eager: compilation failed") and "no C++ compiler found" in v for v in report.values())
     assert all(cell.compiled is None for cell in _cells(net))
     net(torch.randn(8, *SHAPE)).sum().backward()  # still trains, eagerly
+
+
+def test_a_cell_that_cannot_be_checked_stays_eager(monkeypatch):
+    def no_float64(*args):
+        raise TypeError("this plugin op has no float64 kernel")
+
+    monkeypatch.setattr(compiled, "_float64_answer", no_float64)
+    net, _ = _net()
+    report = _compile(net)
+    assert all(v == "eager: cannot be checked (TypeError: this plugin op has no float64 kernel)"
+               for v in report.values())
+    assert all(cell.compiled is None for cell in _cells(net))
 
 
 def test_the_compiled_cell_is_judged_by_its_distance_from_float64_not_from_eager():
@@ -200,7 +212,7 @@ def test_a_search_asked_to_compile_records_each_cell_in_config_json(tmp_path):
     run_search(job, tmp_path / "run")
     record = json.loads((tmp_path / "run" / "config.json").read_text())["torch_compile"]
     assert record["used"] is True and record["cells"] == {f"cell{i}": "compiled" for i in range(3)}
-    assert record["reason"].startswith("3 of 3 cells compiled and checked against eager")
+    assert record["reason"].startswith("3 of 3 cells compiled and checked against float64")
     assert (tmp_path / "run" / "genotype.json").exists()
 
 
