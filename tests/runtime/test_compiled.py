@@ -11,18 +11,17 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import nasc.runtime.compiled as compiled
 from nasc.compiler.pipeline import compile_space
 from nasc.runtime.config import make_config
-from nasc.runtime.relaxations.base import load_relaxation
-from nasc.runtime.supernet import Cell, build_supernet
+from nasc.runtime.supernet import Cell
 
 SMALL = {"C": 4, "layers": 3}
 SHAPE = (3, 8, 8)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/runtime/conftest.py
+EXACT = {"grad_atol": 1e-6, "buffer_rtol": 1e-4}  # aot_eager (tests' backend) runs the eager kernels
 
 
 @pytest.fixture(autouse=True)
@@ -33,15 +32,8 @@ def _fresh_dynamo(monkeypatch):
     torch._dynamo.reset()
 
 
-def _net(fuse=False, relax="softmax", mode="plain"):
-    ir = compile_space("spaces/darts.nas", params=SMALL, input_shape=SHAPE)
-    torch.manual_seed(0)
-    relax = load_relaxation(relax)
-    net = build_supernet(ir, relax, generator=torch.Generator().manual_seed(0))
-    relax.setup(ir, net)
-    net.set_memory(mode, share=True, fuse=fuse)
-    relax.set_phase("weights")
-    return net, relax
+def _ir():
+    return compile_space("spaces/darts.nas", params=SMALL, input_shape=SHAPE)
 
 
 def _cells(net):
@@ -57,31 +49,6 @@ def _no_autocast():
     return torch.autocast("cpu", enabled=False)
 
 
-def _steps(net, steps=3, batch=8):
-    """Seeded SGD steps (α included); the losses, last gradients and every buffer."""
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    gen = torch.Generator().manual_seed(1)
-    losses = []
-    for _ in range(steps):
-        x, y = torch.randn(batch, *SHAPE, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
-    return losses, grads, {n: b.clone() for n, b in net.named_buffers()}
-
-
-def _assert_same(a, b):
-    assert a[0] == pytest.approx(b[0], rel=1e-5, abs=1e-6)
-    assert a[1].keys() == b[1].keys()
-    for name in a[1]:
-        torch.testing.assert_close(a[1][name], b[1][name], rtol=1e-4, atol=1e-6, msg=name)
-    for name in a[2]:
-        torch.testing.assert_close(a[2][name].float(), b[2][name].float(), rtol=1e-4, atol=1e-6, msg=name)
-
-
 class _Counting:
     """Wraps a cell's compiled forward to count the calls that reach it."""
 
@@ -94,16 +61,17 @@ class _Counting:
 
 
 @pytest.mark.parametrize("fuse", [False, True], ids=["edge-by-edge", "fused"])
-def test_compiled_cells_train_exactly_as_eager_and_run_only_where_checked(fuse):
-    eager, _ = _net(fuse)
-    net, _ = _net(fuse)
+def test_compiled_cells_train_exactly_as_eager_and_run_only_where_checked(fuse, supernet, train_steps,
+                                                                         assert_same_training):
+    eager = supernet(_ir(), fuse=fuse)
+    net = supernet(_ir(), fuse=fuse)
     report = _compile(net, batch=8)
     assert report == {"cell0": "compiled", "cell1": "compiled", "cell2": "compiled"}
     counters = []
     for cell in _cells(net):
         cell.compiled = _Counting(cell.compiled)
         counters.append(cell.compiled)
-    _assert_same(_steps(eager, batch=8), _steps(net, batch=8))
+    assert_same_training(*(train_steps(n, SHAPE, steps=3, batch=8) for n in (eager, net)), **EXACT)
     assert all(c.calls == 3 for c in counters)  # every step ran the compiled cells
     net(torch.randn(5, *SHAPE))  # another batch size: never compiled, never checked
     with torch.no_grad():
@@ -113,8 +81,8 @@ def test_compiled_cells_train_exactly_as_eager_and_run_only_where_checked(fuse):
     assert all(c.calls == 3 for c in counters)
 
 
-def test_checking_leaves_the_network_as_it_was_and_a_new_lowering_drops_compiled_cells():
-    net, _ = _net(True)
+def test_checking_leaves_the_network_as_it_was_and_a_new_lowering_drops_compiled_cells(supernet):
+    net = supernet(_ir(), fuse=True)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     _compile(net)
     after = net.state_dict()
@@ -125,39 +93,41 @@ def test_checking_leaves_the_network_as_it_was_and_a_new_lowering_drops_compiled
     assert all(cell.compiled is None for cell in _cells(net))
 
 
-def test_a_backend_that_computes_something_else_leaves_the_cells_eager_and_says_how_far_off():
+def test_a_backend_that_computes_something_else_leaves_the_cells_eager_and_says_how_far_off(
+        supernet, train_steps, assert_same_training):
     def off_by_one_percent(gm, example_inputs):
         def run(*args):
             out = gm(*args)
             return [o * 1.01 for o in out] if isinstance(out, (list, tuple)) else out * 1.01
         return run
 
-    net, _ = _net()
+    net = supernet(_ir())
     report = _compile(net, backend=off_by_one_percent)
-    assert all(v.startswith("eager: the compiled cell is further from the float64 answer than eager") for v in report.values())
+    assert all(v.startswith("eager: the compiled cell is further from the float64 answer than eager")
+               for v in report.values())
     assert "off by 1.00% of its largest value, eager by 0.00%" in report["cell0"]
     assert all(cell.compiled is None for cell in _cells(net))
-    eager, _ = _net()
-    _assert_same(_steps(eager), _steps(net))
+    eager = supernet(_ir())
+    assert_same_training(*(train_steps(n, SHAPE, steps=3, batch=8) for n in (eager, net)), **EXACT)
 
 
-def test_a_backend_that_fails_leaves_the_cells_eager_and_says_why():
+def test_a_backend_that_fails_leaves_the_cells_eager_and_says_why(supernet):
     def broken(gm, example_inputs):
         raise RuntimeError("no C++ compiler found")
 
-    net, _ = _net()
+    net = supernet(_ir())
     report = _compile(net, backend=broken)
     assert all(v.startswith("eager: compilation failed") and "no C++ compiler found" in v for v in report.values())
     assert all(cell.compiled is None for cell in _cells(net))
     net(torch.randn(8, *SHAPE)).sum().backward()  # still trains, eagerly
 
 
-def test_a_cell_that_cannot_be_checked_stays_eager(monkeypatch):
+def test_a_cell_that_cannot_be_checked_stays_eager(monkeypatch, supernet):
     def no_float64(*args):
         raise TypeError("this plugin op has no float64 kernel")
 
     monkeypatch.setattr(compiled, "_float64_answer", no_float64)
-    net, _ = _net()
+    net = supernet(_ir())
     report = _compile(net)
     assert all(v == "eager: cannot be checked (TypeError: this plugin op has no float64 kernel)"
                for v in report.values())
@@ -186,9 +156,9 @@ def test_the_compiled_cell_is_judged_by_its_distance_from_float64_not_from_eager
     ({"torch_compile": True}, "softmax", "recompute", "recompute mode"),
     ({"torch_compile": True}, "softmax", "plain", None),
 ])
-def test_compile_blocker(overrides, relax, mode, expected):
-    net, relax = _net(relax=relax, mode=mode)
-    blocker = compiled.compile_blocker(net, relax, make_config({}, overrides))
+def test_compile_blocker(overrides, relax, mode, expected, supernet):
+    net = supernet(_ir(), relax=relax, mode=mode)
+    blocker = compiled.compile_blocker(net, net.relax, make_config({}, overrides))
     assert blocker is None if expected is None else expected in blocker
 
 

@@ -10,135 +10,100 @@ import io
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nasc.compiler.pipeline import compile_space
 from nasc.runtime.fuse import EdgeGroup
-from nasc.runtime.relaxations.base import load_relaxation
-from nasc.runtime.supernet import Cell, build_supernet
+from nasc.runtime.supernet import Cell
 
 SMALL = {"C": 4, "layers": 3}
+SHAPE = (1, 8, 8)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/runtime/conftest.py
-
-
-def _net(ir, fuse, mode="plain", relax="softmax"):
-    torch.manual_seed(0)
-    relax = load_relaxation(relax)
-    net = build_supernet(ir, relax, generator=torch.Generator().manual_seed(0))
-    relax.setup(ir, net)
-    net.set_memory(mode, share=True, fuse=fuse)
-    relax.set_phase("weights")
-    return net
 
 
 def _groups(net):
     return [g for m in net.modules() if isinstance(m, Cell) for g in m.groups]
 
 
-def _train_steps(net, steps=2, shape=(1, 8, 8), batch=4):
-    """SGD steps from a fixed seed; returns the losses, last gradients and every buffer."""
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    torch.manual_seed(1)
-    losses = []
-    for _ in range(steps):
-        x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
-    buffers = {n: b.clone() for n, b in net.named_buffers()}
-    return losses, grads, buffers
-
-
-def _assert_same(a, b):
-    assert a[0] == pytest.approx(b[0], rel=1e-5, abs=1e-6)
-    assert a[1].keys() == b[1].keys()
-    for name, g in a[1].items():
-        torch.testing.assert_close(b[1][name], g, rtol=1e-4, atol=1e-5, msg=name)
-    assert a[2].keys() == b[2].keys()
-    for name, s in a[2].items():
-        torch.testing.assert_close(b[2][name], s, rtol=1e-5, atol=1e-6, msg=name)
-
-
-def test_the_darts_cell_fuses_each_shared_state_into_one_group():
-    ir = compile_space("spaces/darts.nas", params=SMALL, input_shape=(1, 8, 8))
-    net = _net(ir, fuse=True)
+def test_the_darts_cell_fuses_each_shared_state_into_one_group(supernet):
+    ir = compile_space("spaces/darts.nas", params=SMALL, input_shape=SHAPE)
+    net = supernet(ir, fuse=True)
     cell = net.layers[next(lid for lid, kind, _, _ in net.schedule if kind == "cell")]
     # s0 and s1 feed 4 edges each, n0 feeds 3, n1 feeds 2; n2's single edge runs on its own
     assert sorted(g.k for g in cell.groups) == [2, 3, 4, 4]
     assert len(cell.group_of) == 13
     kinds = [kind for kind, _ in cell.groups[0].programs]
     assert kinds == ["zero"] + ["batched"] * 7  # none never runs; pools, skip and convs are batched
-    assert _groups(_net(ir, fuse=False)) == []
+    assert _groups(supernet(ir, fuse=False)) == []
 
 
 @pytest.mark.parametrize("mode", ["plain", "recompute"])
-def test_fused_training_steps_equal_edge_by_edge_ones(mode):
-    ir = compile_space("spaces/darts.nas", params=SMALL, input_shape=(1, 8, 8))
-    _assert_same(_train_steps(_net(ir, fuse=False, mode=mode)), _train_steps(_net(ir, fuse=True, mode=mode)))
+def test_fused_training_steps_equal_edge_by_edge_ones(mode, supernet, train_steps, assert_same_training):
+    ir = compile_space("spaces/darts.nas", params=SMALL, input_shape=SHAPE)
+    assert_same_training(train_steps(supernet(ir, fuse=False, mode=mode), SHAPE),
+                         train_steps(supernet(ir, fuse=True, mode=mode), SHAPE))
 
 
-def test_reduction_edges_with_factorized_reduce_run_each_edge_inside_the_group():
-    ir = compile_space("spaces/darts.nas", params=SMALL, input_shape=(1, 8, 8))
-    net = _net(ir, fuse=True)
+def test_reduction_edges_with_factorized_reduce_run_each_edge_inside_the_group(supernet, train_steps,
+                                                                              assert_same_training):
+    ir = compile_space("spaces/darts.nas", params=SMALL, input_shape=SHAPE)
+    net = supernet(ir, fuse=True)
     each = [g for g in _groups(net) if any(kind == "each" for kind, _ in g.programs)]
     assert each, "the stride-2 skip (factorized_reduce) should be called edge by edge"
-    _assert_same(_train_steps(_net(ir, fuse=False)), _train_steps(net))
+    assert_same_training(train_steps(supernet(ir, fuse=False), SHAPE), train_steps(net, SHAPE))
 
 
-def test_evaluation_uses_each_edges_own_running_statistics():
-    ir = compile_space("spaces/darts.nas", params=SMALL, input_shape=(1, 8, 8))
-    nets = [_net(ir, fuse=f) for f in (False, True)]
+def test_evaluation_uses_each_edges_own_running_statistics(supernet, train_steps):
+    ir = compile_space("spaces/darts.nas", params=SMALL, input_shape=SHAPE)
+    nets = [supernet(ir, fuse=f) for f in (False, True)]
     for net in nets:
-        _train_steps(net)
+        train_steps(net, SHAPE)
         net.eval()
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(nets[1](x), nets[0](x), rtol=1e-5, atol=1e-6)
 
 
-def test_checkpoints_are_interchangeable_with_the_unfused_network():
-    ir = compile_space("spaces/darts.nas", params=SMALL, input_shape=(1, 8, 8))
-    fused = _net(ir, fuse=True)
-    _train_steps(fused)
-    plain = _net(ir, fuse=False)
+def test_checkpoints_are_interchangeable_with_the_unfused_network(supernet, train_steps, assert_same_training):
+    ir = compile_space("spaces/darts.nas", params=SMALL, input_shape=SHAPE)
+    fused = supernet(ir, fuse=True)
+    train_steps(fused, SHAPE)
+    plain = supernet(ir, fuse=False)
     assert fused.state_dict().keys() == plain.state_dict().keys()
     buf = io.BytesIO()
     torch.save(fused.state_dict(), buf)
     buf.seek(0)
     plain.load_state_dict(torch.load(buf))
-    again = _net(ir, fuse=True)
+    again = supernet(ir, fuse=True)
     again.load_state_dict(plain.state_dict())  # loading writes through the linked statistics
-    _assert_same(_train_steps(plain), _train_steps(again))
+    assert_same_training(train_steps(plain, SHAPE), train_steps(again, SHAPE))
 
 
-def test_moving_the_network_relinks_the_batched_statistics():
+def test_moving_the_network_relinks_the_batched_statistics(supernet, train_steps, assert_same_training):
     """`.to()` replaces every buffer by a copy; the next pass must update the new ones, not stale copies."""
-    ir = compile_space("spaces/darts.nas", params=SMALL, input_shape=(1, 8, 8))
-    plain, fused = _net(ir, fuse=False), _net(ir, fuse=True)
-    _train_steps(plain), _train_steps(fused)
+    ir = compile_space("spaces/darts.nas", params=SMALL, input_shape=SHAPE)
+    plain, fused = supernet(ir, fuse=False), supernet(ir, fuse=True)
+    train_steps(plain, SHAPE), train_steps(fused, SHAPE)
     for net in (plain, fused):
         net._apply(lambda t: t.clone())  # what a device move does to each tensor
-    _assert_same(_train_steps(plain), _train_steps(fused))
-    _assert_same(_train_steps(copy.deepcopy(plain)), _train_steps(copy.deepcopy(fused)))
+    assert_same_training(train_steps(plain, SHAPE), train_steps(fused, SHAPE))
+    assert_same_training(train_steps(copy.deepcopy(plain), SHAPE),
+                         train_steps(copy.deepcopy(fused), SHAPE))
 
 
 @pytest.mark.parametrize("relax", ["gdas", "snas", "partial-channel", "merged-kernel"])
-def test_other_relaxations_are_unchanged_by_fusion(relax):
+def test_other_relaxations_are_unchanged_by_fusion(relax, supernet, train_steps, assert_same_training):
     """Sampled edges (GDAS) fall back to edge by edge per pass; subclassed edges are never grouped."""
     space = "spaces/pcdarts.nas" if relax == "partial-channel" else "spaces/darts.nas"
     params = {"C": 8, "layers": 3} if relax == "partial-channel" else SMALL
-    ir = compile_space(space, params=params, input_shape=(1, 8, 8))
-    a, b = _net(ir, fuse=False, relax=relax), _net(ir, fuse=True, relax=relax)
+    ir = compile_space(space, params=params, input_shape=SHAPE)
+    a, b = supernet(ir, fuse=False, relax=relax), supernet(ir, fuse=True, relax=relax)
     if relax in ("gdas", "snas"):
         assert _groups(b)
-    _assert_same(_train_steps(a), _train_steps(b))
+    assert_same_training(train_steps(a, SHAPE), train_steps(b, SHAPE))
 
 
 OPS = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
@@ -148,7 +113,8 @@ OPS = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(st.sampled_from(OPS), min_size=2, max_size=5, unique=True),
        nodes=st.integers(2, 3), affine=st.booleans(), recompute=st.booleans())
-def test_any_candidate_set_gives_the_same_steps_fused_or_not(ops, nodes, affine, recompute):
+def test_any_candidate_set_gives_the_same_steps_fused_or_not(ops, nodes, affine, recompute, supernet, train_steps,
+                                                             assert_same_training):
     """Property: whatever the candidates (dense convs, affine BNs, pools, zero), fusion is exact."""
     text = f"""
 space prop(C = 4, layers = 3)
@@ -175,16 +141,16 @@ relax softmax
 search:
     affine = {"true" if affine else "false"}
 """
-    ir = compile_space("prop.nas", text=text, input_shape=(1, 8, 8))
+    ir = compile_space("prop.nas", text=text, input_shape=SHAPE)
     mode = "recompute" if recompute else "plain"
-    a, b = _net(ir, fuse=False, mode=mode), _net(ir, fuse=True, mode=mode)
+    a, b = supernet(ir, fuse=False, mode=mode), supernet(ir, fuse=True, mode=mode)
     assert _groups(b)
-    _assert_same(_train_steps(a), _train_steps(b))
+    assert_same_training(train_steps(a, SHAPE), train_steps(b, SHAPE))
 
 
-def test_a_group_of_one_edge_computes_that_edge():
-    ir = compile_space("spaces/darts.nas", params=SMALL, input_shape=(1, 8, 8))
-    net = _net(ir, fuse=False)
+def test_a_group_of_one_edge_computes_that_edge(supernet):
+    ir = compile_space("spaces/darts.nas", params=SMALL, input_shape=SHAPE)
+    net = supernet(ir, fuse=False)
     cell = net.layers[next(lid for lid, kind, _, _ in net.schedule if kind == "cell")]
     key, edge = next((k, e) for k, e in cell.edges.items())
     x, w = torch.randn(2, 4, 8, 8), torch.softmax(torch.randn(1, 8), -1)
