@@ -71,37 +71,45 @@ def compile_cells(net: nn.Module, example: torch.Tensor, *, autocast: Callable[[
 
     cells = {lid: m for lid, m in net.layers.items() if isinstance(m, Cell)}
     calls = _cell_calls(net, cells, example, autocast)
-    # every cell runs the one Cell.forward code object: dynamo keeps one cache entry per cell there
+    tolerance = TOLERANCE.get(precision, TOLERANCE["fp32"])
+    # Every cell runs the one Cell.forward code object, and dynamo keeps one cache entry per cell there:
+    # the limit is raised while they compile. Put back afterwards, it leaves the entries in use, and a
+    # later miss (a shape nobody checked) runs eagerly instead of compiling.
     limit = torch._dynamo.config.recompile_limit
     torch._dynamo.config.recompile_limit = max(limit, 2 * len(cells) + 8)
-    tolerance = TOLERANCE.get(precision, TOLERANCE["fp32"])
     report: dict[str, str] = {}
-    for lid, cell in cells.items():
-        cell.compiled, cell.compiled_shapes = None, None
-        if lid not in calls:
-            report[lid] = "eager: not reached by a forward pass"
-            continue
-        inputs, weights, drop_prob = calls[lid]
-        fn = torch.compile(cell.forward, dynamic=False, backend=backend or BACKEND)
-        try:
-            exact = _float64_answer(cell, inputs, weights, drop_prob)
-            eager = _run(cell, cell, inputs, weights, drop_prob, autocast)
-        except Exception as e:  # noqa: BLE001 - e.g. a plugin module that cannot be copied or run in float64
-            report[lid] = f"eager: cannot be checked ({_first_line(e)})"
-            continue
-        try:
-            trial = _run(cell, fn, inputs, weights, drop_prob, autocast)
-        except Exception as e:  # noqa: BLE001 - any compiler failure means: this cell runs eagerly
-            report[lid] = f"eager: compilation failed ({_first_line(e)})"
-            continue
-        mismatch = _compare(exact, eager, trial, tolerance)
-        if mismatch:
-            report[lid] = f"eager: the compiled cell is further from the float64 answer than eager ({mismatch})"
-            continue
-        cell.compiled = fn
-        cell.compiled_shapes = [tuple(t.shape) for t in inputs]
-        report[lid] = "compiled"
+    try:
+        for lid, cell in cells.items():
+            cell.compiled, cell.compiled_shapes = None, None
+            if lid not in calls:
+                report[lid] = "eager: not reached by a forward pass"
+                continue
+            fn = torch.compile(cell.forward, dynamic=False, backend=backend or BACKEND)
+            report[lid] = _check(cell, fn, *calls[lid], autocast=autocast, tolerance=tolerance)
+            if report[lid] == "compiled":
+                cell.compiled = fn
+                cell.compiled_shapes = [tuple(t.shape) for t in calls[lid][0]]
+    finally:
+        torch._dynamo.config.recompile_limit = limit
     return report
+
+
+def _check(cell: nn.Module, fn: Callable[..., Any], inputs: list[torch.Tensor], weights: GroupWeights | None,
+           drop_prob: float, *, autocast: Callable[[], Any], tolerance: float) -> str:
+    """Compile `cell` (the first call of `fn`) and judge it against eager and float64: "compiled" or why not."""
+    try:
+        exact = _float64_answer(cell, inputs, weights, drop_prob)
+        eager = _run(cell, cell, inputs, weights, drop_prob, autocast)
+    except Exception as e:  # noqa: BLE001 - e.g. a plugin module that cannot be copied or run in float64
+        return f"eager: cannot be checked ({_first_line(e)})"
+    try:
+        trial = _run(cell, fn, inputs, weights, drop_prob, autocast)
+    except Exception as e:  # noqa: BLE001 - any compiler failure means: this cell runs eagerly
+        return f"eager: compilation failed ({_first_line(e)})"
+    mismatch = _compare(exact, eager, trial, tolerance)
+    if mismatch:
+        return f"eager: the compiled cell is further from the float64 answer than eager ({mismatch})"
+    return "compiled"
 
 
 def summary(report: dict[str, str]) -> str:
