@@ -24,13 +24,8 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from nasc.compiler.pipeline import compile_space
-from nasc.runtime.config import make_config
-from nasc.runtime.relaxations.base import load_relaxation
-from nasc.runtime.step import SearchStep
-from nasc.runtime.supernet import build_supernet
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import make_step  # noqa: E402
 from search_step import LOWERINGS  # noqa: E402
 
 #: operators that allocate or describe memory but run no kernel
@@ -51,18 +46,9 @@ class CountOps(TorchDispatchMode):
 
 
 def count(lowering: str, args) -> dict:
-    ir = compile_space("spaces/darts.nas", params={"C": args.C, "layers": args.layers},
-                       input_shape=(3, args.size, args.size))
-    torch.manual_seed(0)
-    relax = load_relaxation("softmax")
-    net = build_supernet(ir, relax)
-    relax.setup(ir, net)
     mode, share, fuse, _graphs, _compiled = LOWERINGS[lowering]
-    net.set_memory(mode, share=share, fuse=fuse)
-    cfg = make_config({}, {"batch": args.batch, "cuda_graphs": False})
-    w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-    a_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
-    step = SearchStep(net, relax, cfg, w_opt, a_opt, device=torch.device("cpu"))
+    step = make_step("softmax", C=args.C, layers=args.layers, size=args.size, batch=args.batch,
+                     device=torch.device("cpu"), memory=(mode, share, fuse))
     x, y = torch.randn(args.batch, 3, args.size, args.size), torch.randint(0, 10, (args.batch,))
     xv, yv = torch.randn_like(x), torch.randint(0, 10, (args.batch,))
     step(x, y, xv, yv, lr=0.025, arch_step=True)  # optimiser state exists from here on

@@ -18,111 +18,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from nasc.compiler.pipeline import compile_space
-from nasc.runtime.config import make_config
-from nasc.runtime.relaxations.base import load_relaxation
-from nasc.runtime.step import SearchStep
-from nasc.runtime.supernet import build_supernet
-
-RELAXATIONS = [
-    ("softmax", {}),
-    ("gumbel", {"hard": True}),
-    ("gumbel", {"hard": False}),
-    ("binary-gate", {}),
-    ("partial-channel", {"k": 4}),
-    ("merged-kernel", {}),
-    ("dropout-group", {}),
-]
-
-
-class SavedBytes:
-    """Counts the bytes autograd saves for backward (each storage once)."""
-
-    def __init__(self) -> None:
-        self.storages: dict[int, int] = {}
-
-    def pack(self, t: torch.Tensor):
-        try:
-            key = t.untyped_storage().data_ptr()
-            self.storages[key] = max(self.storages.get(key, 0), t.untyped_storage().nbytes())
-        except (RuntimeError, NotImplementedError):
-            pass
-        return t
-
-    @staticmethod
-    def unpack(t):
-        return t
-
-    @property
-    def total(self) -> int:
-        return sum(self.storages.values())
-
-
-def time_step(step: SearchStep, batch: int, size: int, repeats: int, device: torch.device) -> tuple[list[float], int]:
-    """Step times (after warm-up and, with graphs, the capture), then the step's memory.
-
-    CUDA: peak allocated bytes during one step above what is resident before it (the model, optimiser
-    state and, with graphs, the graph's pool). CPU: bytes saved for backward by the weight step's forward.
-    """
-    x = torch.randn(batch, 3, size, size, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-    xv, yv = torch.randn_like(x), torch.randint(0, 10, (batch,), device=device)
-    if step.cfg.channels_last:
-        x, xv = (t.contiguous(memory_format=torch.channels_last) for t in (x, xv))
-    for _ in range(4 if step.uses_graphs else 1):  # warm-up (and capture)
-        float(step(x, y, xv, yv, lr=0.025, arch_step=True).loss)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = step(x, y, xv, yv, lr=0.025, arch_step=True)
-        float(out.loss)  # the search loop reads the loss every step
-        times.append(time.perf_counter() - t0)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        float(step(x, y, xv, yv, lr=0.025, arch_step=True).loss)
-        peak = torch.cuda.max_memory_allocated() - base
-        if step.uses_graphs:  # a graph's activations live in its pool, allocated at capture: count the pool
-            peak = max(peak, torch.cuda.memory_reserved() - base)
-        return times, peak
-    counter = SavedBytes()
-    step.relax.set_phase("weights")
-    with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
-        loss = step.loss(x, y)
-    del loss
-    return times, counter.total
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RELAXATIONS, label, machine, make_step, time_step  # noqa: E402
 
 
 def measure(name: str, options: dict, args, device: torch.device) -> dict:
-    space = "spaces/pcdarts.nas" if name == "partial-channel" else "spaces/darts.nas"
-    ir = compile_space(space, params={"C": args.C, "layers": args.layers}, input_shape=(3, 32, 32))
-    ir.relax = type(ir.relax)(name=name, options=tuple(options.items()))
-    torch.manual_seed(0)
-    relax = load_relaxation(name, options)
-    net = build_supernet(ir, relax).to(device)
-    relax.setup(ir, net)
-    arch_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
-    w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-    step = SearchStep(net, relax, make_config({}, {"batch": args.batch, "cuda_graphs": False}), w_opt, arch_opt,
-                      device=device)
+    step = make_step(name, options, C=args.C, layers=args.layers, size=32, batch=args.batch, device=device)
+    net = step.net
     times, memory = time_step(step, args.batch, 32, args.repeats, device)
     memory_kind = ("cuda max allocated during one step, above the resident model" if device.type == "cuda"
                    else "bytes saved for backward by one weight-step forward")
     return {
         "relaxation": name,
         "options": options,
-        "label": f"{name}({', '.join(f'{k}={v}' for k, v in options.items())})" if options else name,
+        "label": label(name, options),
         "step_seconds_median": statistics.median(times),
         "step_seconds": times,
         "activation_bytes": memory,
@@ -153,13 +68,8 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001 - a missing relaxation must not stop the others
             rows.append({"relaxation": name, "options": options, "error": f"{type(e).__name__}: {e}"})
         print(json.dumps(rows[-1]), file=sys.stderr)
-    machine = {"device": str(device), "cpu": platform.processor() or platform.machine(),
-               "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-               "date": time.strftime("%Y-%m-%d")}
-    if device.type == "cuda":
-        machine["gpu"] = torch.cuda.get_device_name()
     result = {"benchmark": "relaxations", "space": "darts", "C": args.C, "layers": args.layers, "batch": args.batch,
-              "input": [3, 32, 32], "machine": machine, "rows": rows}
+              "input": [3, 32, 32], "machine": machine(device), "rows": rows}
     out = Path(args.out or f"benchmarks/results/relaxations-{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

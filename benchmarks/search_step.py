@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -38,14 +37,10 @@ from pathlib import Path
 
 import torch
 
-from nasc.compiler.pipeline import compile_space
-from nasc.runtime.config import make_config
-from nasc.runtime.relaxations.base import load_relaxation
 from nasc.runtime.step import SearchStep
-from nasc.runtime.supernet import build_supernet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from relaxations import RELAXATIONS, time_step  # noqa: E402
+from common import RELAXATIONS, label, machine, make_step, time_step  # noqa: E402
 
 # name -> (memory mode, shared work, fused edge groups, cuda_graphs, torch.compile'd cells)
 LOWERINGS = {"plain": ("plain", False, False, False, False), "recompute": ("recompute", False, False, False, False),
@@ -55,47 +50,34 @@ LOWERINGS = {"plain": ("plain", False, False, False, False), "recompute": ("reco
 
 
 def run(name: str, options: dict, lowering: str, batch: int, args, device: torch.device) -> dict:
-    space = "spaces/pcdarts.nas" if name == "partial-channel" else "spaces/darts.nas"
-    ir = compile_space(space, params={"C": args.C, "layers": args.layers}, input_shape=(3, args.size, args.size))
-    torch.manual_seed(0)
-    relax = load_relaxation(name, options)
-    net = build_supernet(ir, relax).to(device)
-    relax.setup(ir, net)
     mode, share, fuse, graphs, compile_cells = LOWERINGS[lowering]
-    net.set_memory(mode, share=share, fuse=fuse)
     fast = lowering in ("optimised", "plain+graphs", "compiled+graphs")
-    cfg = make_config({}, {"batch": batch, "cuda_graphs": graphs, "precision": args.precision if fast else "fp32",
-                           "channels_last": fast and device.type == "cuda" and args.channels_last})
-    if cfg.channels_last:
-        net.to(memory_format=torch.channels_last)
+    settings = {"cuda_graphs": graphs, "precision": args.precision if fast else "fp32",
+                "channels_last": fast and device.type == "cuda" and args.channels_last}
+    step = make_step(name, options, C=args.C, layers=args.layers, size=args.size, batch=batch, device=device,
+                     memory=(mode, share, fuse), settings=settings)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = fast
-    arch = net.arch_parameters()
-    arch_opt = torch.optim.Adam(arch, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3,
-                                capturable=device.type == "cuda")
-    w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-    step = SearchStep(net, relax, cfg, w_opt, arch_opt, device=device)
     compiled = {}
     if compile_cells:
-        compiled = _compile(net, relax, step, batch, args.size, device)
+        compiled = _compile(step, batch, args.size, device)
     times, memory = time_step(step, batch, args.size, args.repeats, device)
-    label = f"{name}({', '.join(f'{k}={v}' for k, v in options.items())})" if options else name
-    return {"relaxation": label, "lowering": lowering, "batch": batch, "step_seconds_median": statistics.median(times),
-            "step_seconds": times, "memory_bytes": memory, "cuda_graphs": step.uses_graphs and step.replays > 0,
-            "graph_blocker": step.blocker, "precision": cfg.precision, "channels_last": bool(cfg.channels_last),
-            **compiled}
+    return {"relaxation": label(name, options), "lowering": lowering, "batch": batch,
+            "step_seconds_median": statistics.median(times), "step_seconds": times, "memory_bytes": memory,
+            "cuda_graphs": step.uses_graphs and step.replays > 0, "graph_blocker": step.blocker,
+            "precision": step.cfg.precision, "channels_last": bool(step.cfg.channels_last), **compiled}
 
 
-def _compile(net, relax, step: SearchStep, batch: int, size: int, device: torch.device) -> dict:
+def _compile(step: SearchStep, batch: int, size: int, device: torch.device) -> dict:
     """torch.compile every cell (each checked against eager) as a search does; how long and how many passed."""
     from nasc.runtime.compiled import compile_cells
 
     example = torch.randn(batch, 3, size, size, device=device)
     if step.cfg.channels_last:
         example = example.contiguous(memory_format=torch.channels_last)
-    relax.set_phase("weights")
+    step.relax.set_phase("weights")
     t0 = time.perf_counter()
-    report = compile_cells(net, example, autocast=step.autocast, precision=step.cfg.precision)
+    report = compile_cells(step.net, example, autocast=step.autocast, precision=step.cfg.precision)
     done = sum(v == "compiled" for v in report.values())
     return {"compile_seconds": round(time.perf_counter() - t0, 1), "compiled_cells": f"{done}/{len(report)}",
             "eager_cells": {k: v for k, v in report.items() if v != "compiled"}}
@@ -132,13 +114,8 @@ def main() -> None:
                     rows.append({"relaxation": name, "lowering": lowering, "batch": batch,
                                  "error": f"{type(e).__name__}: {str(e)[:300]}"})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    machine = {"device": str(device), "cpu": platform.processor() or platform.machine(),
-               "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-               "date": time.strftime("%Y-%m-%d")}
-    if device.type == "cuda":
-        machine["gpu"] = torch.cuda.get_device_name()
     result = {"benchmark": "search_step", "C": args.C, "layers": args.layers, "input": [3, args.size, args.size],
-              "machine": machine, "rows": rows}
+              "machine": machine(device), "rows": rows}
     out = Path(args.out or f"benchmarks/results/search_step-{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
