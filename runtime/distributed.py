@@ -230,9 +230,11 @@ def average_grads(params: Sequence[nn.Parameter]) -> None:
 
 
 def _digest(tensors: Iterable[Tensor]) -> str:
+    """A hash of the values, whatever the memory layout: a channels-last 1x1 convolution's weight counts
+    as contiguous yet has a last stride > 1, so it is flattened before its bytes are read."""
     h = hashlib.sha256()
     for t in tensors:
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

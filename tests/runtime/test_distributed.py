@@ -341,5 +341,15 @@ def test_batch_must_divide_over_the_ranks(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_the_ranks_digest_hashes_values_whatever_the_memory_layout():
+    """Searches run in channels-last tensors, where a 1x1 conv weight is "contiguous" with a last stride > 1."""
+    from nasc.runtime.distributed import _digest
+
+    pointwise, depthwise = torch.randn(8, 12, 1, 1), torch.randn(8, 1, 3, 3)
+    nhwc = [t.to(memory_format=torch.channels_last) for t in (pointwise, depthwise)]
+    assert _digest(nhwc) == _digest([pointwise, depthwise])
+    assert _digest(nhwc) != _digest([pointwise, depthwise + 1e-6])
+
+
 if __name__ == "__main__":  # torchrun tests/runtime/test_distributed.py OUT
     _sweep(Path(sys.argv[1]))
