@@ -17,6 +17,7 @@ import torch
 from nasc.compiler.pipeline import compile_space
 from nasc.runtime.config import make_config
 from nasc.runtime.relaxations.base import load_relaxation
+from nasc.runtime.search import choose_fusion, choose_memory
 from nasc.runtime.step import SearchStep
 from nasc.runtime.supernet import build_supernet
 
@@ -32,26 +33,25 @@ RELAXATIONS = [
 
 
 def make_step(relaxation: str = "softmax", options: dict | None = None, *, C: int, layers: int, size: int,
-              batch: int, device: torch.device, memory: tuple[str, bool, bool] | None = None,
-              settings: dict[str, Any] | None = None) -> SearchStep:
+              batch: int, device: torch.device, settings: dict[str, Any] | None = None) -> SearchStep:
     """A seeded supernet of the DARTS space (PC-DARTS' for partial-channel) and its search step.
 
-    `memory` is (mode, shared work, fused edge groups) for `Network.set_memory`; None keeps the
-    build's default. `settings` are search settings on top of the batch (CUDA graphs off unless given);
-    with channels_last the network is converted, and inputs must be too (`time_step` does it).
+    `settings` are search settings (SearchConfig fields) on top of the batch, with CUDA graphs off unless
+    given; memory mode and fused groups are resolved as a search resolves them. With channels_last the
+    network is converted, and inputs must be too (`time_step` does it).
     """
     options = options or {}
     space = "spaces/pcdarts.nas" if relaxation == "partial-channel" else "spaces/darts.nas"
     ir = compile_space(space, params={"C": C, "layers": layers}, input_shape=(3, size, size))
     ir.relax = type(ir.relax)(name=relaxation, options=tuple(options.items()))
+    cfg = make_config({}, {"batch": batch, "cuda_graphs": False, **(settings or {})})
     torch.manual_seed(0)
     relax = load_relaxation(relaxation, options)
     net = build_supernet(ir, relax).to(device)
     relax.setup(ir, net)
-    if memory is not None:
-        mode, share, fuse = memory
-        net.set_memory(mode, share=share, fuse=fuse)
-    cfg = make_config({}, {"batch": batch, "cuda_graphs": False, **(settings or {})})
+    mode, _ = choose_memory(cfg.memory, ir, batch, device)
+    fuse, _ = choose_fusion(cfg, device)
+    net.set_memory(mode, share=cfg.share_work, fuse=fuse)
     if cfg.channels_last:
         net.to(memory_format=torch.channels_last)
     arch_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3,

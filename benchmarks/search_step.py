@@ -3,21 +3,23 @@
 Usage:  python benchmarks/search_step.py [--batches 64 256] [--C 16] [--layers 8] [--size 32]
                                          [--repeats 2] [--only softmax gumbel] [--out FILE]
 
-Lowerings (the same maths, checked by tests/runtime/test_memory_modes.py, test_fuse.py and test_step.py):
-  plain         every candidate output kept for backward, no shared work, eager, edge by edge
-  recompute     mixed edges keep only their input; candidates are recomputed in backward
-  shared        (--lowerings) plain memory + shared work within each edge (`none` never computed, one
-                ReLU per edge for its convolutions), edge by edge: the lowering before fused groups
-  fused         plain memory + shared work (`none` never computed) + fused edge groups (the edges that
-                read one state run together: one ReLU and pooling, one grouped conv per candidate;
-                runtime/fuse.py), eager
-  optimised     recompute + shared work + fused edge groups
-                + the step replayed from a CUDA graph where the relaxation allows it (runtime/step.py)
-  plain+graphs  (--lowerings) plain memory, shared work, fused groups and CUDA graphs: the fastest
-                when memory allows
-  compiled      (--lowerings) `fused` with every cell torch.compile'd (inductor) and checked against
-                eager first (runtime/compiled.py); the row records the compile time and how many
-                cells passed the check
+Lowerings are search settings (the same maths: tests/runtime/test_memory_modes.py, test_fuse.py,
+test_step.py). The first four are ablations in NCHW tensors with CUDA graphs off; the others are what a
+search runs, settings left to their defaults unless named:
+  plain         every candidate output kept for backward, no shared work, edge by edge, NCHW: the naive
+                lowering every other row is compared with
+  recompute     plain, but mixed edges keep only their input and recompute their candidates in backward
+  shared        (--lowerings) plain + shared work within each edge (`none` never computed, one ReLU per
+                edge for its convolutions)
+  fused         plain + shared work + fused edge groups (the edges that read one state run together:
+                one ReLU and pooling, one grouped conv per candidate; runtime/fuse.py)
+  default       what `nasc search --memory plain` runs here: shared work, channels-last tensors, fused
+                groups and CUDA graphs on a GPU (edge by edge on a CPU)
+  optimised     what `--memory recompute` runs here: `default` with recomputation
+  plain+graphs  (--lowerings) `default` with fused groups on any device
+  compiled      (--lowerings) fused groups, every cell torch.compile'd (inductor) and checked against a
+                float64 copy first (runtime/compiled.py), no CUDA graphs; the row records the compile
+                time and how many cells passed the check
   compiled+graphs  (--lowerings) `plain+graphs` with compiled cells
 The step is the search loop's own (`runtime/step.SearchStep`): first-order α step on a validation
 batch, then the weight step with gradient clipping, DARTS' optimiser settings.
@@ -42,24 +44,33 @@ from nasc.runtime.step import SearchStep
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RELAXATIONS, label, machine, make_step, time_step  # noqa: E402
 
-# name -> (memory mode, shared work, fused edge groups, cuda_graphs, torch.compile'd cells)
-LOWERINGS = {"plain": ("plain", False, False, False, False), "recompute": ("recompute", False, False, False, False),
-             "shared": ("plain", True, False, False, False), "fused": ("plain", True, True, False, False),
-             "optimised": ("recompute", True, True, None, False), "plain+graphs": ("plain", True, True, None, False),
-             "compiled": ("plain", True, True, False, True), "compiled+graphs": ("plain", True, True, None, True)}
+NCHW_ABLATION = {"channels_last": False, "cuda_graphs": False}
+# name -> search settings (runtime/config.SearchConfig fields)
+LOWERINGS: dict[str, dict] = {
+    "plain": {"memory": "plain", "share_work": False, **NCHW_ABLATION},
+    "recompute": {"memory": "recompute", "share_work": False, **NCHW_ABLATION},
+    "shared": {"memory": "plain", "fuse_edges": False, **NCHW_ABLATION},
+    "fused": {"memory": "plain", "fuse_edges": True, **NCHW_ABLATION},
+    "default": {"memory": "plain"},
+    "optimised": {"memory": "recompute"},
+    "plain+graphs": {"memory": "plain", "fuse_edges": True},
+    "compiled": {"memory": "plain", "fuse_edges": True, "cuda_graphs": False, "torch_compile": True},
+    "compiled+graphs": {"memory": "plain", "fuse_edges": True, "torch_compile": True},
+}
+FAST = ("default", "optimised", "plain+graphs", "compiled+graphs")  # --precision applies to these
 
 
 def run(name: str, options: dict, lowering: str, batch: int, args, device: torch.device) -> dict:
-    mode, share, fuse, graphs, compile_cells = LOWERINGS[lowering]
-    fast = lowering in ("optimised", "plain+graphs", "compiled+graphs")
-    settings = {"cuda_graphs": graphs, "precision": args.precision if fast else "fp32",
-                "channels_last": fast and device.type == "cuda" and args.channels_last}
+    fast = lowering in FAST
+    settings = {**LOWERINGS[lowering], "precision": args.precision if fast else "fp32"}
+    if not args.channels_last:
+        settings["channels_last"] = False
     step = make_step(name, options, C=args.C, layers=args.layers, size=args.size, batch=batch, device=device,
-                     memory=(mode, share, fuse), settings=settings)
+                     settings=settings)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = fast
     compiled = {}
-    if compile_cells:
+    if step.cfg.torch_compile:
         compiled = _compile(step, batch, args.size, device)
     times, memory = time_step(step, batch, args.size, args.repeats, device)
     return {"relaxation": label(name, options), "lowering": lowering, "batch": batch,
@@ -91,11 +102,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--only", nargs="*")
-    parser.add_argument("--lowerings", nargs="*", default=["plain", "recompute", "fused", "optimised"],
+    parser.add_argument("--lowerings", nargs="*", default=["plain", "recompute", "fused", "default", "optimised"],
                         choices=list(LOWERINGS))
-    parser.add_argument("--precision", default="fp32", help="fp32 or bf16 for the optimised lowerings")
+    parser.add_argument("--precision", default="fp32", help=f"fp32 or bf16 for {', '.join(FAST)}")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                        help="channels-last tensors for the optimised lowerings on CUDA")
+                        help="--no-channels-last: NCHW tensors in every lowering")
     parser.add_argument("--out")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -119,17 +130,19 @@ def main() -> None:
     out = Path(args.out or f"benchmarks/results/search_step-{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    print("| relaxation | batch | lowering | step time (s) | memory (MiB) | vs plain | graphs |")
-    print("|---|---:|---|---:|---:|---:|---|")
+    print("| relaxation | batch | lowering | step time (s) | memory (MiB) | time vs plain | memory vs plain | graphs |")
+    print("|---|---:|---|---:|---:|---:|---:|---|")
     plain = {(r["relaxation"], r["batch"]): r for r in rows if r.get("lowering") == "plain" and "error" not in r}
     for r in rows:
         if "error" in r:
-            print(f"| {r['relaxation']} | {r['batch']} | {r['lowering']} | error: {r['error']} | | |")
+            print(f"| {r['relaxation']} | {r['batch']} | {r['lowering']} | error: {r['error']} | | | | |")
             continue
         p = plain.get((r["relaxation"], r["batch"]))
-        ratio = f"{r['memory_bytes'] / p['memory_bytes']:.2f}x" if p else "–"
+        time_ratio = f"{r['step_seconds_median'] / p['step_seconds_median']:.2f}x" if p else "–"
+        memory_ratio = f"{r['memory_bytes'] / p['memory_bytes']:.2f}x" if p else "–"
         print(f"| {r['relaxation']} | {r['batch']} | {r['lowering']} | {r['step_seconds_median']:.3f} "
-              f"| {r['memory_bytes'] / 2**20:.1f} | {ratio} | {'yes' if r['cuda_graphs'] else 'no'} |")
+              f"| {r['memory_bytes'] / 2**20:.1f} | {time_ratio} | {memory_ratio} "
+              f"| {'yes' if r['cuda_graphs'] else 'no'} |")
 
 
 if __name__ == "__main__":

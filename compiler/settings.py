@@ -36,6 +36,8 @@ SEARCH_SETTINGS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | None, str]]
     "precision": ((str,), None, '"fp32" or "bf16" (autocast; α and its softmax stay fp32)'),
     "memory": ((str,), None, 'supernet memory mode: "plain", "recompute" (keep only edge inputs for backward) '
                              'or "auto" (plain when it fits, else recompute)'),
+    "channels_last": ((bool,), None, "channels-last (NHWC) tensors in the supernet (default true: faster on a GPU "
+                      "and on a CPU; false keeps NCHW)"),
     "cuda_graphs": ((bool,), None, "replay each search step from a CUDA graph where its structure is static "
                     "(default: on where possible; false turns it off)"),
     "fuse_edges": ((bool,), None, "compute the mixed edges that read one state together: shared ReLU and pooling, "

@@ -73,7 +73,7 @@ class SearchConfig:
     arch_every: int = attrs.field(default=1, validator=_positive)  # α step every N weight steps (ProxylessNAS: 5)
     memory: str = "auto"  # plain | recompute | auto
     precision: str = "fp32"  # fp32 | bf16 (autocast; α and its softmax stay fp32)
-    channels_last: bool | None = None  # None: on for CUDA
+    channels_last: bool = True  # NHWC tensors: faster on a GPU and on a CPU (docs/performance.md)
     cuda_graphs: bool | None = None  # None: replay each step from a CUDA graph where the step is static
     share_work: bool = True  # exact shared-work savings in mixed edges (off only for comparisons)
     fuse_edges: bool | None = None  # edges reading one state run together (runtime/fuse.py); None: on CUDA
@@ -104,6 +104,8 @@ class SearchConfig:
                               hint=did_you_mean(self.schedule, SCHEDULES.names()))
         if self.precision not in ("fp32", "bf16"):
             raise SearchError(f"unknown precision {self.precision!r}", hint="fp32 or bf16")
+        if self.channels_last not in (True, False):
+            raise SearchError(f"channels_last must be true or false, got {self.channels_last!r}")
         if self.cuda_graphs not in (None, True, False):
             raise SearchError(f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
         if self.share_work not in (True, False):
@@ -131,7 +133,7 @@ def from_space(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Translate a space's `search:` block (already type-checked by the compiler) to config fields."""
     out: dict[str, Any] = {}
     plain = {"epochs", "batch", "train_portion", "levels", "order", "clip", "arch_clip", "arch_start", "affine",
-             "cutout", "seed", "fix_alpha", "arch_every", "memory", "precision", "cuda_graphs",
+             "cutout", "seed", "fix_alpha", "arch_every", "memory", "precision", "channels_last", "cuda_graphs",
              "fuse_edges", "torch_compile"}
     for key, value in settings.items():
         if key in plain:

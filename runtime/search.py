@@ -267,7 +267,7 @@ class Trainer:
         data = job.dataset.train
         if job.device.type == "cuda":  # CIFAR-sized sets live on the GPU: batches and augmentation never leave it
             data = type(data)(images=data.images.to(job.device), labels=data.labels.to(job.device))
-        self.channels_last = cfg.channels_last if cfg.channels_last is not None else job.device.type == "cuda"
+        self.channels_last = cfg.channels_last
         if self.channels_last:
             job.net.to(memory_format=torch.channels_last)
         if cfg.levels == 2:
