@@ -103,6 +103,45 @@ def linear_ramp(start: float, end: float, epoch: int, epochs: int) -> float:
     return start - (start - end) * min(max(epoch, 0), epochs - 1) / (epochs - 1)
 
 
+class AnnealedTemperature:
+    """The `tau` option of a Gumbel-sampling relaxation: a number or a ramp, annealed per epoch.
+
+    Mixed in before `Relaxation` (GDAS/SNAS, ROME); `self.tau` is the current
+    temperature, saved with checkpoints so that a resumed run samples as the
+    uninterrupted one would.
+    """
+
+    tau_start: float
+    tau_end: float
+    tau: float
+
+    def _init_temperature(self, what: str) -> None:
+        self.tau_start, self.tau_end = parse_schedule(self.options["tau"], f"{what} option tau")
+        if self.tau_start <= 0 or self.tau_end <= 0:
+            raise BuildError(f"{what} option tau must be positive, got {self.options['tau']!r}")
+        # options stay JSON-able (config.json records them); a ramp is kept as {"from", "to"}
+        self.options["tau"] = (self.tau_start if self.tau_start == self.tau_end
+                               else {"from": self.tau_start, "to": self.tau_end})
+        self.tau = self.tau_start
+
+    def temperature(self, epoch: int, epochs: int) -> float:
+        return linear_ramp(self.tau_start, self.tau_end, epoch, epochs)
+
+    def set_progress(self, epoch: int, epochs: int, step: int = 0) -> None:
+        super().set_progress(epoch, epochs, step)
+        self.tau = self.temperature(epoch, epochs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tau": self.tau}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "tau" in state and math.isfinite(float(state["tau"])):
+            self.tau = float(state["tau"])
+
+    def _tau_text(self) -> str:
+        return f"{self.tau_start:g}" if self.tau_start == self.tau_end else f"{self.tau_start:g} -> {self.tau_end:g}"
+
+
 def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
     """Gumbel(0, 1) noise −log E, E ~ Exp(1), from the global RNG of `like`'s device."""
     return -torch.empty_like(like).exponential_().log()
@@ -124,7 +163,7 @@ class GumbelEdge(MixedEdge):
 
 
 @RELAXATIONS.register("gumbel")
-class Gumbel(Relaxation):
+class Gumbel(AnnealedTemperature, Relaxation):
     """Gumbel-softmax sampling per forward pass: hard one-hot with straight-through (GDAS) or soft (SNAS)."""
 
     name = "gumbel"
@@ -141,12 +180,7 @@ class Gumbel(Relaxation):
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         super().__init__(options)
-        self.tau_start, self.tau_end = parse_schedule(self.options["tau"], "gumbel option tau")
-        if self.tau_start <= 0 or self.tau_end <= 0:
-            raise BuildError(f"gumbel option tau must be positive, got {self.options['tau']!r}")
-        # options stay JSON-able (config.json records them); a ramp is kept as {"from", "to"}
-        self.options["tau"] = (self.tau_start if self.tau_start == self.tau_end
-                               else {"from": self.tau_start, "to": self.tau_end})
+        self._init_temperature("gumbel")
         self.hard = flag(self.options["hard"], "gumbel option hard")
         init = self.options["init"]
         if init is None:
@@ -156,7 +190,6 @@ class Gumbel(Relaxation):
         self.init = init
         self.scalar_others = flag(self.options["scalar_others"], "gumbel option scalar_others")
         self.options["hard"], self.options["scalar_others"] = self.hard, self.scalar_others
-        self.tau = self.tau_start
 
     # ---- construction ----
     def make_edge(self, candidates: list[nn.Module], names: list[str], *, channels: int, stride: int) -> nn.Module:
@@ -168,14 +201,6 @@ class Gumbel(Relaxation):
         if self.init == "snas":  # SNAS: log_alpha ~ N(loc_mean = 1, loc_std = 0.01)
             return 1.0 + 0.01 * torch.randn(rows, cols, generator=generator)
         return 1e-3 * torch.randn(rows, cols, generator=generator)
-
-    # ---- schedule ----
-    def temperature(self, epoch: int, epochs: int) -> float:
-        return linear_ramp(self.tau_start, self.tau_end, epoch, epochs)
-
-    def set_progress(self, epoch: int, epochs: int, step: int = 0) -> None:
-        super().set_progress(epoch, epochs, step)
-        self.tau = self.temperature(epoch, epochs)
 
     # ---- every forward pass ----
     def sample(self, alpha: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,16 +229,7 @@ class Gumbel(Relaxation):
         hardwts = one_hot - h.detach() + h
         return GroupWeights(hardwts, active=[[i] for i in index.squeeze(-1).tolist()])
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"tau": self.tau}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if "tau" in state and math.isfinite(float(state["tau"])):
-            self.tau = float(state["tau"])
-
     def describe(self) -> str:
-        tau = (f"{self.tau_start:g}" if self.tau_start == self.tau_end
-               else f"{self.tau_start:g} -> {self.tau_end:g}")
         mode = "hard" if self.hard else "soft"
         extra = ", scalar_others" if self.scalar_others else ""
-        return f"gumbel({mode}, tau = {tau}, init = {self.init}{extra})"
+        return f"gumbel({mode}, tau = {self._tau_text()}, init = {self.init}{extra})"

@@ -59,7 +59,6 @@ the lr schedule are not stated (UNVERIFIED) and stay the space's (DARTS').
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -70,7 +69,7 @@ from torch import nn
 from nasc.compiler.expr import Ramp
 from nasc.errors import BuildError
 from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, MixedEdge, Relaxation, masked_softmax
-from nasc.runtime.relaxations.gumbel import flag, gumbel_noise, linear_ramp, parse_schedule
+from nasc.runtime.relaxations.gumbel import AnnealedTemperature, flag, gumbel_noise
 
 
 def node_members(node_of_row: list[int], device: torch.device | None = None) -> torch.Tensor:
@@ -108,7 +107,7 @@ class RomeEdge(MixedEdge):
 
 
 @RELAXATIONS.register("rome")
-class Rome(Relaxation):
+class Rome(AnnealedTemperature, Relaxation):
     """ROME: Gumbel-Top-k edges per node by β, one GDAS-sampled op per edge, K-sample gradient accumulation."""
 
     name = "rome"
@@ -120,11 +119,7 @@ class Rome(Relaxation):
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         super().__init__(options)
-        self.tau_start, self.tau_end = parse_schedule(self.options["tau"], "rome option tau")
-        if self.tau_start <= 0 or self.tau_end <= 0:
-            raise BuildError(f"rome option tau must be positive, got {self.options['tau']!r}")
-        self.options["tau"] = (self.tau_start if self.tau_start == self.tau_end
-                               else {"from": self.tau_start, "to": self.tau_end})
+        self._init_temperature("rome")
         for key in ("top", "samples"):
             value = self.options[key]
             if isinstance(value, str) and value.isdigit():
@@ -136,7 +131,6 @@ class Rome(Relaxation):
         self.samples = self.options["samples"]
         self.accumulate = flag(self.options["accumulate"], "rome option accumulate")
         self.options["accumulate"] = self.accumulate
-        self.tau = self.tau_start
         self._generator: torch.Generator | None = None
         self._members: dict[tuple[tuple[int, ...], str], torch.Tensor] = {}
 
@@ -150,14 +144,6 @@ class Rome(Relaxation):
 
     def extra_parameters(self, group: str, rows: int, node_of_row: list[int]) -> dict[str, torch.Tensor]:
         return {"beta": 1e-3 * torch.randn(rows, generator=self._generator)}
-
-    # ---- schedule ----
-    def temperature(self, epoch: int, epochs: int) -> float:
-        return linear_ramp(self.tau_start, self.tau_end, epoch, epochs)
-
-    def set_progress(self, epoch: int, epochs: int, step: int = 0) -> None:
-        super().set_progress(epoch, epochs, step)
-        self.tau = self.temperature(epoch, epochs)
 
     # ---- sampling ----
     def members(self, node_of_row: list[int], device: torch.device) -> torch.Tensor:
@@ -273,15 +259,5 @@ class Rome(Relaxation):
         member = self.members(node_of_row, beta.device)
         return node_log_softmax(beta, member).exp().sum(0)
 
-    # ---- state ----
-    def state_dict(self) -> dict[str, Any]:
-        return {"tau": self.tau}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if "tau" in state and math.isfinite(float(state["tau"])):
-            self.tau = float(state["tau"])
-
     def describe(self) -> str:
-        tau = (f"{self.tau_start:g}" if self.tau_start == self.tau_end
-               else f"{self.tau_start:g} -> {self.tau_end:g}")
-        return f"rome(top = {self.top}, samples = {self.samples}, tau = {tau})"
+        return f"rome(top = {self.top}, samples = {self.samples}, tau = {self._tau_text()})"
