@@ -116,6 +116,31 @@ def loaded_plugins() -> list[LoadedPlugin]:
     return list(_LOADED.values())
 
 
+def explicit_plugins() -> list[str]:
+    """The `--plugin` files (as absolute paths) and modules loaded without error, for a run to record.
+
+    Installed (entry-point) plugins are left out: they load by themselves in every process.
+    """
+    return [key[1] for key, record in _LOADED.items() if key[0] in ("file", "module") and record.ok]
+
+
+def resuming_with(recorded: Sequence[str], prepare: Callable[[], Any]) -> Any:
+    """Load the plugins a run recorded (`explicit_plugins`), then `prepare()` the resumed run.
+
+    A plugin that no longer loads is not an error by itself (`--plugin` may have
+    loaded it from its new place); it is named when `prepare` then fails.
+    """
+    failed = [r for r in load_plugins(recorded, entry_points=False) if not r.ok]
+    try:
+        return prepare()
+    except NascError as e:
+        if not failed:
+            raise
+        raise type(e)(f"{e.message}; the run was started with plugin {failed[0].name}, which did not load "
+                      f"({failed[0].error.message})",
+                      span=e.span, hint="put the plugin back where it was, or resume with --plugin FILE.py") from e
+
+
 def _discover(refresh: bool) -> list[metadata.EntryPoint]:
     global _ENTRY_POINTS
     if _ENTRY_POINTS is None or refresh:

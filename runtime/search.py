@@ -26,6 +26,7 @@ from nasc.compiler.ir import SpaceIR, to_json_dict
 from nasc.compiler.pipeline import compile_decl
 from nasc.compiler.resolve import resolve_path
 from nasc.errors import SearchError
+from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
 from nasc.runtime.compiled import compile_blocker, compile_cells, summary
 from nasc.runtime.config import SearchConfig, make_config
@@ -229,6 +230,7 @@ def describe(job: Job) -> dict[str, Any]:
         "cuda_graphs": job.ir.meta.get("cuda_graphs"),
         "fuse_edges": job.ir.meta.get("fuse_edges"),
         "torch_compile": job.ir.meta.get("torch_compile"),
+        "plugins": explicit_plugins(),  # loaded again by `resume`
         "request": to_json({"relax": job.request.relax, "relax_options": job.request.relax_options,
                             "select": job.request.select, "select_options": job.request.select_options,
                             "overrides": job.request.overrides, "params": job.request.params}),
@@ -480,7 +482,7 @@ def resume(run_path: str | Path, *, on_event: Callable[[Event], None] | None = N
                       select_options=req.get("select_options") or {}, overrides=req.get("overrides") or {})
     if not Path(request.space).is_file():
         raise SearchError(f"the run's space file {request.space} no longer exists")
-    job = prepare(request)
+    job = resuming_with(config.get("plugins") or [], lambda: prepare(request))
     state = run.load_checkpoint(job.ir.meta["fingerprint"])
     if (run.path / "genotype.json").exists() and int(state["epoch"]) >= job.config.epochs:
         raise SearchError(f"the run in {run.path} is already finished",

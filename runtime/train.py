@@ -29,6 +29,7 @@ from nasc.compiler.ir import SpaceIR, to_json_dict
 from nasc.compiler.pipeline import compile_decl
 from nasc.compiler.resolve import resolve_path
 from nasc.errors import GenotypeError, SearchError, did_you_mean
+from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
 from nasc.runtime.config import from_space
 from nasc.runtime.data import Batches, Dataset, load_dataset
@@ -179,6 +180,7 @@ def describe_train(job: TrainJob) -> dict[str, Any]:
             "warnings": job.ir.meta.get("warnings", []),
             "request": {"genotype": job.request.genotype, "space": job.request.space,
                         "params": job.request.params, "overrides": job.request.overrides},
+            "plugins": explicit_plugins(),  # loaded again by `resume_train`
             **environment()}
 
 
@@ -334,7 +336,7 @@ def resume_train(run_path: str | Path, *, on_event: Callable[[Event], None] | No
     genotype_file = run.path / "genotype.json"
     request = TrainRequest(genotype=str(genotype_file), space=config["space_file"], params=req.get("params") or {},
                            overrides=req.get("overrides") or {})
-    job = prepare_train(request)
+    job = resuming_with(config.get("plugins") or [], lambda: prepare_train(request))
     state = run.load_checkpoint(job.ir.meta["fingerprint"])
     if int(state["epoch"]) >= job.config.epochs:
         raise SearchError(f"the training run in {run.path} is already finished")

@@ -368,3 +368,55 @@ def test_entry_points_load_modules_and_objects_and_report_broken_ones(tmp_path):
     assert rows["broken"]["error"] == "its plugin did not load"
     result = runner.invoke(app, ["selectors"])
     assert result.exit_code == 0 and "broken" in result.output and "magnitude" in result.output
+
+
+# ---------------------------------------------------------------- runs remember their plugins
+
+def _forget_plugins(snap) -> None:
+    """As a new process would start: the registries without the plugin, nothing loaded."""
+    P._restore(snap)
+    P._LOADED.clear()
+    for name in [m for m in sys.modules if m.startswith("nasc_plugin_")]:
+        del sys.modules[name]
+
+
+def _interrupted_dirichlet_search(tmp_path: Path, plugin: Path) -> Path:
+    from nasc.runtime.search import Request, prepare, run_search
+
+    P.load_plugins([str(plugin)], entry_points=False)
+    job = prepare(Request(space="nb201", params={"C": 4, "N": 1}, relax="dirichlet",
+                          overrides={"epochs": 2, "batch": 64, "device": "cpu"}))
+    with pytest.raises(KeyboardInterrupt):
+        run_search(job, tmp_path / "run", stop_after=1)
+    return tmp_path / "run"
+
+
+@pytest.mark.slow
+def test_a_resumed_search_loads_the_plugins_it_was_started_with(tmp_path):
+    import json
+
+    from nasc.runtime.search import resume
+
+    snap = P._snapshot()
+    run = _interrupted_dirichlet_search(tmp_path, DIRICHLET)
+    assert json.loads((run / "config.json").read_text())["plugins"] == [str(DIRICHLET.resolve())]
+    _forget_plugins(snap)
+    result = resume(run)
+    assert result.run_dir == run and (run / "genotype.json").exists()
+
+
+@pytest.mark.slow
+def test_resuming_without_the_plugin_names_it(tmp_path):
+    from nasc.errors import NascError
+    from nasc.runtime.search import resume
+
+    moved = tmp_path / "nasc_dirichlet.py"
+    moved.write_text(DIRICHLET.read_text())
+    snap = P._snapshot()
+    run = _interrupted_dirichlet_search(tmp_path, moved)
+    _forget_plugins(snap)
+    moved.unlink()
+    with pytest.raises(NascError) as info:
+        resume(run)
+    assert "dirichlet" in info.value.message and f"started with plugin {moved.resolve()}" in info.value.message
+    assert "--plugin" in info.value.hint
