@@ -66,6 +66,7 @@ TRAIN_SETTINGS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | None, str]] 
     "aux_weight": (NUMBER, None, "weight of the auxiliary head's loss (0: no auxiliary head)"),
     "label_smoothing": (NUMBER, None, "label smoothing of the cross-entropy"),
     "seed": ((int,), None, "default random seed"),
+    "channels_last": ((bool,), None, "channels-last (NHWC) tensors (default true; false keeps NCHW)"),
 }
 
 

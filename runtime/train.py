@@ -61,6 +61,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     deterministic: bool = True
+    channels_last: bool = True  # NHWC tensors, as in search: faster on a GPU and on a CPU
     dataset: str = "digits"
     data_dir: str | None = None
     device: str = "auto"
@@ -68,6 +69,8 @@ class TrainConfig:
     def __attrs_post_init__(self) -> None:
         if self.epochs < 1 or self.batch < 1 or self.lr <= 0:
             raise SearchError("epochs, batch and lr must be positive")
+        if self.channels_last not in (True, False):
+            raise SearchError(f"channels_last must be true or false, got {self.channels_last!r}")
         if not 0 <= self.drop_path < 1:
             raise SearchError(f"drop_path must lie in [0, 1), got {self.drop_path}")
 
@@ -190,6 +193,8 @@ class Fitter:
     def __init__(self, job: TrainJob):
         self.job = job
         cfg = job.config
+        self.layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        job.net.to(memory_format=self.layout)
         self.opt = torch.optim.SGD(job.net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0)
         train = job.dataset.train
@@ -230,7 +235,7 @@ class Fitter:
         steps = len(self.batches)
         use_aux = bool(cfg.aux_weight and net.aux_ids)
         for step, (xb, yb) in enumerate(self.batches.epoch(epoch)):
-            x = self.augment(xb.to(job.device), self.gen).to(job.device)
+            x = self.augment(xb.to(job.device), self.gen).to(job.device).contiguous(memory_format=self.layout)
             y = yb.to(job.device)
             self.opt.zero_grad(set_to_none=True)
             if use_aux:
@@ -270,7 +275,8 @@ class Fitter:
         net.eval()
         loss = correct = n = 0.0
         for xb, yb in self.test.epoch(0):
-            x, y = self.plain(xb.to(self.job.device)).to(self.job.device), yb.to(self.job.device)
+            x = self.plain(xb.to(self.job.device)).to(self.job.device).contiguous(memory_format=self.layout)
+            y = yb.to(self.job.device)
             logits = net(x)
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
