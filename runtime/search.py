@@ -117,7 +117,7 @@ def choose_fusion(config: SearchConfig, device: torch.device) -> tuple[bool, str
     """Resolve `fuse_edges`: asked for, or on a GPU (launch-bound) and not on a CPU (compute-bound).
 
     On a GPU fused groups halve the kernels of a step (benchmarks/kernel_count.py). On a CPU, in the
-    default channels-last tensors, the full DARTS supernet's step took 1.5× as long fused (oneDNN's
+    default channels-last tensors, the full DARTS supernet's step took 1.3× as long fused (oneDNN's
     grouped-convolution backward, layout copies), so auto leaves it off there; docs/performance.md.
     """
     if not config.share_work:
