@@ -37,7 +37,8 @@ def make_step(relaxation: str = "softmax", options: dict | None = None, *, C: in
     """A seeded supernet of the DARTS space (PC-DARTS' for partial-channel) and its search step.
 
     `settings` are search settings (SearchConfig fields) on top of the batch, with CUDA graphs off unless
-    given; memory mode and fused groups are resolved as a search resolves them. With channels_last the
+    given (`cuda_graphs: None` leaves the search's default, graphs where the step allows); memory mode and
+    fused groups are resolved as a search resolves them. With channels_last the
     network is converted, and inputs must be too (`time_step` does it).
     """
     options = options or {}

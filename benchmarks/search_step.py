@@ -45,17 +45,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RELAXATIONS, label, machine, make_step, time_step  # noqa: E402
 
 NCHW_ABLATION = {"channels_last": False, "cuda_graphs": False}
+AS_A_SEARCH = {"cuda_graphs": None}  # None: CUDA graphs where the step allows, as a search decides
 # name -> search settings (runtime/config.SearchConfig fields)
 LOWERINGS: dict[str, dict] = {
     "plain": {"memory": "plain", "share_work": False, **NCHW_ABLATION},
     "recompute": {"memory": "recompute", "share_work": False, **NCHW_ABLATION},
     "shared": {"memory": "plain", "fuse_edges": False, **NCHW_ABLATION},
     "fused": {"memory": "plain", "fuse_edges": True, **NCHW_ABLATION},
-    "default": {"memory": "plain"},
-    "optimised": {"memory": "recompute"},
-    "plain+graphs": {"memory": "plain", "fuse_edges": True},
+    "default": {"memory": "plain", **AS_A_SEARCH},
+    "optimised": {"memory": "recompute", **AS_A_SEARCH},
+    "plain+graphs": {"memory": "plain", "fuse_edges": True, **AS_A_SEARCH},
     "compiled": {"memory": "plain", "fuse_edges": True, "cuda_graphs": False, "torch_compile": True},
-    "compiled+graphs": {"memory": "plain", "fuse_edges": True, "torch_compile": True},
+    "compiled+graphs": {"memory": "plain", "fuse_edges": True, "torch_compile": True, **AS_A_SEARCH},
 }
 FAST = ("default", "optimised", "plain+graphs", "compiled+graphs")  # --precision applies to these
 
