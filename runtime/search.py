@@ -296,7 +296,7 @@ class Trainer:
     def _compile_cells(self) -> None:
         """torch.compile the cells where asked and allowed; each compiled cell is checked against eager first."""
         job, cfg = self.job, self.job.config
-        if compile_blocker(job.net, job.relax, cfg) is not None:
+        if not job.ir.meta["torch_compile"]["used"]:  # `prepare` asked compile_blocker
             return
         shape = (min(self.train.batch_size, len(self.train.indices)), *job.dataset.shape)  # the first batch's
         example = torch.randn(shape, generator=torch.Generator().manual_seed(cfg.seed)).to(job.device)
