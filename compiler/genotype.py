@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import json
+import keyword
 import os
 import re
 import tempfile
@@ -425,8 +426,9 @@ def to_darts(g: Genotype) -> str:
     parts = []
     for name in _cell_order(g):
         cell = g.cells[name]
-        if not name.isidentifier():
-            raise GenotypeError(f"cell name {name!r} cannot be a DARTS field name (it is not an identifier)")
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise GenotypeError(f"cell name {name!r} cannot be a DARTS field name (DARTS notation is a Python "
+                                "call, whose keyword names must be identifiers and not Python keywords); use to_json")
         if cell.n_inputs != 2:
             raise GenotypeError(f"cell {name!r} has {cell.n_inputs} input(s); DARTS notation assumes 2 "
                                 "(the two previous cells); use to_json or to_nb201")

@@ -1,6 +1,7 @@
 """Genotype formats: round trips, every published encoding, and the errors bad input gets."""
 
 import json
+import keyword
 import os
 import subprocess
 import sys
@@ -394,7 +395,12 @@ NAMES = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
 @given(st.dictionaries(NAMES, darts_cells(), min_size=1, max_size=3))
 def test_random_darts_cells_round_trip(cells):
     g = Genotype(cells=cells)
-    assert G.from_darts(G.to_darts(g)) == g
+    if any(keyword.iskeyword(name) for name in cells):  # `Genotype(if=...)` is not Python: JSON instead
+        with pytest.raises(GenotypeError, match="Python keywords"):
+            G.to_darts(g)
+        assert G.to_text(g).startswith("{")
+    else:
+        assert G.from_darts(G.to_darts(g)) == g
     assert G.from_json(G.to_json(g)) == g
     assert G.parse_any(G.to_text(g)) == g
 
