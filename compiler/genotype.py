@@ -20,13 +20,13 @@ import json
 import keyword
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from nasc.atomic import write_text_atomic
 from nasc.errors import GenotypeError, did_you_mean
 
 FORMAT = "nasc-genotype/1"
@@ -250,20 +250,7 @@ def save(g: Genotype, path: str | os.PathLike) -> None:
     path = Path(path)
     text = json.dumps(to_json(g), indent=2) + "\n"
     try:
-        # mkstemp files are 0600; keep the mode of the file being replaced, else the usual 0644.
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_text_atomic(path, text)
     except OSError as e:
         raise GenotypeError(f"cannot write genotype to {path}: {e.strerror or e}") from e
 

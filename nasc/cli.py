@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nasc import __version__
+from nasc.atomic import write_text_atomic
 from nasc.errors import NascError
 
 app = typer.Typer(
@@ -147,7 +148,7 @@ def compile_cmd(
         sys.stdout.write(data + "\n")
         return
     try:
-        _write_atomic(Path(target), data + "\n")
+        write_text_atomic(target, data + "\n")
     except OSError as e:
         fail(NascError(f"cannot write {target}: {e.strerror or e}"))
     if as_json:
@@ -161,12 +162,6 @@ def _short(path: str) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd()))
     except ValueError:
         return Path(path).name if "nasc/spaces" in path or "/spaces/" in path else path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @app.command()
@@ -535,7 +530,7 @@ def genotype_convert(
         fail(e)
     if output:
         try:
-            _write_atomic(Path(output), text + "\n")
+            write_text_atomic(output, text + "\n")
         except OSError as e:
             fail(NascError(f"cannot write {output}: {e.strerror or e}"))
     else:
@@ -545,7 +540,6 @@ def genotype_convert(
 @genotype_app.command("show")
 def genotype_show(source: Annotated[str, typer.Argument(help="A genotype file, string, or run directory.")]) -> None:
     """Print a genotype cell by cell."""
-    from nasc.compiler import genotype as G
 
     try:
         g = _read_genotype(source)

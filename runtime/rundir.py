@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from nasc import __version__
+from nasc.atomic import write_text_atomic
 from nasc.errors import SearchError
 
 CHECKPOINT_FORMAT = "nasc-checkpoint/1"
@@ -37,13 +38,7 @@ def versions() -> dict[str, str]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 class RunDir:
