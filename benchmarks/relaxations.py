@@ -74,7 +74,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     base = next((r for r in rows if r.get("relaxation") == "softmax" and "error" not in r), None)
-    print(f"| relaxation | step time (s) | activation memory | vs softmax | weights | α params |")
+    print("| relaxation | step time (s) | activation memory | vs softmax | weights | α params |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
         if "error" in r:

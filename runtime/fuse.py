@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasc.runtime.ops import Noise, Zero
+from nasc.runtime.ops import Noise
 from nasc.runtime.relaxations.base import MixedEdge, SharedReLU
 
 Entry = tuple[str, int, int]  # (edge key, source state, α row; -1 when not searchable)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 
 from nasc.errors import BuildError
 from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, Relaxation, masked_softmax
