@@ -64,10 +64,11 @@ def specialise_to_genotype(ir: SpaceIR, genotype: Genotype) -> SpaceIR:
         seen = set()
         for ge in genotype.cells[group].edges:
             src, dst = by_index[ge.input], by_index[ge.node]
-            if (src, dst) in seen or ((src, dst) in old and (src, dst) not in searchable):
-                raise GenotypeError(f"cell {group!r}: the edge {ge.input} -> {ge.node} is chosen twice "
-                                    "(or is fixed in the space)")
+            if (src, dst) in seen:
+                raise GenotypeError(f"cell {group!r}: the edge {ge.input} -> {ge.node} is chosen twice")
             seen.add((src, dst))
+            if (src, dst) not in searchable:  # a fixed edge stays whether the genotype names it or not
+                continue
             e = old[(src, dst)]
             g.add_edge(src, dst, edge=CellEdge(src=src, dst=dst, index=0, stride=e.stride, candidates=(ge.op,),
                                                span=e.span))

@@ -78,18 +78,18 @@ def derive(ir: SpaceIR, net: Network, *, per: str, k: int, exclude: frozenset[st
         row_of = {key: r for r, key in enumerate(net.group_rows[group])}
         edges: list[GenoEdge] = []
         for node in cell.graph["nodes"]:
-            scored = []
+            scored = []  # (score, input, op); a fixed edge has no score
             for src in sorted(cell.predecessors(node), key=lambda n: index[n]):
                 e = cell.edges[src, node]["edge"]
                 if e.key in row_of:
                     r = row_of[e.key]
                     score, i = _best(table[r], ops[r], exclude)
                     scored.append((score, index[src], ops[r][i]))
-                else:  # a fixed edge always stays
-                    scored.append((float("inf"), index[src], e.candidates[0]))
-            if per == "node":
-                scored.sort(key=lambda t: (-t[0], t[1]))
-                scored = scored[:k] + [t for t in scored[k:] if t[0] == float("inf")]
+                else:
+                    scored.append((None, index[src], e.candidates[0]))
+            if per == "node":  # the k strongest searched edges; a fixed edge always stays, on top (as the compiler counts)
+                searched = sorted((t for t in scored if t[0] is not None), key=lambda t: (-t[0], t[1]))
+                scored = searched[:k] + [t for t in scored if t[0] is None]
             edges.extend(GenoEdge(node=index[node], input=src, op=op) for _, src, op in scored)
         out = cell.graph["output"]
         cells[group] = GenoCell(n_inputs=len(cell.graph["inputs"]), n_nodes=len(cell.graph["nodes"]),

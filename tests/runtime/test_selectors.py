@@ -10,7 +10,7 @@ import torch
 from nasc.compiler import genotype as G
 from nasc.compiler.derive import specialise_to_genotype
 from nasc.compiler.pipeline import compile_space
-from nasc.errors import BuildError, RegistryError
+from nasc.errors import BuildError, GenotypeError, RegistryError
 from nasc.runtime.relaxations.base import load_relaxation
 from nasc.runtime.selectors import derive, load_selector, strengths
 from nasc.runtime.supernet import build_supernet
@@ -231,3 +231,62 @@ def test_selector_options_and_errors():
     with pytest.raises(RegistryError) as info:
         load_selector("magnitdue")
     assert info.value.hint == "did you mean 'magnitude'?"
+
+
+FIXED_EDGE_SPACE = """\
+space fixed_edge(C = 4, layers = 3, classes = 10)
+op sep_{k}x{k} = relu > dw_conv(k, stride) > conv(1) > bn
+op skip = identity | on stride 2: factorized_reduce
+op mp = max_pool(3, stride)
+op none = zero(stride)
+cell normal(s0, s1):
+    nodes n0, n1
+    edge s0, s1 -> n0: [skip, sep_3x3]
+    edge s0, n0 -> n1: [mp, skip]
+    edge s1 -> n1: sep_3x3
+    output concat(n0..n1)
+cell reduce = normal with stride 2 on inputs
+network:
+    stem conv(3, out = 2 * C) > bn
+    preprocess relu > conv(1) > bn | on stride 2: factorized_reduce
+    stack layers x normal, reduce at 1, widen 2 at reduce
+    head global_avg_pool > linear(classes)
+select top 1 per node excluding none
+"""
+
+
+def test_a_fixed_edge_stays_on_top_of_the_k_searched_edges(tmp_path):
+    """The compiler counts top-k among the searched edges with fixed edges extra; the selector must agree
+    (a fixed edge once took one of the k places, so a searched edge into that node could never be chosen)."""
+    path = tmp_path / "fixed_edge.nas"
+    path.write_text(FIXED_EDGE_SPACE)
+    ir = compile_space(str(path), input_shape=(3, 8, 8))
+    net = build_supernet(ir, load_relaxation("softmax"), generator=torch.Generator().manual_seed(0))
+    for group in net.alphas:
+        rows = net.group_rows[group]
+        a = torch.zeros(len(rows), 2)
+        a[rows.index("n1<-n0"), 1] = 5.0  # n0 -> n1 by skip is the strongest searched edge into n1
+        _set(net, group, a)
+    g = _select(net, ir)
+    for cell in g.cells.values():
+        into_n1 = sorted((e.input, e.op) for e in cell.edges if e.node == 3)
+        assert into_n1 == [(1, "sep_3x3"), (2, "skip")]
+        assert len([e for e in cell.edges if e.node == 2]) == 1
+    specialise_to_genotype(ir, g)
+
+
+def test_a_genotype_may_leave_out_a_fixed_edge_but_not_change_its_op(tmp_path):
+    path = tmp_path / "fixed_edge.nas"
+    path.write_text(FIXED_EDGE_SPACE)
+    ir = compile_space(str(path), input_shape=(3, 8, 8))
+    searched = [G.GenoEdge(node=2, input=0, op="skip"), G.GenoEdge(node=3, input=2, op="mp")]
+    cells = lambda edges: {c: G.GenoCell(n_inputs=2, n_nodes=2, edges=tuple(edges), concat=(2, 3))  # noqa: E731
+                           for c in ("normal", "reduce")}
+    without = specialise_to_genotype(ir, G.Genotype(space="fixed_edge", cells=cells(searched)))
+    named = specialise_to_genotype(ir, G.Genotype(space="fixed_edge", cells=cells(
+        [*searched, G.GenoEdge(node=3, input=1, op="sep_3x3")])))
+    assert without.meta["fingerprint"] == named.meta["fingerprint"]
+    assert ("s1", "n1") in without.cells["normal"].edges
+    with pytest.raises(GenotypeError, match="edge 3<-1: op .skip. is not a candidate; candidates: sep_3x3"):
+        specialise_to_genotype(ir, G.Genotype(space="fixed_edge", cells=cells(
+            [*searched, G.GenoEdge(node=3, input=1, op="skip")])))
