@@ -135,10 +135,12 @@ def compile_cmd(
     from nasc.compiler.pipeline import compile_space
     from nasc.compiler.summary import summarise
     from nasc.report import compile_summary
+    from nasc.runtime.config import check_space_settings
 
     params = parse_assignments(set_, "--set")
     try:
         ir = compile_space(file, params=params, input_shape=parse_shape(input_shape), ctx=_ctx())
+        check_space_settings(ir)
     except NascError as e:
         fail(e)
     summary = summarise(ir)
@@ -173,13 +175,14 @@ def check(
     """Validate .nas files: exit 0 when all are valid, 1 when any is not."""
     from nasc.compiler.pipeline import compile_space
     from nasc.report import error_text
+    from nasc.runtime.config import check_space_settings
 
     params = parse_assignments(set_, "--set")
     failed = 0
     ctx = _ctx()
     for f in files:
         try:
-            compile_space(f, params=params, ctx=ctx)
+            check_space_settings(compile_space(f, params=params, ctx=ctx))
         except NascError as e:
             failed += 1
             err_console.print(error_text(e.render()))

@@ -6,13 +6,14 @@ Everything a run depends on lives here, so that the run directory's
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from nasc.compiler.expr import CallValue, Ramp
-from nasc.errors import SearchError, did_you_mean
+from nasc.errors import NascError, NasSemanticError, SearchError, SourceSpan, did_you_mean
 from nasc.runtime.schedules import SCHEDULES
 
 
@@ -118,6 +119,9 @@ class SearchConfig:
             raise SearchError(f"unknown memory mode {self.memory!r}", hint="plain, recompute or auto")
         if self.arch_optimizer not in ("adam", "sgd"):
             raise SearchError(f"unknown architecture optimiser {self.arch_optimizer!r}", hint="adam or sgd")
+        if self.drop_path:
+            raise SearchError("drop_path during search is not supported yet",
+                              hint="set drop_path = 0 (drop path in training the derived network is `train:`'s)")
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -173,6 +177,47 @@ def from_space(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 FIELDS = tuple(f.name for f in attrs.fields(SearchConfig))
+
+
+def check_search_block(settings: Mapping[str, Any], spans: Mapping[str, SourceSpan | None]) -> None:
+    """A space's `search:` values and call options, each at its own line (`nasc check` and every search).
+
+    The compiler checks names and types; what a value may be (a positive batch, a known option of
+    cosine(...)) is the config's to say. Each setting is tried alone, on the defaults, so that the
+    error names its line; then all together, for the rules that tie two settings (order 2 needs
+    levels 2), reported at the first of them.
+    """
+    errors: list[NascError] = []
+    for key, value in settings.items():
+        try:
+            make_config({key: value}, {})
+        except SearchError as e:
+            errors.append(NasSemanticError(e.message, span=spans.get(key), hint=e.hint))
+    if not errors:
+        try:
+            make_config(settings, {})
+        except SearchError as e:  # at a setting the message names, else the block's first
+            named = [spans.get(k) for k in settings if re.search(rf"\b{k}\b", e.message)] + list(spans.values())
+            errors.append(NasSemanticError(e.message, span=next((s for s in named if s), None), hint=e.hint))
+    if errors:
+        errors.sort(key=lambda e: (e.span.file, e.span.line, e.span.col) if e.span else ("", 0, 0))
+        raise NasSemanticError(errors[0].message, span=errors[0].span, hint=errors[0].hint, errors=errors)
+
+
+def check_space_settings(ir: Any) -> None:
+    """What a search would refuse in a compiled space's own text: its search values and relax options.
+
+    For `nasc check` and `nasc compile`, which otherwise stop at names and types. Relaxation options
+    are known only to the relaxation's class, so a space that sets some costs the torch import here.
+    """
+    check_search_block(ir.search, {k: ir.spans.get(f"search.{k}") for k in ir.search})
+    if ir.relax.options:
+        from nasc.runtime.relaxations.base import load_relaxation
+
+        try:
+            load_relaxation(ir.relax.name, dict(ir.relax.options))
+        except NascError as e:
+            raise NasSemanticError(e.message, span=ir.spans.get("relax"), hint=e.hint) from None
 
 
 def make_config(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> SearchConfig:

@@ -29,7 +29,7 @@ from nasc.errors import SearchError
 from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
 from nasc.runtime.compiled import compile_blocker, compile_cells, summary
-from nasc.runtime.config import SearchConfig, make_config
+from nasc.runtime.config import SearchConfig, check_search_block, make_config
 from nasc.runtime.data import Batches, Dataset, load_dataset, split_indices
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.relaxations.base import Relaxation, load_relaxation, preset
@@ -145,7 +145,9 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     decl = resolve_path(request.space)
     declared = decl.relax.name if decl.relax else "softmax"
     preset_settings = preset(request.relax or declared)[1]
-    base = make_config({**_evaluated_search(decl)}, {**preset_settings, **request.overrides})
+    settings = _evaluated_search(decl)
+    check_search_block(settings, {k: s.span for k, s in decl.search.items()})
+    base = make_config(settings, {**preset_settings, **request.overrides})
     dataset = _dist.main_first(load_dataset, base.dataset, base.data_dir)  # distributed: one download per machine
     params = dict(request.params)
     if base.stages:  # progressive search: this stage's space parameters (e.g. layers)
@@ -174,8 +176,6 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
         ir.meta.setdefault("warnings", []).append(
             f"cutout {config.cutout} capped at {dataset.shape[1] // 2} for {dataset.shape[1]}px images")
         config = attrs.evolve(config, cutout=dataset.shape[1] // 2)
-    if config.drop_path:
-        raise SearchError("drop_path during search is not supported yet", hint="set drop_path = 0")
     seed_everything(config.seed, config.deterministic)
     generator = torch.Generator().manual_seed(config.seed)
     net = build_supernet(ir, relax, generator=generator)

@@ -76,6 +76,43 @@ def test_check_semantic_error(tmp_path):
     assert "^^^^^^^^^^^" in result.output
 
 
+def test_check_reports_search_values_and_options_at_their_lines(tmp_path):
+    """What a search would refuse is found by `nasc check`, each at its own line (it once said ok)."""
+    (tmp_path / "s.nas").write_text('space s extends "darts.nas"\nsearch:\n    lr_schedule = cosine(mn = 0.001)\n'
+                                    '    batch = -5\n    train_portion = 1.5\n')
+    result = runner.invoke(app, ["check", "s.nas"])
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if ": error: " in line]
+    assert errors == ["s.nas:3:5: error: cosine() has no option 'mn'",
+                      "s.nas:4:5: error: batch must be positive, got -5",
+                      "s.nas:5:5: error: train_portion must lie strictly between 0 and 1, got 1.5"]
+    assert "hint: options: min, exponent, warmup" in result.output
+
+
+def test_check_reports_a_rule_between_two_settings_at_the_setting_it_names(tmp_path):
+    (tmp_path / "s.nas").write_text('space s extends "darts.nas"\nsearch:\n    epochs = 3\n    levels = 1\n'
+                                    '    order = 2\n')
+    result = runner.invoke(app, ["check", "s.nas"])
+    assert result.exit_code == 1
+    assert "s.nas:5:5: error: second-order DARTS needs bi-level search (levels = 2)" in result.output
+
+
+def test_check_and_compile_report_an_unknown_relaxation_option_at_the_relax_line(tmp_path):
+    (tmp_path / "s.nas").write_text('space s extends "darts.nas"\nrelax gumbel(tau = 10 -> 0.1, bogus = 3)\n')
+    for command in (["check", "s.nas"], ["compile", "s.nas", "-o", "-"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1, result.output
+        assert "s.nas:2:1: error: relaxation 'gumbel' has no option 'bogus'" in result.output
+        assert "hint: options: tau" in result.output and "Traceback" not in result.output
+
+
+def test_drop_path_during_search_is_refused_at_its_line(tmp_path):
+    (tmp_path / "s.nas").write_text('space s extends "darts.nas"\nsearch:\n    drop_path = 0.2\n')
+    result = runner.invoke(app, ["check", "s.nas"])
+    assert result.exit_code == 1
+    assert "s.nas:3:5: error: drop_path during search is not supported yet" in result.output
+
+
 def test_check_mixed_files_exit_1(tmp_path, spaces_dir):
     (tmp_path / "bad.nas").write_text("op")
     result = runner.invoke(app, ["check", str(spaces_dir / "nb201.nas"), "bad.nas"])

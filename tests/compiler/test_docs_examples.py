@@ -12,6 +12,7 @@ import pytest
 from nasc.compiler.pipeline import compile_space
 from nasc.errors import NascError
 from nasc.grammar.parser import parse
+from nasc.runtime.config import check_space_settings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "language.md"
 BLOCKS = re.findall(r"^```nas\n(.*?)^```", DOC.read_text(encoding="utf-8"), flags=re.S | re.M)
@@ -37,6 +38,7 @@ def test_example(block, tmp_path):
     if first.startswith("space"):
         ir = compile_space(tmp_path / "example.nas", text=block)
         assert ir.meta["fingerprint"]
+        check_space_settings(ir)  # what `nasc check` adds: values and relax options a search would refuse
     elif first.startswith("# error:"):
         expected = first[len("# error:"):].strip()
         with pytest.raises(NascError) as info:
