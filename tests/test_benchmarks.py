@@ -51,3 +51,38 @@ def test_relaxations_measures_each_relaxation_asked_for(tmp_path):
     hard, soft = result["rows"][1], result["rows"][2]
     assert hard["activation_bytes"] < soft["activation_bytes"]  # GDAS runs one candidate per edge
     assert hard["weights"] == soft["weights"] > 0
+
+
+EPOCH_TINY = ["--dataset", "digits", "--set", "C=2", "--set", "layers=3", "--batch", "64"]
+
+
+def test_search_epoch_times_epochs_and_projects_the_search(tmp_path):
+    result = _run("search_epoch.py", *EPOCH_TINY, "--run-epochs", "2", "--epochs", "10", out=tmp_path / "epoch.json")
+    assert len(result["epoch_seconds"]) == 2 and not result["interrupted"]
+    assert result["projection_basis"] == "2 measured epoch(s)"
+    first, later = result["epoch_seconds"]
+    assert result["projected_seconds"] == pytest.approx(result["setup_seconds"] + first + 9 * later, abs=0.2)
+    pace = result["step_pace"]
+    assert pace["steps_seen"] == 2 * pace["steps_per_epoch"] and pace["steps_timed"] == pace["steps_seen"] - 6
+
+
+def test_search_epoch_stopped_inside_the_first_epoch_still_reports_the_step_pace(tmp_path):
+    """What a device call that runs out of time gets (gpu_session.sh stops stages with SIGINT)."""
+    import signal
+
+    out = tmp_path / "epoch.json"
+    proc = subprocess.Popen([sys.executable, "benchmarks/search_epoch.py", *EPOCH_TINY, "--set", "C=4",
+                             "--run-epochs", "2", "--progress", "6", "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if "epoch 1 step 6/" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    result = json.loads(out.read_text())
+    assert result["interrupted"] and result["step_pace"]["steps_seen"] >= 6
+    if not result["epoch_seconds"]:
+        pace = result["step_pace"]
+        assert result["projection_basis"].startswith(f"step pace only ({pace['steps_per_epoch']} steps an epoch")
+        assert result["projected_seconds"] > 50 * pace["steps_per_epoch"] * pace["median_seconds"]
