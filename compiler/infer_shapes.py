@@ -40,8 +40,9 @@ def _cell_shapes(ir: SpaceIR, layer: Layer, c_in: list[int], h_in: list[int | No
         c, h = c_in[slot], h_in[slot]
         if h is None or h_cell is None:
             raise NasSemanticError(f"cell input {name!r} receives a vector{where}", span=layer.span)
-        ratio = h // h_cell if h_cell else 0
-        if ratio not in (1, 2) or (ratio == 2 and h not in (2 * h_cell, 2 * h_cell - 1)):
+        # a stride-2 step maps h to ceil(h / 2) (DARTS pads odd sizes), so 33x33 before a reduction feeds 17x17
+        ratio = 1 if h == h_cell else 2 if (h + 1) // 2 == h_cell else 0
+        if not ratio:
             raise NasSemanticError(f"cell input {name!r} has resolution {h}x{h} but the cell works at "
                                    f"{h_cell}x{h_cell}{where}", span=layer.span)
         if ir.preprocess is None:

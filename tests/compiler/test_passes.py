@@ -130,3 +130,13 @@ def test_lint_failure_names_the_pass(spaces_dir):
 
     with pytest.raises(AssertionError, match=r"after pass break_layers \(ran: check_graph, break_layers\)"):
         run_passes(_raw(spaces_dir / "darts.nas"), [check_graph, break_layers], check=True)
+
+
+
+@pytest.mark.parametrize("size, after_first, after_second", [(33, 17, 9), (7, 4, 2), (30, 15, 8)])
+def test_odd_resolution_before_a_reduction_is_preprocessed_at_stride_2(size, after_first, after_second):
+    """A stride-2 step maps h to ceil(h/2), as DARTS' padded FactorizedReduce does: 33x33 feeds a 17x17 cell."""
+    ir = compile_space("darts", params={"C": 4, "layers": 5}, input_shape=(3, size, size))
+    s = ir.meta["shapes"]  # reductions at cells 1 and 3
+    assert (s["cell2"]["h_in"], s["cell2"]["pre"]) == ([size, after_first], [2, 1])
+    assert (s["cell4"]["h_in"], s["cell4"]["pre"]) == ([after_first, after_second], [2, 1])

@@ -70,6 +70,16 @@ def test_weight_count_equals_compiler_cost(bundled_space):
     assert _weights(net) == ir.meta["costs"]["total_without_aux"]["params"]
 
 
+
+@pytest.mark.parametrize("size", [33, 7])
+def test_odd_input_runs_through_the_reductions(size):
+    """An odd map before a reduction: the compiler's ceil(h/2) is what the padded FactorizedReduce produces."""
+    ir = compile_space("darts", params={"C": 4, "layers": 5}, input_shape=(3, size, size))
+    net = build_supernet(ir, load_relaxation("softmax"), generator=torch.Generator().manual_seed(0))
+    assert _weights(net) == ir.meta["costs"]["total_without_aux"]["params"]
+    assert net(torch.randn(2, 3, size, size)).shape == (2, 10)
+
+
 @pytest.mark.parametrize("space, expected", [
     # official quark0/darts cnn/model_search.py Network(C=16, num_classes=10, layers=8), 8 DARTS ops
     ("darts", 1_930_618),
