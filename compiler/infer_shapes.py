@@ -72,15 +72,20 @@ def _cell_shapes(ir: SpaceIR, layer: Layer, c_in: list[int], h_in: list[int | No
                                where=f" (op {op!r} on edge {e.key} in {layer.id}, cell {layer.cell!r})")
                 shapes[(src, op)] = output_shape(placed, c, h)
         distinct = set(shapes.values())
+        if not distinct:  # a constant-zero node: the shape its removed zero edges would have given
+            for src, op, stride in ir.meta.get("zero_sources", {}).get(layer.cell, {}).get(node, ()):
+                c, h = states[src]
+                placed = place(ir.impl(op, stride), c_in=c, c=width, h=h, searching=searching, affine=affine,
+                               where=f" (op {op!r} on edge {node}<-{src} in {layer.id}, cell {layer.cell!r})")
+                shapes[(src, op)] = output_shape(placed, c, h)
+            distinct = set(shapes.values()) or {(width, h_cell)}
         if len(distinct) > 1:
             desc = "; ".join(f"{op} from {src}: {c}x{h}x{h}" for (src, op), (c, h) in sorted(shapes.items()))
-            span = g.edges[next(iter(shapes))[0], node]["edge"].span
+            first = next(iter(shapes))[0]
+            span = g.edges[first, node]["edge"].span if g.has_edge(first, node) else layer.span
             raise NasSemanticError(f"inputs of node {node!r} disagree in shape{where}: {desc}", span=span,
                                    hint="edges into one node need the same channels and stride")
-        if distinct:
-            states[node] = distinct.pop()
-        else:
-            states[node] = (width, h_cell)  # a constant-zero node (all its edges were removed)
+        states[node] = distinct.pop()
     out = g.graph["output"]
     res = {states[s][1] for s in out.states}
     if len(res) > 1:
