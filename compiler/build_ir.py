@@ -76,6 +76,27 @@ def _int(value: Any, what: str, span: SourceSpan | None, minimum: int = 0, maxim
     return n
 
 
+def check_input_shape(dims: Any, span: SourceSpan | None = None) -> tuple[int, int, int]:
+    """An input shape from `input C x H x W`, `--input` or `input_shape=`: three positive integers, H == W.
+
+    Shapes, costs and the runtime assume square maps, so a non-square input is refused wherever it is given.
+    """
+    try:
+        values = tuple(dims)
+    except TypeError:
+        values = None
+    ints = None if values is None else tuple(as_int(v) for v in values)
+    if values is None or len(values) != 3 or None in ints or min(ints) < 1:
+        shown = "x".join(map(str, values)) if values is not None and len(values) == 3 else repr(dims)
+        raise NasSemanticError(f"an input shape is three positive integers C x H x W, got {shown}", span=span,
+                               hint="e.g. 3x32x32")
+    c, h, w = ints
+    if h != w:
+        raise NasSemanticError(f"only square inputs are supported, got {c}x{h}x{w}", span=span,
+                               hint=f"use the same height and width, e.g. {c}x{max(h, w)}x{max(h, w)}; resize or pad the images")
+    return c, h, w
+
+
 # ---- cells -----------------------------------------------------------------------------
 
 def _state_index(g: nx.DiGraph, name: str, span: SourceSpan, cell: str) -> str:
@@ -287,9 +308,7 @@ def build_macro(decl: SpaceDecl, ops: OpResolver, cells: dict[str, nx.DiGraph], 
         if isinstance(stmt, A.InputStmt):
             dims = tuple(_int(evaluate(e, params), "an input size", e.span, 1)
                          for e in (stmt.channels, stmt.height, stmt.width))
-            if dims[1] != dims[2]:
-                raise NasSemanticError("only square inputs are supported", span=stmt.span)
-            input_shape = dims
+            input_shape = check_input_shape(dims, stmt.span)
         elif isinstance(stmt, A.PreprocessStmt):
             template = errs.run(_preprocess_template, ops, stmt, params)
             preprocess = template

@@ -122,3 +122,13 @@ def test_version():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0
     assert result.output.strip() == f"nasc {__version__}"
+
+
+@pytest.mark.parametrize("shape, message", [
+    ("3x32x16", "only square inputs are supported, got 3x32x16"),
+    ("3x0x0", "an input shape is three positive integers C x H x W, got 3x0x0"),
+])
+def test_compile_refuses_a_non_square_or_empty_input(shape, message):
+    result = runner.invoke(app, ["compile", "nb201", "--input", shape, "-o", "-"])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.replace("│", " ").split())

@@ -418,3 +418,25 @@ def test_derived_cell_overrides_existing_edges_only(compile_text):
     with pytest.raises(NasSemanticError, match="derived cell 'reduce' has no edge n1 -> n0 to change"):
         compile_text(space().replace("cell reduce = normal with stride 2 on inputs",
                                      "cell reduce = normal with stride 2 on inputs:\n    edge n1 -> n0: [none]"))
+
+
+# ---- input shapes ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(3, 32, 16), [1, 28, 14]])
+def test_a_non_square_input_shape_from_python_is_refused(semantic_error, shape):
+    err = semantic_error(space(), input_shape=shape)
+    assert err.message == f"only square inputs are supported, got {shape[0]}x{shape[1]}x{shape[2]}"
+    assert err.span is None  # not in the file: the argument is at fault
+    assert err.hint.startswith(f"use the same height and width, e.g. {shape[0]}x{shape[1]}x{shape[1]}")
+
+
+@pytest.mark.parametrize("shape", [(3, 32), (3, 0, 0), (3, 32.5, 32.5), "3x32x32"])
+def test_a_malformed_input_shape_from_python_is_refused(semantic_error, shape):
+    err = semantic_error(space(), input_shape=shape)
+    assert err.message.startswith("an input shape is three positive integers C x H x W, got ")
+
+
+def test_the_input_statement_refuses_non_square_shapes_with_the_same_message(semantic_error):
+    err = semantic_error(space().replace("network:\n", "network:\n    input 3 x 32 x 16\n"))
+    assert err.message == "only square inputs are supported, got 3x32x16"
+    assert where(err) == (13, 5)
