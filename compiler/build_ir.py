@@ -462,6 +462,26 @@ def _check_magnitude(opts: dict[str, Any], span: SourceSpan) -> None:
                                hint='e.g. `excluding none` or `exclude = ["none"]`')
 
 
+def check_excluded(stmt: A.MethodStmt | None, ops: OpResolver) -> None:
+    """`excluding OP` must name an op: a typo (`nnone`) would silently stop excluding `none`."""
+    if stmt is None or stmt.name != "magnitude":
+        return
+    value = dict(stmt.kwargs).get("exclude")
+    if value is None:
+        return
+    items = value.items if isinstance(value, A.ListExpr) else (value,)
+    used = set(ops.templates)  # every candidate's canonical name, e.g. `conv(3, stride)`
+    for item in items:
+        if not isinstance(item, A.Str):
+            continue  # not a name: _check_magnitude reports it
+        name = item.value
+        if name in used or ops.find(name, item.span) is not None:
+            continue
+        known = sorted(used | set(ops.known_names()) - set(ops.decl.op_sets))
+        raise NasSemanticError(f"unknown op {name!r} in `excluding`", span=item.span,
+                               hint=did_you_mean(name, known) or "exclude ops by the names the candidates use")
+
+
 def check_definitions(decl: SpaceDecl, ops: OpResolver, errs: Collector) -> None:
     """Every op set and every argument-free op is resolved even when unused, so a typo never hides.
 
@@ -482,6 +502,7 @@ def build_ir(decl: SpaceDecl, overrides: Mapping[str, Any] | None = None) -> Spa
     cells = build_cells(decl, ops, params, errs)
     check_definitions(decl, OpResolver(decl, params), errs)  # a scratch resolver: the IR keeps only used ops
     macro = errs.run(build_macro, decl, ops, cells, params, errs)
+    errs.run(check_excluded, decl.select, ops)
     errs.check()
     g, input_shape, preprocess = macro
     search: dict[str, Any] = {}

@@ -66,15 +66,22 @@ class OpResolver:
         examples = [re.sub(r"\{[^}]*\}", "3", p) for p in self.decl.patterns]
         return sorted(set(self.decl.ops) | set(examples) | set(PRIMITIVES) | set(self.decl.op_sets))
 
-    def _find(self, name: str, *, prefer_primitive: bool = False) -> tuple[str, Any, dict[str, Any]] | None:
+    def find(self, name: str, span: SourceSpan, *, prefer_primitive: bool = False
+             ) -> tuple[str, Any, dict[str, Any]] | None:
+        """What `name` refers to: a defined op, else the one op family it matches, else a primitive."""
         if prefer_primitive and name in PRIMITIVES:
             return "prim", PRIMITIVES[name], {}
         if name in self.decl.ops:
             return "op", self.decl.ops[name], {}
-        for (regex, names), d in self._patterns:
-            m = regex.match(name)
-            if m:
-                return "op", d, {n: int(m.group(n)) for n in names}
+        matches = [(d, m) for (regex, _), d in self._patterns if (m := regex.match(name))]
+        if len(matches) > 1:
+            first, second = sorted(d.name for d, _ in matches)[:2]
+            raise NasSemanticError(f"op {name!r} is ambiguous: it matches both families {first!r} and {second!r}",
+                                   span=span, hint="rename one family, or define the op itself: "
+                                                   f"`op {name} = ...` takes precedence over families")
+        if matches:
+            d, m = matches[0]
+            return "op", d, {n: int(v) for n, v in m.groupdict().items()}
         if name in PRIMITIVES:
             return "prim", PRIMITIVES[name], {}
         return None
@@ -119,7 +126,7 @@ class OpResolver:
         name = canonical_name(call, self.params)
         if name in self.templates:
             return self.templates[name]
-        found = self._find(call.name)
+        found = self.find(call.name, call.span)
         if found is None:
             raise self.unknown(call.name, call.span)
         kind, target, bound = found
@@ -181,7 +188,7 @@ class OpResolver:
                 raise NasSemanticError("a step condition must be true/false", span=step.guard.span,
                                        hint="e.g. `bn if searching`")
             # inside `op noise = noise(stride)` the body's `noise` is the primitive, not the op itself
-            found = self._find(step.call.name, prefer_primitive=step.call.name in self._active)
+            found = self.find(step.call.name, step.call.span, prefer_primitive=step.call.name in self._active)
             if found is None:
                 raise self.unknown(step.call.name, step.call.span)
             kind, target, bound = found

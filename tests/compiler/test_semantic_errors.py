@@ -440,3 +440,34 @@ def test_the_input_statement_refuses_non_square_shapes_with_the_same_message(sem
     err = semantic_error(space().replace("network:\n", "network:\n    input 3 x 32 x 16\n"))
     assert err.message == "only square inputs are supported, got 3x32x16"
     assert where(err) == (13, 5)
+
+
+# ---- selection ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("select, col", [
+    ("select top 2 per node excluding nnone", 33),
+    ("select argmax per edge excluding skip_connect, nnone", 48),
+    ('select magnitude(k = 2, per = "node", exclude = ["nnone"])', 50),
+])
+def test_excluding_an_unknown_op(semantic_error, select, col):
+    err = semantic_error(space(extra=select + "\n"))
+    assert err.message == "unknown op 'nnone' in `excluding`"
+    assert where(err) == (17, col)
+    assert err.hint == "did you mean 'none'?"
+
+
+def test_excluding_an_op_the_space_defines_but_does_not_use(compile_text):
+    ir = compile_text(space("[skip_connect, sep_conv_3x3]", extra="select top 2 per node excluding none, sep_conv_5x5\n"))
+    assert dict(ir.select.options)["exclude"] == ("none", "sep_conv_5x5")
+
+
+def test_two_op_families_matching_one_name_are_ambiguous(semantic_error):
+    err = semantic_error(space("[none, a_3x3]", extra="op a_{k}x3 = conv(k) > bn\nop a_3x{j} = conv(1) > bn\n"))
+    assert err.message == "op 'a_3x3' is ambiguous: it matches both families 'a_3x{j}' and 'a_{k}x3'"
+    assert where(err) == (9, LIST_COL + 6)
+    assert "`op a_3x3 = ...` takes precedence" in err.hint
+
+
+def test_a_defined_op_takes_precedence_over_a_family(compile_text):
+    ir = compile_text(space("[none, sep_conv_3x3]", extra="op sep_conv_3x3 = relu > conv(3, stride) > bn\n"))
+    assert [s.prim for s in ir.impls["sep_conv_3x3@1"]] == ["relu", "conv", "bn"]
