@@ -482,6 +482,19 @@ def check_excluded(stmt: A.MethodStmt | None, ops: OpResolver) -> None:
                                hint=did_you_mean(name, known) or "exclude ops by the names the candidates use")
 
 
+def check_per_layer(stmt: A.MethodStmt | None, macro: nx.MultiDiGraph) -> None:
+    """Selecting per layer picks among `choice` blocks: a network without one has nothing it applies to."""
+    if stmt is None or stmt.name != "magnitude":
+        return
+    per = dict(stmt.kwargs).get("per")
+    if not isinstance(per, A.Str) or per.value != "layer":
+        return
+    if not any(d["layer"].kind == "choice" for _, d in macro.nodes(data=True)):
+        raise NasSemanticError("selection per layer, but the network has no `choice` layers", span=per.span,
+                               hint="cells are selected per edge (`select argmax per edge`) "
+                                    "or per node (`select top 2 per node`)")
+
+
 def check_definitions(decl: SpaceDecl, ops: OpResolver, errs: Collector) -> None:
     """Every op set and every argument-free op is resolved even when unused, so a typo never hides.
 
@@ -503,6 +516,8 @@ def build_ir(decl: SpaceDecl, overrides: Mapping[str, Any] | None = None) -> Spa
     check_definitions(decl, OpResolver(decl, params), errs)  # a scratch resolver: the IR keeps only used ops
     macro = errs.run(build_macro, decl, ops, cells, params, errs)
     errs.run(check_excluded, decl.select, ops)
+    if macro is not None:
+        errs.run(check_per_layer, decl.select, macro[0])
     errs.check()
     g, input_shape, preprocess = macro
     search: dict[str, Any] = {}

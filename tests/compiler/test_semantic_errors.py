@@ -471,3 +471,11 @@ def test_two_op_families_matching_one_name_are_ambiguous(semantic_error):
 def test_a_defined_op_takes_precedence_over_a_family(compile_text):
     ir = compile_text(space("[none, sep_conv_3x3]", extra="op sep_conv_3x3 = relu > conv(3, stride) > bn\n"))
     assert [s.prim for s in ir.impls["sep_conv_3x3@1"]] == ["relu", "conv", "bn"]
+
+
+@pytest.mark.parametrize("select, col", [("select argmax per layer", 19), ('select magnitude(per = "layer")', 24)])
+def test_selection_per_layer_needs_choice_layers(semantic_error, select, col):
+    err = semantic_error(space(extra=select + "\n"))
+    assert err.message == "selection per layer, but the network has no `choice` layers"
+    assert where(err) == (17, col)
+    assert "`select argmax per edge`" in err.hint
