@@ -304,7 +304,12 @@ def build_macro(decl: SpaceDecl, ops: OpResolver, cells: dict[str, nx.DiGraph], 
             g.add_edge(producers[-1], layer.id, slot=0)
 
     head_seen = False
+    layer_kinds = {A.StemStmt: "stem", A.LayerStmt: "layer", A.StackStmt: "stack", A.ChoiceStmt: "choice"}
     for stmt in net.stmts:
+        if head_seen and type(stmt) in layer_kinds:
+            raise NasSemanticError(f"`{layer_kinds[type(stmt)]}` after the head: the head must be the network's "
+                                   "last layer", span=stmt.span, hint="move `head` below the layers it classifies "
+                                                                      "(only `aux` heads may follow it)")
         if isinstance(stmt, A.InputStmt):
             dims = tuple(_int(evaluate(e, params), "an input size", e.span, 1)
                          for e in (stmt.channels, stmt.height, stmt.width))

@@ -479,3 +479,18 @@ def test_selection_per_layer_needs_choice_layers(semantic_error, select, col):
     assert err.message == "selection per layer, but the network has no `choice` layers"
     assert where(err) == (17, col)
     assert "`select argmax per edge`" in err.hint
+
+
+# ---- network --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layer, word, line", [("stack 3 x normal, reduce at [1], widen 2 at reduce", "stack", 16),
+                                               ("layer conv(1) > bn", "layer", 17)])
+def test_a_layer_after_the_head_is_an_error(semantic_error, layer, word, line):
+    head = "    head global_avg_pool > linear(classes)\n"
+    text = space().replace("    stack 3 x normal, reduce at [1], widen 2 at reduce\n" + head,
+                           "    stack 3 x normal, reduce at [1], widen 2 at reduce\n" * (word == "layer") + head
+                           + f"    {layer}\n")
+    err = semantic_error(text)
+    assert err.message == f"`{word}` after the head: the head must be the network's last layer"
+    assert where(err) == (line, 5)
+    assert "only `aux` heads may follow it" in err.hint
