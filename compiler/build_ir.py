@@ -161,6 +161,14 @@ def _apply_cell_stmts(g: nx.DiGraph, stmts, ops: OpResolver, cell: str, errs: Co
         elif isinstance(stmt, A.OutputStmt):
             if derived:
                 raise NasSemanticError("a derived cell cannot change its output", span=stmt.span)
+            if g.graph["output"] is not None:
+                raise NasSemanticError(f"cell {cell!r} has more than one `output`", span=stmt.span,
+                                       hint=f"the first is at line {g.graph['output_span'].line}; "
+                                            "a cell has one output (list several nodes with `output concat(...)`)")
+            twice = sorted({n for n in stmt.names or () if stmt.names.count(n) > 1})
+            if twice:
+                raise NasSemanticError(f"the output of cell {cell!r} names {twice[0]!r} twice", span=stmt.span,
+                                       hint="each node may appear once in `output concat(...)`")
             if stmt.names is None:
                 states = tuple(n for n in sorted(g.nodes, key=lambda n: g.nodes[n]["index"])
                                if g.nodes[n]["kind"] == "node")

@@ -106,19 +106,41 @@ class OpResolver:
         else:
             items = (cands,)
         out: list[tuple[str, A.OpCall]] = []
+        keys: dict[str, str] = {}  # what each candidate computes -> the name it was listed under
         for call in items:
             if not call.args and not call.kwargs and call.name in self.decl.op_sets:
-                out.extend(self.candidates(call, _sets))  # op sets may include other op sets
+                for name, inner in self.candidates(call, _sets):  # op sets may include other op sets
+                    self._once(name, inner, keys)
+                    out.append((name, inner))
                 continue
             name = canonical_name(call, self.params)
-            if any(n == name for n, _ in out):
-                raise NasSemanticError(f"candidate {name!r} is listed twice", span=call.span)
             self.template(call)
+            self._once(name, call, keys)
             out.append((name, call))
         if not out:
             span = cands.span
             raise NasSemanticError("empty candidate set", span=span, hint="list at least one op, e.g. [skip_connect]")
         return out
+
+    def _once(self, name: str, call: A.OpCall, keys: dict[str, str]) -> None:
+        """A candidate may appear only once per list, however its arguments are spelled (`cb(3)`, `cb(k = 3)`)."""
+        key = self.call_key(call)
+        if key in keys:
+            first = keys[key]
+            same = f"candidate {name!r} is listed twice" if first == name else \
+                f"candidate {name!r} is listed twice (also as {first!r})"
+            raise NasSemanticError(same, span=call.span, hint="a candidate may appear only once per list")
+        keys[key] = name
+
+    def call_key(self, call: A.OpCall) -> str:
+        """What a call computes: its target and every argument bound by name (defaults filled for primitives)."""
+        kind, target, bound = self.find(call.name, call.span)  # already resolved by `template`
+        if kind == "prim":
+            values = {p.name: p.default for p in target.params if p.default is not None}
+            values.update(self.prim_step(target.name, call, self.params).args)
+        else:
+            values = self._bind(target, call, bound, self.params)
+        return repr((kind, target.name, sorted(values.items())))
 
     # ---- templates ----
     def template(self, call: A.OpCall) -> OpTemplate:

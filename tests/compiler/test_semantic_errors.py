@@ -494,3 +494,54 @@ def test_a_layer_after_the_head_is_an_error(semantic_error, layer, word, line):
     assert err.message == f"`{word}` after the head: the head must be the network's last layer"
     assert where(err) == (line, 5)
     assert "only `aux` heads may follow it" in err.hint
+
+
+# ---- duplicates: each name once per file, each candidate once per list -----------------------
+
+@pytest.mark.parametrize("cands, message, col", [
+    ("[dw(3), dw(k = 3)]", "candidate 'dw(k=3)' is listed twice (also as 'dw(3)')", LIST_COL + 7),
+    ("[conv(3), conv(k = 3, stride = 1)]", "candidate 'conv(k=3, stride=1)' is listed twice (also as 'conv(3)')",
+     LIST_COL + 9),
+    ("[base_ops, skip_connect]", "candidate 'skip_connect' is listed twice", LIST_COL + 10),
+])
+def test_the_same_candidate_spelled_differently(semantic_error, cands, message, col):
+    err = semantic_error(space(cands))
+    assert err.message == message
+    assert where(err) == (9, col)
+    assert err.hint == "a candidate may appear only once per list"
+
+
+def test_different_arguments_are_different_candidates(compile_text):
+    ir = compile_text(space("[dw(3), dw(k = 5), conv(3, stride), conv(3, stride, dilation = 2)]"))
+    assert len(ir.alpha_groups["normal"]["rows"][0]["ops"]) == 4
+
+
+def test_a_parameter_declared_twice(semantic_error):
+    err = semantic_error(space().replace("space t(C = 16, classes = 10)", "space t(C = 16, classes = 10, C = 8)"))
+    assert err.message == "parameter 'C' is declared twice"
+    assert where(err) == (1, 31)
+    assert err.hint == "the first declaration is at column 9"
+
+
+def test_an_op_and_an_op_set_with_one_name(semantic_error):
+    err = semantic_error(space(extra="ops dw = [none]\n"))
+    assert err.message == "'dw' is defined twice in this file (as an op and an op set)"
+    assert where(err) == (17, 1)
+    assert err.hint == "the first definition is at line 5"
+
+
+def test_an_op_set_overrides_an_inherited_op_of_that_name(compile_text):
+    ir = compile_text('space s extends "darts.nas"\nops skip_connect = [none, avg_pool_3x3]\n'
+                      "ops darts_ops = [skip_connect, max_pool_3x3]\n")
+    assert ir.alpha_groups["normal"]["rows"][0]["ops"] == ["none", "avg_pool_3x3", "max_pool_3x3"]
+    assert "skip_connect" not in ir.ops
+
+
+@pytest.mark.parametrize("output, message", [
+    ("    output concat(n0..n1)\n    output n1\n", "cell 'normal' has more than one `output`"),
+    ("    output concat(n1, n0, n1)\n", "the output of cell 'normal' names 'n1' twice"),
+])
+def test_one_output_per_cell_each_node_once(semantic_error, output, message):
+    err = semantic_error(space().replace("    output concat(n0..n1)\n", output))
+    assert err.message == message
+    assert where(err) == (10 + output.count("\n") - 1, 5)
