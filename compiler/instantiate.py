@@ -77,6 +77,9 @@ def place(steps: tuple[Step, ...], *, c_in: int, c: int, h: int | None, searchin
                     raise NasSemanticError(f"{step.prim}: {name} = {args[name]!r} is not a valid size{where}",
                                            span=step.span)
                 args[name] = n
+        problem = spec.check(args)  # values only known here, e.g. `pad = k - 1` inside a family
+        if problem:
+            raise NasSemanticError(f"{step.prim}: {problem[0]}{where}", span=step.span, hint=problem[1])
         vector_only = step.prim == "linear"
         if vector_only and cur_h is not None:
             raise NasSemanticError(f"linear needs a vector but receives a {cur_c}x{cur_h}x{cur_h} feature map{where}",

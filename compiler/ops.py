@@ -270,6 +270,9 @@ class OpResolver:
                 raise NasSemanticError(f"{prim}: {p.name!r} must be a number, got {value!r}", span=call.span)
             if p.kind is int and p.name in ("k", "stride", "dilation", "groups", "out") and args[p.name] < 1:
                 raise NasSemanticError(f"{prim}: {p.name!r} must be at least 1, got {args[p.name]}", span=call.span)
+        problem = spec.check({k: v for k, v in args.items() if not is_sym(v)})
+        if problem:
+            raise NasSemanticError(f"{prim}: {problem[0]}", span=call.span, hint=problem[1])
         return Step(prim=prim, args=tuple(sorted(args.items())), span=call.span)
 
 

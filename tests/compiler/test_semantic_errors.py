@@ -545,3 +545,25 @@ def test_one_output_per_cell_each_node_once(semantic_error, output, message):
     err = semantic_error(space().replace("    output concat(n0..n1)\n", output))
     assert err.message == message
     assert where(err) == (10 + output.count("\n") - 1, 5)
+
+
+# ---- primitive arguments that torch would refuse ---------------------------------------------
+
+@pytest.mark.parametrize("body, message, hint", [
+    ("dropout(p = 2)", "dropout: p = 2 is not a probability", "between 0 and 1"),
+    ("dropout(p = -0.5)", "dropout: p = -0.5 is not a probability", "between 0 and 1"),
+    ("max_pool(3, pad = 2)", "max_pool: pad = 2 is more than half the kernel (k = 3)", "pads at most k // 2 = 1"),
+    ("avg_pool(5, stride, pad = 3)", "avg_pool: pad = 3 is more than half the kernel (k = 5)", "k // 2 = 2"),
+])
+def test_primitive_arguments_are_checked_where_written(semantic_error, body, message, hint):
+    err = semantic_error(space("[none, cand]", extra=f"op cand = relu > {body}\n"))
+    assert err.message == message
+    assert where(err) == (17, 18)
+    assert hint in err.hint
+
+
+def test_primitive_arguments_known_only_on_the_edge_are_checked_there(semantic_error):
+    # `pad = stride` is 1 on normal edges (fine) and 2 on the reduction cell's input edges
+    err = semantic_error(space("[none, cand]", extra="op cand = max_pool(3, stride, pad = stride)\n"))
+    assert err.message.startswith("max_pool: pad = 2 is more than half the kernel (k = 3) (op 'cand' on edge ")
+    assert where(err) == (17, 11)
