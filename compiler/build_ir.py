@@ -24,6 +24,10 @@ DEFAULT_INPUT = (3, 32, 32)
 COMBINES = ("sum", "mean")
 
 
+class FollowOn(Exception):
+    """A step cannot go on because of an error already collected; reporting more would only mislead."""
+
+
 class Collector:
     """Gathers errors so one compile reports every independent mistake."""
 
@@ -33,6 +37,8 @@ class Collector:
     def run(self, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except FollowOn:
+            assert self.errors, "FollowOn raised with no error collected"
         except NasSemanticError as e:
             self.errors.extend(e.errors)
         except NascError as e:
@@ -287,10 +293,11 @@ def build_macro(decl: SpaceDecl, ops: OpResolver, cells: dict[str, nx.DiGraph], 
     input_shape = DEFAULT_INPUT
     preprocess = None
     if net is None:
-        raise NasSemanticError(f"space {decl.name!r} has no `network:` block",
+        raise NasSemanticError(f"space {decl.name!r} has no `network:` block", span=decl.span,
                                hint="add `network:` with a stem, stacked cells and a head")
     producers: list[str] = []  # layers whose outputs later cells may read, in order
-    width = params.get("C") if isinstance(params.get("C"), int) else None
+    c = params.get("C")
+    width = c if isinstance(c, int) and not isinstance(c, bool) and c >= 1 else None
     channels: int | None = None
     counter = {"cell": 0, "layer": 0, "choice": 0}
 
@@ -342,6 +349,12 @@ def build_macro(decl: SpaceDecl, ops: OpResolver, cells: dict[str, nx.DiGraph], 
             count = _int(evaluate(stmt.count, params), "a cell count", stmt.count.span, 1, MAX_REPEAT)
             if stmt.width is not None:
                 width = _int(evaluate(stmt.width, params), "a width", stmt.width.span, 1)
+            if width is None and "C" in params:
+                if errs.errors:  # C is declared but unusable: the error that made it so is the one to read
+                    raise FollowOn()
+                raise NasSemanticError(f"`stack` needs a width: the parameter C is {params['C']!r}, "
+                                       "not a positive integer", span=stmt.span,
+                                       hint="give C a positive integer value, or add `, width N`")
             if width is None:
                 raise NasSemanticError("`stack` needs a width", span=stmt.span,
                                        hint="add `, width N` or declare a parameter C")

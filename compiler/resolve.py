@@ -39,6 +39,7 @@ class SpaceDecl:
     search: dict[str, A.Setting] = attrs.field(factory=dict)
     train: dict[str, A.Setting] = attrs.field(factory=dict)
     files: list[str] = attrs.field(factory=list)  # every file read, in order
+    span: SourceSpan | None = None  # the space header of the file compiled (else its first line)
 
 
 def bundled_dir() -> Path:
@@ -164,6 +165,7 @@ def _resolve_file(tree: A.SpaceFile, stack: tuple[str, ...]) -> SpaceDecl:
             seen[param.name] = param
             decl.params[param.name] = param
     decl.path = here
+    decl.span = header.span if header else SourceSpan(file=here, line=1, col=1)
     _add_definitions(decl, tree.statements, definitions_only=False, file=here)
     return decl
 

@@ -567,3 +567,44 @@ def test_primitive_arguments_known_only_on_the_edge_are_checked_there(semantic_e
     err = semantic_error(space("[none, cand]", extra="op cand = max_pool(3, stride, pad = stride)\n"))
     assert err.message.startswith("max_pool: pad = 2 is more than half the kernel (k = 3) (op 'cand' on edge ")
     assert where(err) == (17, 11)
+
+
+# ---- one error, where it is -------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw, message, col", [
+    ({"text_c": "8.5"}, "conv: 'out' must be an integer, got 25.5", 10),
+    ({"params": {"C": 8.5}}, "conv: 'out' must be an integer, got 25.5", 10),
+    ({"params": {"C": "abc"}}, "operator '*' does not apply to int and str", 24),
+])
+def test_an_unusable_width_parameter_reports_only_the_real_error(semantic_error, kw, message, col):
+    text = space()
+    if "text_c" in kw:
+        text = text.replace("space t(C = 16,", f"space t(C = {kw['text_c']},")
+    err = semantic_error(text, **({"params": kw["params"]} if "params" in kw else {}))
+    assert err.message == message
+    assert where(err) == (13, col)
+    assert len(err.errors) == 1  # no "`stack` needs a width ... declare a parameter C" as well
+
+
+def test_a_declared_width_parameter_that_is_not_a_positive_integer(semantic_error):
+    err = semantic_error(space().replace("out = 3 * C", "out = 48"), params={"C": 0})
+    assert err.message == "`stack` needs a width: the parameter C is 0, not a positive integer"
+    assert where(err) == (15, 5)
+    assert len(err.errors) == 1
+
+
+def test_a_space_without_a_network_names_its_file(semantic_error):
+    err = semantic_error("space b(C = 8)\nop x = relu\n")
+    assert err.message == "space 'b' has no `network:` block"
+    assert (err.span.file, *where(err)) == ("t.nas", 1, 1)
+    err = semantic_error("# only a comment\n")
+    assert (err.span.file, *where(err)) == ("t.nas", 1, 1)
+
+
+def test_a_byte_order_mark_is_accepted_and_columns_ignore_it(semantic_error, compile_text):
+    assert compile_text("\ufeff" + space()).name == "t"
+    err = semantic_error("\ufeff" + space("[none, sep_conv3x3]"))
+    assert where(err) == (9, LIST_COL + 6)
+    text = "\ufeffspace b\nop x = reluu\n"
+    err = semantic_error(text)
+    assert err.render(text).splitlines()[1:3] == ["  op x = reluu", "         ^^^^^"]
