@@ -608,3 +608,54 @@ def test_a_byte_order_mark_is_accepted_and_columns_ignore_it(semantic_error, com
     text = "\ufeffspace b\nop x = reluu\n"
     err = semantic_error(text)
     assert err.render(text).splitlines()[1:3] == ["  op x = reluu", "         ^^^^^"]
+
+
+# ---- runaway sizes ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("header, col", [("space t(C = 99999999999999999999999, classes = 10)", 13),
+                                         ("space t(C = 16, classes = 2 ** 70)", 27),
+                                         ("space t(C = 16, classes = 10, big = 1e400)", 37)])
+def test_numbers_beyond_64_bits_are_errors(semantic_error, header, col):
+    err = semantic_error(space().replace("space t(C = 16, classes = 10)", header))
+    assert err.message == "number too large"
+    assert where(err) == (1, col)
+    assert "64 bits" in err.hint
+
+
+def test_too_many_channels_is_an_error_at_the_step(semantic_error):
+    err = semantic_error(space(), params={"C": 30_000})
+    assert err.message == "conv would produce 90,000 channels, more than the limit of 65,536 (in stem)"
+    assert where(err) == (13, 10)
+    assert "lower the width" in err.hint
+
+
+def test_too_many_channels_in_a_cell_output_is_an_error_at_the_output(semantic_error):
+    err = semantic_error(space().replace("out = 3 * C", "out = 16"), params={"C": 40_000})
+    assert err.message.startswith("the output of cell 'normal' has 80,000 channels, more than the limit of 65,536")
+    assert where(err) == (10, 5)
+
+
+def test_too_many_parameters_is_an_error_at_the_largest_layer(semantic_error):
+    text = space("[none, sep_conv_3x3]").replace("out = 3 * C", "out = 16").replace(", widen 2 at reduce", "")
+    err = semantic_error(text, params={"C": 25_000})
+    assert err.message.startswith("the supernet would hold ")
+    assert err.message.endswith(" parameters, more than the limit of 10^10")
+    assert where(err) == (15, 5)
+    assert err.hint.startswith("cell")
+
+
+def test_too_many_activations_is_an_error(semantic_error):
+    err = semantic_error(space(), input_shape=(3, 60_000, 60_000), params={"C": 4})
+    assert err.message.endswith("bytes of activations per sample, more than the limit of 1 TiB")
+
+
+def test_a_kernel_wider_than_the_input_can_use_is_an_error(semantic_error):
+    err = semantic_error(space("[none, sep_conv_999999x999999]"))
+    assert err.message.startswith("dw_conv: a 999999x999999 kernel is wider than 65, twice the 32x32 input plus one")
+    assert where(err) == (2, 30)
+    assert "never touch a pixel" in err.hint
+
+
+def test_usual_kernels_on_tiny_inputs_stay_legal(compile_text):
+    ir = compile_text(space("[none, sep_conv_5x5, dw(k = 11)]"), input_shape=(3, 2, 2))
+    assert ir.meta["shapes"]["head"]["c_out"] == 10
