@@ -24,6 +24,10 @@ DEFAULT_INPUT = (3, 32, 32)
 COMBINES = ("sum", "mean")
 
 
+class FollowOn(Exception):
+    """A step cannot go on because of an error already collected; reporting more would only mislead."""
+
+
 class Collector:
     """Gathers errors so one compile reports every independent mistake."""
 
@@ -33,6 +37,8 @@ class Collector:
     def run(self, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except FollowOn:
+            assert self.errors, "FollowOn raised with no error collected"
         except NasSemanticError as e:
             self.errors.extend(e.errors)
         except NascError as e:
@@ -74,6 +80,27 @@ def _int(value: Any, what: str, span: SourceSpan | None, minimum: int = 0, maxim
     if maximum is not None and n > maximum:
         raise NasSemanticError(f"{what} must be at most {maximum}, got {n}", span=span)
     return n
+
+
+def check_input_shape(dims: Any, span: SourceSpan | None = None) -> tuple[int, int, int]:
+    """An input shape from `input C x H x W`, `--input` or `input_shape=`: three positive integers, H == W.
+
+    Shapes, costs and the runtime assume square maps, so a non-square input is refused wherever it is given.
+    """
+    try:
+        values = tuple(dims)
+    except TypeError:
+        values = None
+    ints = None if values is None else tuple(as_int(v) for v in values)
+    if values is None or len(values) != 3 or None in ints or min(ints) < 1:
+        shown = "x".join(map(str, values)) if values is not None and len(values) == 3 else repr(dims)
+        raise NasSemanticError(f"an input shape is three positive integers C x H x W, got {shown}", span=span,
+                               hint="e.g. 3x32x32")
+    c, h, w = ints
+    if h != w:
+        raise NasSemanticError(f"only square inputs are supported, got {c}x{h}x{w}", span=span,
+                               hint=f"use the same height and width, e.g. {c}x{max(h, w)}x{max(h, w)}; resize or pad the images")
+    return c, h, w
 
 
 # ---- cells -----------------------------------------------------------------------------
@@ -140,6 +167,14 @@ def _apply_cell_stmts(g: nx.DiGraph, stmts, ops: OpResolver, cell: str, errs: Co
         elif isinstance(stmt, A.OutputStmt):
             if derived:
                 raise NasSemanticError("a derived cell cannot change its output", span=stmt.span)
+            if g.graph["output"] is not None:
+                raise NasSemanticError(f"cell {cell!r} has more than one `output`", span=stmt.span,
+                                       hint=f"the first is at line {g.graph['output_span'].line}; "
+                                            "a cell has one output (list several nodes with `output concat(...)`)")
+            twice = sorted({n for n in stmt.names or () if stmt.names.count(n) > 1})
+            if twice:
+                raise NasSemanticError(f"the output of cell {cell!r} names {twice[0]!r} twice", span=stmt.span,
+                                       hint="each node may appear once in `output concat(...)`")
             if stmt.names is None:
                 states = tuple(n for n in sorted(g.nodes, key=lambda n: g.nodes[n]["index"])
                                if g.nodes[n]["kind"] == "node")
@@ -258,10 +293,11 @@ def build_macro(decl: SpaceDecl, ops: OpResolver, cells: dict[str, nx.DiGraph], 
     input_shape = DEFAULT_INPUT
     preprocess = None
     if net is None:
-        raise NasSemanticError(f"space {decl.name!r} has no `network:` block",
+        raise NasSemanticError(f"space {decl.name!r} has no `network:` block", span=decl.span,
                                hint="add `network:` with a stem, stacked cells and a head")
     producers: list[str] = []  # layers whose outputs later cells may read, in order
-    width = params.get("C") if isinstance(params.get("C"), int) else None
+    c = params.get("C")
+    width = c if isinstance(c, int) and not isinstance(c, bool) and c >= 1 else None
     channels: int | None = None
     counter = {"cell": 0, "layer": 0, "choice": 0}
 
@@ -283,13 +319,16 @@ def build_macro(decl: SpaceDecl, ops: OpResolver, cells: dict[str, nx.DiGraph], 
             g.add_edge(producers[-1], layer.id, slot=0)
 
     head_seen = False
+    layer_kinds = {A.StemStmt: "stem", A.LayerStmt: "layer", A.StackStmt: "stack", A.ChoiceStmt: "choice"}
     for stmt in net.stmts:
+        if head_seen and type(stmt) in layer_kinds:
+            raise NasSemanticError(f"`{layer_kinds[type(stmt)]}` after the head: the head must be the network's "
+                                   "last layer", span=stmt.span, hint="move `head` below the layers it classifies "
+                                                                      "(only `aux` heads may follow it)")
         if isinstance(stmt, A.InputStmt):
             dims = tuple(_int(evaluate(e, params), "an input size", e.span, 1)
                          for e in (stmt.channels, stmt.height, stmt.width))
-            if dims[1] != dims[2]:
-                raise NasSemanticError("only square inputs are supported", span=stmt.span)
-            input_shape = dims
+            input_shape = check_input_shape(dims, stmt.span)
         elif isinstance(stmt, A.PreprocessStmt):
             template = errs.run(_preprocess_template, ops, stmt, params)
             preprocess = template
@@ -310,6 +349,12 @@ def build_macro(decl: SpaceDecl, ops: OpResolver, cells: dict[str, nx.DiGraph], 
             count = _int(evaluate(stmt.count, params), "a cell count", stmt.count.span, 1, MAX_REPEAT)
             if stmt.width is not None:
                 width = _int(evaluate(stmt.width, params), "a width", stmt.width.span, 1)
+            if width is None and "C" in params:
+                if errs.errors:  # C is declared but unusable: the error that made it so is the one to read
+                    raise FollowOn()
+                raise NasSemanticError(f"`stack` needs a width: the parameter C is {params['C']!r}, "
+                                       "not a positive integer", span=stmt.span,
+                                       hint="give C a positive integer value, or add `, width N`")
             if width is None:
                 raise NasSemanticError("`stack` needs a width", span=stmt.span,
                                        hint="add `, width N` or declare a parameter C")
@@ -443,6 +488,39 @@ def _check_magnitude(opts: dict[str, Any], span: SourceSpan) -> None:
                                hint='e.g. `excluding none` or `exclude = ["none"]`')
 
 
+def check_excluded(stmt: A.MethodStmt | None, ops: OpResolver) -> None:
+    """`excluding OP` must name an op: a typo (`nnone`) would silently stop excluding `none`."""
+    if stmt is None or stmt.name != "magnitude":
+        return
+    value = dict(stmt.kwargs).get("exclude")
+    if value is None:
+        return
+    items = value.items if isinstance(value, A.ListExpr) else (value,)
+    used = set(ops.templates)  # every candidate's canonical name, e.g. `conv(3, stride)`
+    for item in items:
+        if not isinstance(item, A.Str):
+            continue  # not a name: _check_magnitude reports it
+        name = item.value
+        if name in used or ops.find(name, item.span) is not None:
+            continue
+        known = sorted(used | set(ops.known_names()) - set(ops.decl.op_sets))
+        raise NasSemanticError(f"unknown op {name!r} in `excluding`", span=item.span,
+                               hint=did_you_mean(name, known) or "exclude ops by the names the candidates use")
+
+
+def check_per_layer(stmt: A.MethodStmt | None, macro: nx.MultiDiGraph) -> None:
+    """Selecting per layer picks among `choice` blocks: a network without one has nothing it applies to."""
+    if stmt is None or stmt.name != "magnitude":
+        return
+    per = dict(stmt.kwargs).get("per")
+    if not isinstance(per, A.Str) or per.value != "layer":
+        return
+    if not any(d["layer"].kind == "choice" for _, d in macro.nodes(data=True)):
+        raise NasSemanticError("selection per layer, but the network has no `choice` layers", span=per.span,
+                               hint="cells are selected per edge (`select argmax per edge`) "
+                                    "or per node (`select top 2 per node`)")
+
+
 def check_definitions(decl: SpaceDecl, ops: OpResolver, errs: Collector) -> None:
     """Every op set and every argument-free op is resolved even when unused, so a typo never hides.
 
@@ -463,6 +541,9 @@ def build_ir(decl: SpaceDecl, overrides: Mapping[str, Any] | None = None) -> Spa
     cells = build_cells(decl, ops, params, errs)
     check_definitions(decl, OpResolver(decl, params), errs)  # a scratch resolver: the IR keeps only used ops
     macro = errs.run(build_macro, decl, ops, cells, params, errs)
+    errs.run(check_excluded, decl.select, ops)
+    if macro is not None:
+        errs.run(check_per_layer, decl.select, macro[0])
     errs.check()
     g, input_shape, preprocess = macro
     search: dict[str, Any] = {}

@@ -17,6 +17,12 @@ from nasc.compiler.infer_shapes import cell_affine
 from nasc.compiler.instantiate import FLOAT_BYTES, Placed, place
 from nasc.compiler.ir import SpaceIR
 from nasc.compiler.settings import edge_channel_divisor
+from nasc.errors import NasSemanticError
+
+# A supernet beyond these cannot be built on any machine: 10^10 fp32 weights are 40 GB before gradients and
+# optimiser state, and 1 TiB of activations is for one sample. Such sizes are typos (`C = 200000`), so an error.
+MAX_PARAMS = 10**10
+MAX_ACT_BYTES = 2**40
 
 
 def _cost(placed: list[Placed]) -> dict[str, int]:
@@ -83,5 +89,23 @@ def compute_costs(ir: SpaceIR) -> SpaceIR:
     for a in aux:
         for k, v in layers[a]["fixed"].items():
             total_no_aux[k] -= v
+    _check_totals(out, layers, total)
     out.meta["costs"] = {"layers": layers, "per_op": dict(per_op), "total": total, "total_without_aux": total_no_aux}
     return out
+
+
+def _layer_total(entry: dict, key: str) -> int:
+    return entry["fixed"][key] + sum(c[key] for ops in entry.get("edges", {}).values() for c in ops.values())
+
+
+def _check_totals(ir: SpaceIR, layers: dict[str, dict], total: dict[str, int]) -> None:
+    """Runaway totals are errors at the layer that holds the most."""
+    for key, limit, what, shown in (("params", MAX_PARAMS, "parameters", "10^10"),
+                                    ("act", MAX_ACT_BYTES, "bytes of activations per sample", "1 TiB")):
+        if total[key] <= limit:
+            continue
+        worst = max(layers, key=lambda lid: _layer_total(layers[lid], key))
+        layer = ir.macro.nodes[worst]["layer"]
+        raise NasSemanticError(f"the supernet would hold {total[key]:.3g} {what}, more than the limit of {shown}",
+                               span=layer.span, hint=f"{worst} holds the most ({_layer_total(layers[worst], key):.3g});"
+                                                     " lower the width C, the input size or the number of layers")

@@ -21,6 +21,21 @@ from nasc.errors import NasSemanticError, did_you_mean
 from nasc.grammar import ast as A
 
 CONTEXT_VARS = ("C", "C_in", "stride", "searching")
+INT64_MAX = 2**63 - 1  # what a size can be in torch; a larger integer is a typo, never a size
+
+
+def too_large(value: Any) -> bool:
+    """An integer beyond 64 bits or a float that overflowed to infinity."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) > INT64_MAX
+    return isinstance(value, float) and math.isinf(value)
+
+
+def _too_large_error(expr: A.Expr) -> NasSemanticError:
+    return NasSemanticError("number too large", span=expr.span,
+                            hint="integers are limited to 64 bits (about ±9.2e18); floats to about 1.8e308")
 
 
 @attrs.frozen
@@ -98,6 +113,8 @@ def evaluate(expr: A.Expr, env: Mapping[str, Any], syms: frozenset[str] = frozen
     type errors and division by zero.
     """
     if isinstance(expr, A.Num):
+        if too_large(expr.value):
+            raise _too_large_error(expr)
         return expr.value
     if isinstance(expr, (A.Str, A.Bool)):
         return expr.value
@@ -141,11 +158,14 @@ def _checked(op: str, left: Any, right: Any, expr: A.Expr) -> Any:
         kinds = " and ".join(type(v).__name__ for v in operands)
         raise NasSemanticError(f"operator {op!r} does not apply to {kinds}", span=expr.span)
     try:
-        return _apply(op, left, right)
+        result = _apply(op, left, right)
     except ZeroDivisionError:
         raise NasSemanticError("division by zero", span=expr.span) from None
     except OverflowError:
-        raise NasSemanticError("number too large", span=expr.span) from None
+        raise _too_large_error(expr) from None
+    if too_large(result):
+        raise _too_large_error(expr)
+    return result
 
 
 def eval_sym(value: Any, env: Mapping[str, Any]) -> Any:

@@ -17,9 +17,15 @@ from typing import Any
 
 import attrs
 
-from nasc.compiler.instantiate import output_shape, place
+from nasc.compiler.instantiate import MAX_CHANNELS, check_kernels, output_shape, place
 from nasc.compiler.ir import Layer, SpaceIR
 from nasc.errors import NascError, NasSemanticError
+
+
+def _place(ir: SpaceIR, steps, **kw):
+    placed = place(steps, **kw)
+    check_kernels(placed, ir.input_shape[1], kw.get("where", ""))
+    return placed
 
 
 def cell_affine(ir: SpaceIR, searching: bool) -> bool:
@@ -40,8 +46,9 @@ def _cell_shapes(ir: SpaceIR, layer: Layer, c_in: list[int], h_in: list[int | No
         c, h = c_in[slot], h_in[slot]
         if h is None or h_cell is None:
             raise NasSemanticError(f"cell input {name!r} receives a vector{where}", span=layer.span)
-        ratio = h // h_cell if h_cell else 0
-        if ratio not in (1, 2) or (ratio == 2 and h not in (2 * h_cell, 2 * h_cell - 1)):
+        # a stride-2 step maps h to ceil(h / 2) (DARTS pads odd sizes), so 33x33 before a reduction feeds 17x17
+        ratio = 1 if h == h_cell else 2 if (h + 1) // 2 == h_cell else 0
+        if not ratio:
             raise NasSemanticError(f"cell input {name!r} has resolution {h}x{h} but the cell works at "
                                    f"{h_cell}x{h_cell}{where}", span=layer.span)
         if ir.preprocess is None:
@@ -54,7 +61,7 @@ def _cell_shapes(ir: SpaceIR, layer: Layer, c_in: list[int], h_in: list[int | No
             states[name] = (c, h)
             continue
         steps = ir.impls[f"preprocess@{ratio}"]
-        placed = place(steps, c_in=c, c=width, h=h, searching=searching, affine=affine, where=where)
+        placed = _place(ir, steps, c_in=c, c=width, h=h, searching=searching, affine=affine, where=where)
         c2, h2 = output_shape(placed, c, h)
         if (c2, h2) != (width, h_cell):
             raise NasSemanticError(f"preprocessing input {name!r} gives {c2} channels at {h2}x{h2}, "
@@ -67,25 +74,34 @@ def _cell_shapes(ir: SpaceIR, layer: Layer, c_in: list[int], h_in: list[int | No
             e = g.edges[src, node]["edge"]
             c, h = states[src]
             for op in e.candidates:
-                placed = place(ir.impl(op, e.stride), c_in=c, c=width, h=h, searching=searching, affine=affine,
+                placed = _place(ir, ir.impl(op, e.stride), c_in=c, c=width, h=h, searching=searching, affine=affine,
                                where=f" (op {op!r} on edge {e.key} in {layer.id}, cell {layer.cell!r})")
                 shapes[(src, op)] = output_shape(placed, c, h)
         distinct = set(shapes.values())
+        if not distinct:  # a constant-zero node: the shape its removed zero edges would have given
+            for src, op, stride in ir.meta.get("zero_sources", {}).get(layer.cell, {}).get(node, ()):
+                c, h = states[src]
+                placed = _place(ir, ir.impl(op, stride), c_in=c, c=width, h=h, searching=searching, affine=affine,
+                               where=f" (op {op!r} on edge {node}<-{src} in {layer.id}, cell {layer.cell!r})")
+                shapes[(src, op)] = output_shape(placed, c, h)
+            distinct = set(shapes.values()) or {(width, h_cell)}
         if len(distinct) > 1:
             desc = "; ".join(f"{op} from {src}: {c}x{h}x{h}" for (src, op), (c, h) in sorted(shapes.items()))
-            span = g.edges[next(iter(shapes))[0], node]["edge"].span
+            first = next(iter(shapes))[0]
+            span = g.edges[first, node]["edge"].span if g.has_edge(first, node) else layer.span
             raise NasSemanticError(f"inputs of node {node!r} disagree in shape{where}: {desc}", span=span,
                                    hint="edges into one node need the same channels and stride")
-        if distinct:
-            states[node] = distinct.pop()
-        else:
-            states[node] = (width, h_cell)  # a constant-zero node (all its edges were removed)
+        states[node] = distinct.pop()
     out = g.graph["output"]
     res = {states[s][1] for s in out.states}
     if len(res) > 1:
         raise NasSemanticError(f"the output of cell {layer.cell!r} mixes resolutions {sorted(res)}{where}",
                                span=g.graph.get("output_span", layer.span))
     c_out = sum(states[s][0] for s in out.states) if out.kind == "concat" else states[out.states[0]][0]
+    if c_out > MAX_CHANNELS:
+        raise NasSemanticError(f"the output of cell {layer.cell!r} has {c_out:,} channels, more than the limit of "
+                               f"{MAX_CHANNELS:,}{where}", span=g.graph.get("output_span", layer.span),
+                               hint="lower the width (the parameter C, `width` or `widen`)")
     return {"c_in": c_in, "h_in": h_in, "pre": pre, "width": width, "c_out": c_out, "h_out": res.pop(),
             "states": {k: list(v) for k, v in states.items()}}
 
@@ -109,7 +125,7 @@ def infer_shapes(ir: SpaceIR, *, searching: bool = True) -> SpaceIR:
             elif layer.kind == "choice":
                 per_op = {}
                 for op in layer.candidates:
-                    placed = place(out.impl(op, layer.stride), c_in=c_in[0], c=layer.width, h=h_in[0],
+                    placed = _place(out, out.impl(op, layer.stride), c_in=c_in[0], c=layer.width, h=h_in[0],
                                    searching=searching, affine=True, where=f" (op {op!r} in {layer.id})")
                     per_op[op] = output_shape(placed, c_in[0], h_in[0])
                 if len(set(per_op.values())) > 1:
@@ -120,7 +136,7 @@ def infer_shapes(ir: SpaceIR, *, searching: bool = True) -> SpaceIR:
                     raise NasSemanticError(f"{layer.id} has a residual shortcut but changes the shape", span=layer.span)
                 shapes[layer.id] = {"c_in": c_in, "h_in": h_in, "c_out": c, "h_out": h}
             else:
-                placed = place(layer.steps, c_in=c_in[0], c=c_in[0], h=h_in[0], searching=searching, affine=True,
+                placed = _place(out, layer.steps, c_in=c_in[0], c=c_in[0], h=h_in[0], searching=searching, affine=True,
                                where=f" (in {layer.id})")
                 c, h = output_shape(placed, c_in[0], h_in[0])
                 shapes[layer.id] = {"c_in": c_in, "h_in": h_in, "c_out": c, "h_out": h}

@@ -17,6 +17,10 @@ from nasc.compiler.primitives import PRIMITIVES
 from nasc.errors import NasSemanticError, SourceSpan
 
 FLOAT_BYTES = 4
+# Runaway sizes are errors, not hours of allocation followed by a crash (docs/language.md, Errors): far above
+# any published search space (DARTS' widest map has 576 channels; ImageNet networks stay below 4,096).
+MAX_CHANNELS = 65_536
+MIN_KERNEL_LIMIT = 11  # the widest kernel always allowed (DARTS' dilated 5x5 spans 9), see check_kernels
 
 
 @attrs.frozen(kw_only=True)
@@ -77,6 +81,9 @@ def place(steps: tuple[Step, ...], *, c_in: int, c: int, h: int | None, searchin
                     raise NasSemanticError(f"{step.prim}: {name} = {args[name]!r} is not a valid size{where}",
                                            span=step.span)
                 args[name] = n
+        problem = spec.check(args)  # values only known here, e.g. `pad = k - 1` inside a family
+        if problem:
+            raise NasSemanticError(f"{step.prim}: {problem[0]}{where}", span=step.span, hint=problem[1])
         vector_only = step.prim == "linear"
         if vector_only and cur_h is not None:
             raise NasSemanticError(f"linear needs a vector but receives a {cur_c}x{cur_h}x{cur_h} feature map{where}",
@@ -86,6 +93,10 @@ def place(steps: tuple[Step, ...], *, c_in: int, c: int, h: int | None, searchin
         c_out = spec.channels(cur_c, c, args)
         if step.prim == "flatten":
             c_out = cur_c * (cur_h or 1) ** 2
+        elif c_out > MAX_CHANNELS and c_out != cur_c:  # a step that keeps its input's channels is not at fault
+            raise NasSemanticError(f"{step.prim} would produce {c_out:,} channels, more than the limit of "
+                                   f"{MAX_CHANNELS:,}{where}", span=step.span,
+                                   hint="lower the width (the parameter C or this step's `out`)")
         if step.prim == "conv" and (cur_c % args["groups"] or c_out % args["groups"]):
             raise NasSemanticError(f"conv: groups = {args['groups']} must divide {cur_c} and {c_out} channels{where}",
                                    span=step.span)
@@ -103,6 +114,28 @@ def place(steps: tuple[Step, ...], *, c_in: int, c: int, h: int | None, searchin
                           affine=bn_affine, params=params, madds=madds, span=step.span))
         cur_c, cur_h = c_out, h_out
     return out
+
+
+def check_kernels(placed: list[Placed], h_net: int, where: str = "") -> None:
+    """A kernel wider than twice the network's input (plus one) has taps that touch no pixel anywhere.
+
+    Maps never grow past the input (short of explicit padding), and a "same"-padded kernel of
+    2·H − 1 already sees the whole map from every position; beyond 2·H + 1 it is only dead weight
+    (`sep_conv_999999x999999` on 32x32 would hold 10^12 weights). Small maps deep in a network
+    (DARTS' 9-wide dilated 5x5 on 2x2 maps of an 8x8 input) stay legal: the bound is the input's,
+    and kernels up to MIN_KERNEL_LIMIT wide are always allowed, so a bundled op set fits even a 2x2 input.
+    """
+    for p in placed:
+        if p.h_in is None or "k" not in p.args:
+            continue
+        size = p.args.get("dilation", 1) * (p.args["k"] - 1) + 1
+        h = max(h_net, p.h_in)
+        limit = max(2 * h + 1, MIN_KERNEL_LIMIT)
+        if size > limit:
+            what = f"a {p.args['k']}x{p.args['k']} kernel" + (f" (dilated to {size})" if size != p.args["k"] else "")
+            why = f"twice the {h}x{h} input plus one" if limit > MIN_KERNEL_LIMIT else "the limit on any input"
+            raise NasSemanticError(f"{p.prim}: {what} is wider than {limit}, {why}{where}", span=p.span,
+                                   hint="taps of a wider kernel never touch a pixel; use a smaller kernel")
 
 
 def output_shape(placed: list[Placed], c_in: int, h: int | None) -> tuple[int, int | None]:

@@ -66,15 +66,22 @@ class OpResolver:
         examples = [re.sub(r"\{[^}]*\}", "3", p) for p in self.decl.patterns]
         return sorted(set(self.decl.ops) | set(examples) | set(PRIMITIVES) | set(self.decl.op_sets))
 
-    def _find(self, name: str, *, prefer_primitive: bool = False) -> tuple[str, Any, dict[str, Any]] | None:
+    def find(self, name: str, span: SourceSpan, *, prefer_primitive: bool = False
+             ) -> tuple[str, Any, dict[str, Any]] | None:
+        """What `name` refers to: a defined op, else the one op family it matches, else a primitive."""
         if prefer_primitive and name in PRIMITIVES:
             return "prim", PRIMITIVES[name], {}
         if name in self.decl.ops:
             return "op", self.decl.ops[name], {}
-        for (regex, names), d in self._patterns:
-            m = regex.match(name)
-            if m:
-                return "op", d, {n: int(m.group(n)) for n in names}
+        matches = [(d, m) for (regex, _), d in self._patterns if (m := regex.match(name))]
+        if len(matches) > 1:
+            first, second = sorted(d.name for d, _ in matches)[:2]
+            raise NasSemanticError(f"op {name!r} is ambiguous: it matches both families {first!r} and {second!r}",
+                                   span=span, hint="rename one family, or define the op itself: "
+                                                   f"`op {name} = ...` takes precedence over families")
+        if matches:
+            d, m = matches[0]
+            return "op", d, {n: int(v) for n, v in m.groupdict().items()}
         if name in PRIMITIVES:
             return "prim", PRIMITIVES[name], {}
         return None
@@ -99,19 +106,41 @@ class OpResolver:
         else:
             items = (cands,)
         out: list[tuple[str, A.OpCall]] = []
+        keys: dict[str, str] = {}  # what each candidate computes -> the name it was listed under
         for call in items:
             if not call.args and not call.kwargs and call.name in self.decl.op_sets:
-                out.extend(self.candidates(call, _sets))  # op sets may include other op sets
+                for name, inner in self.candidates(call, _sets):  # op sets may include other op sets
+                    self._once(name, inner, keys)
+                    out.append((name, inner))
                 continue
             name = canonical_name(call, self.params)
-            if any(n == name for n, _ in out):
-                raise NasSemanticError(f"candidate {name!r} is listed twice", span=call.span)
             self.template(call)
+            self._once(name, call, keys)
             out.append((name, call))
         if not out:
             span = cands.span
             raise NasSemanticError("empty candidate set", span=span, hint="list at least one op, e.g. [skip_connect]")
         return out
+
+    def _once(self, name: str, call: A.OpCall, keys: dict[str, str]) -> None:
+        """A candidate may appear only once per list, however its arguments are spelled (`cb(3)`, `cb(k = 3)`)."""
+        key = self.call_key(call)
+        if key in keys:
+            first = keys[key]
+            same = f"candidate {name!r} is listed twice" if first == name else \
+                f"candidate {name!r} is listed twice (also as {first!r})"
+            raise NasSemanticError(same, span=call.span, hint="a candidate may appear only once per list")
+        keys[key] = name
+
+    def call_key(self, call: A.OpCall) -> str:
+        """What a call computes: its target and every argument bound by name (defaults filled for primitives)."""
+        kind, target, bound = self.find(call.name, call.span)  # already resolved by `template`
+        if kind == "prim":
+            values = {p.name: p.default for p in target.params if p.default is not None}
+            values.update(self.prim_step(target.name, call, self.params).args)
+        else:
+            values = self._bind(target, call, bound, self.params)
+        return repr((kind, target.name, sorted(values.items())))
 
     # ---- templates ----
     def template(self, call: A.OpCall) -> OpTemplate:
@@ -119,7 +148,7 @@ class OpResolver:
         name = canonical_name(call, self.params)
         if name in self.templates:
             return self.templates[name]
-        found = self._find(call.name)
+        found = self.find(call.name, call.span)
         if found is None:
             raise self.unknown(call.name, call.span)
         kind, target, bound = found
@@ -181,7 +210,7 @@ class OpResolver:
                 raise NasSemanticError("a step condition must be true/false", span=step.guard.span,
                                        hint="e.g. `bn if searching`")
             # inside `op noise = noise(stride)` the body's `noise` is the primitive, not the op itself
-            found = self._find(step.call.name, prefer_primitive=step.call.name in self._active)
+            found = self.find(step.call.name, step.call.span, prefer_primitive=step.call.name in self._active)
             if found is None:
                 raise self.unknown(step.call.name, step.call.span)
             kind, target, bound = found
@@ -241,6 +270,9 @@ class OpResolver:
                 raise NasSemanticError(f"{prim}: {p.name!r} must be a number, got {value!r}", span=call.span)
             if p.kind is int and p.name in ("k", "stride", "dilation", "groups", "out") and args[p.name] < 1:
                 raise NasSemanticError(f"{prim}: {p.name!r} must be at least 1, got {args[p.name]}", span=call.span)
+        problem = spec.check({k: v for k, v in args.items() if not is_sym(v)})
+        if problem:
+            raise NasSemanticError(f"{prim}: {problem[0]}", span=call.span, hint=problem[1])
         return Step(prim=prim, args=tuple(sorted(args.items())), span=call.span)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from nasc.compiler.bind_alpha import bind_alpha
-from nasc.compiler.build_ir import build_ir
+from nasc.compiler.build_ir import build_ir, check_input_shape
 from nasc.compiler.check_graph import check_graph
 from nasc.compiler.compute_costs import compute_costs
 from nasc.compiler.infer_shapes import infer_shapes
@@ -73,9 +73,10 @@ def check_methods(ir: SpaceIR, ctx: PassContext) -> None:
 def compile_decl(decl: SpaceDecl, *, params: Mapping[str, Any] | None = None,
                  input_shape: tuple[int, int, int] | None = None, ctx: PassContext | None = None,
                  passes: Iterable[Pass] = PASSES) -> SpaceIR:
+    shape = check_input_shape(input_shape) if input_shape is not None else None
     ir = build_ir(decl, params)
-    if input_shape is not None:
-        ir.input_shape = tuple(input_shape)
+    if shape is not None:
+        ir.input_shape = shape
     check_settings(ir)
     if ctx is not None:
         check_methods(ir, ctx)

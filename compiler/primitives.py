@@ -43,6 +43,9 @@ class Primitive:
     madds: Callable[[int, int, int | None, Args], int] = lambda c_in, c_out, h, a: 0
     # stride the primitive applies (for checks): (args) -> stride
     stride: Callable[[Args], int] = lambda a: 1
+    # (known args) -> (problem, hint) when values of the right type still cannot work, e.g. dropout(p = 2);
+    # called with the arguments known so far (symbolic ones left out) and again once the op is placed
+    check: Callable[[Args], tuple[str, str] | None] = lambda a: None
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -114,6 +117,24 @@ def _resblock_madds(c_in: int, c_out: int, h: int | None, a: Args) -> int:
     return n
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_pool(a: Args) -> tuple[str, str] | None:
+    k, pad = a.get("k"), a.get("pad")
+    if _is_int(k) and _is_int(pad) and pad > k // 2:  # torch refuses it at the first forward
+        return f"pad = {pad} is more than half the kernel (k = {k})", f"a pooling window pads at most k // 2 = {k // 2}"
+    return None
+
+
+def _check_dropout(a: Args) -> tuple[str, str] | None:
+    p = a.get("p")
+    if isinstance(p, (int, float)) and not isinstance(p, bool) and not 0 <= p <= 1:
+        return f"p = {p} is not a probability", "dropout's p is between 0 and 1, e.g. dropout(p = 0.2)"
+    return None
+
+
 _K = Param(name="k", kind=int, required=True)
 _STRIDE = Param(name="stride", kind=int, default=1)
 _DIL = Param(name="dilation", kind=int, default=1)
@@ -174,6 +195,7 @@ PRIMITIVES: dict[str, Primitive] = {
             params=(_K, _STRIDE, _PAD),
             spatial=_conv_spatial,
             stride=lambda a: a.get("stride", 1),
+            check=_check_pool,
         ),
         Primitive(
             name="avg_pool",
@@ -181,6 +203,7 @@ PRIMITIVES: dict[str, Primitive] = {
             params=(_K, _STRIDE, _PAD, Param(name="count_include_pad", kind=bool, default=False)),
             spatial=_conv_spatial,
             stride=lambda a: a.get("stride", 1),
+            check=_check_pool,
         ),
         Primitive(
             name="factorized_reduce",
@@ -217,6 +240,7 @@ PRIMITIVES: dict[str, Primitive] = {
             name="dropout",
             doc="dropout with probability p",
             params=(Param(name="p", kind=float, default=0.0),),
+            check=_check_dropout,
         ),
         Primitive(
             name="linear",

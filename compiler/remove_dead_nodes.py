@@ -5,10 +5,14 @@ candidate is a zero op (as in a derived NAS-Bench-201 cell with `none`
 chosen) adds nothing to its node, so the network need not compute it. A node
 whose every incoming edge was dropped is a constant zero: it is kept as a
 state (its channels still count in a concat) and marked `zero` in
-`ir.meta["zero_nodes"]` so the runtime emits zeros without computing.
+`ir.meta["zero_nodes"]` so the runtime emits zeros without computing. The
+removed edges into such a node are kept in `ir.meta["zero_sources"]` (source,
+op, stride) so that `infer_shapes` gives it the shape those zero ops would
+have produced: in a reduction cell, the reduced resolution.
 
 Before:  edge x0 -> x1: [none]; edge x0 -> x2: [conv]; edge x1 -> x2: [conv]
 After:   edges x0 -> x2, x1 -> x2;  meta.zero_nodes = {"cell": ["x1"]}
+         meta.zero_sources = {"cell": {"x1": [["x0", "none", 1]]}}
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ def remove_dead_nodes(ir: SpaceIR) -> SpaceIR:
     out = ir.copy()
     zero_nodes: dict[str, list[str]] = {}
     removed: dict[str, list[str]] = {}
+    sources: dict[str, dict[str, list[list]]] = {}
     for name, g in out.cells.items():
         for e in out.cell_edges(name):
             if len(e.candidates) == 1 and _is_zero(out, e.candidates[0], e.stride):
                 g.remove_edge(e.src, e.dst)
                 removed.setdefault(name, []).append(e.key)
+                sources.setdefault(name, {}).setdefault(e.dst, []).append([e.src, e.candidates[0], e.stride])
         if name in removed:
             # α rows are only meaningful for searchable edges; renumber the rest densely
             for i, e in enumerate(sorted((d["edge"] for _, _, d in g.edges(data=True)), key=lambda e: e.index)):
@@ -39,4 +45,5 @@ def remove_dead_nodes(ir: SpaceIR) -> SpaceIR:
     if removed:
         out.meta["removed_edges"] = removed
         out.meta["zero_nodes"] = {k: v for k, v in zero_nodes.items() if v}
+        out.meta["zero_sources"] = {k: {n: sources[k][n] for n in v} for k, v in zero_nodes.items() if v}
     return out

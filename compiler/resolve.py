@@ -39,6 +39,7 @@ class SpaceDecl:
     search: dict[str, A.Setting] = attrs.field(factory=dict)
     train: dict[str, A.Setting] = attrs.field(factory=dict)
     files: list[str] = attrs.field(factory=list)  # every file read, in order
+    span: SourceSpan | None = None  # the space header of the file compiled (else its first line)
 
 
 def bundled_dir() -> Path:
@@ -79,13 +80,27 @@ def _add_definitions(decl: SpaceDecl, stmts: tuple, *, definitions_only: bool, f
                                    hint=f"the first definition is at line {first.line}")
         seen[key] = span
 
+    # ops and op sets share one namespace: `edges dense: s` could mean either
+    op_names: dict[str, tuple[str, SourceSpan]] = {}
+
+    def once_op(kind: str, name: str, span: SourceSpan) -> None:
+        if name in op_names:
+            first_kind, first = op_names[name]
+            message = (f"{kind} {name!r} is defined twice in this file" if first_kind == kind
+                       else f"{name!r} is defined twice in this file (as an op and an op set)")
+            raise NasSemanticError(message, span=span,
+                                   hint=f"the first definition is at line {first.line}")
+        op_names[name] = (kind, span)
+
     for stmt in stmts:
         if isinstance(stmt, A.OpDef):
-            once("op", stmt.name, stmt.span)
+            once_op("op", stmt.name, stmt.span)
             (decl.patterns if stmt.is_pattern else decl.ops)[stmt.name] = stmt
+            decl.op_sets.pop(stmt.name, None)  # overrides an inherited op set of that name
         elif isinstance(stmt, A.OpsDef):
-            once("ops", stmt.name, stmt.span)
+            once_op("ops", stmt.name, stmt.span)
             decl.op_sets[stmt.name] = stmt
+            decl.ops.pop(stmt.name, None)  # overrides an inherited op of that name
         elif isinstance(stmt, (A.CellDef, A.CellDerive)):
             once("cell", stmt.name, stmt.span)
             decl.cells[stmt.name] = stmt
@@ -142,9 +157,15 @@ def _resolve_file(tree: A.SpaceFile, stack: tuple[str, ...]) -> SpaceDecl:
             decl.cells.update(imported.cells)
     if header:
         decl.name = header.name
+        seen: dict[str, A.Param] = {}
         for param in header.params:
+            if param.name in seen:
+                raise NasSemanticError(f"parameter {param.name!r} is declared twice", span=param.span,
+                                       hint=f"the first declaration is at column {seen[param.name].span.col}")
+            seen[param.name] = param
             decl.params[param.name] = param
     decl.path = here
+    decl.span = header.span if header else SourceSpan(file=here, line=1, col=1)
     _add_definitions(decl, tree.statements, definitions_only=False, file=here)
     return decl
 

@@ -31,7 +31,7 @@ _STATEMENT_KEYWORDS = ("op", "ops", "cell", "network", "alpha", "relax", "select
 def get_parser() -> Lark:
     """The LALR parser for `nas.lark`, built once per process."""
     text = resources.files("nasc.grammar").joinpath("nas.lark").read_text(encoding="utf-8")
-    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True, start=["start", "expr"])
 
 
 def _describe(term: str) -> str:
@@ -93,8 +93,28 @@ def _syntax_error(err: UnexpectedInput, file: str, text: str) -> NasSyntaxError:
 
 def parse(text: str, file: str = "<string>") -> A.SpaceFile:
     """Parse `.nas` source text into an AST; raises `NasSyntaxError` with a position."""
+    return _parse(text, file, "start")
+
+
+def parse_expr(text: str, file: str = "<string>") -> A.Expr:
+    """Parse one expression (a value given on the command line, e.g. `[0, 9]` in `--set red=[0, 9]`)."""
+    if not text.strip():
+        raise NasSyntaxError("a value is missing", span=SourceSpan(file=file, line=1, col=1),
+                             hint='write a number, true/false, a "string", a list [...] or an expression')
     try:
-        tree = get_parser().parse(text)
+        return _parse(text, file, "expr")
+    except NasSyntaxError as e:
+        if not e.message.startswith("unexpected end of file"):
+            raise
+        raise NasSyntaxError(e.message.replace("end of file", "end of the value"), span=e.span,
+                             hint="the value is not finished") from None
+
+
+def _parse(text: str, file: str, start: str):
+    if text.startswith("\ufeff"):  # a UTF-8 byte-order mark: editors hide it, so columns count without it
+        text = text[1:]
+    try:
+        tree = get_parser().parse(text, start=start)
     except UnexpectedInput as err:
         raise _syntax_error(err, file, text) from None
     try:

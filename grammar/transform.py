@@ -250,6 +250,10 @@ class ToAst(Transformer):
 
     def select_argmax(self, meta, items):
         span = self._s(meta)
+        if str(items[0]) == "node":  # not a form of the language: it would silently mean `top 2 per node`
+            raise NasSyntaxError("`select argmax per node` is not a selection rule", span=token_span(items[0], self.file),
+                                 hint="`select top 1 per node` keeps each node's strongest edge; "
+                                      "`select argmax per edge` keeps every edge with its strongest op")
         kwargs = [("per", A.Str(value=str(items[0]), span=token_span(items[0], self.file)))]
         if len(items) > 1:
             kwargs.append(("exclude", items[1]))

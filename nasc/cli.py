@@ -63,18 +63,39 @@ def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
         if "=" not in item:
             raise typer.BadParameter(f"{what} must look like NAME=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        out[key.strip()] = parse_value(value.strip())
+        out[key.strip()] = parse_param(value.strip(), f"{what} {item}") if what == "--set" else \
+            parse_value(value.strip())
     return out
+
+
+def parse_param(text: str, where: str) -> Any:
+    """A space parameter's value, read like the value of a parameter in a `.nas` header (`[0, 9]`, `2 * 8`)."""
+    from nasc.compiler.expr import evaluate
+    from nasc.grammar.parser import parse_expr
+
+    try:
+        return evaluate(parse_expr(text, where), {})
+    except NascError as e:
+        hint = e.hint or ""
+        if e.message.startswith("unknown name"):
+            hint = 'a text value is written in double quotes, e.g. --set name=\'"text"\''
+        col = f" (column {e.span.col})" if e.span and e.span.col > 1 else ""
+        raise typer.BadParameter(f"{where}: {e.message}{col}" + (f"; {hint}" if hint else "")) from None
 
 
 def parse_shape(text: str | None) -> tuple[int, int, int] | None:
     if text is None:
         return None
+    from nasc.compiler.build_ir import check_input_shape
+
     try:
         c, h, w = (int(p) for p in text.lower().split("x"))
     except ValueError:
         raise typer.BadParameter(f"--input must look like 3x32x32, got {text!r}") from None
-    return c, h, w
+    try:
+        return check_input_shape((c, h, w))
+    except NascError as e:
+        raise typer.BadParameter(f"{e.message}; {e.hint}" if e.hint else e.message) from None
 
 
 def version_callback(value: bool) -> None:

@@ -95,7 +95,7 @@ def _source_line(span: SourceSpan, source: str | None) -> str | None:
             source = Path(span.file).read_text(encoding="utf-8", errors="replace")
         except OSError:
             return None
-    lines = source.splitlines()
+    lines = source.removeprefix("\ufeff").splitlines()  # columns count without a byte-order mark
     if not 1 <= span.line <= len(lines):
         return None
     return lines[span.line - 1]

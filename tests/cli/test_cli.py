@@ -159,3 +159,52 @@ def test_version():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0
     assert result.output.strip() == f"nasc {__version__}"
+
+
+@pytest.mark.parametrize("shape, message", [
+    ("3x32x16", "only square inputs are supported, got 3x32x16"),
+    ("3x0x0", "an input shape is three positive integers C x H x W, got 3x0x0"),
+])
+def test_compile_refuses_a_non_square_or_empty_input(shape, message):
+    result = runner.invoke(app, ["compile", "nb201", "--input", shape, "-o", "-"])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.replace("│", " ").split())
+
+
+SIZED = """space sized(C = 4, layers = 5, reductions = [1, 3])
+import "darts.nas"
+network:
+    stem conv(3, out = 3 * C) > bn
+    preprocess relu > conv(1) > bn | on stride 2: factorized_reduce
+    stack layers x normal, reduce at reductions, widen 2 at reduce
+    head global_avg_pool > linear(10)
+"""
+
+
+@pytest.mark.parametrize("value, expected", [("[0, 2]", [0, 2]), ("[0,2]", [0, 2]), ("[2 // 2, 4 - 1]", [1, 3])])
+def test_set_values_are_read_like_the_language(tmp_path, value, expected):
+    (tmp_path / "sized.nas").write_text(SIZED)
+    result = runner.invoke(app, ["compile", "sized.nas", "--set", f"reductions={value}", "-o", "-"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["params"]["reductions"] == expected
+    assert [layer["cell"] for layer in data["macro"]["layers"] if layer["kind"] == "cell"][expected[1]] == "reduce"
+
+
+@pytest.mark.parametrize("value, message", [
+    ("C=abc", "--set C=abc: unknown name 'abc'; a text value is written in double quotes"),
+    ("C=", "--set C=: a value is missing"),
+    ("C=1 +", "--set C=1 +: unexpected end of the value"),
+    ("C=[1,", "--set C=[1,: unexpected end of the value"),
+])
+def test_set_garbage_is_a_usage_error(value, message):
+    result = runner.invoke(app, ["check", "darts", "--set", value])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.replace("│", " ").split())
+
+
+def test_a_bad_parameter_value_gives_only_its_own_error(tmp_path):
+    result = runner.invoke(app, ["check", "darts", "--set", "C=8.5"])
+    assert result.exit_code == 1
+    assert result.output.count("error:") == 1
+    assert "conv: 'out' must be an integer, got 25.5" in " ".join(result.output.split())

@@ -75,6 +75,39 @@ def test_remove_dead_nodes(compile_text):
     assert [r["edge"] for r in ir.alpha_groups["c"]["rows"]] == ["b<-x", "b<-a"]
 
 
+ZERO_IN_REDUCTION = """space d(C = 8, classes = 10)
+op skip = identity | on stride 2: factorized_reduce
+op none = zero(stride)
+op cb(k) = relu > conv(k, stride) > bn
+cell normal(s0, s1):
+    nodes n0, n1
+    edge s0, s1 -> n0: [skip, cb(3)]
+    edge n0 -> n1: none
+    output concat
+cell reduce = normal with stride 2 on inputs
+network:
+    stem conv(3, out = 2 * C) > bn
+    preprocess relu > conv(1) > bn | on stride 2: factorized_reduce
+    stack 3 x normal, reduce at [1], widen 2 at reduce
+    head global_avg_pool > linear(classes)
+"""
+
+
+@pytest.mark.parametrize("text, zero_edge", [
+    (ZERO_IN_REDUCTION, "n1<-n0"),  # fed by a zero edge from a node that is already reduced
+    (ZERO_IN_REDUCTION.replace("edge s0, s1 -> n0: [skip, cb(3)]\n    edge n0 -> n1: none",
+                               "edge s0, s1 -> n0: [skip, cb(3)]\n    edge s0, s1 -> n1: none"), "n1<-s0"),
+])
+def test_a_constant_zero_node_takes_the_reduced_resolution(compile_text, text, zero_edge):
+    """The zero node has the shape its removed zero edges would give: 16x16 in a reduction cell at 32x32."""
+    ir = compile_text(text)
+    assert zero_edge in ir.meta["removed_edges"]["reduce"]
+    assert ir.meta["zero_nodes"] == {"normal": ["n1"], "reduce": ["n1"]}
+    states = ir.meta["shapes"]["cell1"]["states"]
+    assert states["n0"] == states["n1"] == [16, 16]
+    assert ir.meta["shapes"]["cell1"]["h_out"] == 16
+
+
 def test_nothing_removed_keeps_meta_clean(spaces_dir):
     ir = compile_space(spaces_dir / "nb201.nas")
     assert "zero_nodes" not in ir.meta and "removed_edges" not in ir.meta
@@ -130,3 +163,13 @@ def test_lint_failure_names_the_pass(spaces_dir):
 
     with pytest.raises(AssertionError, match=r"after pass break_layers \(ran: check_graph, break_layers\)"):
         run_passes(_raw(spaces_dir / "darts.nas"), [check_graph, break_layers], check=True)
+
+
+
+@pytest.mark.parametrize("size, after_first, after_second", [(33, 17, 9), (7, 4, 2), (30, 15, 8)])
+def test_odd_resolution_before_a_reduction_is_preprocessed_at_stride_2(size, after_first, after_second):
+    """A stride-2 step maps h to ceil(h/2), as DARTS' padded FactorizedReduce does: 33x33 feeds a 17x17 cell."""
+    ir = compile_space("darts", params={"C": 4, "layers": 5}, input_shape=(3, size, size))
+    s = ir.meta["shapes"]  # reductions at cells 1 and 3
+    assert (s["cell2"]["h_in"], s["cell2"]["pre"]) == ([size, after_first], [2, 1])
+    assert (s["cell4"]["h_in"], s["cell4"]["pre"]) == ([after_first, after_second], [2, 1])

@@ -418,3 +418,244 @@ def test_derived_cell_overrides_existing_edges_only(compile_text):
     with pytest.raises(NasSemanticError, match="derived cell 'reduce' has no edge n1 -> n0 to change"):
         compile_text(space().replace("cell reduce = normal with stride 2 on inputs",
                                      "cell reduce = normal with stride 2 on inputs:\n    edge n1 -> n0: [none]"))
+
+
+# ---- input shapes ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(3, 32, 16), [1, 28, 14]])
+def test_a_non_square_input_shape_from_python_is_refused(semantic_error, shape):
+    err = semantic_error(space(), input_shape=shape)
+    assert err.message == f"only square inputs are supported, got {shape[0]}x{shape[1]}x{shape[2]}"
+    assert err.span is None  # not in the file: the argument is at fault
+    assert err.hint.startswith(f"use the same height and width, e.g. {shape[0]}x{shape[1]}x{shape[1]}")
+
+
+@pytest.mark.parametrize("shape", [(3, 32), (3, 0, 0), (3, 32.5, 32.5), "3x32x32"])
+def test_a_malformed_input_shape_from_python_is_refused(semantic_error, shape):
+    err = semantic_error(space(), input_shape=shape)
+    assert err.message.startswith("an input shape is three positive integers C x H x W, got ")
+
+
+def test_the_input_statement_refuses_non_square_shapes_with_the_same_message(semantic_error):
+    err = semantic_error(space().replace("network:\n", "network:\n    input 3 x 32 x 16\n"))
+    assert err.message == "only square inputs are supported, got 3x32x16"
+    assert where(err) == (13, 5)
+
+
+# ---- selection ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("select, col", [
+    ("select top 2 per node excluding nnone", 33),
+    ("select argmax per edge excluding skip_connect, nnone", 48),
+    ('select magnitude(k = 2, per = "node", exclude = ["nnone"])', 50),
+])
+def test_excluding_an_unknown_op(semantic_error, select, col):
+    err = semantic_error(space(extra=select + "\n"))
+    assert err.message == "unknown op 'nnone' in `excluding`"
+    assert where(err) == (17, col)
+    assert err.hint == "did you mean 'none'?"
+
+
+def test_excluding_an_op_the_space_defines_but_does_not_use(compile_text):
+    ir = compile_text(space("[skip_connect, sep_conv_3x3]", extra="select top 2 per node excluding none, sep_conv_5x5\n"))
+    assert dict(ir.select.options)["exclude"] == ("none", "sep_conv_5x5")
+
+
+def test_two_op_families_matching_one_name_are_ambiguous(semantic_error):
+    err = semantic_error(space("[none, a_3x3]", extra="op a_{k}x3 = conv(k) > bn\nop a_3x{j} = conv(1) > bn\n"))
+    assert err.message == "op 'a_3x3' is ambiguous: it matches both families 'a_3x{j}' and 'a_{k}x3'"
+    assert where(err) == (9, LIST_COL + 6)
+    assert "`op a_3x3 = ...` takes precedence" in err.hint
+
+
+def test_a_defined_op_takes_precedence_over_a_family(compile_text):
+    ir = compile_text(space("[none, sep_conv_3x3]", extra="op sep_conv_3x3 = relu > conv(3, stride) > bn\n"))
+    assert [s.prim for s in ir.impls["sep_conv_3x3@1"]] == ["relu", "conv", "bn"]
+
+
+@pytest.mark.parametrize("select, col", [("select argmax per layer", 19), ('select magnitude(per = "layer")', 24)])
+def test_selection_per_layer_needs_choice_layers(semantic_error, select, col):
+    err = semantic_error(space(extra=select + "\n"))
+    assert err.message == "selection per layer, but the network has no `choice` layers"
+    assert where(err) == (17, col)
+    assert "`select argmax per edge`" in err.hint
+
+
+# ---- network --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layer, word, line", [("stack 3 x normal, reduce at [1], widen 2 at reduce", "stack", 16),
+                                               ("layer conv(1) > bn", "layer", 17)])
+def test_a_layer_after_the_head_is_an_error(semantic_error, layer, word, line):
+    head = "    head global_avg_pool > linear(classes)\n"
+    text = space().replace("    stack 3 x normal, reduce at [1], widen 2 at reduce\n" + head,
+                           "    stack 3 x normal, reduce at [1], widen 2 at reduce\n" * (word == "layer") + head
+                           + f"    {layer}\n")
+    err = semantic_error(text)
+    assert err.message == f"`{word}` after the head: the head must be the network's last layer"
+    assert where(err) == (line, 5)
+    assert "only `aux` heads may follow it" in err.hint
+
+
+# ---- duplicates: each name once per file, each candidate once per list -----------------------
+
+@pytest.mark.parametrize("cands, message, col", [
+    ("[dw(3), dw(k = 3)]", "candidate 'dw(k=3)' is listed twice (also as 'dw(3)')", LIST_COL + 7),
+    ("[conv(3), conv(k = 3, stride = 1)]", "candidate 'conv(k=3, stride=1)' is listed twice (also as 'conv(3)')",
+     LIST_COL + 9),
+    ("[base_ops, skip_connect]", "candidate 'skip_connect' is listed twice", LIST_COL + 10),
+])
+def test_the_same_candidate_spelled_differently(semantic_error, cands, message, col):
+    err = semantic_error(space(cands))
+    assert err.message == message
+    assert where(err) == (9, col)
+    assert err.hint == "a candidate may appear only once per list"
+
+
+def test_different_arguments_are_different_candidates(compile_text):
+    ir = compile_text(space("[dw(3), dw(k = 5), conv(3, stride), conv(3, stride, dilation = 2)]"))
+    assert len(ir.alpha_groups["normal"]["rows"][0]["ops"]) == 4
+
+
+def test_a_parameter_declared_twice(semantic_error):
+    err = semantic_error(space().replace("space t(C = 16, classes = 10)", "space t(C = 16, classes = 10, C = 8)"))
+    assert err.message == "parameter 'C' is declared twice"
+    assert where(err) == (1, 31)
+    assert err.hint == "the first declaration is at column 9"
+
+
+def test_an_op_and_an_op_set_with_one_name(semantic_error):
+    err = semantic_error(space(extra="ops dw = [none]\n"))
+    assert err.message == "'dw' is defined twice in this file (as an op and an op set)"
+    assert where(err) == (17, 1)
+    assert err.hint == "the first definition is at line 5"
+
+
+def test_an_op_set_overrides_an_inherited_op_of_that_name(compile_text):
+    ir = compile_text('space s extends "darts.nas"\nops skip_connect = [none, avg_pool_3x3]\n'
+                      "ops darts_ops = [skip_connect, max_pool_3x3]\n")
+    assert ir.alpha_groups["normal"]["rows"][0]["ops"] == ["none", "avg_pool_3x3", "max_pool_3x3"]
+    assert "skip_connect" not in ir.ops
+
+
+@pytest.mark.parametrize("output, message", [
+    ("    output concat(n0..n1)\n    output n1\n", "cell 'normal' has more than one `output`"),
+    ("    output concat(n1, n0, n1)\n", "the output of cell 'normal' names 'n1' twice"),
+])
+def test_one_output_per_cell_each_node_once(semantic_error, output, message):
+    err = semantic_error(space().replace("    output concat(n0..n1)\n", output))
+    assert err.message == message
+    assert where(err) == (10 + output.count("\n") - 1, 5)
+
+
+# ---- primitive arguments that torch would refuse ---------------------------------------------
+
+@pytest.mark.parametrize("body, message, hint", [
+    ("dropout(p = 2)", "dropout: p = 2 is not a probability", "between 0 and 1"),
+    ("dropout(p = -0.5)", "dropout: p = -0.5 is not a probability", "between 0 and 1"),
+    ("max_pool(3, pad = 2)", "max_pool: pad = 2 is more than half the kernel (k = 3)", "pads at most k // 2 = 1"),
+    ("avg_pool(5, stride, pad = 3)", "avg_pool: pad = 3 is more than half the kernel (k = 5)", "k // 2 = 2"),
+])
+def test_primitive_arguments_are_checked_where_written(semantic_error, body, message, hint):
+    err = semantic_error(space("[none, cand]", extra=f"op cand = relu > {body}\n"))
+    assert err.message == message
+    assert where(err) == (17, 18)
+    assert hint in err.hint
+
+
+def test_primitive_arguments_known_only_on_the_edge_are_checked_there(semantic_error):
+    # `pad = stride` is 1 on normal edges (fine) and 2 on the reduction cell's input edges
+    err = semantic_error(space("[none, cand]", extra="op cand = max_pool(3, stride, pad = stride)\n"))
+    assert err.message.startswith("max_pool: pad = 2 is more than half the kernel (k = 3) (op 'cand' on edge ")
+    assert where(err) == (17, 11)
+
+
+# ---- one error, where it is -------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw, message, col", [
+    ({"text_c": "8.5"}, "conv: 'out' must be an integer, got 25.5", 10),
+    ({"params": {"C": 8.5}}, "conv: 'out' must be an integer, got 25.5", 10),
+    ({"params": {"C": "abc"}}, "operator '*' does not apply to int and str", 24),
+])
+def test_an_unusable_width_parameter_reports_only_the_real_error(semantic_error, kw, message, col):
+    text = space()
+    if "text_c" in kw:
+        text = text.replace("space t(C = 16,", f"space t(C = {kw['text_c']},")
+    err = semantic_error(text, **({"params": kw["params"]} if "params" in kw else {}))
+    assert err.message == message
+    assert where(err) == (13, col)
+    assert len(err.errors) == 1  # no "`stack` needs a width ... declare a parameter C" as well
+
+
+def test_a_declared_width_parameter_that_is_not_a_positive_integer(semantic_error):
+    err = semantic_error(space().replace("out = 3 * C", "out = 48"), params={"C": 0})
+    assert err.message == "`stack` needs a width: the parameter C is 0, not a positive integer"
+    assert where(err) == (15, 5)
+    assert len(err.errors) == 1
+
+
+def test_a_space_without_a_network_names_its_file(semantic_error):
+    err = semantic_error("space b(C = 8)\nop x = relu\n")
+    assert err.message == "space 'b' has no `network:` block"
+    assert (err.span.file, *where(err)) == ("t.nas", 1, 1)
+    err = semantic_error("# only a comment\n")
+    assert (err.span.file, *where(err)) == ("t.nas", 1, 1)
+
+
+def test_a_byte_order_mark_is_accepted_and_columns_ignore_it(semantic_error, compile_text):
+    assert compile_text("\ufeff" + space()).name == "t"
+    err = semantic_error("\ufeff" + space("[none, sep_conv3x3]"))
+    assert where(err) == (9, LIST_COL + 6)
+    text = "\ufeffspace b\nop x = reluu\n"
+    err = semantic_error(text)
+    assert err.render(text).splitlines()[1:3] == ["  op x = reluu", "         ^^^^^"]
+
+
+# ---- runaway sizes ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("header, col", [("space t(C = 99999999999999999999999, classes = 10)", 13),
+                                         ("space t(C = 16, classes = 2 ** 70)", 27),
+                                         ("space t(C = 16, classes = 10, big = 1e400)", 37)])
+def test_numbers_beyond_64_bits_are_errors(semantic_error, header, col):
+    err = semantic_error(space().replace("space t(C = 16, classes = 10)", header))
+    assert err.message == "number too large"
+    assert where(err) == (1, col)
+    assert "64 bits" in err.hint
+
+
+def test_too_many_channels_is_an_error_at_the_step(semantic_error):
+    err = semantic_error(space(), params={"C": 30_000})
+    assert err.message == "conv would produce 90,000 channels, more than the limit of 65,536 (in stem)"
+    assert where(err) == (13, 10)
+    assert "lower the width" in err.hint
+
+
+def test_too_many_channels_in_a_cell_output_is_an_error_at_the_output(semantic_error):
+    err = semantic_error(space().replace("out = 3 * C", "out = 16"), params={"C": 40_000})
+    assert err.message.startswith("the output of cell 'normal' has 80,000 channels, more than the limit of 65,536")
+    assert where(err) == (10, 5)
+
+
+def test_too_many_parameters_is_an_error_at_the_largest_layer(semantic_error):
+    text = space("[none, sep_conv_3x3]").replace("out = 3 * C", "out = 16").replace(", widen 2 at reduce", "")
+    err = semantic_error(text, params={"C": 25_000})
+    assert err.message.startswith("the supernet would hold ")
+    assert err.message.endswith(" parameters, more than the limit of 10^10")
+    assert where(err) == (15, 5)
+    assert err.hint.startswith("cell")
+
+
+def test_too_many_activations_is_an_error(semantic_error):
+    err = semantic_error(space(), input_shape=(3, 60_000, 60_000), params={"C": 4})
+    assert err.message.endswith("bytes of activations per sample, more than the limit of 1 TiB")
+
+
+def test_a_kernel_wider_than_the_input_can_use_is_an_error(semantic_error):
+    err = semantic_error(space("[none, sep_conv_999999x999999]"))
+    assert err.message.startswith("dw_conv: a 999999x999999 kernel is wider than 65, twice the 32x32 input plus one")
+    assert where(err) == (2, 30)
+    assert "never touch a pixel" in err.hint
+
+
+def test_usual_kernels_on_tiny_inputs_stay_legal(compile_text):
+    ir = compile_text(space("[none, sep_conv_5x5, dw(k = 11)]"), input_shape=(3, 2, 2))
+    assert ir.meta["shapes"]["head"]["c_out"] == 10

@@ -59,6 +59,8 @@ SYNTAX_ERRORS = [
     pytest.param("op x = relu >> bn\n", "unexpected '>'; expected a name", 1, 14, None, id="double-arrow"),
     pytest.param("op x = relu\nop y = relu if\n", "unexpected end of file", 2, 15, "not finished",
                  id="unfinished-guard"),
+    pytest.param("select argmax per node\n", "`select argmax per node` is not a selection rule", 1, 19,
+                 "`select top 1 per node`", id="argmax-per-node"),
 ]
 
 

@@ -70,6 +70,38 @@ def test_weight_count_equals_compiler_cost(bundled_space):
     assert _weights(net) == ir.meta["costs"]["total_without_aux"]["params"]
 
 
+
+@pytest.mark.parametrize("size", [33, 7])
+def test_odd_input_runs_through_the_reductions(size):
+    """An odd map before a reduction: the compiler's ceil(h/2) is what the padded FactorizedReduce produces."""
+    ir = compile_space("darts", params={"C": 4, "layers": 5}, input_shape=(3, size, size))
+    net = build_supernet(ir, load_relaxation("softmax"), generator=torch.Generator().manual_seed(0))
+    assert _weights(net) == ir.meta["costs"]["total_without_aux"]["params"]
+    assert net(torch.randn(2, 3, size, size)).shape == (2, 10)
+
+
+
+def test_a_zero_node_in_a_reduction_cell_builds_at_the_reduced_resolution():
+    text = """space d(C = 8)
+op none = zero(stride)
+cell normal(s0, s1):
+    nodes n0, n1
+    edge s0, s1 -> n0: [max_pool(3, stride), conv(3, stride)]
+    edge n0 -> n1: none
+    output concat
+cell reduce = normal with stride 2 on inputs
+network:
+    stem conv(3, out = 2 * C) > bn
+    preprocess relu > conv(1) > bn | on stride 2: factorized_reduce
+    stack 3 x normal, reduce at [1], widen 2 at reduce
+    head global_avg_pool > linear(10)
+"""
+    ir = compile_space("t.nas", text=text)
+    net = build_supernet(ir, load_relaxation("softmax"), generator=torch.Generator().manual_seed(0))
+    assert _weights(net) == ir.meta["costs"]["total_without_aux"]["params"]
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
 @pytest.mark.parametrize("space, expected", [
     # official quark0/darts cnn/model_search.py Network(C=16, num_classes=10, layers=8), 8 DARTS ops
     ("darts", 1_930_618),
