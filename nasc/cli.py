@@ -462,13 +462,17 @@ def train(
             job = T.prepare_train(T.TrainRequest(genotype=genotype, space=space, input_shape=shape,
                                                  params=parse_assignments(set_, "--set"), overrides=overrides))
             c = T.counts(job)
+            aux = f"; {c['params_with_aux']:,} with the auxiliary head" if T.has_aux(job.ir) else ""
             console.print(f"[bold]network[/bold] {job.ir.name}: {c['params']:,} parameters "
-                          f"({c['params'] / 1e6:.2f}M; {c['params_with_aux']:,} with the auxiliary head), "
-                          f"{c['madds']:,} multiply-adds per sample")
+                          f"({c['params'] / 1e6:.2f}M{aux}), {c['madds']:,} multiply-adds per sample")
             for w in job.ir.meta.get("warnings", []):
                 console.print(f"[yellow]warning:[/yellow] {w}")
             if dry_run:
+                if shape is not None:
+                    console.print(f"  input = {'x'.join(map(str, shape))}")
                 for key, value in T.describe_train(job)["train"].items():
+                    if shape is not None and data is None and key in ("dataset", "data_dir"):
+                        continue  # counted for --input, not for the default dataset
                     console.print(f"  {key} = {value}")
                 return
             target = run_dir or str(T.default_train_dir(job.ir.name, job.config.seed))

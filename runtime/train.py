@@ -134,13 +134,28 @@ def guess_space(genotype: G.Genotype, run_config: Mapping[str, Any] | None) -> s
     raise GenotypeError("cannot tell which space this genotype belongs to", hint="pass --space FILE")
 
 
-def fit_to_dataset(config, dataset: Dataset):
+def fit_to_dataset(config, shape: tuple[int, int, int]):
     """Cap a cutout written for 32x32 CIFAR at half the image side (a 16-pixel hole erases an 8x8 digit)."""
-    side = dataset.shape[1]
+    side = shape[1]
     if config.cutout > side // 2:
         note = f"cutout {config.cutout} capped at {side // 2} for {side}x{side} images"
         return attrs.evolve(config, cutout=side // 2), [note]
     return config, []
+
+
+def has_aux(ir: SpaceIR) -> bool:
+    """Whether the (derived) network has an auxiliary head."""
+    return any(layer.kind == "aux" for layer in ir.layers())
+
+
+def fit_aux_weight(config, ir: SpaceIR):
+    """Set an auxiliary loss weight to 0 where there is no auxiliary head to weigh, saying why."""
+    if not config.aux_weight or has_aux(ir):
+        return config, []
+    dropped = [w for w in ir.meta.get("warnings", []) if w.startswith("auxiliary head dropped")]
+    why = ("the auxiliary head was dropped at this input size" if dropped
+           else f"space {ir.name!r} has no auxiliary head")
+    return attrs.evolve(config, aux_weight=0.0), [f"aux_weight {config.aux_weight:g} set to 0: {why}"]
 
 
 def prepare_train(request: TrainRequest) -> TrainJob:
@@ -154,12 +169,13 @@ def prepare_train(request: TrainRequest) -> TrainJob:
     params.update(request.params)
     config = train_config(settings, request.overrides)
     dataset = _dist.main_first(load_dataset, config.dataset, config.data_dir)  # distributed: one download per machine
-    config, notes = fit_to_dataset(config, dataset)
+    config, notes = fit_to_dataset(config, request.input_shape or dataset.shape)
     if "classes" in decl.params and "classes" not in params:
         params["classes"] = dataset.classes
     ir = compile_decl(decl, params=params, input_shape=request.input_shape or dataset.shape)
     derived = specialise_to_genotype(ir, genotype)
-    derived.meta["warnings"] = derived.meta.get("warnings", []) + notes
+    config, aux_notes = fit_aux_weight(config, derived)
+    derived.meta["warnings"] = derived.meta.get("warnings", []) + notes + aux_notes
     seed_everything(config.seed, config.deterministic)
     net = build_network(derived)
     if not config.aux_weight:

@@ -19,16 +19,24 @@ def test_protocol_comes_from_the_train_block_and_the_command_line_wins():
     job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "darts_v2.json"), params=TINY,
                                      overrides={"epochs": 3}))
     cfg = job.config
-    assert (cfg.batch, cfg.lr, cfg.weight_decay, cfg.clip, cfg.drop_path, cfg.aux_weight) == (96, 0.025, 3e-4, 5, 0.2, 0.4)
+    assert (cfg.batch, cfg.lr, cfg.weight_decay, cfg.clip, cfg.drop_path) == (96, 0.025, 3e-4, 5, 0.2)
     assert cfg.epochs == 3
     assert cfg.cutout == 4  # 16 from the DARTS protocol, capped at half the 8x8 digits
     assert job.ir.params["C"] == 4 and job.ir.params["layers"] == 5  # --set beats the train block's C = 36
+    # the auxiliary head does not fit 8x8 digits: it is dropped, and its loss weight 0.4 with it, both said
+    assert cfg.aux_weight == 0 and job.net.aux_ids == []
+    warnings = job.ir.meta["warnings"]
+    assert any(w.startswith("auxiliary head dropped") for w in warnings)
+    assert "aux_weight 0.4 set to 0: the auxiliary head was dropped at this input size" in warnings
 
 
 def test_eval_network_has_the_published_size_for_cifar_inputs():
     job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "darts_v2.json"), input_shape=(3, 32, 32)))
     assert job.ir.meta["costs"]["total_without_aux"]["params"] == 3_349_342
     assert sum(p.numel() for n, p in job.net.named_parameters() if not n.startswith("layers.aux")) == 3_349_342
+    # the settings follow the input counted for, not the default dataset's 8x8
+    assert (job.config.aux_weight, job.config.cutout) == (0.4, 16)
+    assert not job.ir.meta.get("warnings")
 
 
 def test_drop_path_rises_linearly_and_only_in_training(tmp_path):
@@ -113,7 +121,33 @@ def test_cli_bad_input_exits_1_without_traceback(args):
 def test_cli_dry_run_prints_counts():
     result = CliRunner().invoke(app, ["train", str(GENOTYPES / "darts_v2.json"), "--dry-run", "--input", "3x32x32"])
     assert result.exit_code == 0, result.output
-    assert "3,349,342 parameters" in result.output and "528,359,040 multiply-adds" in result.output
+    out = " ".join(result.output.split())
+    assert "3,349,342 parameters" in out and "528,359,040 multiply-adds" in out
+    assert "3,825,768 with the auxiliary head" in out
+    assert "input = 3x32x32" in out and "dataset =" not in out and "cutout = 16" in out and "capped" not in out
+
+
+def test_cli_dry_run_names_no_auxiliary_head_a_space_does_not_have_and_warns_when_one_is_dropped():
+    nb = CliRunner().invoke(app, ["train", str(GENOTYPES / "nb201_best_cifar10.json"), "--dry-run"])
+    assert nb.exit_code == 0, nb.output
+    assert "auxiliary" not in nb.output and "1,288,218 parameters (1.29M)," in nb.output
+    small = CliRunner().invoke(app, ["train", str(GENOTYPES / "darts_v2.json"), "--set", "C=4", "--set", "layers=5",
+                                     "--dry-run"])
+    out = " ".join(small.output.split())
+    assert small.exit_code == 0, small.output
+    assert "with the auxiliary head" not in out
+    assert "warning: auxiliary head dropped" in out and "warning: aux_weight 0.4 set to 0" in out
+    assert "aux_weight = 0.0" in out
+
+
+def test_a_training_run_records_its_warnings_and_effective_aux_weight(tmp_path):
+    job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "darts_v2.json"), params={"C": 2, "layers": 3},
+                                     overrides={"epochs": 1, "batch": 512}))
+    run_train(job, tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["train"]["aux_weight"] == 0
+    assert any(w.startswith("auxiliary head dropped") for w in config["warnings"])
+    assert any(w.startswith("aux_weight 0.4 set to 0") for w in config["warnings"])
 
 
 @pytest.mark.slow
