@@ -174,6 +174,7 @@ def prepare_train(request: TrainRequest) -> TrainJob:
         params["classes"] = dataset.classes
     ir = compile_decl(decl, params=params, input_shape=request.input_shape or dataset.shape)
     derived = specialise_to_genotype(ir, genotype)
+    genotype = attrs.evolve(genotype, space=derived.name)  # genotype.json names the space it was trained in
     config, aux_notes = fit_aux_weight(config, derived)
     derived.meta["warnings"] = derived.meta.get("warnings", []) + notes + aux_notes
     seed_everything(config.seed, config.deterministic)
@@ -363,6 +364,60 @@ def resume_train(run_path: str | Path, *, on_event: Callable[[Event], None] | No
     if int(state["epoch"]) >= job.config.epochs:
         raise SearchError(f"the training run in {run.path} is already finished")
     return run_train(job, run.path, on_event=on_event, resume_state=state, stop_after=stop_after)
+
+
+@attrs.frozen(kw_only=True)
+class TrainedRun:
+    """What a training run directory holds, rebuilt: its derived IR, the network with its weights, the genotype."""
+
+    ir: SpaceIR
+    net: Network
+    genotype: G.Genotype
+    weights: Path  # the file the weights came from
+    finished: bool  # False: the last checkpoint of an interrupted run
+
+
+def run_space(config: Mapping[str, Any]) -> str:
+    """The space a run used: its file where it still is, else its name."""
+    path = config.get("space_file")
+    return path if path and Path(path).is_file() else config["space"]
+
+
+def load_trained(run_path: str | Path, *, space: str | None = None, params: Mapping[str, Any] | None = None,
+                 input_shape: tuple[int, int, int] | None = None,
+                 checkpoint: str | Path | None = None) -> TrainedRun:
+    """The network a `nasc train` run trained, as it was compiled (space, parameters, input shape), with its weights.
+
+    `space`, `params` and `input_shape` override what the run recorded, and `checkpoint` its weights
+    (`weights.pt`, or an unfinished run's last `checkpoint.pt`); weights that do not fit are an error.
+    """
+    from nasc.runtime.export import load_weights  # export imports nothing from here
+
+    run = RunDir(run_path)
+    config = run.read_config()
+    if config.get("kind") != "train":
+        raise SearchError(f"{run.path} is not a training run", hint="train it first: nasc train RUN_DIR")
+    genotype = G.load(run.path / "genotype.json")
+
+    def build() -> SpaceIR:
+        decl = resolve_path(space or run_space(config))
+        ir = compile_decl(decl, params={**config["resolved_params"], **(params or {})},
+                          input_shape=input_shape or tuple(config["input"]))
+        return specialise_to_genotype(ir, genotype)
+
+    derived = resuming_with(config.get("plugins") or [], build)
+    net = build_network(derived).eval()
+    weights = run.path / "weights.pt"
+    finished = weights.is_file()
+    if checkpoint is not None:
+        weights = Path(checkpoint)
+    elif not finished:
+        weights = run.checkpoint
+        if not weights.is_file():
+            raise SearchError(f"{run.path} has no weights yet", hint="a run writes its first checkpoint at the end "
+                                                                       "of epoch 1")
+    load_weights(net, weights)
+    return TrainedRun(ir=derived, net=net, genotype=genotype, weights=weights, finished=finished)
 
 
 def default_train_dir(space: str, seed: int) -> Path:
