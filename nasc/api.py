@@ -290,8 +290,9 @@ def viz(source: Genotype | SearchResult | str | Path, output: str | Path = "geno
     out = V.check_format(output)
     written = [V.draw_genotype(g, out)]
     run = _run_dir(source)
-    if run is not None and (run / "metrics.jsonl").is_file():
-        written.append(V.draw_alpha(V.read_epochs(run), V.alpha_path(out)))
+    records = V.read_epochs(run) if run is not None and (run / "metrics.jsonl").is_file() else []
+    if V.has_alpha(records):  # a training run has none
+        written.append(V.draw_alpha(records, V.alpha_path(out)))
     return written
 
 

@@ -595,6 +595,14 @@ def _check_fits(genotype, space: str, params: dict[str, Any]) -> None:
     check_against(genotype, cell_shapes(ir), layer_choices(ir) or None)
 
 
+def _run_kind(run: Path) -> str | None:
+    """"train" for a training run directory (searches record no kind)."""
+    try:
+        return json.loads((run / "config.json").read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _run_dir(source: str) -> Path | None:
     try:
         path = Path(source)
@@ -635,8 +643,8 @@ def viz_cmd(
             for layer, op in g.layers:
                 console.print(f"  {escape(layer)}: {escape(op)}")
         written = [V.draw_genotype(g, out)]
-        if run is not None and (run / "metrics.jsonl").is_file():
-            records = V.read_epochs(run)
+        records = V.read_epochs(run) if run is not None and (run / "metrics.jsonl").is_file() else []
+        if run is not None and V.has_alpha(records):
             changes = V.genotype_changes(records)
             if changes:
                 later = [str(epoch) for epoch, _ in changes[1:]]
@@ -645,7 +653,9 @@ def viz_cmd(
                                  if later else "never changed after"))
             written.append(V.draw_alpha(records, V.alpha_path(out)))
         elif run is not None:
-            console.print(f"[yellow]note[/yellow]: {run} has no metrics.jsonl; no α plot")
+            why = ("a training run" if (run / "metrics.jsonl").is_file() and _run_kind(run) == "train"
+                   else "its metrics hold no α yet" if (run / "metrics.jsonl").is_file() else "no metrics.jsonl")
+            console.print(f"[dim]no α plot for {run} ({why})[/dim]")
     except NascError as e:
         fail(e)
     for path in written:

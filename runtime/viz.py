@@ -331,6 +331,11 @@ def read_epochs(run_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def has_alpha(records: Sequence[dict[str, Any]]) -> bool:
+    """Whether any epoch record carries an α table (a search's do; a training run's never)."""
+    return any(isinstance(r.get("alpha"), dict) and r["alpha"] for r in records)
+
+
 def genotype_changes(records: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
     """(epoch, genotype) for the first epoch and every epoch whose selected genotype differs from the last."""
     out: list[tuple[int, str]] = []

@@ -189,6 +189,23 @@ def test_cli_viz_run_dir_plots_alpha_and_reports_changes(tmp_path):
     assert (run / "genotype.png").is_file() and (run / "genotype_alpha.png").is_file()
 
 
+def test_cli_viz_of_a_training_run_draws_the_genotype_without_an_alpha_plot(tmp_path):
+    """A training run's metrics have epochs but no α: it is drawn like a genotype file, and that is success."""
+    run = tmp_path / "train"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"kind": "train", "space": "darts"}))
+    (run / "metrics.jsonl").write_text(json.dumps({"type": "epoch", "epoch": 0, "train_loss": 1.0}) + "\n")
+    G.save(G.parse_any(DARTS_V2), run / "genotype.json")
+    result = runner.invoke(app, ["viz", str(run), "-o", "t.png"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "t.png").stat().st_size > 0 and not (tmp_path / "t_alpha.png").exists()
+    out = " ".join(result.output.split())
+    assert "no α plot" in out and "(a training run)" in out
+    import nasc
+
+    assert nasc.viz(str(run), tmp_path / "api.png") == [tmp_path / "api.png"]
+
+
 @pytest.mark.parametrize("make_args, message", [
     (lambda p: ["Genotype(normal=[('sep_conv_3x3', 0)"], "invalid DARTS genotype"),
     (lambda p: ["|nor_conv_3x3~1|"], "invalid NB201"),
