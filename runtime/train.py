@@ -31,7 +31,7 @@ from nasc.compiler.resolve import resolve_path
 from nasc.errors import GenotypeError, SearchError, did_you_mean
 from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
-from nasc.runtime.config import from_space
+from nasc.runtime.config import check_types, from_space
 from nasc.runtime.data import Batches, Dataset, load_dataset
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.rundir import RunDir, default_run_path, environment
@@ -89,6 +89,7 @@ def train_config(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> T
             raise SearchError(f"unknown training option {key!r}",
                               hint=did_you_mean(key, FIELDS) or f"options: {', '.join(FIELDS)}")
         values[key] = value
+    check_types(TrainConfig, values, "training")
     try:
         return TrainConfig(**values)
     except (TypeError, ValueError) as e:
