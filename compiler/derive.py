@@ -42,6 +42,25 @@ def layer_choices(ir: SpaceIR) -> dict[str, set[str]]:
     return {g: set(info["rows"][0]["ops"]) for g, info in ir.alpha_groups.items() if info["kind"] == "choice"}
 
 
+def check_fits(ir: SpaceIR, genotype: Genotype) -> None:
+    """Raise one GenotypeError unless the genotype's cells, edges and ops exist in the compiled network."""
+    shapes = cell_shapes(ir)
+    stacked = [layer.cell for layer in ir.layers() if layer.kind == "cell"]
+    for name in genotype.cells:
+        if name in shapes or name not in ir.cells:
+            continue
+        at = ", ".join(f"{k} = {v}" for k, v in ir.params.items())
+        kinds = sorted(set(stacked))
+        every = f"every cell is a {kinds[0]!r} cell" if len(kinds) == 1 else f"the cells are {kinds}"
+        hint = "stack more cells"
+        if isinstance(ir.params.get("layers"), int) and ir.params["layers"] < 3:
+            hint = ("use layers ≥ 3 (--set layers=3): a DARTS-style network of L cells reduces at L // 3 and "
+                    "2L // 3, so with fewer than 3 cells every cell is a reduction cell")
+        raise GenotypeError(f"the genotype's cell {name!r} has no place in the network: with {at}, {every} "
+                            f"({len(stacked)} cell(s) stacked)", hint=hint)
+    check_against(genotype, shapes, layer_choices(ir) or None)
+
+
 def specialise_to_genotype(ir: SpaceIR, genotype: Genotype) -> SpaceIR:
     """The final IR of the network the genotype describes (raises GenotypeError if it does not fit).
 
@@ -52,7 +71,7 @@ def specialise_to_genotype(ir: SpaceIR, genotype: Genotype) -> SpaceIR:
     """
     if not ir.alpha_groups:
         raise GenotypeError(f"space {ir.name!r} has no choices; there is nothing for a genotype to decide")
-    check_against(genotype, cell_shapes(ir), layer_choices(ir) or None)
+    check_fits(ir, genotype)
     notes = list(ir.meta.get("warnings", [])) + selection_notes(ir, genotype)
     out = ir.copy()
     if out.alpha_mode == "per_instance" and any(i["kind"] == "cell" for i in out.alpha_groups.values()):

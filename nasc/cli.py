@@ -587,12 +587,10 @@ def _train_params(space: str) -> dict[str, Any]:
 
 def _check_fits(genotype, space: str, params: dict[str, Any]) -> None:
     """Raise GenotypeError unless the genotype's cells, edges and ops exist in the space."""
-    from nasc.compiler.derive import cell_shapes, layer_choices
-    from nasc.compiler.genotype import check_against
+    from nasc.compiler.derive import check_fits
     from nasc.compiler.pipeline import compile_space
 
-    ir = compile_space(space, params=params, ctx=_ctx())
-    check_against(genotype, cell_shapes(ir), layer_choices(ir) or None)
+    check_fits(compile_space(space, params=params, ctx=_ctx()), genotype)
 
 
 def _run_kind(run: Path) -> str | None:

@@ -215,3 +215,12 @@ def test_an_nb201_genotype_missing_an_edge_is_warned_about():
     derived = specialise_to_genotype(_ir("nb201", C=4, N=1), G.Genotype(cells={"cell": fewer}))
     assert any("node 3 has no edge from [1]" in w and "one op per edge" in w for w in derived.meta["warnings"])
     assert "warnings" not in specialise_to_genotype(_ir("nb201", C=4, N=1), g).meta
+
+
+def test_a_network_too_small_for_a_normal_cell_says_so():
+    """DARTS with layers = 2 reduces at 2 // 3 = 0 and 4 // 3 = 1: both cells are reduction cells."""
+    with pytest.raises(GenotypeError) as info:
+        specialise_to_genotype(_ir("darts", C=4, layers=2), G.from_darts(DARTS_V2))
+    assert info.value.message == ("the genotype's cell 'normal' has no place in the network: with C = 4, layers = 2, "
+                                  "classes = 10, every cell is a 'reduce' cell (2 cell(s) stacked)")
+    assert "layers ≥ 3" in info.value.hint
