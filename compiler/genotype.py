@@ -625,13 +625,15 @@ def check_against(g: Genotype, cells: Mapping[str, CellShape],
             problems.append(f"cell {name!r} has {cell.n_inputs} inputs and {cell.n_nodes} nodes; "
                             f"the space's has {n_inputs} inputs and {n_nodes} nodes")
             continue
-        seen: set[tuple[int, int]] = set()
+        seen: dict[tuple[int, int], str] = {}
         for e in cell.edges:
             key, label = (e.node, e.input), f"{e.node}<-{e.input}"
             if key in seen:
-                problems.append(f"cell {name!r}: edge {label} is chosen twice")
+                problems.append(f"cell {name!r}: edge {label} is chosen twice ({seen[key]} and {e.op}); a space has "
+                                "one edge per (input, node) pair, so two ops on one pair (as in ENAS' and NASNet's "
+                                "published cells) cannot be built")
                 continue
-            seen.add(key)
+            seen[key] = e.op
             if allowed is None:
                 continue
             if key not in allowed:

@@ -123,7 +123,8 @@ def test_an_edge_chosen_twice():
     assert len(list(derived.cell_edges("normal"))) == 9
     # ... but the same edge twice is not
     twice = G.GenoCell(n_inputs=2, n_nodes=4, edges=cell.edges + (cell.edges[0],), concat=cell.concat)
-    with pytest.raises(GenotypeError, match="chosen twice"):
+    with pytest.raises(GenotypeError, match=r"chosen twice \(sep_conv_3x3 and sep_conv_3x3\); a space has one edge "
+                                            r"per \(input, node\) pair"):
         specialise_to_genotype(_ir("darts", C=4, layers=5), G.Genotype(cells={**g.cells, "normal": twice}))
 
 

@@ -222,3 +222,16 @@ def test_cli_viz_bad_input_exits_1_without_traceback(tmp_path, make_args, messag
     assert result.exit_code == 1, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_two_ops_on_one_pair_are_drawn_as_two_visible_arcs(tmp_path):
+    """ENAS' published normal cell feeds node 2 from input 1 twice (sep_conv_3x3 and skip_connect)."""
+    enas = G.from_darts("Genotype(normal=[('sep_conv_3x3', 1), ('skip_connect', 1), ('sep_conv_5x5', 1), "
+                        "('skip_connect', 0)], normal_concat=[2, 3])")
+    inch = {0: (0.0, 0.0), 1: (0.0, 1.0), 2: (1.0, 0.0), 3: (1.0, 1.0), -1: (2.0, 0.5)}
+    bends = V.arrow_bends([(1, 2), (1, 2), (1, 3), (0, 3)], inch)
+    assert abs(bends[0] - bends[1]) >= V.PARALLEL_SPREAD - 1e-9  # not on top of each other
+    assert bends[2:] == V.arrow_bends([(1, 3), (0, 3)], inch)  # other arrows are unaffected
+    out = V.draw_genotype(enas, tmp_path / "enas.svg")
+    svg = out.read_text()
+    assert "sep_conv_3x3" in svg and "skip_connect" in svg
