@@ -214,7 +214,7 @@ def check_types(cls: type, values: Mapping[str, Any], what: str) -> None:
     for key, value in values.items():
         expected = _expected(hints.get(key))
         if expected is not None and not expected[1](value):
-            raise SearchError(f"{what} setting {key!r} must be {expected[0]}, got {value!r}")
+            raise SearchError(f"{what} setting {key} must be {expected[0]}, got {value!r}")
 
 
 def make_config(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> SearchConfig:
