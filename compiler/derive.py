@@ -92,11 +92,12 @@ def specialise_to_genotype(ir: SpaceIR, genotype: Genotype) -> SpaceIR:
         seen = set()
         for ge in genotype.cells[group].edges:
             src, dst = by_index[ge.input], by_index[ge.node]
-            if (src, dst) in seen or ((src, dst) in old and (src, dst) not in searchable):
-                raise GenotypeError(f"cell {group!r}: the edge {ge.input} -> {ge.node} is chosen twice "
-                                    "(or is fixed in the space)")
+            if (src, dst) in seen:  # check_against reports it first; kept as an invariant
+                raise GenotypeError(f"cell {group!r}: the edge {ge.input} -> {ge.node} is chosen twice")
             seen.add((src, dst))
             e = old[(src, dst)]
+            if (src, dst) not in searchable:
+                continue  # a fixed edge (its one op, which check_against checked) stays; selectors list it too
             g.add_edge(src, dst, edge=CellEdge(src=src, dst=dst, index=0, stride=e.stride, candidates=(ge.op,),
                                                span=e.span))
         _renumber(g)

@@ -225,3 +225,31 @@ def test_a_network_too_small_for_a_normal_cell_says_so():
     assert info.value.message == ("the genotype's cell 'normal' has no place in the network: with C = 4, layers = 2, "
                                   "classes = 10, every cell is a 'reduce' cell (2 cell(s) stacked)")
     assert "layers ≥ 3" in info.value.hint
+
+
+FIXED_EDGE_SPACE = """
+space toy(C = 4, classes = 10)
+op c3 = relu > conv(3) > bn
+cell c(x):
+    nodes n0, n1
+    edge x -> n0: [c3, identity]
+    edge x -> n1: [identity]
+    edge n0 -> n1: [c3, identity]
+    output n1
+network:
+    stem conv(3, out = C) > bn
+    stack 2 x c
+    head global_avg_pool > linear(classes)
+"""
+
+
+def test_a_fixed_edge_named_in_the_genotype_is_kept():
+    """Selectors list a cell's fixed edges with the chosen ones (runtime/selectors.derive); such a genotype builds."""
+    ir = compile_space("toy.nas", text=FIXED_EDGE_SPACE)
+    chosen = [G.GenoEdge(node=1, input=0, op="c3"), G.GenoEdge(node=2, input=1, op="c3")]
+    fixed = G.GenoEdge(node=2, input=0, op="identity")
+    for edges in (chosen + [fixed], chosen):
+        g = G.Genotype(cells={"c": G.GenoCell(n_inputs=1, n_nodes=2, edges=edges, concat=(2,))})
+        derived = specialise_to_genotype(ir, g)
+        assert sorted(e.key for e in derived.cell_edges("c")) == ["n0<-x", "n1<-n0", "n1<-x"]
+        assert not derived.meta.get("warnings")
