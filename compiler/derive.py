@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import attrs
+import networkx as nx
 
 from nasc.compiler.bind_alpha import bind_alpha
 from nasc.compiler.compute_costs import compute_costs
+from nasc.compiler.count import selection_rule
 from nasc.compiler.genotype import Genotype, check_against
 from nasc.compiler.infer_shapes import infer_shapes
-from nasc.compiler.ir import CellEdge, SpaceIR, fingerprint
+from nasc.compiler.ir import CellEdge, Output, SpaceIR, fingerprint
 from nasc.compiler.remove_dead_nodes import remove_dead_nodes
 from nasc.compiler.specialise_ops import specialise_ops
 from nasc.errors import GenotypeError
@@ -40,11 +42,37 @@ def layer_choices(ir: SpaceIR) -> dict[str, set[str]]:
     return {g: set(info["rows"][0]["ops"]) for g, info in ir.alpha_groups.items() if info["kind"] == "choice"}
 
 
+def check_fits(ir: SpaceIR, genotype: Genotype) -> None:
+    """Raise one GenotypeError unless the genotype's cells, edges and ops exist in the compiled network."""
+    shapes = cell_shapes(ir)
+    stacked = [layer.cell for layer in ir.layers() if layer.kind == "cell"]
+    for name in genotype.cells:
+        if name in shapes or name not in ir.cells:
+            continue
+        at = ", ".join(f"{k} = {v}" for k, v in ir.params.items())
+        kinds = sorted(set(stacked))
+        every = f"every cell is a {kinds[0]!r} cell" if len(kinds) == 1 else f"the cells are {kinds}"
+        hint = "stack more cells"
+        if isinstance(ir.params.get("layers"), int) and ir.params["layers"] < 3:
+            hint = ("use layers ≥ 3 (--set layers=3): a DARTS-style network of L cells reduces at L // 3 and "
+                    "2L // 3, so with fewer than 3 cells every cell is a reduction cell")
+        raise GenotypeError(f"the genotype's cell {name!r} has no place in the network: with {at}, {every} "
+                            f"({len(stacked)} cell(s) stacked)", hint=hint)
+    check_against(genotype, shapes, layer_choices(ir) or None)
+
+
 def specialise_to_genotype(ir: SpaceIR, genotype: Genotype) -> SpaceIR:
-    """The final IR of the network the genotype describes (raises GenotypeError if it does not fit)."""
+    """The final IR of the network the genotype describes (raises GenotypeError if it does not fit).
+
+    Each cell outputs the states the genotype's `concat` names (as in the official DARTS
+    code, the next cells' channels follow); a genotype the space's selection rule could not
+    return (another number of edges per node, an excluded op) is built, with a warning in
+    `meta["warnings"]`, which keeps the warnings of the space's own compilation too.
+    """
     if not ir.alpha_groups:
         raise GenotypeError(f"space {ir.name!r} has no choices; there is nothing for a genotype to decide")
-    check_against(genotype, cell_shapes(ir), layer_choices(ir) or None)
+    check_fits(ir, genotype)
+    notes = list(ir.meta.get("warnings", [])) + selection_notes(ir, genotype)
     out = ir.copy()
     if out.alpha_mode == "per_instance" and any(i["kind"] == "cell" for i in out.alpha_groups.values()):
         raise GenotypeError("deriving a network from a space with `alpha per instance` cells is not supported yet")
@@ -64,7 +92,7 @@ def specialise_to_genotype(ir: SpaceIR, genotype: Genotype) -> SpaceIR:
         seen = set()
         for ge in genotype.cells[group].edges:
             src, dst = by_index[ge.input], by_index[ge.node]
-            if (src, dst) in seen:
+            if (src, dst) in seen:  # check_against reports it first; kept as an invariant
                 raise GenotypeError(f"cell {group!r}: the edge {ge.input} -> {ge.node} is chosen twice")
             seen.add((src, dst))
             if (src, dst) not in searchable:  # a fixed edge stays whether the genotype names it or not
@@ -73,7 +101,8 @@ def specialise_to_genotype(ir: SpaceIR, genotype: Genotype) -> SpaceIR:
             g.add_edge(src, dst, edge=CellEdge(src=src, dst=dst, index=0, stride=e.stride, candidates=(ge.op,),
                                                span=e.span))
         _renumber(g)
-    out.meta = {}
+        notes += _set_output(g, group, genotype.cells[group].concat, by_index)
+    out.meta = {"warnings": notes} if notes else {}
     out.impls = {}
     for p in (specialise_ops, remove_dead_nodes):
         out = p(out)
@@ -83,6 +112,65 @@ def specialise_to_genotype(ir: SpaceIR, genotype: Genotype) -> SpaceIR:
     out.meta["fingerprint"] = fingerprint(out)
     out.meta["genotype_space"] = genotype.space
     return out
+
+
+def _states(indices) -> str:
+    return f"concat({', '.join(map(str, indices))})"
+
+
+def _set_output(g, group: str, concat: tuple[int, ...], by_index: dict[int, str]) -> list[str]:
+    """Make the cell output the genotype's `concat`; a note when it differs from the space's output."""
+    space_out = g.graph["output"]
+    index = {n: i for i, n in by_index.items()}
+    wanted = tuple(by_index[i] for i in concat)
+    if wanted == space_out.states:
+        return []
+    was = [index[s] for s in space_out.states]
+    if space_out.kind == "node" and len(wanted) > 1:
+        raise GenotypeError(f"cell {group!r}: the genotype outputs {_states(concat)}, but the space's cell "
+                            f"outputs the single state {was[0]}, so its width cannot change",
+                            hint=f"give the cell \"concat\": [{was[0]}] (or one other state)")
+    g.graph["output"] = Output(kind=space_out.kind, states=wanted)
+    reaching = set(wanted).union(*(nx.ancestors(g, s) for s in wanted))
+    unused = [index[n] for n in g.graph["nodes"] if n not in reaching]
+    note = (f"cell {group!r} outputs {_states(concat) if len(concat) > 1 else f'state {concat[0]}'} as the genotype "
+            f"says, not the space's {_states(was) if space_out.kind == 'concat' else f'state {was[0]}'}")
+    if unused:
+        note += f"; node(s) {unused} reach no output (computed, as in the official DARTS code, but unused)"
+    return [note]
+
+
+def selection_notes(ir: SpaceIR, genotype: Genotype) -> list[str]:
+    """How `genotype` (already known to fit the space) differs from what the space's selection rule returns."""
+    per, k, exclude = selection_rule(ir)
+    rule = (f"top {k} per node" if per == "node" else f"one op per {per}") + (
+        f" excluding {', '.join(sorted(exclude))}" if exclude else "")
+    notes: list[str] = []
+    for group, info in ir.alpha_groups.items():
+        if info["kind"] == "choice":
+            op = dict(genotype.layers)[group]
+            if op in exclude:
+                notes.append(f"layer {group!r}: op {op!r} is one the space's selection rule ({rule}) never picks")
+            continue
+        g = ir.cells[info["cell"]]
+        index = {n: g.nodes[n]["index"] for n in g.nodes}
+        searchable = {(index[e.dst], index[e.src]) for e in ir.cell_edges(info["cell"]) if len(e.candidates) > 1}
+        cell = genotype.cells[group]
+        for e in cell.edges:
+            if e.op in exclude:
+                notes.append(f"cell {group!r}, edge {e.node}<-{e.input}: op {e.op!r} is one the space's selection "
+                             f"rule ({rule}) never picks")
+        for node in (index[n] for n in g.graph["nodes"]):
+            offered = sorted(i for n, i in searchable if n == node)
+            chosen = sorted(e.input for e in cell.incoming(node) if (node, e.input) in searchable)
+            if per == "node" and offered and len(chosen) != min(k, len(offered)):
+                notes.append(f"cell {group!r}: node {node} has {len(chosen)} chosen edge(s) (from {chosen}); "
+                             f"the space's selection rule ({rule}) keeps {min(k, len(offered))}")
+            elif per != "node" and chosen != offered:
+                missing = [i for i in offered if i not in chosen]
+                notes.append(f"cell {group!r}: node {node} has no edge from {missing}; the space's selection rule "
+                             f"({rule}) keeps every edge (a missing one is built as `none`)")
+    return notes
 
 
 def _renumber(g) -> None:

@@ -207,10 +207,44 @@ def _jlist(v: Any, where: str) -> list:
     return v
 
 
+# what a genotype file looks like, for the errors about its overall shape
+JSON_LAYOUT = ("a genotype file is laid out as "
+               '{"format": "nasc-genotype/1", "cells": {"normal": {"n_inputs": 2, "n_nodes": 4, '
+               '"edges": [{"node": 2, "input": 0, "op": "sep_conv_3x3"}, ...], "concat": [2, 3, 4, 5]}, ...}} '
+               '(`nasc genotype convert FILE --to json` writes it from DARTS or NB201 notation)')
+_TOP_KEYS = ("space", "fingerprint", "cells", "layers", "source", "notes")
+
+
+def _json_kind(v: Any) -> str:
+    return {list: "a list", dict: "an object", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(v), "a number")
+
+
+def _layout_error(d: Any) -> GenotypeError | None:
+    """A clear error for JSON that is not laid out like a genotype file at all, else None."""
+    if not isinstance(d, dict):
+        return GenotypeError(f"invalid genotype JSON: expected an object, got {_json_kind(d)}", hint=JSON_LAYOUT)
+    unknown = [k for k in d if k not in ("format",) + _TOP_KEYS]
+    darts = [k for k in unknown if isinstance(k, str) and (k in ("normal", "reduce") or k.endswith("_concat"))]
+    if darts:
+        return GenotypeError(f"invalid genotype JSON: {darts[0]!r} is a field of DARTS' Genotype(...) notation; in "
+                             "JSON each cell goes under \"cells\", with its edges as {\"node\", \"input\", \"op\"} "
+                             "objects", hint=JSON_LAYOUT)
+    if unknown and "format" not in d:
+        return GenotypeError(f"invalid genotype JSON: unknown key {unknown[0]!r} and no \"format\"",
+                             hint=JSON_LAYOUT)
+    if "format" not in d:
+        return GenotypeError("invalid genotype JSON: missing key 'format'", hint=JSON_LAYOUT)
+    return None
+
+
 def from_json(d: Any) -> Genotype:
     """Read the JSON form, checking every type and index; errors name the offending key."""
+    error = _layout_error(d)
+    if error is not None:
+        raise error
     # "source" and "notes" are free-text provenance (published genotypes carry their paper and repository)
-    d = _jobject(d, "", ("format",), ("space", "fingerprint", "cells", "layers", "source", "notes"))
+    d = _jobject(d, "", ("format",), _TOP_KEYS)
     if d["format"] != FORMAT:
         raise _jerr("format", f"expected {FORMAT!r}, got {d['format']!r}")
     cells: dict[str, GenoCell] = {}
@@ -365,8 +399,10 @@ def _darts_cell(name: str, value: Any, concat: Any) -> GenoCell:
         elif len(value) % 2 == 0:
             counts = (2,) * (len(value) // 2)
         else:
-            raise _derr(f"field {name!r}: a flat list holds two (op, input) pairs per node "
-                        f"(or {sum(_EDGE_ALL_COUNTS)} for SNAS edge_all), got {len(value)} entries")
+            raise GenotypeError(f"invalid DARTS genotype: field {name!r}: a flat list holds two (op, input) pairs "
+                                f"per node (or {sum(_EDGE_ALL_COUNTS)} for SNAS edge_all), got {len(value)} entries",
+                                hint=f"for another number of edges per node write one list per node, "
+                                     f"{name}=[[(op, 0)], [(op, 0), (op, 1), (op, 2)], ...], or use JSON")
         it = iter(value)
         groups = [[next(it) for _ in range(c)] for c in counts]
     edges = [GenoEdge(node=2 + k, input=p[1], op=AUTODL_ALIASES.get(p[0], p[0]))
@@ -415,17 +451,17 @@ def to_darts(g: Genotype) -> str:
         cell = g.cells[name]
         if not name.isidentifier() or keyword.iskeyword(name):
             raise GenotypeError(f"cell name {name!r} cannot be a DARTS field name (DARTS notation is a Python "
-                                "call, whose keyword names must be identifiers and not Python keywords); use to_json")
+                                "call, whose keyword names must be identifiers and not Python keywords); write it as JSON")
         if cell.n_inputs != 2:
             raise GenotypeError(f"cell {name!r} has {cell.n_inputs} input(s); DARTS notation assumes 2 "
-                                "(the two previous cells); use to_json or to_nb201")
+                                "(the two previous cells); write it as JSON, or as an NB201 string if it is one")
         groups = _by_node(cell)
         edge_all = tuple(len(gr) for gr in groups) == _EDGE_ALL_COUNTS and _is_complete(cell)
         bad = [(cell.n_inputs + k, len(gr)) for k, gr in enumerate(groups) if len(gr) != 2]
         if bad and not edge_all:
             node, count = bad[0]
             raise GenotypeError(f"cell {name!r}: DARTS notation needs exactly 2 incoming edges per node (pairs 2i "
-                                f"and 2i+1 feed node 2+i), but node {node} has {count}; use to_json")
+                                f"and 2i+1 feed node 2+i), but node {node} has {count}; write it as JSON")
 
         def pairs(es: list[GenoEdge]) -> str:
             return ", ".join(f"({e.op!r}, {e.input})" for e in es)
@@ -521,6 +557,12 @@ def parse_any(text: str, *, space: str | None = None) -> Genotype:
         except json.JSONDecodeError as e:
             raise GenotypeError(f"invalid genotype JSON: {e.msg} (line {e.lineno}, col {e.colno})") from None
         return from_json(data)
+    try:  # JSON, but not an object ([1, 2], null): no other notation parses as JSON
+        data = json.loads(s)
+    except ValueError:
+        pass
+    else:
+        raise _layout_error(data)
     if s.startswith("|"):
         return from_nb201(s, space=space)
     return from_darts(s, space=space)
@@ -570,13 +612,15 @@ def check_against(g: Genotype, cells: Mapping[str, CellShape],
             problems.append(f"cell {name!r} has {cell.n_inputs} inputs and {cell.n_nodes} nodes; "
                             f"the space's has {n_inputs} inputs and {n_nodes} nodes")
             continue
-        seen: set[tuple[int, int]] = set()
+        seen: dict[tuple[int, int], str] = {}
         for e in cell.edges:
             key, label = (e.node, e.input), f"{e.node}<-{e.input}"
             if key in seen:
-                problems.append(f"cell {name!r}: edge {label} is chosen twice")
+                problems.append(f"cell {name!r}: edge {label} is chosen twice ({seen[key]} and {e.op}); a space has "
+                                "one edge per (input, node) pair, so two ops on one pair (as in ENAS' and NASNet's "
+                                "published cells) cannot be built")
                 continue
-            seen.add(key)
+            seen[key] = e.op
             if allowed is None:
                 continue
             if key not in allowed:
@@ -618,6 +662,9 @@ def _existing(source: str) -> Path | None:
 
 def read_source(source: str) -> tuple[Genotype, dict | None]:
     """A genotype from a file, a run directory (with the run's config.json) or a genotype string."""
+    if not source.strip():
+        raise GenotypeError("no genotype given (an empty argument)",
+                            hint="give a genotype file, a run directory, or a DARTS / NB201 genotype string")
     path = _existing(source)
     if path is not None and path.is_dir():
         config = None

@@ -161,7 +161,7 @@ def infer_shapes(ir: SpaceIR, *, searching: bool = True) -> SpaceIR:
     if warnings:
         for i, layer in enumerate(out.layers()):  # keep positions dense after a removal
             out.macro.nodes[layer.id]["layer"] = attrs.evolve(layer, position=i)
-        out.meta["warnings"] = warnings
+        out.meta["warnings"] = out.meta.get("warnings", []) + warnings  # after those of earlier compilations
     out.meta["shapes"] = shapes
     out.meta["searching"] = searching
     return out

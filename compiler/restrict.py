@@ -74,7 +74,8 @@ def restrict_candidates(ir: SpaceIR, keep: Restriction) -> SpaceIR:
                                 hint=did_you_mean(key, list(by_key)) or f"edges: {', '.join(by_key)}")
             g.edges[e.src, e.dst]["edge"] = attrs.evolve(
                 e, candidates=_narrow(e.candidates, ops, f"edge {key} of cell {cell!r}"))
-    out.meta = {}  # the passes recompute shapes, warnings and costs
+    # the passes recompute shapes and costs; warnings stay (a dropped auxiliary head is not dropped again)
+    out.meta = {"warnings": list(ir.meta["warnings"])} if ir.meta.get("warnings") else {}
     out.impls = {}
     for p in (specialise_ops, remove_dead_nodes, infer_shapes, bind_alpha, compute_costs):
         out = p(out)

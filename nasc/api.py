@@ -290,9 +290,18 @@ def viz(source: Genotype | SearchResult | str | Path, output: str | Path = "geno
     out = V.check_format(output)
     written = [V.draw_genotype(g, out)]
     run = _run_dir(source)
-    if run is not None and (run / "metrics.jsonl").is_file():
-        written.append(V.draw_alpha(V.read_epochs(run), V.alpha_path(out)))
+    records = V.read_epochs(run) if run is not None and (run / "metrics.jsonl").is_file() else []
+    if V.has_alpha(records):  # a training run has none
+        written.append(V.draw_alpha(records, V.alpha_path(out)))
     return written
+
+
+def _run_kind(run: Path) -> str | None:
+    """"train" or "search" for a run directory (None without a readable config.json)."""
+    try:
+        return json.loads((run / "config.json").read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _run_dir(source: Any) -> Path | None:
@@ -313,17 +322,25 @@ def export(source: TrainResult | Genotype | SearchResult | str | Path, output: s
            checkpoint: str | Path | None = None) -> list[Path]:
     """Export a derived network as standalone PyTorch code (`to="pytorch"`), TorchScript or ONNX.
 
-    A `TrainResult` exports the trained network with its weights; a genotype needs
-    `space` (and `params`/`data` as it was compiled), with weights from `checkpoint`.
-    Returns the files written. Ops from plugins have no standalone source: export them
-    to TorchScript or ONNX.
+    A `TrainResult` or training run directory exports the trained network with its weights
+    (`space`, `params`, `input_shape` and `checkpoint` override what the run recorded); a
+    genotype needs `space` (and `params`/`data` as it was compiled), with weights from
+    `checkpoint`. Returns the files written. Ops from plugins have no standalone source:
+    export them to TorchScript or ONNX.
     """
     from nasc.runtime import export as X
+    from nasc.runtime import train as T
 
     if to not in X.FORMATS:
         raise NascError(f"unknown export format {to!r}", hint=f"one of {', '.join(X.FORMATS)}")
+    run = _run_dir(source) if not isinstance(source, TrainResult) else None
     if isinstance(source, TrainResult):
         ir, net, genotype, with_weights = source.ir, source.net.eval(), source.genotype, True
+    elif run is not None and _run_kind(run) == "train":
+        trained = T.load_trained(run, space=None if space is None else str(space), params=params,
+                                 input_shape=None if input_shape is None else tuple(input_shape),
+                                 checkpoint=checkpoint)
+        ir, net, genotype, with_weights = trained.ir, trained.net, trained.genotype, True
     else:
         if space is None:
             raise NascError("export: give the space the genotype belongs to (space=...)")

@@ -481,13 +481,17 @@ def train(
             job = T.prepare_train(T.TrainRequest(genotype=genotype, space=space, input_shape=shape,
                                                  params=parse_assignments(set_, "--set"), overrides=overrides))
             c = T.counts(job)
+            aux = f"; {c['params_with_aux']:,} with the auxiliary head" if T.has_aux(job.ir) else ""
             console.print(f"[bold]network[/bold] {job.ir.name}: {c['params']:,} parameters "
-                          f"({c['params'] / 1e6:.2f}M; {c['params_with_aux']:,} with the auxiliary head), "
-                          f"{c['madds']:,} multiply-adds per sample")
+                          f"({c['params'] / 1e6:.2f}M{aux}), {c['madds']:,} multiply-adds per sample")
             for w in job.ir.meta.get("warnings", []):
                 console.print(f"[yellow]warning:[/yellow] {w}")
             if dry_run:
+                if shape is not None:
+                    console.print(f"  input = {'x'.join(map(str, shape))}")
                 for key, value in T.describe_train(job)["train"].items():
+                    if shape is not None and data is None and key in ("dataset", "data_dir"):
+                        continue  # counted for --input, not for the default dataset
                     console.print(f"  {key} = {value}")
                 return
             target = run_dir or str(T.default_train_dir(job.ir.name, job.config.seed))
@@ -577,10 +581,15 @@ def genotype_show(source: Annotated[str, typer.Argument(help="A genotype file, s
         console.print(f"  {layer}: {op}")
 
 
-def _read_genotype(source: str):
+def _read_source(source: str):
+    """(genotype, run config or None) from a genotype file, string or run directory."""
     from nasc.compiler import genotype as G
 
-    return G.read_source(source)[0]
+    return G.read_source(source)
+
+
+def _read_genotype(source: str):
+    return _read_source(source)[0]
 
 
 def _train_params(space: str) -> dict[str, Any]:
@@ -596,12 +605,18 @@ def _train_params(space: str) -> dict[str, Any]:
 
 def _check_fits(genotype, space: str, params: dict[str, Any]) -> None:
     """Raise GenotypeError unless the genotype's cells, edges and ops exist in the space."""
-    from nasc.compiler.derive import cell_shapes, layer_choices
-    from nasc.compiler.genotype import check_against
+    from nasc.compiler.derive import check_fits
     from nasc.compiler.pipeline import compile_space
 
-    ir = compile_space(space, params=params, ctx=_ctx())
-    check_against(genotype, cell_shapes(ir), layer_choices(ir) or None)
+    check_fits(compile_space(space, params=params, ctx=_ctx()), genotype)
+
+
+def _run_kind(run: Path) -> str | None:
+    """"train" for a training run directory (searches record no kind)."""
+    try:
+        return json.loads((run / "config.json").read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _run_dir(source: str) -> Path | None:
@@ -644,8 +659,8 @@ def viz_cmd(
             for layer, op in g.layers:
                 console.print(f"  {escape(layer)}: {escape(op)}")
         written = [V.draw_genotype(g, out)]
-        if run is not None and (run / "metrics.jsonl").is_file():
-            records = V.read_epochs(run)
+        records = V.read_epochs(run) if run is not None and (run / "metrics.jsonl").is_file() else []
+        if run is not None and V.has_alpha(records):
             changes = V.genotype_changes(records)
             if changes:
                 later = [str(epoch) for epoch, _ in changes[1:]]
@@ -654,7 +669,9 @@ def viz_cmd(
                                  if later else "never changed after"))
             written.append(V.draw_alpha(records, V.alpha_path(out)))
         elif run is not None:
-            console.print(f"[yellow]note[/yellow]: {run} has no metrics.jsonl; no α plot")
+            why = ("a training run" if (run / "metrics.jsonl").is_file() and _run_kind(run) == "train"
+                   else "its metrics hold no α yet" if (run / "metrics.jsonl").is_file() else "no metrics.jsonl")
+            console.print(f"[dim]no α plot for {run} ({why})[/dim]")
     except NascError as e:
         fail(e)
     for path in written:
@@ -663,42 +680,60 @@ def viz_cmd(
 
 @app.command("export")
 def export_cmd(
-    source: Annotated[str, typer.Argument(help="A genotype file, a DARTS Genotype(...) or NB201 string, "
-                                          "or a run directory.")],
-    space: Annotated[str, typer.Option("--space", help="The space the genotype belongs to "
-                                       "(.nas file or bundled name).")],
+    source: Annotated[str, typer.Argument(help="A training run directory (the trained network), a genotype file, "
+                                          "a DARTS Genotype(...) or NB201 string, or a search run directory.")],
+    space: Annotated[Optional[str], typer.Option("--space", help="The space the genotype belongs to (.nas file or "
+                                                 "bundled name; default: the run's, or the genotype's).")] = None,
     to: Annotated[str, typer.Option("--to", help="pytorch (one standalone .py file), torchscript or onnx.")]
     = "pytorch",
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="Weights to export: a state dict "
-                                                      "file, or a dict holding one under 'net'.")] = None,
+                                                      "file, or a dict holding one under 'net' (default for a "
+                                                      "training run: its weights.pt).")] = None,
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="File to write (default "
                                                   "SPACE_net.py / .torchscript.pt / .onnx here).")] = None,
     set_: SetOpt = None,
-    input_shape: Annotated[Optional[str], typer.Option("--input", help="Input shape CxHxW, e.g. 1x28x28.")] = None,
+    input_shape: Annotated[Optional[str], typer.Option("--input", help="Input shape CxHxW, e.g. 1x28x28 "
+                                                       "(default for a training run: the one it trained on).")]
+    = None,
 ) -> None:
-    """Export the network a genotype derives: standalone PyTorch code, TorchScript or ONNX."""
+    """Export the network a genotype derives (a training run's trained one): standalone PyTorch code, TorchScript or ONNX."""
     from nasc.compiler.pipeline import compile_space
     from nasc.runtime import export as X
+    from nasc.runtime import train as T
 
     if to not in X.FORMATS:
         raise typer.BadParameter(f"--to must be one of {', '.join(X.FORMATS)}, not {to!r}")
     params = parse_assignments(set_, "--set")
+    shape = parse_shape(input_shape)
+    weights = checkpoint
     try:
-        g = _read_genotype(source)
-        # the evaluation network, as `nasc train` builds it: the space's `train:` parameters, then --set
-        ir = compile_space(space, params={**_train_params(space), **params}, input_shape=parse_shape(input_shape),
-                           ctx=_ctx())
-        derived, net = X.derived_network(ir, g)
-        if checkpoint:
-            X.load_weights(net, checkpoint)
+        g, config = _read_source(source)
+        if config is not None and config.get("kind") == "train":
+            # the trained network: the run's space, parameters and input shape (options override them)
+            trained = T.load_trained(source, space=space, params=params, input_shape=shape, checkpoint=checkpoint)
+            derived, net, g = trained.ir, trained.net, trained.genotype
+            weights = _short(str(trained.weights)) + ("" if trained.finished or checkpoint else
+                                                      " (the last checkpoint of an unfinished run)")
+        else:
+            space = space or (T.run_space(config) if config and config.get("space") else g.space)
+            if space is None:
+                raise NascError("export: which space does this genotype belong to?",
+                                hint="pass --space FILE.nas (or a bundled space name such as darts)")
+            # the evaluation network, as `nasc train` builds it: the space's `train:` parameters, then --set
+            ir = compile_space(space, params={**_train_params(space), **params}, input_shape=shape, ctx=_ctx())
+            derived, net = X.derived_network(ir, g)
+            if checkpoint:
+                X.load_weights(net, checkpoint)
+        for w in derived.meta.get("warnings", []):
+            err_console.print(f"[yellow]warning:[/yellow] {_escape(w)}")
         suffix = ".torchscript.pt" if to == "torchscript" else X.SUFFIX[to]
         out = Path(output or f"{derived.name}_net{suffix}")
-        written = X.export(derived, net, out, to=to, genotype=g, with_weights=bool(checkpoint))
+        written = X.export(derived, net, out, to=to, genotype=g, with_weights=bool(weights))
     except NascError as e:
         fail(e)
     n_weights = sum(p.numel() for p in net.parameters())
     console.print(f"[green]wrote[/green] {written[0]} ({to}, {n_weights:,} weights"
-                  + (", from " + checkpoint if checkpoint else ", untrained") + ")")
+                  + (", from " + weights if weights else ", untrained") + ")")
     for path in written[1:]:
         console.print(f"[green]wrote[/green] {path} (its weights)")
     if to == "pytorch":

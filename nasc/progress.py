@@ -43,9 +43,10 @@ class SearchDisplay:
         if kind == "start":
             cfg = event["config"]
             if event.get("title") == "training":
+                aux = (f" ({cfg['params_with_aux']:,} with the auxiliary head)"
+                       if cfg["params_with_aux"] != cfg["params"] else "")  # no head (none, or dropped)
                 self.console.print(f"[bold]training[/bold] a derived {cfg['space']} network on "
-                                   f"{cfg['train']['dataset']}: {cfg['params']:,} weights "
-                                   f"({cfg['params_with_aux']:,} with the auxiliary head), "
+                                   f"{cfg['train']['dataset']}: {cfg['params']:,} weights{aux}, "
                                    f"{cfg['madds']:,} multiply-adds per sample, device {cfg['device']}, "
                                    f"run dir {event['run_dir']}")
             else:

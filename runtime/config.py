@@ -7,7 +7,9 @@ Everything a run depends on lives here, so that the run directory's
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -179,6 +181,46 @@ def from_space(settings: Mapping[str, Any]) -> dict[str, Any]:
 FIELDS = tuple(f.name for f in attrs.fields(SearchConfig))
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _expected(kind: Any) -> tuple[str, Callable[[Any], bool]] | None:
+    """(what a value of annotation `kind` is called, a check), or None for kinds checked elsewhere."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        inner = [_expected(a) for a in args if a is not type(None)]
+        if len(inner) != 1 or inner[0] is None:
+            return None
+        name, ok = inner[0]
+        return name, lambda v: v is None or ok(v)
+    if kind is bool:
+        return "true or false", lambda v: v in (True, False) and isinstance(v, bool)
+    if kind is int:
+        return "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)
+    if kind is float:
+        return "a number", _is_number
+    if kind is str:
+        return "a name", lambda v: isinstance(v, str)
+    if typing.get_origin(kind) is tuple and args and Ellipsis not in args and all(a is float for a in args):
+        return (f"{len(args)} numbers, e.g. ({', '.join(['0.5'] * len(args))})",
+                lambda v: isinstance(v, (tuple, list)) and len(v) == len(args) and all(map(_is_number, v)))
+    return None
+
+
+def check_types(cls: type, values: Mapping[str, Any], what: str) -> None:
+    """Raise a SearchError naming the first setting whose value has the wrong type for its `cls` field.
+
+    Shared by the search settings (`SearchConfig`) and the training settings (`TrainConfig`), so that
+    `--opt lr=abc` says which setting wants what instead of failing inside a validator.
+    """
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        expected = _expected(hints.get(key))
+        if expected is not None and not expected[1](value):
+            raise SearchError(f"{what} setting {key} must be {expected[0]}, got {value!r}")
+
+
 def check_search_block(settings: Mapping[str, Any], spans: Mapping[str, SourceSpan | None]) -> None:
     """A space's `search:` values and call options, each at its own line (`nasc check` and every search).
 
@@ -230,6 +272,7 @@ def make_config(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> Se
             raise SearchError(f"unknown search option {key!r}", hint=did_you_mean(key, FIELDS) or
                               f"options: {', '.join(FIELDS)}")
         values[key] = value
+    check_types(SearchConfig, values, "search")
     try:
         return SearchConfig(**values)
     except (TypeError, ValueError) as e:

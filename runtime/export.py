@@ -58,14 +58,33 @@ def load_weights(net: Network, checkpoint: str | Path) -> None:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise NascError(f"{checkpoint} holds no state dict",
                         hint="save one with torch.save(net.state_dict(), path) or as {'net': state_dict}")
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise NascError(f"checkpoint {checkpoint} does not fit this network: "
-                        f"{' '.join(line.strip() for line in first[:3])}",
-                        hint="export with the same space, --set values and genotype the weights were trained with"
-                        ) from None
+    problems = state_dict_mismatch(net.state_dict(), state)
+    if problems:
+        raise NascError(f"checkpoint {checkpoint} does not fit this network: {problems}",
+                        hint="export with the space, --set values, --input and genotype the weights were trained "
+                             "with; a training run directory (nasc export RUN_DIR) records them all")
+    net.load_state_dict(state, strict=True)
+
+
+def _first(keys: list[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
+
+
+def state_dict_mismatch(own: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
+    """One short line on how `given` differs from `own` (counts and the first few names), or "" when it fits."""
+    missing = [k for k in own if k not in given]
+    unexpected = [k for k in given if k not in own]
+    shaped = [k for k in own if k in given and tuple(own[k].shape) != tuple(given[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of the network's {len(own)} entries are missing ({_first(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} are unexpected ({_first(unexpected)})")
+    if shaped:
+        k = shaped[0]
+        parts.append(f"{len(shaped)} have another shape ({k}: {'x'.join(map(str, given[k].shape))} in the file, "
+                     f"{'x'.join(map(str, own[k].shape))} here" + (", ..." if len(shaped) > 1 else "") + ")")
+    return "; ".join(parts)
 
 
 def example_input(ir: SpaceIR, batch: int = 2) -> torch.Tensor:

@@ -31,7 +31,7 @@ from nasc.compiler.resolve import resolve_path
 from nasc.errors import GenotypeError, SearchError, did_you_mean
 from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
-from nasc.runtime.config import from_space
+from nasc.runtime.config import check_types, from_space
 from nasc.runtime.data import Batches, Dataset, load_dataset
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.rundir import RunDir, default_run_path, environment
@@ -89,6 +89,7 @@ def train_config(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> T
             raise SearchError(f"unknown training option {key!r}",
                               hint=did_you_mean(key, FIELDS) or f"options: {', '.join(FIELDS)}")
         values[key] = value
+    check_types(TrainConfig, values, "training")
     try:
         return TrainConfig(**values)
     except (TypeError, ValueError) as e:
@@ -134,13 +135,28 @@ def guess_space(genotype: G.Genotype, run_config: Mapping[str, Any] | None) -> s
     raise GenotypeError("cannot tell which space this genotype belongs to", hint="pass --space FILE")
 
 
-def fit_to_dataset(config, dataset: Dataset):
+def fit_to_dataset(config, shape: tuple[int, int, int]):
     """Cap a cutout written for 32x32 CIFAR at half the image side (a 16-pixel hole erases an 8x8 digit)."""
-    side = dataset.shape[1]
+    side = shape[1]
     if config.cutout > side // 2:
         note = f"cutout {config.cutout} capped at {side // 2} for {side}x{side} images"
         return attrs.evolve(config, cutout=side // 2), [note]
     return config, []
+
+
+def has_aux(ir: SpaceIR) -> bool:
+    """Whether the (derived) network has an auxiliary head."""
+    return any(layer.kind == "aux" for layer in ir.layers())
+
+
+def fit_aux_weight(config, ir: SpaceIR):
+    """Set an auxiliary loss weight to 0 where there is no auxiliary head to weigh, saying why."""
+    if not config.aux_weight or has_aux(ir):
+        return config, []
+    dropped = [w for w in ir.meta.get("warnings", []) if w.startswith("auxiliary head dropped")]
+    why = ("the auxiliary head was dropped at this input size" if dropped
+           else f"space {ir.name!r} has no auxiliary head")
+    return attrs.evolve(config, aux_weight=0.0), [f"aux_weight {config.aux_weight:g} set to 0: {why}"]
 
 
 def prepare_train(request: TrainRequest) -> TrainJob:
@@ -154,12 +170,14 @@ def prepare_train(request: TrainRequest) -> TrainJob:
     params.update(request.params)
     config = train_config(settings, request.overrides)
     dataset = _dist.main_first(load_dataset, config.dataset, config.data_dir)  # distributed: one download per machine
-    config, notes = fit_to_dataset(config, dataset)
+    config, notes = fit_to_dataset(config, request.input_shape or dataset.shape)
     if "classes" in decl.params and "classes" not in params:
         params["classes"] = dataset.classes
     ir = compile_decl(decl, params=params, input_shape=request.input_shape or dataset.shape)
     derived = specialise_to_genotype(ir, genotype)
-    derived.meta["warnings"] = derived.meta.get("warnings", []) + notes
+    genotype = attrs.evolve(genotype, space=derived.name)  # genotype.json names the space it was trained in
+    config, aux_notes = fit_aux_weight(config, derived)
+    derived.meta["warnings"] = derived.meta.get("warnings", []) + notes + aux_notes
     seed_everything(config.seed, config.deterministic)
     net = build_network(derived)
     if not config.aux_weight:
@@ -347,6 +365,60 @@ def resume_train(run_path: str | Path, *, on_event: Callable[[Event], None] | No
     if int(state["epoch"]) >= job.config.epochs:
         raise SearchError(f"the training run in {run.path} is already finished")
     return run_train(job, run.path, on_event=on_event, resume_state=state, stop_after=stop_after)
+
+
+@attrs.frozen(kw_only=True)
+class TrainedRun:
+    """What a training run directory holds, rebuilt: its derived IR, the network with its weights, the genotype."""
+
+    ir: SpaceIR
+    net: Network
+    genotype: G.Genotype
+    weights: Path  # the file the weights came from
+    finished: bool  # False: the last checkpoint of an interrupted run
+
+
+def run_space(config: Mapping[str, Any]) -> str:
+    """The space a run used: its file where it still is, else its name."""
+    path = config.get("space_file")
+    return path if path and Path(path).is_file() else config["space"]
+
+
+def load_trained(run_path: str | Path, *, space: str | None = None, params: Mapping[str, Any] | None = None,
+                 input_shape: tuple[int, int, int] | None = None,
+                 checkpoint: str | Path | None = None) -> TrainedRun:
+    """The network a `nasc train` run trained, as it was compiled (space, parameters, input shape), with its weights.
+
+    `space`, `params` and `input_shape` override what the run recorded, and `checkpoint` its weights
+    (`weights.pt`, or an unfinished run's last `checkpoint.pt`); weights that do not fit are an error.
+    """
+    from nasc.runtime.export import load_weights  # export imports nothing from here
+
+    run = RunDir(run_path)
+    config = run.read_config()
+    if config.get("kind") != "train":
+        raise SearchError(f"{run.path} is not a training run", hint="train it first: nasc train RUN_DIR")
+    genotype = G.load(run.path / "genotype.json")
+
+    def build() -> SpaceIR:
+        decl = resolve_path(space or run_space(config))
+        ir = compile_decl(decl, params={**config["resolved_params"], **(params or {})},
+                          input_shape=input_shape or tuple(config["input"]))
+        return specialise_to_genotype(ir, genotype)
+
+    derived = resuming_with(config.get("plugins") or [], build)
+    net = build_network(derived).eval()
+    weights = run.path / "weights.pt"
+    finished = weights.is_file()
+    if checkpoint is not None:
+        weights = Path(checkpoint)
+    elif not finished:
+        weights = run.checkpoint
+        if not weights.is_file():
+            raise SearchError(f"{run.path} has no weights yet", hint="a run writes its first checkpoint at the end "
+                                                                       "of epoch 1")
+    load_weights(net, weights)
+    return TrainedRun(ir=derived, net=net, genotype=genotype, weights=weights, finished=finished)
 
 
 def default_train_dir(space: str, seed: int) -> Path:

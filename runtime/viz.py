@@ -185,6 +185,28 @@ def _bend(p1, p2, others: list[tuple[float, float]]) -> float:
     return best
 
 
+PARALLEL_SPREAD = 0.4  # curvature between two ops on the same (input, node) pair
+
+
+def arrow_bends(pairs: Sequence[tuple[int, int]], inch: dict[int, tuple[float, float]]) -> list[float]:
+    """The curvature of each arrow: clear of other boxes, and apart from arrows between the same two states.
+
+    A genotype may keep two ops on one (input, node) pair (ENAS' and NASNet's published cells do);
+    they are drawn as arcs fanned out around the pair's own bend, so that neither hides the other.
+    """
+    count: dict[tuple[int, int], int] = {}
+    for pair in pairs:
+        count[pair] = count.get(pair, 0) + 1
+    seen: dict[tuple[int, int], int] = {}
+    out = []
+    for src, dst in pairs:
+        base = _bend(inch[src], inch[dst], [p for s, p in inch.items() if s not in (src, dst)])
+        n, k = count[(src, dst)], seen.get((src, dst), 0)
+        seen[(src, dst)] = k + 1
+        out.append(base + (k - (n - 1) / 2) * PARALLEL_SPREAD if n > 1 else base)
+    return out
+
+
 def _overlap(a, b) -> float:
     """Overlap area of two (x, y, w, h) boxes centred on (x, y)."""
     dx = min(a[0] + a[2] / 2, b[0] + b[2] / 2) - max(a[0] - a[2] / 2, b[0] - b[2] / 2)
@@ -211,9 +233,9 @@ def _draw_cell(ax, name: str, cell: GenoCell, colors: dict[str, str]) -> None:
     arrows = [(e.input, e.node, colors[e.op], e.op) for e in cell.edges]
     if lay.output == -1:
         arrows += [(s, -1, "#777777", None) for s in cell.concat]
-    for src, dst, color, op in arrows:
+    bends = arrow_bends([(src, dst) for src, dst, _, _ in arrows], inch)
+    for (src, dst, color, op), rad in zip(arrows, bends):
         p1, p2 = inch[src], inch[dst]
-        rad = _bend(p1, p2, [p for s, p in inch.items() if s not in (src, dst)])
         ax.annotate("", xy=lay.pos[dst], xytext=lay.pos[src], zorder=1,
                     arrowprops={"arrowstyle": "-|>", "color": color, "lw": 1.4 if op else 1.0,
                                 "patchA": boxes[src], "patchB": boxes[dst], "shrinkA": 2, "shrinkB": 2,
@@ -329,6 +351,11 @@ def read_epochs(run_dir: str | Path) -> list[dict[str, Any]]:
         if isinstance(record, dict) and record.get("type") == "epoch":
             records.append(record)
     return records
+
+
+def has_alpha(records: Sequence[dict[str, Any]]) -> bool:
+    """Whether any epoch record carries an α table (a search's do; a training run's never)."""
+    return any(isinstance(r.get("alpha"), dict) and r["alpha"] for r in records)
 
 
 def genotype_changes(records: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:

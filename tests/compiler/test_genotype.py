@@ -417,3 +417,44 @@ def test_random_genotypes_round_trip_through_json(cells, layers, space):
 def test_compiler_genotype_does_not_import_torch():
     code = "import sys, nasc.compiler.genotype; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[1, 2, 3]", "invalid genotype JSON: expected an object, got a list"),
+    ("null", "invalid genotype JSON: expected an object, got null"),
+    ('"|nor_conv_3x3~0|"', "invalid genotype JSON: expected an object, got a string"),
+    ('{"normal": [["sep_conv_3x3", 0]], "normal_concat": [2]}',
+     "'normal' is a field of DARTS' Genotype(...) notation; in JSON each cell goes under \"cells\""),
+    ('{"cells": {}}', "missing key 'format'"),
+])
+def test_json_of_the_wrong_shape_says_so_and_shows_the_layout(text, needle):
+    with pytest.raises(GenotypeError) as info:
+        G.parse_any(text)
+    assert needle in info.value.message
+    assert "Genotype(...) call" not in info.value.message and "did you mean 'format'" not in info.value.message
+    assert info.value.hint.startswith('a genotype file is laid out as {"format": "nasc-genotype/1", "cells": {')
+
+
+def test_an_empty_source_is_no_genotype_not_the_current_directory():
+    with pytest.raises(GenotypeError, match=r"no genotype given \(an empty argument\)"):
+        G.read_source("")
+    with pytest.raises(GenotypeError, match="no genotype given"):
+        G.read_source("  ")
+
+
+def test_notation_errors_name_notations_not_python_functions():
+    for bad in (lambda: G.to_darts(G.from_nb201(NB201)),
+                lambda: G.to_darts(Genotype(cells={"normal": cell(2, 2, [(2, 0, "a"), (3, 1, "c")], [2, 3])}))):
+        with pytest.raises(GenotypeError) as info:
+            bad()
+        assert "to_json" not in info.value.message and "to_nb201" not in info.value.message
+        assert "write it as JSON" in info.value.message
+
+
+def test_a_flat_darts_list_with_an_odd_count_points_to_per_node_lists():
+    odd = "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('skip_connect', 0)], normal_concat=[2, 3])"
+    with pytest.raises(GenotypeError) as info:
+        G.from_darts(odd)
+    assert "one list per node" in info.value.hint
+    per_node = "Genotype(normal=[[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], [('skip_connect', 0)]], normal_concat=[2, 3])"
+    assert [len(G.from_darts(per_node).cells["normal"].incoming(n)) for n in (2, 3)] == [2, 1]

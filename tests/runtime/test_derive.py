@@ -123,7 +123,8 @@ def test_an_edge_chosen_twice():
     assert len(list(derived.cell_edges("normal"))) == 9
     # ... but the same edge twice is not
     twice = G.GenoCell(n_inputs=2, n_nodes=4, edges=cell.edges + (cell.edges[0],), concat=cell.concat)
-    with pytest.raises(GenotypeError, match="chosen twice"):
+    with pytest.raises(GenotypeError, match=r"chosen twice \(sep_conv_3x3 and sep_conv_3x3\); a space has one edge "
+                                            r"per \(input, node\) pair"):
         specialise_to_genotype(_ir("darts", C=4, layers=5), G.Genotype(cells={**g.cells, "normal": twice}))
 
 
@@ -139,3 +140,116 @@ def test_chain_genotype_must_name_every_searchable_layer():
     wrong = G.Genotype(layers=tuple((k, "mbconv_9x9_e6") for k in choices))
     with pytest.raises(GenotypeError, match="not a candidate"):
         specialise_to_genotype(ir, wrong)
+
+
+def test_the_genotype_concat_is_what_the_cell_outputs():
+    """normal_concat=[2, 3, 4]: the normal cell concatenates three nodes and the next cells' channels follow.
+
+    3,064,078 (3,540,504 with the auxiliary head) is what quark0/darts' NetworkCIFAR(36, 10, 20, True, g)
+    builds for this genotype: its Cell sets multiplier = len(concat) and keeps node 5's ops, unused.
+    """
+    text = DARTS_V2.replace("normal_concat=[2, 3, 4, 5]", "normal_concat=[2, 3, 4]")
+    derived = specialise_to_genotype(_ir("darts", C=36, layers=20), G.from_darts(text))
+    assert derived.cells["normal"].graph["output"].states == ("n0", "n1", "n2")
+    assert derived.cells["reduce"].graph["output"].states == ("n0", "n1", "n2", "n3")
+    assert derived.meta["costs"]["total_without_aux"]["params"] == 3_064_078
+    assert derived.meta["costs"]["total"]["params"] == 3_540_504
+    assert any("cell 'normal' outputs concat(2, 3, 4) as the genotype says, not the space's concat(2, 3, 4, 5)" in w
+               and "node(s) [5] reach no output" in w for w in derived.meta["warnings"])
+    net = build_network(derived)
+    assert sum(p.numel() for p in net.parameters()) == 3_540_504
+    small = build_network(specialise_to_genotype(_ir("darts", C=4, layers=5), G.from_darts(text)))
+    assert small(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # the unchanged concat is no news
+    assert not any("outputs" in w for w in specialise_to_genotype(_ir("darts", C=4, layers=5),
+                                                                   G.from_darts(DARTS_V2)).meta.get("warnings", []))
+
+
+def test_an_nb201_cell_outputs_the_state_its_concat_names():
+    g = G.from_nb201(NB201_BEST)
+    cell = g.cells["cell"]
+    earlier = G.Genotype(cells={"cell": G.GenoCell(n_inputs=1, n_nodes=3, edges=cell.edges, concat=(2,))})
+    ir = _ir("nb201", C=4, N=1)
+    derived = specialise_to_genotype(ir, earlier)
+    assert derived.cells["cell"].graph["output"].states == ("x2",)
+    cells = [m for m in build_network(derived).modules() if type(m).__name__ == "Cell"]
+    assert cells and all(m.output == ("node", [2]) for m in cells)
+    assert any("outputs state 2 as the genotype says, not the space's state 3" in w for w in derived.meta["warnings"])
+    wide = G.Genotype(cells={"cell": G.GenoCell(n_inputs=1, n_nodes=3, edges=cell.edges, concat=(1, 2, 3))})
+    with pytest.raises(GenotypeError, match=r"outputs concat\(1, 2, 3\), but the space's cell outputs the single "
+                                            r"state 3"):
+        specialise_to_genotype(ir, wide)
+
+
+def test_compile_warnings_survive_the_derivation():
+    """On 8x8 digits DARTS' auxiliary head does not fit: the derived network still says so."""
+    ir = compile_space("darts", params={"C": 4, "layers": 5}, input_shape=(1, 8, 8))
+    assert any(w.startswith("auxiliary head dropped") for w in ir.meta["warnings"])
+    derived = specialise_to_genotype(ir, G.from_darts(DARTS_V2))
+    assert derived.meta["warnings"] == ir.meta["warnings"]
+
+
+@pytest.mark.parametrize("change, note", [
+    (lambda edges: edges[:-1], "node 5 has 1 chosen edge(s) (from [0]); the space's selection rule "
+                               "(top 2 per node excluding none) keeps 2"),
+    (lambda edges: edges + [G.GenoEdge(node=5, input=1, op="sep_conv_3x3")],
+     "node 5 has 3 chosen edge(s) (from [0, 1, 2])"),
+    (lambda edges: [G.GenoEdge(node=2, input=0, op="none")] + edges[1:],
+     "edge 2<-0: op 'none' is one the space's selection rule (top 2 per node excluding none) never picks"),
+])
+def test_a_genotype_outside_the_selection_rule_is_built_with_a_warning(change, note):
+    g = G.from_darts(DARTS_V2)
+    normal = g.cells["normal"]
+    # per-node lists: the DARTS notation and JSON give the same genotype, and the same warning
+    odd = G.GenoCell(n_inputs=2, n_nodes=4, edges=change(list(normal.edges)), concat=normal.concat)
+    odd_g = G.Genotype(cells={**g.cells, "normal": odd})
+    for same in (odd_g, G.from_json(G.to_json(odd_g))):
+        derived = specialise_to_genotype(_ir("darts", C=4, layers=5), same)
+        assert any(note in w for w in derived.meta["warnings"]), derived.meta.get("warnings")
+
+
+def test_an_nb201_genotype_missing_an_edge_is_warned_about():
+    g = G.from_nb201(NB201_BEST)
+    cell = g.cells["cell"]
+    fewer = G.GenoCell(n_inputs=1, n_nodes=3, edges=[e for e in cell.edges if (e.node, e.input) != (3, 1)],
+                       concat=cell.concat)
+    derived = specialise_to_genotype(_ir("nb201", C=4, N=1), G.Genotype(cells={"cell": fewer}))
+    assert any("node 3 has no edge from [1]" in w and "one op per edge" in w for w in derived.meta["warnings"])
+    assert "warnings" not in specialise_to_genotype(_ir("nb201", C=4, N=1), g).meta
+
+
+def test_a_network_too_small_for_a_normal_cell_says_so():
+    """DARTS with layers = 2 reduces at 2 // 3 = 0 and 4 // 3 = 1: both cells are reduction cells."""
+    with pytest.raises(GenotypeError) as info:
+        specialise_to_genotype(_ir("darts", C=4, layers=2), G.from_darts(DARTS_V2))
+    assert info.value.message == ("the genotype's cell 'normal' has no place in the network: with C = 4, layers = 2, "
+                                  "classes = 10, every cell is a 'reduce' cell (2 cell(s) stacked)")
+    assert "layers ≥ 3" in info.value.hint
+
+
+FIXED_EDGE_SPACE = """
+space toy(C = 4, classes = 10)
+op c3 = relu > conv(3) > bn
+cell c(x):
+    nodes n0, n1
+    edge x -> n0: [c3, identity]
+    edge x -> n1: [identity]
+    edge n0 -> n1: [c3, identity]
+    output n1
+network:
+    stem conv(3, out = C) > bn
+    stack 2 x c
+    head global_avg_pool > linear(classes)
+"""
+
+
+def test_a_fixed_edge_named_in_the_genotype_is_kept():
+    """Selectors list a cell's fixed edges with the chosen ones (runtime/selectors.derive); such a genotype builds."""
+    ir = compile_space("toy.nas", text=FIXED_EDGE_SPACE)
+    chosen = [G.GenoEdge(node=1, input=0, op="c3"), G.GenoEdge(node=2, input=1, op="c3")]
+    fixed = G.GenoEdge(node=2, input=0, op="identity")
+    for edges in (chosen + [fixed], chosen):
+        g = G.Genotype(cells={"c": G.GenoCell(n_inputs=1, n_nodes=2, edges=edges, concat=(2,))})
+        derived = specialise_to_genotype(ir, g)
+        assert sorted(e.key for e in derived.cell_edges("c")) == ["n0<-x", "n1<-n0", "n1<-x"]
+        assert not derived.meta.get("warnings")

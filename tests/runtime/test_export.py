@@ -266,3 +266,65 @@ def test_export_defaults_to_the_evaluation_network_of_the_train_block(tmp_path):
     spec.loader.exec_module(module)
     net = module.build()
     assert sum(p.numel() for n, p in net.named_parameters() if "aux" not in n) == 3_349_342
+
+
+def test_a_foreign_checkpoint_is_one_short_error_with_counts_and_a_hint(tmp_path):
+    text, _, params = SMALL["darts"]
+    _, net = X.derived_network(compile_space("darts", params=params), G.parse_any(text))
+    torch.save(net.state_dict(), tmp_path / "sd.pt")
+    _, wrong = X.derived_network(compile_space("darts", params={"C": 16, "layers": 4}), G.parse_any(text))
+    with pytest.raises(NascError) as info:
+        X.load_weights(wrong, tmp_path / "sd.pt")
+    msg = info.value.message
+    assert re.search(r"\d+ of the network's \d+ entries are missing \(layers\.", msg)
+    assert re.search(r"\d+ are unexpected \(layers\.", msg) and "have another shape (" in msg
+    assert "Missing key(s)" not in msg and len(msg) < 600
+    assert "nasc export RUN_DIR" in info.value.hint
+
+
+def test_the_cell_exported_concatenates_the_genotype_concat(tmp_path):
+    text = DARTS_V2.replace("normal_concat=[2, 3, 4, 5]", "normal_concat=[2, 3, 4]")
+    ir, net = X.derived_network(compile_space("darts", params={"C": 4, "layers": 5}), G.parse_any(text))
+    randomise(net)
+    X.export(ir, net, tmp_path / "c3.py", to="pytorch", genotype=G.parse_any(text), with_weights=True)
+    code = (tmp_path / "c3.py").read_text()
+    assert "output concat(n0, n1, n2)." in code and "return torch.cat([n0, n1, n2], dim=1)" in code
+    assert "return torch.cat([n0, n1, n2, n3], dim=1)" in code  # the reduction cell keeps its four
+    exported = import_file(tmp_path / "c3.py", "c3").build()
+    assert sum(p.numel() for p in exported.parameters()) == sum(p.numel() for p in net.parameters())
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A one-epoch training run of a tiny DARTS V2 (C = 4, 3 cells): its weights are not the initial ones."""
+    run = tmp_path_factory.mktemp("train") / "run"
+    result = runner.invoke(app, ["train", DARTS_V2, "--set", "C=4", "--set", "layers=3", "--epochs", "1",
+                                 "--opt", "batch=512", "--run-dir", str(run)])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_a_training_run_exports_its_trained_network(trained_run, tmp_path):
+    result = runner.invoke(app, ["export", str(trained_run), "-o", "t.py"])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "untrained" not in out and "weights.pt" in out
+    weights = torch.load(trained_run / "weights.pt")
+    exported = import_file(tmp_path / "t.py", "t_run").build()
+    state = exported.state_dict()
+    assert state.keys() == weights.keys() and all(torch.equal(state[k], weights[k]) for k in weights)
+    assert G.load(trained_run / "genotype.json").space == "darts"  # --space need not be repeated
+    # the same through the API, and --space naming the run's own space changes nothing
+    import nasc
+
+    assert nasc.export(str(trained_run), tmp_path / "api.py") == [tmp_path / "api.py", tmp_path / "api.pt"]
+    again = runner.invoke(app, ["export", str(trained_run), "--space", "darts", "-o", "t2.py"])
+    assert again.exit_code == 0 and "untrained" not in again.output
+
+
+def test_a_training_run_exported_at_another_size_says_its_weights_do_not_fit(trained_run):
+    result = runner.invoke(app, ["export", str(trained_run), "--set", "C=8"])
+    assert result.exit_code == 1
+    out = " ".join(result.output.split())
+    assert "does not fit this network" in out and "have another shape" in out
+    assert "Missing key(s)" not in out and "Traceback" not in out

@@ -126,7 +126,8 @@ def test_darts_rule_on_hand_set_alpha():
     for name, table in (("normal", NORMAL), ("reduce", REDUCE)):
         flat = [(e.op, e.input) for e in g.cells[name].edges]
         assert flat == _darts_rule(_alpha(table))
-    specialise_to_genotype(ir, g)  # a selected genotype always fits its space
+    # a selected genotype always fits its space, and its selection rule
+    assert not specialise_to_genotype(ir, g).meta.get("warnings")
 
 
 def test_darts_rule_on_random_alpha_matches_reference():
@@ -197,7 +198,7 @@ def test_chain_space_gives_one_op_per_layer():
     assert not g.cells
     assert list(g.layers) == expected
     assert len(g.layers) == len(ir.alpha_groups) == 21
-    specialise_to_genotype(ir, g)
+    assert not specialise_to_genotype(ir, g).meta.get("warnings")
 
 
 def test_strengths_of_a_chain_are_row_softmaxes():

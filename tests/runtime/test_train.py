@@ -1,6 +1,7 @@
 """`nasc train`: the derived network, its protocol from the space's `train:` block, runs and resume."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -19,16 +20,24 @@ def test_protocol_comes_from_the_train_block_and_the_command_line_wins():
     job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "darts_v2.json"), params=TINY,
                                      overrides={"epochs": 3}))
     cfg = job.config
-    assert (cfg.batch, cfg.lr, cfg.weight_decay, cfg.clip, cfg.drop_path, cfg.aux_weight) == (96, 0.025, 3e-4, 5, 0.2, 0.4)
+    assert (cfg.batch, cfg.lr, cfg.weight_decay, cfg.clip, cfg.drop_path) == (96, 0.025, 3e-4, 5, 0.2)
     assert cfg.epochs == 3
     assert cfg.cutout == 4  # 16 from the DARTS protocol, capped at half the 8x8 digits
     assert job.ir.params["C"] == 4 and job.ir.params["layers"] == 5  # --set beats the train block's C = 36
+    # the auxiliary head does not fit 8x8 digits: it is dropped, and its loss weight 0.4 with it, both said
+    assert cfg.aux_weight == 0 and job.net.aux_ids == []
+    warnings = job.ir.meta["warnings"]
+    assert any(w.startswith("auxiliary head dropped") for w in warnings)
+    assert "aux_weight 0.4 set to 0: the auxiliary head was dropped at this input size" in warnings
 
 
 def test_eval_network_has_the_published_size_for_cifar_inputs():
     job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "darts_v2.json"), input_shape=(3, 32, 32)))
     assert job.ir.meta["costs"]["total_without_aux"]["params"] == 3_349_342
     assert sum(p.numel() for n, p in job.net.named_parameters() if not n.startswith("layers.aux")) == 3_349_342
+    # the settings follow the input counted for, not the default dataset's 8x8
+    assert (job.config.aux_weight, job.config.cutout) == (0.4, 16)
+    assert not job.ir.meta.get("warnings")
 
 
 def test_drop_path_rises_linearly_and_only_in_training(tmp_path):
@@ -113,7 +122,33 @@ def test_cli_bad_input_exits_1_without_traceback(args):
 def test_cli_dry_run_prints_counts():
     result = CliRunner().invoke(app, ["train", str(GENOTYPES / "darts_v2.json"), "--dry-run", "--input", "3x32x32"])
     assert result.exit_code == 0, result.output
-    assert "3,349,342 parameters" in result.output and "528,359,040 multiply-adds" in result.output
+    out = " ".join(result.output.split())
+    assert "3,349,342 parameters" in out and "528,359,040 multiply-adds" in out
+    assert "3,825,768 with the auxiliary head" in out
+    assert "input = 3x32x32" in out and "dataset =" not in out and "cutout = 16" in out and "capped" not in out
+
+
+def test_cli_dry_run_names_no_auxiliary_head_a_space_does_not_have_and_warns_when_one_is_dropped():
+    nb = CliRunner().invoke(app, ["train", str(GENOTYPES / "nb201_best_cifar10.json"), "--dry-run"])
+    assert nb.exit_code == 0, nb.output
+    assert "auxiliary" not in nb.output and "1,288,218 parameters (1.29M)," in nb.output
+    small = CliRunner().invoke(app, ["train", str(GENOTYPES / "darts_v2.json"), "--set", "C=4", "--set", "layers=5",
+                                     "--dry-run"])
+    out = " ".join(small.output.split())
+    assert small.exit_code == 0, small.output
+    assert "with the auxiliary head" not in out
+    assert "warning: auxiliary head dropped" in out and "warning: aux_weight 0.4 set to 0" in out
+    assert "aux_weight = 0.0" in out
+
+
+def test_a_training_run_records_its_warnings_and_effective_aux_weight(tmp_path):
+    job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "darts_v2.json"), params={"C": 2, "layers": 3},
+                                     overrides={"epochs": 1, "batch": 512}))
+    run_train(job, tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["train"]["aux_weight"] == 0
+    assert any(w.startswith("auxiliary head dropped") for w in config["warnings"])
+    assert any(w.startswith("aux_weight 0.4 set to 0") for w in config["warnings"])
 
 
 @pytest.mark.slow
@@ -126,3 +161,31 @@ def test_cli_trains_a_published_genotype_for_one_epoch_and_resume_refuses_a_fini
     assert "test accuracy" in result.output
     again = CliRunner().invoke(app, ["train", "x", "--resume", str(run)])
     assert again.exit_code == 1 and "already finished" in " ".join(again.output.split())
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"lr": "abc"}, "setting lr must be a number, got 'abc'"),
+    ({"epochs": 1.5}, "setting epochs must be an integer, got 1.5"),
+    ({"momentum": True}, "setting momentum must be a number, got True"),
+    ({"nesterov": 1}, "setting nesterov must be true or false, got 1"),
+    ({"dataset": 3}, "setting dataset must be a name, got 3"),
+])
+def test_settings_are_type_checked_by_name_in_search_and_training(overrides, message):
+    """One mechanism (runtime/config.check_types) for `--opt` in `nasc search` and `nasc train`."""
+    from nasc.errors import SearchError
+    from nasc.runtime.config import make_config
+
+    with pytest.raises(SearchError, match="^search " + re.escape(message)):
+        make_config({}, overrides)
+    with pytest.raises(SearchError, match="^training " + re.escape(message)):
+        train_config({}, overrides)
+    assert make_config({}, {"arch_betas": (0.5, 0.9), "cuda_graphs": None, "lr": 1}).lr == 1  # an int is a number
+    with pytest.raises(SearchError, match="arch_betas must be 2 numbers"):
+        make_config({}, {"arch_betas": (0.5,)})
+
+
+def test_cli_train_bad_setting_type_names_the_setting():
+    result = CliRunner().invoke(app, ["train", str(GENOTYPES / "darts_v2.json"), "--opt", "lr=abc", "--dry-run"])
+    assert result.exit_code == 1
+    out = " ".join(result.output.split())
+    assert "training setting lr must be a number, got 'abc'" in out and "'<='" not in out

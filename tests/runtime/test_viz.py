@@ -189,6 +189,23 @@ def test_cli_viz_run_dir_plots_alpha_and_reports_changes(tmp_path):
     assert (run / "genotype.png").is_file() and (run / "genotype_alpha.png").is_file()
 
 
+def test_cli_viz_of_a_training_run_draws_the_genotype_without_an_alpha_plot(tmp_path):
+    """A training run's metrics have epochs but no α: it is drawn like a genotype file, and that is success."""
+    run = tmp_path / "train"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"kind": "train", "space": "darts"}))
+    (run / "metrics.jsonl").write_text(json.dumps({"type": "epoch", "epoch": 0, "train_loss": 1.0}) + "\n")
+    G.save(G.parse_any(DARTS_V2), run / "genotype.json")
+    result = runner.invoke(app, ["viz", str(run), "-o", "t.png"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "t.png").stat().st_size > 0 and not (tmp_path / "t_alpha.png").exists()
+    out = " ".join(result.output.split())
+    assert "no α plot" in out and "(a training run)" in out
+    import nasc
+
+    assert nasc.viz(str(run), tmp_path / "api.png") == [tmp_path / "api.png"]
+
+
 @pytest.mark.parametrize("make_args, message", [
     (lambda p: ["Genotype(normal=[('sep_conv_3x3', 0)"], "invalid DARTS genotype"),
     (lambda p: ["|nor_conv_3x3~1|"], "invalid NB201"),
@@ -205,3 +222,16 @@ def test_cli_viz_bad_input_exits_1_without_traceback(tmp_path, make_args, messag
     assert result.exit_code == 1, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_two_ops_on_one_pair_are_drawn_as_two_visible_arcs(tmp_path):
+    """ENAS' published normal cell feeds node 2 from input 1 twice (sep_conv_3x3 and skip_connect)."""
+    enas = G.from_darts("Genotype(normal=[('sep_conv_3x3', 1), ('skip_connect', 1), ('sep_conv_5x5', 1), "
+                        "('skip_connect', 0)], normal_concat=[2, 3])")
+    inch = {0: (0.0, 0.0), 1: (0.0, 1.0), 2: (1.0, 0.0), 3: (1.0, 1.0), -1: (2.0, 0.5)}
+    bends = V.arrow_bends([(1, 2), (1, 2), (1, 3), (0, 3)], inch)
+    assert abs(bends[0] - bends[1]) >= V.PARALLEL_SPREAD - 1e-9  # not on top of each other
+    assert bends[2:] == V.arrow_bends([(1, 3), (0, 3)], inch)  # other arrows are unaffected
+    out = V.draw_genotype(enas, tmp_path / "enas.svg")
+    svg = out.read_text()
+    assert "sep_conv_3x3" in svg and "skip_connect" in svg
