@@ -150,12 +150,7 @@ def infer_shapes(ir: SpaceIR, *, searching: bool = True) -> SpaceIR:
             errors.extend(e.errors)
             break
     if not errors:
-        head = [l for l in out.layers() if l.kind == "head"]
-        if head and shapes[head[0].id]["h_out"] is not None:
-            s = shapes[head[0].id]
-            errors.append(NasSemanticError(
-                f"the head ends with a {s['c_out']}x{s['h_out']}x{s['h_out']} feature map, not class scores",
-                span=head[0].span, hint="end the head with `global_avg_pool > linear(classes)`"))
+        errors.extend(_check_heads(out, shapes))
     if errors:
         raise NasSemanticError(errors[0].message, span=errors[0].span, hint=errors[0].hint, errors=errors)
     if warnings:
@@ -165,3 +160,21 @@ def infer_shapes(ir: SpaceIR, *, searching: bool = True) -> SpaceIR:
     out.meta["shapes"] = shapes
     out.meta["searching"] = searching
     return out
+
+
+def _check_heads(ir: SpaceIR, shapes: dict[str, Any]) -> list[NascError]:
+    """The head, and any auxiliary head, must end in class scores, the same number of them."""
+    errors: list[NascError] = []
+    head = [l for l in ir.layers() if l.kind == "head"]
+    for layer in head + [l for l in ir.layers() if l.kind == "aux"]:
+        s = shapes[layer.id]
+        what = "the head" if layer.kind == "head" else "the auxiliary head"
+        if s["h_out"] is not None:
+            errors.append(NasSemanticError(
+                f"{what} ends with a {s['c_out']}x{s['h_out']}x{s['h_out']} feature map, not class scores",
+                span=layer.span, hint="end it with `global_avg_pool > linear(classes)` (or `flatten > linear(classes)`)"))
+        elif head and layer.kind == "aux" and s["c_out"] != shapes[head[0].id]["c_out"]:
+            errors.append(NasSemanticError(
+                f"the auxiliary head gives {s['c_out']} scores but the head gives {shapes[head[0].id]['c_out']}",
+                span=layer.span, hint="end both with `linear(classes)`"))
+    return errors

@@ -63,7 +63,7 @@ TRAIN_SETTINGS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | None, str]] 
     "clip": (NUMBER, None, "gradient-norm clip (0: none)"),
     "drop_path": (NUMBER, None, "drop-path probability, raised linearly over the epochs (DARTS)"),
     "cutout": ((int,), None, "cutout square side (0: off)"),
-    "aux_weight": (NUMBER, None, "weight of the auxiliary head's loss (0: no auxiliary head)"),
+    "aux_weight": (NUMBER, None, "weight of the auxiliary head's loss (default: the network's aux weight; 0: not trained)"),
     "label_smoothing": (NUMBER, None, "label smoothing of the cross-entropy"),
     "seed": ((int,), None, "default random seed"),
     "channels_last": ((bool,), None, "channels-last (NHWC) tensors (default true; false keeps NCHW)"),

@@ -149,6 +149,15 @@ def has_aux(ir: SpaceIR) -> bool:
     return any(layer.kind == "aux" for layer in ir.layers())
 
 
+def declared_aux_weight(config, ir: SpaceIR, settings: Mapping[str, Any], overrides: Mapping[str, Any]):
+    """The `aux ... weight W` of the space's network, unless a `train:` block or the command line sets
+    aux_weight (the train setting defaults to 0, so a declared head would otherwise never be trained)."""
+    aux = [layer for layer in ir.layers() if layer.kind == "aux"]
+    if not aux or "aux_weight" in settings or overrides.get("aux_weight") is not None:
+        return config
+    return attrs.evolve(config, aux_weight=aux[0].weight)
+
+
 def fit_aux_weight(config, ir: SpaceIR):
     """Set an auxiliary loss weight to 0 where there is no auxiliary head to weigh, saying why."""
     if not config.aux_weight or has_aux(ir):
@@ -175,6 +184,7 @@ def prepare_train(request: TrainRequest) -> TrainJob:
         params["classes"] = dataset.classes
     ir = compile_decl(decl, params=params, input_shape=request.input_shape or dataset.shape)
     derived = specialise_to_genotype(ir, genotype)
+    config = declared_aux_weight(config, ir, settings, request.overrides)
     genotype = attrs.evolve(genotype, space=derived.name)  # genotype.json names the space it was trained in
     config, aux_notes = fit_aux_weight(config, derived)
     derived.meta["warnings"] = derived.meta.get("warnings", []) + notes + aux_notes

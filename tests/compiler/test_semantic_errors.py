@@ -659,3 +659,15 @@ def test_a_kernel_wider_than_the_input_can_use_is_an_error(semantic_error):
 def test_usual_kernels_on_tiny_inputs_stay_legal(compile_text):
     ir = compile_text(space("[none, sep_conv_5x5, dw(k = 11)]"), input_shape=(3, 2, 2))
     assert ir.meta["shapes"]["head"]["c_out"] == 10
+
+
+def test_an_aux_head_must_end_in_class_scores(semantic_error):
+    err = semantic_error(space(extra="    aux relu after 1\n"))
+    assert err.message == "the auxiliary head ends with a 64x16x16 feature map, not class scores"
+    assert where(err) == (17, 5)
+
+
+def test_an_aux_head_must_give_as_many_scores_as_the_head(semantic_error):
+    err = semantic_error(space(extra="    aux relu > global_avg_pool > linear(7) after 1\n"))
+    assert err.message == "the auxiliary head gives 7 scores but the head gives 10"
+    assert where(err) == (17, 5) and err.hint == "end both with `linear(classes)`"

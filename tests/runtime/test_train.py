@@ -189,3 +189,26 @@ def test_cli_train_bad_setting_type_names_the_setting():
     assert result.exit_code == 1
     out = " ".join(result.output.split())
     assert "training setting lr must be a number, got 'abc'" in out and "'<='" not in out
+
+
+AUX_SPACE = """space with_aux(C = 8, layers = 5, classes = 10)
+import "darts.nas"
+
+network:
+    stem conv(3, out = 3 * C) > bn
+    preprocess relu > conv(1) > bn | on stride 2: factorized_reduce
+    stack layers x normal, reduce at [layers // 3, 2 * layers // 3], widen 2 at reduce
+    head global_avg_pool > linear(classes)
+    aux relu > global_avg_pool > linear(classes) after 2 * layers // 3, weight 0.7
+"""
+
+
+def test_the_networks_aux_weight_is_trained_unless_a_setting_says_otherwise(tmp_path):
+    """`aux ... weight W` was ignored: the train setting aux_weight defaults to 0, so the head was never trained."""
+    space = tmp_path / "with_aux.nas"
+    space.write_text(AUX_SPACE)
+    request = dict(genotype=str(GENOTYPES / "darts_v2.json"), space=str(space), params={"C": 2, "layers": 3})
+    job = prepare_train(TrainRequest(**request))
+    assert job.config.aux_weight == 0.7 and job.net.aux_ids
+    job = prepare_train(TrainRequest(**request, overrides={"aux_weight": 0.2}))
+    assert job.config.aux_weight == 0.2
