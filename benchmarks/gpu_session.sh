@@ -32,8 +32,15 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
         && export PYTHONPATH=/tmp/site
 fi
-python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
-    || { cat "$OUT/install.log"; echo "nasc did not install"; exit 1; }
+install_nasc() {  # an editable install; where pip cannot build offline, the same packages through links
+    python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 && return 0
+    echo "pip could not install nasc (see install.log): importing it through /tmp/nasc-farm instead"
+    rm -rf /tmp/nasc-farm && mkdir -p /tmp/nasc-farm && cp -r nasc /tmp/nasc-farm/nasc
+    for d in grammar compiler runtime spaces; do ln -s "$PWD/$d" "/tmp/nasc-farm/nasc/$d"; done
+    export PYTHONPATH=/tmp/nasc-farm${PYTHONPATH:+:$PYTHONPATH}
+}
+install_nasc
+python3 -c "import nasc.runtime.search, nasc.spaces" || { echo "nasc does not import"; exit 1; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 
