@@ -180,7 +180,10 @@ def prepare_train(request: TrainRequest) -> TrainJob:
     config = train_config(settings, request.overrides)
     dataset = _dist.main_first(load_dataset, config.dataset, config.data_dir)  # distributed: one download per machine
     config, notes = fit_to_dataset(config, request.input_shape or dataset.shape)
-    if "classes" in decl.params and "classes" not in params:
+    # the head fits the dataset, except in a dry run counted for another input (`--input`) without a
+    # dataset named: that counts the network the space declares (DARTS ImageNet: 1000 classes)
+    counting_for_input = request.input_shape is not None and "dataset" not in request.overrides
+    if "classes" in decl.params and "classes" not in params and not counting_for_input:
         params["classes"] = dataset.classes
     ir = compile_decl(decl, params=params, input_shape=request.input_shape or dataset.shape)
     derived = specialise_to_genotype(ir, genotype)
