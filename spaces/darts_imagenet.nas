@@ -26,7 +26,7 @@ train:
     epochs = 250
     batch = 128
     weights = sgd(lr = 0.1, momentum = 0.9, weight_decay = 3e-5)
-    lr_schedule = cosine(min = 0.0)
+    lr_schedule = step(gamma = 0.97, every = 1)   # StepLR(1, gamma = 0.97): lr 0.1 · 0.97^epoch
     clip = 5
     drop_path = 0.0
     cutout = 0

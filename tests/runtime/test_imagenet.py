@@ -182,7 +182,10 @@ def test_dry_run_counts_equal_the_official_network(name):
     out = " ".join(result.output.split())
     assert f"{params:,} parameters" in out and f"{with_aux:,} with the auxiliary head" in out
     assert f"{madds:,} multiply-adds" in out
-    assert "epochs = 250" in out and "label_smoothing = 0.1" in out and "aux_weight = 0.4" in out
+    for setting in ("epochs = 250", "batch = 128", "lr = 0.1", "momentum = 0.9", "weight_decay = 3e-05",
+                    "schedule = step", "schedule_gamma = 0.97", "schedule_every = 1", "clip = 5", "drop_path = 0.0",
+                    "cutout = 0", "aux_weight = 0.4", "label_smoothing = 0.1"):
+        assert f" {setting} " in f"{out} ", setting  # the official train_imagenet.py protocol
     published_params, published_madds = PUBLISHED[name]
     assert round(params / 1e6, 1) == published_params
     # conv and linear multiply-adds only; the papers do not say what else their figures count
