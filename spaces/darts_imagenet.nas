@@ -1,6 +1,6 @@
-# DARTS' ImageNet (mobile setting) network (Liu, Simonyan & Yang, ICLR 2019, §3.3 and
-# App. A.2.2; quark0/darts cnn/model.py NetworkImageNet): the cells and ops of the DARTS
-# space (darts.nas) on a three-convolution stem for 224x224 inputs and 1000 classes.
+# The DARTS space on DARTS' ImageNet network (224x224, three-conv stem, 1000 classes).
+# From the DARTS paper (Liu, Simonyan & Yang, ICLR 2019, §3.3 and App. A.2.2) and
+# quark0/darts cnn/model.py NetworkImageNet: the cells and ops of darts.nas.
 # The parameters are a search-sized network (C = 16, 8 cells, like darts.nas; the search
 # settings are darts.nas' CIFAR ones); `train:` sets the evaluation network, C = 48 and
 # 14 cells: DARTS V2 has 4,718,752 weights there (the paper's 4.7M; aux head excluded).
