@@ -61,10 +61,12 @@ class SearchConfig:
     momentum: float = 0.9
     weight_decay: float = 3e-4
     nesterov: bool = False
-    schedule: str = "cosine"  # cosine | cosine_power | constant
+    schedule: str = "cosine"  # cosine | cosine_power | constant | step
     lr_min: float = attrs.field(default=0.001, validator=_non_negative)
     schedule_exponent: float = 2.0
     warmup: int = 0
+    schedule_gamma: float = attrs.field(default=0.97, validator=_positive)  # step: the factor ...
+    schedule_every: int = attrs.field(default=1, validator=_positive)  # ... applied every this many epochs
     clip: float = 5.0
     arch_optimizer: str = "adam"
     arch_lr: float = attrs.field(default=3e-4, validator=_non_negative)
@@ -157,11 +159,13 @@ def from_space(settings: Mapping[str, Any]) -> dict[str, Any]:
         elif key == "lr_schedule":
             name, kw = _call_kwargs(value, key)
             out["schedule"] = name
-            for src, dst in (("min", "lr_min"), ("exponent", "schedule_exponent"), ("warmup", "warmup")):
+            for src, dst in (("min", "lr_min"), ("exponent", "schedule_exponent"), ("warmup", "warmup"),
+                             ("gamma", "schedule_gamma"), ("every", "schedule_every")):
                 if src in kw:
                     out[dst] = kw.pop(src)
             if kw:
-                raise SearchError(f"{name}() has no option {next(iter(kw))!r}", hint="options: min, exponent, warmup")
+                raise SearchError(f"{name}() has no option {next(iter(kw))!r}",
+                                  hint="options: min, exponent, warmup (cosine_power), gamma, every (step)")
         elif key == "arch":
             name, kw = _call_kwargs(value, key)
             out["arch_optimizer"] = name

@@ -4,10 +4,12 @@
 `cosine_power` is sharpDARTS' cosine power annealing (Hundt et al. 2019,
 cnn/cosine_power_annealing.py): with c_i = (1 + cos(π i / T)) / 2 and
 P_i = e^(c_i + 1), the rate is min + (max − min)(P_i − min_j P_j)/(max_j P_j − min_j P_j),
-after a linear warm-up of W epochs.
+after a linear warm-up of W epochs; `step` is StepLR stepped once per epoch
+(DARTS' ImageNet training: × 0.97 after every epoch).
 
 `SCHEDULES` maps a name to `(epoch, epochs, lr, lr_min, *, exponent, warmup) -> lr`;
-plugins register more there (`nasc.plugins`).
+plugins register more there (`nasc.plugins`). `step`'s own options (`gamma`, `every`) are
+passed only when they are set, so schedules that do not know them never see them.
 """
 
 from __future__ import annotations
@@ -42,14 +44,24 @@ def cosine_power(epoch: int, epochs: int, lr: float, lr_min: float, exponent: fl
     return lr_min + (lr - lr_min) * (power(i) - lo) / (hi - lo)
 
 
+def step(epoch: int, lr: float, gamma: float = 0.97, every: int = 1) -> float:
+    """lr · gamma^(epoch // every): epoch 0 runs at lr (DARTS' StepLR, stepped before each epoch)."""
+    return lr * gamma ** (epoch // every)
+
+
 SCHEDULES.add("cosine", lambda epoch, epochs, lr, lr_min, **kw: cosine(epoch, epochs, lr, lr_min),
               doc="cosine annealing from lr to lr_min, stepped per epoch (DARTS)", origin=__name__)
 SCHEDULES.add("cosine_power", lambda epoch, epochs, lr, lr_min, *, exponent=2.0, warmup=0, **kw:
               cosine_power(epoch, epochs, lr, lr_min, exponent, warmup),
               doc="sharpDARTS' cosine power annealing with linear warm-up", origin=__name__)
 SCHEDULES.add("constant", lambda epoch, epochs, lr, lr_min, **kw: lr, doc="lr throughout", origin=__name__)
+SCHEDULES.add("step", lambda epoch, epochs, lr, lr_min, *, gamma=0.97, every=1, **kw: step(epoch, lr, gamma, every),
+              doc="lr × gamma every `every` epochs (DARTS ImageNet: gamma 0.97, every epoch)", origin=__name__)
+
+STEP_DEFAULTS = {"gamma": 0.97, "every": 1}
 
 
 def learning_rate(name: str, epoch: int, epochs: int, lr: float, lr_min: float, *, exponent: float = 2.0,
-                  warmup: int = 0) -> float:
-    return SCHEDULES.get(name)(epoch, epochs, lr, lr_min, exponent=exponent, warmup=warmup)
+                  warmup: int = 0, gamma: float = 0.97, every: int = 1) -> float:
+    given = {k: v for k, v in (("gamma", gamma), ("every", every)) if v != STEP_DEFAULTS[k]}
+    return SCHEDULES.get(name)(epoch, epochs, lr, lr_min, exponent=exponent, warmup=warmup, **given)

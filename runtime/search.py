@@ -350,7 +350,7 @@ class Trainer:
         epoch = min(self.epoch, cfg.epochs - 1)
         if lr is None:
             lr = learning_rate(cfg.schedule, epoch, cfg.epochs, cfg.lr, cfg.lr_min, exponent=cfg.schedule_exponent,
-                               warmup=cfg.warmup)
+                               warmup=cfg.warmup, gamma=cfg.schedule_gamma, every=cfg.schedule_every)
         for g in self.w_opt.param_groups:
             g["lr"] = lr
         job.relax.set_progress(epoch, cfg.epochs)

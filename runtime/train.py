@@ -54,6 +54,8 @@ class TrainConfig:
     lr_min: float = 0.0
     schedule_exponent: float = 2.0
     warmup: int = 0
+    schedule_gamma: float = 0.97  # step: the factor ...
+    schedule_every: int = 1  # ... applied every this many epochs
     clip: float = 5.0
     drop_path: float = 0.0
     cutout: int = 0
@@ -71,6 +73,9 @@ class TrainConfig:
             raise SearchError("epochs, batch and lr must be positive")
         if self.channels_last not in (True, False):
             raise SearchError(f"channels_last must be true or false, got {self.channels_last!r}")
+        if self.schedule_gamma <= 0 or self.schedule_every < 1:
+            raise SearchError(f"step(): gamma must be positive and every at least 1, got gamma = "
+                              f"{self.schedule_gamma}, every = {self.schedule_every}")
         if not 0 <= self.drop_path < 1:
             raise SearchError(f"drop_path must lie in [0, 1), got {self.drop_path}")
 
@@ -180,7 +185,10 @@ def prepare_train(request: TrainRequest) -> TrainJob:
     config = train_config(settings, request.overrides)
     dataset = _dist.main_first(load_dataset, config.dataset, config.data_dir)  # distributed: one download per machine
     config, notes = fit_to_dataset(config, request.input_shape or dataset.shape)
-    if "classes" in decl.params and "classes" not in params:
+    # the head fits the dataset, except in a dry run counted for another input (`--input`) without a
+    # dataset named: that counts the network the space declares (DARTS ImageNet: 1000 classes)
+    counting_for_input = request.input_shape is not None and "dataset" not in request.overrides
+    if "classes" in decl.params and "classes" not in params and not counting_for_input:
         params["classes"] = dataset.classes
     ir = compile_decl(decl, params=params, input_shape=request.input_shape or dataset.shape)
     derived = specialise_to_genotype(ir, genotype)
@@ -253,7 +261,7 @@ class Fitter:
         job, cfg, net = self.job, self.job.config, self.job.net
         epoch = self.epoch
         lr = learning_rate(cfg.schedule, epoch, cfg.epochs, cfg.lr, cfg.lr_min, exponent=cfg.schedule_exponent,
-                           warmup=cfg.warmup)
+                           warmup=cfg.warmup, gamma=cfg.schedule_gamma, every=cfg.schedule_every)
         for g in self.opt.param_groups:
             g["lr"] = lr
         net.drop_path_prob = cfg.drop_path * epoch / cfg.epochs  # DARTS: rises linearly from 0

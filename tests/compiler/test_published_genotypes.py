@@ -55,3 +55,38 @@ def test_every_example_genotype_has_a_source():
 
     for path in GENOTYPES.glob("*.json"):
         assert json.loads(path.read_text())["source"], path
+
+
+# ImageNet mobile setting (spaces/darts_imagenet.nas at its `train:` size, C = 48, 14 cells, 224x224):
+# name: (parameters without aux, with aux, multiply-adds, published parameters in millions). The integers
+# equal an independent re-implementation of the official NetworkImageNet (tests/runtime/test_imagenet.py).
+IMAGENET = {
+    "darts_v2": (4_718_752, 5_979_528, 529_911_552, 4.7),  # DARTS Table 3: 4.7M, 574M multiply-adds
+    "pcdarts_imagenet": (5_342_464, 6_603_240, 581_627_328, 5.3),  # PC-DARTS: 5.3M, 597M
+    "pdarts": (4_944_352, 6_205_128, 542_819_328, 4.9),  # P-DARTS: 4.9M, 557M
+}
+
+
+@pytest.fixture(scope="module")
+def imagenet_eval_ir():
+    return compile_space("darts_imagenet", params={"C": 48, "layers": 14})
+
+
+@pytest.mark.parametrize("name", sorted(IMAGENET))
+def test_imagenet_parameter_counts(name, imagenet_eval_ir):
+    params, with_aux, madds, published = IMAGENET[name]
+    costs = specialise_to_genotype(imagenet_eval_ir, G.load(GENOTYPES / f"{name}.json")).meta["costs"]
+    assert costs["total_without_aux"]["params"] == params and round(params / 1e6, 1) == published
+    assert costs["total"]["params"] == with_aux
+    assert costs["total_without_aux"]["madds"] == madds
+
+
+def test_imagenet_first_cell_reads_both_stems(imagenet_eval_ir):
+    """stem0 is the stem (56x56), stem1 a layer (28x28): cell0 reads them through slots 0 and 1."""
+    ir = imagenet_eval_ir
+    slots = {s["slot"]: u for u, _, s in ir.macro.in_edges("cell0", data=True)}
+    assert slots == {0: "stem", 1: "layer0"}
+    assert {s["slot"]: u for u, _, s in ir.macro.in_edges("cell1", data=True)} == {0: "layer0", 1: "cell0"}
+    shapes = ir.meta["shapes"]
+    assert shapes["cell0"]["h_in"] == [56, 28] and shapes["cell0"]["pre"] == [2, 1]
+    assert [shapes[f"cell{i}"]["h_out"] for i in (3, 4, 8, 9, 13)] == [28, 14, 14, 7, 7]

@@ -9,7 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from nasc.cli import app
-from nasc.errors import GenotypeError
+from nasc.compiler.expr import CallValue
+from nasc.errors import GenotypeError, SearchError
 from nasc.runtime.train import TrainRequest, prepare_train, resume_train, run_train, train_config
 
 GENOTYPES = Path(__file__).resolve().parents[2] / "examples" / "genotypes"
@@ -212,3 +213,23 @@ def test_the_networks_aux_weight_is_trained_unless_a_setting_says_otherwise(tmp_
     assert job.config.aux_weight == 0.7 and job.net.aux_ids
     job = prepare_train(TrainRequest(**request, overrides={"aux_weight": 0.2}))
     assert job.config.aux_weight == 0.2
+
+
+def test_step_schedule_decays_by_gamma_every_period_and_reaches_plugins_only_when_set():
+    from nasc.runtime.schedules import SCHEDULES, learning_rate
+
+    assert [learning_rate("step", e, 250, 0.1, 0.0) for e in (0, 1, 2)] == [0.1, 0.1 * 0.97, 0.1 * 0.97 ** 2]
+    assert [learning_rate("step", e, 10, 1.0, 0.0, gamma=0.5, every=3) for e in (0, 2, 3, 6)] == [1.0, 1.0, 0.5, 0.25]
+    SCHEDULES.add("halving_test", lambda epoch, epochs, lr, lr_min, *, exponent, warmup: lr / 2 ** epoch,
+                  doc="test", origin=__name__)
+    try:  # a schedule written before `step` existed knows nothing of gamma and every
+        assert learning_rate("halving_test", 2, 10, 1.0, 0.0) == 0.25
+    finally:
+        SCHEDULES._entries.pop("halving_test", None)
+
+
+def test_step_schedule_settings_are_read_and_checked():
+    cfg = train_config({"lr_schedule": CallValue(name="step", args=(), kwargs=(("gamma", 0.5), ("every", 2)))}, {})
+    assert (cfg.schedule, cfg.schedule_gamma, cfg.schedule_every) == ("step", 0.5, 2)
+    with pytest.raises(SearchError, match="every at least 1"):
+        train_config({"lr_schedule": CallValue(name="step", args=(), kwargs=(("every", 0),))}, {})
