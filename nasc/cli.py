@@ -324,6 +324,31 @@ def _value(v: Any) -> str:
 
 
 
+def _interrupted(command: str, run: str | None) -> None:
+    """Ctrl-C: say how to go on from the last checkpoint, naming the run (its name may be generated)."""
+    if run is None:
+        err_console.print("[yellow]interrupted[/yellow] before the run started")
+    elif not (Path(run) / "checkpoint.pt").is_file():
+        err_console.print(f"[yellow]interrupted[/yellow] before the first checkpoint (written at the end of epoch 1): "
+                          f"delete {run} or start again with another --run-dir")
+    else:
+        err_console.print(f"[yellow]interrupted[/yellow]: resume with [bold]nasc {command} --resume {run}[/bold]")
+    raise typer.Exit(code=130)
+
+
+def _resume_notes(resume: str | None, command: str, dry_run: bool, given: dict[str, Any]) -> None:
+    """`--resume` continues with the run's recorded settings: refuse --dry-run, name the flags it ignores."""
+    if not resume:
+        return
+    if dry_run:
+        fail(NascError("--resume starts training again; it cannot be combined with --dry-run",
+                       hint=f"the run's settings are in {Path(resume) / 'config.json'}"))
+    ignored = [flag for flag, value in given.items() if value not in (None, False, [], {})]
+    if ignored:
+        err_console.print(f"[yellow]warning:[/yellow] nasc {command} --resume continues with the run's recorded "
+                          f"settings; ignored: {', '.join(ignored)}")
+
+
 def _distributed_entry(nproc: int | None, dry_run: bool) -> None:
     """Start `nproc` workers (and exit with their status), or join torchrun's group when launched by it."""
     from nasc.runtime import distributed as D
@@ -374,6 +399,11 @@ def search(
 
     if second_order and first_order:
         raise typer.BadParameter("--first-order and --second-order exclude each other")
+    _resume_notes(resume, "search", dry_run, {
+        "SPACE": space if space != "darts" else None, "--relax": relax, "--relax-opt": relax_opt, "--select": select,
+        "--select-opt": select_opt, "--set": set_, "--epochs": epochs, "--batch": batch, "--seed": seed,
+        "--second-order": second_order, "--first-order": first_order, "--data": data, "--data-dir": data_dir,
+        "--device": device, "--memory": memory, "--opt": opt, "--run-dir": run_dir})
     overrides = parse_assignments(opt, "--opt")
     for key, value in (("epochs", epochs), ("batch", batch), ("seed", seed), ("dataset", data),
                        ("data_dir", data_dir), ("device", device), ("memory", memory)):
@@ -384,6 +414,7 @@ def search(
     if first_order:
         overrides["order"] = 1
     display = SearchDisplay(console)
+    target = resume  # the run a Ctrl-C message names
     try:
         if resume:
             with display:
@@ -403,8 +434,7 @@ def search(
     except NascError as e:
         fail(e)
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/yellow]: resume with [bold]nasc search --resume RUN_DIR[/bold]")
-        raise typer.Exit(code=130)
+        _interrupted("search", target)
     console.print(display.summary())
     console.print(f"[bold green]genotype[/bold green] (written to "
                   f"{result.run_dir / 'genotype.json'}):")
@@ -463,6 +493,9 @@ def train(
     from nasc.runtime import train as T
 
     _distributed_entry(nproc, dry_run)
+    _resume_notes(resume, "train", dry_run, {
+        "--space": space, "--set": set_, "--epochs": epochs, "--batch": batch, "--seed": seed, "--data": data,
+        "--data-dir": data_dir, "--device": device, "--opt": opt, "--run-dir": run_dir, "--input": input_shape})
 
     overrides = parse_assignments(opt, "--opt")
     for key, value in (("epochs", epochs), ("batch", batch), ("seed", seed), ("dataset", data),
@@ -470,6 +503,7 @@ def train(
         if value is not None:
             overrides[key] = value
     display = SearchDisplay(console)
+    target = resume  # the run a Ctrl-C message names
     try:
         if resume:
             with display:
@@ -500,8 +534,7 @@ def train(
     except NascError as e:
         fail(e)
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/yellow]: resume with [bold]nasc train --resume RUN_DIR[/bold]")
-        raise typer.Exit(code=130)
+        _interrupted("train", target)
     console.print(display.summary())
     console.print(f"[bold green]test accuracy[/bold green] {result['test_acc']:.4f} after {result['epochs']} epochs "
                   f"({result['params']:,} parameters)")

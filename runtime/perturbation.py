@@ -22,12 +22,11 @@ from typing import Any
 
 import torch
 
-from nasc.compiler.count import selection_rule
 from nasc.compiler.genotype import Genotype
 from nasc.compiler.ir import SpaceIR
 from nasc.errors import BuildError
 from nasc.runtime.relaxations.base import GroupWeights
-from nasc.runtime.selectors import SELECTORS, Selector, derive
+from nasc.runtime.selectors import RULE_CHECKS, SELECTORS, Selector, derive, is_int, magnitude_rule
 from nasc.runtime.supernet import Network
 
 
@@ -68,6 +67,20 @@ class Perturbation(Selector):
     name = "perturbation"
     defaults = {"tune_epochs": 5, "tune_lr_factor": 0.1, "crit": "acc", "eval_batches": 0, "seed": 0,
                 "topology": True, "k": None, "exclude": None}
+    checks = {
+        "tune_epochs": ("an integer ≥ 0", lambda v: is_int(v) and v >= 0),
+        "tune_lr_factor": ("a positive number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                           and v > 0),
+        "crit": ("acc or loss", lambda v: v in ("acc", "loss")),
+        "eval_batches": ("an integer ≥ 0 (0: the whole validation split)", lambda v: is_int(v) and v >= 0),
+        "seed": ("an integer", is_int),
+        "topology": ("true or false", lambda v: isinstance(v, bool)),
+        "k": RULE_CHECKS["k"],
+        "exclude": RULE_CHECKS["exclude"],
+    }
+
+    def check(self, ir: SpaceIR) -> None:
+        magnitude_rule(self.options, ir)
 
     def select(self, net: Network, ir: SpaceIR, *, trainer: Any = None, emit: Callable | None = None,
                **context: Any) -> Genotype:
@@ -75,12 +88,7 @@ class Perturbation(Selector):
             raise BuildError("the perturbation selector needs the supernet's data and optimiser",
                              hint="run it through `nasc search --select perturbation` or `nasc select RUN_DIR`")
         emit = emit or (lambda e: None)
-        per, k, exclude = selection_rule(ir)
-        if self.options["k"] is not None:
-            k = int(self.options["k"])
-        if self.options["exclude"] is not None:
-            ex = self.options["exclude"]
-            exclude = frozenset((ex,) if isinstance(ex, str) else ex)
+        per, k, exclude = magnitude_rule(self.options, ir)
         rng = random.Random(int(self.options["seed"]))
         proj = Projection(net)
         net.weight_transform = proj

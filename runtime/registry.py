@@ -7,7 +7,7 @@ error that lists the registered names and suggests the closest.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -29,10 +29,13 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """Named entries of one kind, e.g. `RELAXATIONS`."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, *, catalogue: Callable[[], Iterable[str]] | None = None):
+        """`catalogue`: every name a user may give, also those whose module registers them on first use
+        (the relaxations and selectors of nasc.catalog), so that an unknown name lists them all."""
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
         self._aliases: dict[str, str] = {}
+        self._catalogue = catalogue
 
     def register(self, name: str, *, doc: str | None = None, **defaults: Any) -> Callable[[T], T]:
         """Decorator: `@OPS.register("conv")`. Re-registering a name replaces it (plugins may override)."""
@@ -63,7 +66,7 @@ class Registry(Generic[T]):
     def entry(self, name: str) -> Entry[T]:
         key = self.canonical(name)
         if key not in self._entries:
-            known = sorted(self._entries)
+            known = sorted(set(self._entries) | set(self._catalogue() if self._catalogue else ()))
             hint = did_you_mean(name, known + list(self._aliases))
             listing = ", ".join(known)
             raise RegistryError(f"unknown {self.kind} {name!r}; registered: {listing}", hint=hint)

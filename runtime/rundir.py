@@ -68,6 +68,9 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise SearchError(f"run directory {self.path} exists and is not a directory")
         if self.path.is_dir() and any(self.path.iterdir()):
+            if self.config.is_file() and not self.checkpoint.is_file():  # stopped in its first epoch
+                raise SearchError(f"run directory {self.path} already holds a run that never finished an epoch",
+                                  hint=f"delete {self.path} or choose another --run-dir")
             raise SearchError(f"run directory {self.path} already contains a run",
                               hint=f"resume it with `nasc search --resume {self.path}` or choose another --run-dir")
         try:
@@ -116,7 +119,8 @@ class RunDir:
     def load_checkpoint(self, fingerprint: str | None = None) -> dict[str, Any]:
         if not self.checkpoint.is_file():
             raise SearchError(f"{self.path} has no checkpoint to resume from",
-                              hint="a run writes its first checkpoint at the end of epoch 1")
+                              hint="a run writes its first checkpoint at the end of epoch 1; one stopped before that "
+                                   f"starts again: delete {self.path} or choose another --run-dir")
         try:
             state = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
         except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem

@@ -171,6 +171,7 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     select_opts = dict(ir.select.options) if select_name == ir.select.name else {}
     select_opts.update(request.select_options)
     selector = load_selector(select_name, select_opts)
+    selector.check(ir)  # before training: a bad option used to surface only after the whole search
     config = base
     if config.cutout > dataset.shape[1] // 2:
         ir.meta.setdefault("warnings", []).append(

@@ -10,19 +10,20 @@ edge (NAS-Bench-201) or every chain layer (ProxylessNAS).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
+from nasc.catalog import selector_names
 from nasc.compiler.count import selection_rule
 from nasc.compiler.genotype import GenoCell, GenoEdge, Genotype
 from nasc.compiler.ir import SpaceIR
-from nasc.errors import BuildError
+from nasc.errors import BuildError, did_you_mean
 from nasc.runtime.registry import Registry
 from nasc.runtime.supernet import Network
 
-SELECTORS: Registry[type["Selector"]] = Registry("selector")
+SELECTORS: Registry[type["Selector"]] = Registry("selector", catalogue=selector_names)
 
 
 class Selector:
@@ -30,6 +31,8 @@ class Selector:
 
     name = "selector"
     defaults: dict[str, Any] = {}
+    #: option name -> (what its value must be, a test of the value); None values mean "the default"
+    checks: dict[str, tuple[str, Callable[[Any], bool]]] = {}
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         options = dict(options or {})
@@ -37,10 +40,51 @@ class Selector:
         if unknown:
             known = ", ".join(self.defaults) or "none"
             raise BuildError(f"selector {self.name!r} has no option {unknown[0]!r}", hint=f"options: {known}")
+        for key, value in options.items():
+            what, ok = self.checks.get(key, ("", None))
+            if ok is not None and value is not None and not ok(value):
+                raise BuildError(f"selector {self.name!r}: option {key} must be {what}, got {value!r}")
         self.options = {**self.defaults, **options}
+
+    def check(self, ir: SpaceIR) -> None:
+        """Refuse options that do not fit this space; a search asks before training, not after it."""
 
     def select(self, net: Network, ir: SpaceIR, **context: Any) -> Genotype:
         raise NotImplementedError
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# the options of the magnitude rule, shared by every selector that ends in it
+RULE_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "k": ("a positive integer", lambda v: is_int(v) and v > 0),
+    "per": ("node, edge or layer", lambda v: v in ("node", "edge", "layer")),
+    "exclude": ("an op name or a list of op names",
+                lambda v: isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(o, str) for o in v))),
+}
+
+
+def magnitude_rule(options: Mapping[str, Any], ir: SpaceIR) -> tuple[str, int, frozenset[str]]:
+    """(per, k, excluded ops): the space's selection rule, with a selector's k / per / exclude on top.
+
+    An excluded name must be a candidate of the space: a typo would silently stop excluding `none`.
+    """
+    per, k, exclude = selection_rule(ir)
+    if options.get("per") is not None:
+        per = options["per"]
+    if options.get("k") is not None:
+        k = options["k"]
+    if options.get("exclude") is not None:
+        ex = options["exclude"]
+        exclude = frozenset((ex,) if isinstance(ex, str) else ex)
+        known = {op for info in ir.alpha_groups.values() for row in info["rows"] for op in row["ops"]}
+        unknown = sorted(exclude - known)
+        if unknown:
+            raise BuildError(f"selector option exclude names {unknown[0]!r}, which is no candidate of space {ir.name!r}",
+                             hint=did_you_mean(unknown[0], known) or f"candidates: {', '.join(sorted(known))}")
+    return per, k, exclude
 
 
 def strengths(net: Network, group: str) -> torch.Tensor:
@@ -103,18 +147,13 @@ class Magnitude(Selector):
 
     name = "magnitude"
     defaults = {"k": None, "per": None, "exclude": None}
+    checks = RULE_CHECKS
+
+    def check(self, ir: SpaceIR) -> None:
+        magnitude_rule(self.options, ir)
 
     def select(self, net: Network, ir: SpaceIR, **context: Any) -> Genotype:
-        per, k, exclude = selection_rule(ir)
-        if self.options["per"] is not None:
-            per = self.options["per"]
-        if self.options["k"] is not None:
-            k = int(self.options["k"])
-        if self.options["exclude"] is not None:
-            ex = self.options["exclude"]
-            exclude = frozenset((ex,) if isinstance(ex, str) else ex)
-        if per not in ("node", "edge", "layer"):
-            raise BuildError(f"magnitude selection per {per!r} is not defined", hint="per node, edge or layer")
+        per, k, exclude = magnitude_rule(self.options, ir)
         return derive(ir, net, per=per, k=k, exclude=exclude)
 
 

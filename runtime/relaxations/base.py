@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from nasc.catalog import BUILTIN_RELAXATIONS, PRESETS
+from nasc.catalog import BUILTIN_RELAXATIONS, PRESETS, relaxation_names
 from nasc.errors import BuildError
 from nasc.runtime.registry import Registry
 
-RELAXATIONS: Registry[type["Relaxation"]] = Registry("relaxation")
+RELAXATIONS: Registry[type["Relaxation"]] = Registry("relaxation", catalogue=relaxation_names)
 
 
 class GroupWeights:

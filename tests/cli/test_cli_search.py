@@ -108,7 +108,7 @@ def test_ctrl_c_exits_130_with_a_resume_hint(tmp_path, monkeypatch, _one_thread_
     monkeypatch.setattr(S, "run_search", interrupted)
     result = runner.invoke(app, ["search", "nb201", "--set", "C=4", "--set", "N=1", "--run-dir", "r"])
     assert result.exit_code == 130
-    assert "--resume" in result.output
+    assert "interrupted before the first checkpoint" in result.output and "delete r" in result.output.replace("\n", "")
     _no_traceback(result)
 
 
@@ -224,3 +224,61 @@ def test_show_a_string():
     result = runner.invoke(app, ["genotype", "show", NB201])
     assert result.exit_code == 0, result.output
     assert "0 -> 1: nor_conv_3x3" in result.output and "2 -> 3: skip_connect" in result.output
+
+
+def test_resume_refuses_dry_run_and_names_the_flags_it_ignores(tmp_path):
+    """--resume continues with the run's recorded settings; it once ignored --dry-run and started training."""
+    result = runner.invoke(app, ["search", "--resume", "somerun", "--dry-run"])
+    assert result.exit_code == 1
+    assert "--resume starts training again; it cannot be combined with --dry-run" in result.output
+    _no_traceback(result)
+    result = runner.invoke(app, ["search", "--resume", "nothere", "--epochs", "3", "--opt", "lr=0.1"])
+    assert result.exit_code == 1
+    assert "ignored: --epochs, --opt" in result.output and "nothere" in result.output
+
+
+def test_a_run_stopped_in_its_first_epoch_says_to_start_again(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    result = runner.invoke(app, ["search", "nb201", "--set", "C=4", "--set", "N=1", "--run-dir", str(run)])
+    assert result.exit_code == 1
+    assert "never finished an epoch" in result.output and f"delete {run}" in result.output.replace("\n", "")
+    _no_traceback(result)
+
+
+def test_bad_selector_options_are_refused_before_any_training(tmp_path):
+    for option, message in (("k=abc", "option k must be a positive integer, got 'abc'"),
+                            ("exclude=nnone", "selector option exclude names 'nnone', which is no candidate")):
+        result = runner.invoke(app, ["search", "nb201", "--set", "C=4", "--set", "N=1", "--epochs", "1",
+                                     "--select-opt", option, "--run-dir", str(tmp_path / "run")])
+        assert result.exit_code == 1, result.output
+        assert message in result.output.replace("\n", " ")
+        assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+        _no_traceback(result)
+
+
+def test_an_unknown_relaxation_lists_every_method_and_suggests_the_closest():
+    result = runner.invoke(app, ["search", "--relax", "gdsa", "--dry-run"])
+    assert result.exit_code == 1
+    text = result.output.replace("\n", " ")
+    assert "unknown relaxation 'gdsa'" in text and "did you mean 'gdas'?" in text
+    assert "pcdarts" in text and "perturbation" not in text
+    result = runner.invoke(app, ["search", "--select", "bogus", "--dry-run"])
+    assert "registered: magnitude, perturbation" in result.output
+
+
+def test_ctrl_c_names_the_run_to_resume_or_to_delete(tmp_path, capsys):
+    import typer
+
+    from nasc.cli import _interrupted
+
+    run = tmp_path / "darts-20261202-162003-s0"
+    run.mkdir()
+    with pytest.raises(typer.Exit):
+        _interrupted("search", str(run))
+    assert f"delete {run}" in capsys.readouterr().err.replace("\n", "")
+    (run / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(typer.Exit):
+        _interrupted("search", str(run))
+    assert f"nasc search --resume {run}" in capsys.readouterr().err.replace("\n", "")
