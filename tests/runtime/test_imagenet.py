@@ -18,8 +18,6 @@ import pytest
 import torch
 from torch import nn
 
-from nasc.compiler import genotype as G
-from nasc.compiler.derive import specialise_to_genotype
 from nasc.compiler.pipeline import compile_space
 
 ROOT = Path(__file__).resolve().parents[2]
