@@ -248,10 +248,11 @@ def check_search_block(settings: Mapping[str, Any], spans: Mapping[str, SourceSp
 
 
 def check_space_settings(ir: Any) -> None:
-    """What a search would refuse in a compiled space's own text: its search values and relax options.
+    """What a search would refuse in a compiled space's own text: its search values, relax and select options.
 
-    For `nasc check` and `nasc compile`, which otherwise stop at names and types. Relaxation options
-    are known only to the relaxation's class, so a space that sets some costs the torch import here.
+    For `nasc check` and `nasc compile`, which otherwise stop at names and types. Relaxation and
+    selector options are known only to their classes, so a space that sets some costs the torch
+    import here.
     """
     check_search_block(ir.search, {k: ir.spans.get(f"search.{k}") for k in ir.search})
     if ir.relax.options:
@@ -261,6 +262,13 @@ def check_space_settings(ir: Any) -> None:
             load_relaxation(ir.relax.name, dict(ir.relax.options))
         except NascError as e:
             raise NasSemanticError(e.message, span=ir.spans.get("relax"), hint=e.hint) from None
+    if ir.select.options:
+        from nasc.runtime.selectors import load_selector
+
+        try:
+            load_selector(ir.select.name, dict(ir.select.options)).check(ir)
+        except NascError as e:
+            raise NasSemanticError(e.message, span=ir.spans.get("select"), hint=e.hint) from None
 
 
 def make_config(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> SearchConfig:

@@ -69,9 +69,11 @@ RULE_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
 def magnitude_rule(options: Mapping[str, Any], ir: SpaceIR) -> tuple[str, int, frozenset[str]]:
     """(per, k, excluded ops): the space's selection rule, with a selector's k / per / exclude on top.
 
-    An excluded name must be a candidate of the space: a typo would silently stop excluding `none`.
+    An excluded name must be a candidate of the space (or one the space's own rule excludes, which the
+    compiler has checked): a typo would silently stop excluding `none`.
     """
     per, k, exclude = selection_rule(ir)
+    declared = exclude
     if options.get("per") is not None:
         per = options["per"]
     if options.get("k") is not None:
@@ -80,7 +82,7 @@ def magnitude_rule(options: Mapping[str, Any], ir: SpaceIR) -> tuple[str, int, f
         ex = options["exclude"]
         exclude = frozenset((ex,) if isinstance(ex, str) else ex)
         known = {op for info in ir.alpha_groups.values() for row in info["rows"] for op in row["ops"]}
-        unknown = sorted(exclude - known)
+        unknown = sorted(exclude - known - declared)
         if unknown:
             raise BuildError(f"selector option exclude names {unknown[0]!r}, which is no candidate of space {ir.name!r}",
                              hint=did_you_mean(unknown[0], known) or f"candidates: {', '.join(sorted(known))}")

@@ -208,3 +208,19 @@ def test_a_bad_parameter_value_gives_only_its_own_error(tmp_path):
     assert result.exit_code == 1
     assert result.output.count("error:") == 1
     assert "conv: 'out' must be an integer, got 25.5" in " ".join(result.output.split())
+
+
+def test_check_reports_selector_options_at_the_select_line(tmp_path):
+    (tmp_path / "s.nas").write_text('space s extends "darts.nas"\nselect perturbation(crit = "bogus")\n')
+    result = runner.invoke(app, ["check", "s.nas"])
+    assert result.exit_code == 1
+    assert "s.nas:2:1: error: selector 'perturbation': option crit must be acc or loss, got 'bogus'" in \
+        result.output.replace("\n", "")
+
+
+def test_every_bundled_space_passes_check(spaces_dir):
+    """Inherited settings too: RobustDARTS S2's op set has no `none` but keeps DARTS' `excluding none`."""
+    files = sorted(str(p) for p in spaces_dir.glob("*.nas"))
+    result = runner.invoke(app, ["check", *files])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("ok ") == len(files) >= 12
