@@ -19,14 +19,29 @@ from nasc.errors import NascError, NasSemanticError, SearchError, SourceSpan, di
 from nasc.runtime.schedules import SCHEDULES
 
 
-def _positive(instance, attribute, value) -> None:
+def positive(instance, attribute, value) -> None:
     if value is None or value <= 0:
         raise SearchError(f"{attribute.name} must be positive, got {value!r}")
 
 
-def _non_negative(instance, attribute, value) -> None:
+def non_negative(instance, attribute, value) -> None:
     if value is None or value < 0:
         raise SearchError(f"{attribute.name} must be ≥ 0, got {value!r}")
+
+
+def none_or_non_negative(instance, attribute, value) -> None:
+    if value is not None:
+        non_negative(instance, attribute, value)
+
+
+def _betas(instance, attribute, value) -> None:
+    if not all(0 <= b < 1 for b in value):
+        raise SearchError(f"{attribute.name} must both lie in [0, 1), got {tuple(value)!r}")
+
+
+def fraction(instance, attribute, value) -> None:
+    if not 0 <= value < 1:
+        raise SearchError(f"{attribute.name} must lie in [0, 1), got {value!r}")
 
 
 def _portion(instance, attribute, value) -> None:
@@ -52,30 +67,30 @@ def _stages(value: Any) -> tuple[dict[str, Any], ...]:
 
 @attrs.frozen(kw_only=True)
 class SearchConfig:
-    epochs: int = attrs.field(default=50, validator=_positive)
-    batch: int = attrs.field(default=64, validator=_positive)
+    epochs: int = attrs.field(default=50, validator=positive)
+    batch: int = attrs.field(default=64, validator=positive)
     train_portion: float = attrs.field(default=0.5, validator=_portion)
     levels: int = 2  # 2: bi-level (α on the validation split); 1: single-level on the training split
     order: int = 1
-    lr: float = attrs.field(default=0.025, validator=_positive)
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
+    lr: float = attrs.field(default=0.025, validator=positive)
+    momentum: float = attrs.field(default=0.9, validator=non_negative)
+    weight_decay: float = attrs.field(default=3e-4, validator=non_negative)
     nesterov: bool = False
     schedule: str = "cosine"  # cosine | cosine_power | constant | step
-    lr_min: float = attrs.field(default=0.001, validator=_non_negative)
-    schedule_exponent: float = 2.0
-    warmup: int = 0
-    schedule_gamma: float = attrs.field(default=0.97, validator=_positive)  # step: the factor ...
-    schedule_every: int = attrs.field(default=1, validator=_positive)  # ... applied every this many epochs
-    clip: float = 5.0
+    lr_min: float = attrs.field(default=0.001, validator=non_negative)
+    schedule_exponent: float = attrs.field(default=2.0, validator=positive)
+    warmup: int = attrs.field(default=0, validator=non_negative)
+    schedule_gamma: float = attrs.field(default=0.97, validator=positive)  # step: the factor ...
+    schedule_every: int = attrs.field(default=1, validator=positive)  # ... applied every this many epochs
+    clip: float = attrs.field(default=5.0, validator=non_negative)  # 0: no clipping
     arch_optimizer: str = "adam"
-    arch_lr: float = attrs.field(default=3e-4, validator=_non_negative)
-    arch_betas: tuple[float, float] = (0.5, 0.999)
-    arch_weight_decay: float = 1e-3
-    arch_momentum: float = 0.0
-    arch_clip: float = 0.0
-    arch_start: int = 0
-    arch_every: int = attrs.field(default=1, validator=_positive)  # α step every N weight steps (ProxylessNAS: 5)
+    arch_lr: float = attrs.field(default=3e-4, validator=non_negative)
+    arch_betas: tuple[float, float] = attrs.field(default=(0.5, 0.999), validator=_betas)
+    arch_weight_decay: float = attrs.field(default=1e-3, validator=non_negative)
+    arch_momentum: float = attrs.field(default=0.0, validator=non_negative)
+    arch_clip: float = attrs.field(default=0.0, validator=non_negative)
+    arch_start: int = attrs.field(default=0, validator=non_negative)
+    arch_every: int = attrs.field(default=1, validator=positive)  # α step every N weight steps (ProxylessNAS: 5)
     memory: str = "auto"  # plain | recompute | auto
     precision: str = "fp32"  # fp32 | bf16 (autocast; α and its softmax stay fp32)
     channels_last: bool = True  # NHWC tensors: faster on a GPU and on a CPU (docs/performance.md)
@@ -85,16 +100,16 @@ class SearchConfig:
     torch_compile: bool | None = None  # torch.compile each cell, checked against eager (runtime/compiled.py); None: off
     fix_alpha: bool = False  # α stays uniform (zero) during search; pair with the perturbation selector
     affine: bool = False
-    cutout: int = 0
+    cutout: int = attrs.field(default=0, validator=non_negative)
     drop_path: float = 0.0
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=non_negative)
     deterministic: bool = True
     dataset: str = "digits"
     data_dir: str | None = None
     device: str = "auto"
     # progressive search (P-DARTS; runtime/progressive.py): empty `stages` is a plain one-stage search
     stages: tuple[dict[str, Any], ...] = attrs.field(default=(), converter=_stages)
-    skip_limit: int | None = None  # final genotype: at most this many skip_connect in the normal cell
+    skip_limit: int | None = attrs.field(default=None, validator=none_or_non_negative)  # final genotype: at most this many skip_connect in the normal cell
     carry_alpha: bool = False  # next stage starts from the kept columns of α (official code: re-initialised)
 
     def __attrs_post_init__(self) -> None:

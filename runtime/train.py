@@ -31,7 +31,7 @@ from nasc.compiler.resolve import resolve_path
 from nasc.errors import GenotypeError, SearchError, did_you_mean
 from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
-from nasc.runtime.config import check_types, from_space
+from nasc.runtime.config import check_types, fraction, from_space, non_negative, positive
 from nasc.runtime.data import Batches, Dataset, load_dataset
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.rundir import RunDir, default_run_path, environment
@@ -47,21 +47,21 @@ class TrainConfig:
     epochs: int = 600
     batch: int = 96
     lr: float = 0.025
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
+    momentum: float = attrs.field(default=0.9, validator=non_negative)
+    weight_decay: float = attrs.field(default=3e-4, validator=non_negative)
     nesterov: bool = False
     schedule: str = "cosine"
-    lr_min: float = 0.0
-    schedule_exponent: float = 2.0
-    warmup: int = 0
+    lr_min: float = attrs.field(default=0.0, validator=non_negative)
+    schedule_exponent: float = attrs.field(default=2.0, validator=positive)
+    warmup: int = attrs.field(default=0, validator=non_negative)
     schedule_gamma: float = 0.97  # step: the factor ...
     schedule_every: int = 1  # ... applied every this many epochs
-    clip: float = 5.0
+    clip: float = attrs.field(default=5.0, validator=non_negative)  # 0: no clipping
     drop_path: float = 0.0
-    cutout: int = 0
-    aux_weight: float = 0.0
-    label_smoothing: float = 0.0
-    seed: int = 0
+    cutout: int = attrs.field(default=0, validator=non_negative)
+    aux_weight: float = attrs.field(default=0.0, validator=non_negative)
+    label_smoothing: float = attrs.field(default=0.0, validator=fraction)
+    seed: int = attrs.field(default=0, validator=non_negative)
     deterministic: bool = True
     channels_last: bool = True  # NHWC tensors, as in search: faster on a GPU and on a CPU
     dataset: str = "digits"

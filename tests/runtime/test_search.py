@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import urllib.error
 from pathlib import Path
@@ -436,3 +437,31 @@ def test_search_derive_and_train_beats_chance(tmp_path):
     with torch.no_grad():
         accuracy = float((net(x_test).argmax(1) == y_test).float().mean())
     assert accuracy > 0.3  # 10 classes: chance is 0.1
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("momentum", -1, "momentum must be ≥ 0, got -1"),
+    ("weight_decay", -1e-4, "weight_decay must be ≥ 0"),
+    ("clip", -1, "clip must be ≥ 0"),
+    ("arch_start", -3, "arch_start must be ≥ 0"),
+    ("cutout", -2, "cutout must be ≥ 0"),
+    ("warmup", -1, "warmup must be ≥ 0"),
+    ("skip_limit", -1, "skip_limit must be ≥ 0"),
+    ("seed", -1, "seed must be ≥ 0"),
+    ("arch_betas", (0.5, 1.5), "arch_betas must both lie in [0, 1)"),
+    ("schedule_exponent", 0, "schedule_exponent must be positive"),
+])
+def test_out_of_range_settings_are_refused_before_a_search(setting, value, message):
+    """They used to pass --dry-run and fail inside torch once training started (momentum = -1)."""
+    from nasc.runtime.config import make_config
+
+    with pytest.raises(SearchError, match=re.escape(message)):
+        make_config({}, {setting: value})
+
+
+def test_out_of_range_training_settings_are_refused():
+    from nasc.runtime.train import train_config
+
+    for setting, value in (("label_smoothing", 1.5), ("aux_weight", -0.4), ("momentum", -1)):
+        with pytest.raises(SearchError, match=setting):
+            train_config({}, {setting: value})
