@@ -181,6 +181,10 @@ def resolve_path(path: str | Path) -> SpaceDecl:
     if not _is_file(p):
         if p.suffix in ("", ".nas") and len(p.parts) == 1:
             p = find_file(str(path), None)
+        elif (bundled_dir() / p.name).is_file():  # `spaces/darts.nas` from outside the repository
+            raise NasSyntaxError(f"cannot read {path}: no such file",
+                                 hint=f"{p.name!r} is a bundled space: name it as `{p.stem}`")
         else:
-            raise NasSyntaxError(f"cannot read {path}: no such file")
+            raise NasSyntaxError(f"cannot read {path}: no such file", hint="bundled spaces: " + ", ".join(
+                sorted(b.stem for b in bundled_dir().glob("*.nas"))))
     return _resolve_file(parse_file(str(p)), ())

@@ -224,3 +224,12 @@ def test_every_bundled_space_passes_check(spaces_dir):
     result = runner.invoke(app, ["check", *files])
     assert result.exit_code == 0, result.output
     assert result.output.count("ok ") == len(files) >= 12
+
+
+def test_a_repository_path_to_a_bundled_space_from_elsewhere_suggests_its_name(tmp_path):
+    """The README writes `spaces/darts.nas`; from another folder that path does not exist."""
+    result = runner.invoke(app, ["check", "spaces/darts.nas"])
+    assert result.exit_code == 1
+    assert "'darts.nas' is a bundled space: name it as `darts`" in result.output
+    result = runner.invoke(app, ["check", "darts"])
+    assert result.exit_code == 0, result.output
