@@ -171,13 +171,25 @@ def compile_cmd(
         sys.stdout.write(data + "\n")
         return
     try:
-        write_text_atomic(target, data + "\n")
+        write_text_atomic(_output(target), data + "\n")
     except OSError as e:
         fail(NascError(f"cannot write {target}: {e.strerror or e}"))
+    except NascError as e:
+        fail(e)
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=1) + "\n")
     else:
         console.print(compile_summary(summary, files=[_short(f) for f in ir.files], out=target))
+
+
+def _output(path: str | Path) -> Path:
+    """An output file's path, its missing folders made (`-o runs/se.ir.json` in a fresh folder)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NascError(f"cannot create the folder {path.parent}: {e.strerror or e}") from None
+    return path
 
 
 def _short(path: str) -> str:
@@ -591,9 +603,11 @@ def genotype_convert(
         fail(e)
     if output:
         try:
-            write_text_atomic(output, text + "\n")
+            write_text_atomic(_output(output), text + "\n")
         except OSError as e:
             fail(NascError(f"cannot write {output}: {e.strerror or e}"))
+        except NascError as e:
+            fail(e)
     else:
         sys.stdout.write(text + "\n")
 
@@ -681,7 +695,7 @@ def viz_cmd(
         if space:
             _check_fits(g, space, parse_assignments(set_, "--set"))
         run = _run_dir(source)
-        out = V.check_format(output or (run / "genotype.png" if run else "genotype.png"))
+        out = _output(V.check_format(output or (run / "genotype.png" if run else "genotype.png")))
         for name, cell in g.cells.items():
             console.print(f"[bold]{escape(V.cell_title(name))}[/bold] [dim]({cell.n_inputs} inputs, "
                           f"{cell.n_nodes} nodes)[/dim]")
@@ -760,7 +774,7 @@ def export_cmd(
         for w in derived.meta.get("warnings", []):
             err_console.print(f"[yellow]warning:[/yellow] {_escape(w)}")
         suffix = ".torchscript.pt" if to == "torchscript" else X.SUFFIX[to]
-        out = Path(output or f"{derived.name}_net{suffix}")
+        out = _output(output or f"{derived.name}_net{suffix}")
         written = X.export(derived, net, out, to=to, genotype=g, with_weights=bool(weights))
     except NascError as e:
         fail(e)

@@ -233,3 +233,14 @@ def test_a_repository_path_to_a_bundled_space_from_elsewhere_suggests_its_name(t
     assert "'darts.nas' is a bundled space: name it as `darts`" in result.output
     result = runner.invoke(app, ["check", "darts"])
     assert result.exit_code == 0, result.output
+
+
+def test_outputs_into_a_missing_folder_make_it(tmp_path, spaces_dir):
+    """plugin_op's README writes `-o runs/se.ir.json` in a fresh folder; it failed with 'No such file'."""
+    result = runner.invoke(app, ["compile", str(spaces_dir / "nb201.nas"), "-o", "new/one/nb201.ir.json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "new" / "one" / "nb201.ir.json").read_text())["space"] == "nb201"
+    genotype = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+    result = runner.invoke(app, ["genotype", "convert", genotype, "--to", "json", "-o", "two/g.json"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "two" / "g.json").is_file()
