@@ -30,7 +30,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-genotype_app = typer.Typer(help="Read, convert and check genotypes.", no_args_is_help=True)
+genotype_app = typer.Typer(help="Read, show and convert genotypes.", no_args_is_help=True)
 app.add_typer(genotype_app, name="genotype")
 
 console = Console(highlight=False)
@@ -235,11 +235,22 @@ def spaces() -> None:
     table.add_column("space", style="bold")
     table.add_column("what it is")
     for path in sorted(bundled_dir().glob("*.nas")):
-        first = next((l[1:].strip() for l in path.read_text(encoding="utf-8").splitlines() if l.startswith("#")), "")
-        table.add_row(path.stem, first)
+        table.add_row(path.stem, _header_sentence(path.read_text(encoding="utf-8")))
     console.print(table)
     console.print("[dim]use a name directly (`nasc compile darts`) or copy the file from "
                   f"{bundled_dir()}[/dim]")
+
+
+def _header_sentence(text: str) -> str:
+    """The first sentence of a file's leading comment block (it may span lines)."""
+    words = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        words.append(line[1:].strip())
+    header = " ".join(w for w in words if w)
+    end = next((i for i in range(len(header)) if header[i] == "." and header[i + 1:i + 2] in (" ", "")), None)
+    return header[:end + 1] if end is not None else header
 
 
 @app.command()
@@ -461,8 +472,8 @@ def _print_dry_run(info: dict[str, Any], human) -> None:
     table.add_row("fingerprint", info["fingerprint"])
     table.add_row("input", " x ".join(str(d) for d in info["input"]))
     table.add_row("supernet", f"{info['supernet_weights']:,} weights, {info['arch_parameters']:,} architecture parameters")
-    table.add_row("activations", f"~{human(info['activation_bytes_estimate'], 'B')} for one step at batch "
-                                 f"{info['search']['batch']} (compiler estimate)")
+    table.add_row("activations", f"~{human(info['activation_bytes_estimate'], 'B')} kept by one forward at batch "
+                                 f"{info['search']['batch']} with the plain lowering (compiler estimate)")
     table.add_row("relaxation", f"{info['relax']['name']} {info['relax']['options'] or ''}")
     table.add_row("selector", f"{info['select']['name']} {info['select']['options'] or ''}")
     table.add_row("device", info["device"])
@@ -548,7 +559,7 @@ def train(
     except KeyboardInterrupt:
         _interrupted("train", target)
     console.print(display.summary())
-    console.print(f"[bold green]test accuracy[/bold green] {result['test_acc']:.4f} after {result['epochs']} epochs "
+    console.print(f"[bold green]test accuracy[/bold green] {result['test_acc']:.4f} after {result['epochs']} epoch{'s' if result['epochs'] != 1 else ''} "
                   f"({result['params']:,} parameters)")
 
 

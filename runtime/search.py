@@ -225,7 +225,8 @@ def describe(job: Job) -> dict[str, Any]:
         "search": job.config.to_json(),
         "supernet_weights": sum(p.numel() for p in job.net.weight_parameters()),
         "arch_parameters": sum(p.numel() for p in job.net.arch_parameters()),
-        "activation_bytes_estimate": costs["act"] * job.config.batch * (2 if job.config.levels == 2 else 1),
+        # one forward's: the α pass and the weight pass keep theirs one after the other (what `auto` compares)
+        "activation_bytes_estimate": costs["act"] * job.config.batch,
         "device": str(job.device),
         "memory": job.ir.meta.get("memory"),
         "cuda_graphs": job.ir.meta.get("cuda_graphs"),

@@ -244,3 +244,22 @@ def test_outputs_into_a_missing_folder_make_it(tmp_path, spaces_dir):
     result = runner.invoke(app, ["genotype", "convert", genotype, "--to", "json", "-o", "two/g.json"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "two" / "g.json").is_file()
+
+
+def test_spaces_lists_each_space_with_the_whole_first_sentence_of_its_header():
+    result = runner.invoke(app, ["spaces"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    line = next(l for l in result.output.splitlines() if l.strip().startswith("darts_s1"))
+    assert 'Understanding and Robustifying Differentiable Architecture Search", ICLR 2020)' in line
+    assert line.rstrip(" │").endswith("different in normal and reduction cells.")
+
+
+def test_readme_lists_every_bundled_space():
+    from pathlib import Path
+
+    from nasc.compiler.resolve import bundled_dir
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    missing = [p.name for p in bundled_dir().glob("*.nas")
+               if f"`{p.name}`" not in readme and not p.name.startswith("darts_s")]
+    assert missing == []
