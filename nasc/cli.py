@@ -795,6 +795,13 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001 - the last line of defence against tracebacks
         if os.environ.get("NASC_DEBUG") == "1":
             raise
+        from nasc.plugins import blame
+        from nasc.report import error_text
+
+        blamed = blame(e)  # raised in a loaded plugin's own code: the plugin's error, not nasc's
+        if blamed is not None:
+            err_console.print(error_text(blamed.render()))
+            sys.exit(1)
         err_console.print(f"[bold red]internal error:[/bold red] {type(e).__name__}: {e}")
         err_console.print("[cyan]  hint: this is a bug in nasc; rerun with NASC_DEBUG=1 for the traceback "
                           "and report it[/cyan]")
