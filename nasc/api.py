@@ -54,11 +54,12 @@ def _plugins() -> None:
         _plugins_loaded = True
 
 
-def load_plugins(plugins: Sequence[str] = (), *, entry_points: bool = True) -> list[LoadedPlugin]:
-    """Load plugin modules or files (and installed entry points); returns what each did or why it failed."""
+def load_plugins(plugins: Sequence[str | Path] | str | Path = (), *, entry_points: bool = True) -> list[LoadedPlugin]:
+    """Load plugin modules or files, a list or just one (and installed entry points); returns what each
+    did or why it failed."""
     from nasc.plugins import load_plugins as _load
 
-    return _load(list(plugins), entry_points=entry_points)
+    return _load(plugins, entry_points=entry_points)
 
 
 def _ctx():

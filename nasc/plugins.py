@@ -38,6 +38,7 @@ import hashlib
 import importlib
 import importlib.util
 import logging
+import os
 import re
 import sys
 import traceback
@@ -101,14 +102,16 @@ class LoadedPlugin:
 # ---------------------------------------------------------------- loading
 
 
-def load_plugins(explicit: Sequence[str] = (), *, entry_points: bool = True,
+def load_plugins(explicit: Sequence[str | os.PathLike] | str | os.PathLike = (), *, entry_points: bool = True,
                  refresh: bool = False) -> list[LoadedPlugin]:
     """Import installed entry-point plugins (unless `entry_points=False`) and the `explicit` modules or files.
 
-    Returns one record per plugin, in load order. Loading is idempotent: a plugin
-    already loaded in this process returns its earlier record. `refresh` re-reads the
-    installed entry points (after a `pip install` in the same process).
+    `explicit` is a list of files or module names, or one of them. Returns one record per
+    plugin, in load order. Loading is idempotent: a plugin already loaded in this process
+    returns its earlier record. `refresh` re-reads the installed entry points (after a
+    `pip install` in the same process).
     """
+    explicit = _plugin_specs(explicit)
     records = []
     if entry_points:
         for ep in _discover(refresh):
@@ -116,6 +119,21 @@ def load_plugins(explicit: Sequence[str] = (), *, entry_points: bool = True,
     for spec in explicit:
         records.append(_load_explicit(spec))
     return records
+
+
+def _plugin_specs(explicit: Any) -> list[str]:
+    """A list of plugin specs from one file / module name or a sequence of them."""
+    if isinstance(explicit, (str, os.PathLike)):
+        return [os.fspath(explicit)]
+    if not isinstance(explicit, Iterable) or isinstance(explicit, (bytes, Mapping)):
+        raise NascError(f"plugins must be a .py file or module name, or a list of them; got {explicit!r}",
+                        hint='e.g. load_plugins("my_ops.py") or load_plugins(["my_ops.py", "pkg.module"])')
+    specs = list(explicit)
+    for spec in specs:
+        if not isinstance(spec, (str, os.PathLike)):
+            raise NascError(f"a plugin must be a .py file or module name (a str or Path); got {spec!r}",
+                            hint='e.g. load_plugins(["my_ops.py", "pkg.module"])')
+    return [os.fspath(spec) for spec in specs]
 
 
 def loaded_plugins() -> list[LoadedPlugin]:

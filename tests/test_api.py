@@ -135,3 +135,17 @@ def test_docs_api_examples_run(tmp_path):
     (tmp_path / "examples").symlink_to(REPO / "examples")
     code = "\n".join(blocks) + "\nprint('docs ok')\n"
     assert _run_python(code, cwd=tmp_path).strip().endswith("docs ok")
+
+
+def test_load_plugins_takes_a_single_path():
+    from nasc import plugins as P
+
+    snap = P._snapshot()
+    try:
+        [record] = nasc.load_plugins(str(REPO / "examples" / "plugin_op" / "se_op.py"), entry_points=False)
+        assert record.ok and "primitive se" in record.registered
+        with pytest.raises(NascError, match="plugins must be a .py file or module name"):
+            nasc.load_plugins(3, entry_points=False)
+    finally:
+        P._restore(snap)
+        P._LOADED.clear()

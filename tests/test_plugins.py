@@ -335,6 +335,18 @@ def test_an_exception_from_a_plugins_code_is_blamed_on_the_plugin(tmp_path):
     assert "internal error" not in out.stderr and "bug in nasc" not in out.stderr
 
 
+def test_load_plugins_takes_one_path_or_a_list_and_nothing_else():
+    from nasc.errors import NascError
+
+    [record] = P.load_plugins(str(SE_OP), entry_points=False)
+    assert record.ok and "primitive se" in record.registered
+    assert P.load_plugins(SE_OP, entry_points=False) == [record]
+    with pytest.raises(NascError, match="plugins must be a .py file or module name, or a list of them; got 5"):
+        P.load_plugins(5, entry_points=False)
+    with pytest.raises(NascError, match="a plugin must be a .py file or module name .*; got 5"):
+        P.load_plugins([str(SE_OP), 5], entry_points=False)
+
+
 def test_cli_broken_plugin_warns_and_the_listing_still_works(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _write(tmp_path, "bad.py", "raise ImportError('needs a package that is not installed')\n")
