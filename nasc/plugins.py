@@ -150,7 +150,8 @@ def explicit_plugins() -> list[str]:
 
 
 def resuming_with(recorded: Sequence[str], prepare: Callable[[], Any]) -> Any:
-    """Load the plugins a run recorded (`explicit_plugins`), then `prepare()` the resumed run.
+    """Load the plugins a run recorded (`explicit_plugins`), then `prepare()` what reuses the run: a resumed
+    search or training, a selector run again on it (`nasc select`), a training of its genotype (`nasc train RUN`).
 
     A plugin that no longer loads is not an error by itself (`--plugin` may have
     loaded it from its new place); it is named when `prepare` then fails.
@@ -163,7 +164,8 @@ def resuming_with(recorded: Sequence[str], prepare: Callable[[], Any]) -> Any:
             raise
         raise type(e)(f"{e.message}; the run was started with plugin {failed[0].name}, which did not load "
                       f"({failed[0].error.message})",
-                      span=e.span, hint="put the plugin back where it was, or resume with --plugin FILE.py") from e
+                      span=e.span, hint="put the plugin back where it was, or load it from its new place with "
+                                                 "--plugin FILE.py") from e
 
 
 def _discover(refresh: bool) -> list[metadata.EntryPoint]:

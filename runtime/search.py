@@ -502,7 +502,7 @@ def reselect(run_path: str | Path, select: str, select_options: Mapping[str, Any
                       select_options=dict(select_options or {}), overrides=req.get("overrides") or {})
     if not Path(request.space).is_file():
         raise SearchError(f"the run's space file {request.space} no longer exists")
-    job = prepare(request)
+    job = resuming_with(config.get("plugins") or [], lambda: prepare(request))
     state = run.load_checkpoint(job.ir.meta["fingerprint"])
     trainer = Trainer(job)
     trainer.load_state(state)

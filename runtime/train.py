@@ -174,7 +174,13 @@ def fit_aux_weight(config, ir: SpaceIR):
 
 
 def prepare_train(request: TrainRequest) -> TrainJob:
+    """The training job of a request; a run directory as the genotype brings the plugins the run recorded."""
     genotype, run_config = read_genotype(request.genotype)
+    recorded = run_config.get("plugins") if isinstance(run_config, dict) else None
+    return resuming_with(recorded or [], lambda: _prepare_train(request, genotype, run_config))
+
+
+def _prepare_train(request: TrainRequest, genotype: G.Genotype, run_config: Mapping[str, Any] | None) -> TrainJob:
     space = request.space or guess_space(genotype, run_config)
     decl = resolve_path(space)
     base_params = eval_params(decl, {})  # the train block's own parameters override these below

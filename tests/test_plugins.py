@@ -592,3 +592,33 @@ def test_resuming_without_the_plugin_names_it(tmp_path):
         resume(run)
     assert "dirichlet" in info.value.message and f"started with plugin {moved.resolve()}" in info.value.message
     assert "--plugin" in info.value.hint
+
+
+@pytest.mark.slow
+def test_select_and_train_from_a_run_load_its_plugins_and_name_one_that_is_gone(tmp_path):
+    from nasc.errors import NascError
+    from nasc.runtime.search import Request, prepare, reselect, run_search
+    from nasc.runtime.train import TrainRequest, prepare_train
+
+    plugin = tmp_path / "se_op.py"
+    plugin.write_text(SE_OP.read_text())
+    snap = P._snapshot()
+    P.load_plugins([str(plugin)], entry_points=False)
+    job = prepare(Request(space=str(SE_SPACE), params={"C": 4},
+                          overrides={"epochs": 1, "batch": 64, "train_portion": 0.1, "device": "cpu"}))
+    run = run_search(job, tmp_path / "run").run_dir
+    _forget_plugins(snap)  # a new process: `nasc select RUN` / `nasc train RUN` without --plugin
+    genotype, path = reselect(run, "magnitude")
+    assert path.name == "genotype-magnitude.json"
+    _forget_plugins(snap)
+    train = prepare_train(TrainRequest(genotype=str(run), params={"C": 4}, overrides={"device": "cpu"}))
+    assert train.ir.meta["fingerprint"] and P.explicit_plugins() == [str(plugin.resolve())]
+    _forget_plugins(snap)
+    plugin.unlink()
+    for again in (lambda: reselect(run, "magnitude"),
+                  lambda: prepare_train(TrainRequest(genotype=str(run), params={"C": 4}))):
+        with pytest.raises(NascError) as info:
+            again()
+        assert "unknown op 'se'" in info.value.message
+        assert f"started with plugin {plugin.resolve()}, which did not load" in info.value.message
+        assert "--plugin" in info.value.hint
