@@ -86,14 +86,10 @@ def parse_param(text: str, where: str) -> Any:
 def parse_shape(text: str | None) -> tuple[int, int, int] | None:
     if text is None:
         return None
-    from nasc.compiler.build_ir import check_input_shape
+    from nasc.compiler.build_ir import parse_input_shape
 
     try:
-        c, h, w = (int(p) for p in text.lower().split("x"))
-    except ValueError:
-        raise typer.BadParameter(f"--input must look like 3x32x32, got {text!r}") from None
-    try:
-        return check_input_shape((c, h, w))
+        return parse_input_shape(text, "--input")
     except NascError as e:
         raise typer.BadParameter(f"{e.message}; {e.hint}" if e.hint else e.message) from None
 
