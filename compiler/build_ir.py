@@ -103,6 +103,15 @@ def check_input_shape(dims: Any, span: SourceSpan | None = None) -> tuple[int, i
     return c, h, w
 
 
+def parse_input_shape(text: str, what: str = "an input shape") -> tuple[int, int, int]:
+    """`3x32x32` (`--input`, or `input_shape="3x32x32"` in the Python API) as a checked (C, H, W)."""
+    try:
+        dims = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        raise NasSemanticError(f"{what} must look like 3x32x32, got {text!r}") from None
+    return check_input_shape(dims)
+
+
 # ---- cells -----------------------------------------------------------------------------
 
 def _state_index(g: nx.DiGraph, name: str, span: SourceSpan, cell: str) -> str:

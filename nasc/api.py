@@ -17,6 +17,7 @@ function needs it. docs/api.md documents each one with an example.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,11 +55,80 @@ def _plugins() -> None:
         _plugins_loaded = True
 
 
-def load_plugins(plugins: Sequence[str] = (), *, entry_points: bool = True) -> list[LoadedPlugin]:
-    """Load plugin modules or files (and installed entry points); returns what each did or why it failed."""
+def load_plugins(plugins: Sequence[str | Path] | str | Path = (), *, entry_points: bool = True) -> list[LoadedPlugin]:
+    """Load plugin modules or files, a list or just one (and installed entry points); returns what each
+    did or why it failed."""
     from nasc.plugins import load_plugins as _load
 
-    return _load(list(plugins), entry_points=entry_points)
+    return _load(plugins, entry_points=entry_points)
+
+
+# ---------------------------------------------------------------- argument checks (raw TypeErrors become NascErrors)
+
+
+def _arg_error(name: str, must: str, value: Any, hint: str | None = None) -> NascError:
+    shown = repr(value) if len(repr(value)) <= 60 else f"a {type(value).__name__}"
+    return NascError(f"{name} must be {must}, got {shown}", hint=hint)
+
+
+def _check_path(name: str, value: Any, *, optional: bool = False, also: str = "") -> None:
+    """A file, directory or space name: a str or an os.PathLike."""
+    if value is None and optional:
+        return
+    if not isinstance(value, (str, os.PathLike)):
+        raise _arg_error(name, f"a str or Path{also}", value)
+
+
+def _check_str(name: str, value: Any, what: str = "a str") -> None:
+    if value is not None and not isinstance(value, str):
+        raise _arg_error(name, what, value)
+
+
+def _check_mapping(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, Mapping):
+        raise _arg_error(name, "a dict of NAME: VALUE", value, hint=f'e.g. {name}={{"C": 4}}'
+                         if name == "params" else None)
+
+
+def _check_int(name: str, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise _arg_error(name, "an int", value)
+
+
+def _check_callable(name: str, value: Any) -> None:
+    if value is not None and not callable(value):
+        raise _arg_error(name, "a function taking one event (a dict), or None", value)
+
+
+def _input_shape(value: Any) -> tuple[int, ...] | None:
+    """`input_shape` as the compiler takes it: a (C, H, W) sequence, or the CLI's "3x32x32"."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        from nasc.compiler.build_ir import parse_input_shape
+
+        return parse_input_shape(value, "input_shape")
+    try:
+        return tuple(value)
+    except TypeError:
+        raise _arg_error("input_shape", 'a tuple (C, H, W) or a string such as "3x32x32"', value) from None
+
+
+def _common(**named: Any) -> None:
+    """The checks every function shares, by argument name."""
+    for name, value in named.items():
+        if name in ("params", "relax_options", "select_options"):
+            _check_mapping(name, value)
+        elif name in ("relax", "select", "data", "device"):
+            _check_str(name, value)
+        elif name in ("data_dir", "run_dir", "checkpoint", "output"):
+            _check_path(name, value, optional=True)
+        elif name in ("epochs", "batch", "seed"):
+            _check_int(name, value)
+        elif name == "on_event":
+            _check_callable(name, value)
+        else:  # pragma: no cover - a typo in a call below
+            raise AssertionError(name)
 
 
 def _ctx():
@@ -95,6 +165,10 @@ def compile_space(space: str | Path = "darts", *, params: Mapping[str, Any] | No
     from nasc.compiler.pipeline import compile_space as _compile
     from nasc.compiler.resolve import resolve_path, resolve_source
 
+    _check_path("space", space, also=" (a .nas file or a bundled space name)")
+    _check_str("text", text, "a str (the .nas source) or None")
+    _common(params=params, data=data, data_dir=data_dir)
+    input_shape = _input_shape(input_shape)
     _plugins()
     values = dict(params or {})
     if data is not None:
@@ -113,6 +187,7 @@ def _ir(space: Any, params: Mapping[str, Any] | None, input_shape: Sequence[int]
         if params or input_shape or data:
             raise NascError("pass params, input_shape or data with a space name, not with a compiled IR")
         return space
+    _check_path("space", space, also=" (a .nas file or a bundled space name) or a compiled SpaceIR")
     return compile_space(space, params=params, input_shape=input_shape, data=data, data_dir=data_dir)
 
 
@@ -129,6 +204,9 @@ def build_supernet(space: str | Path | SpaceIR = "darts", *, relax: str | None =
     from nasc.runtime.relaxations.base import load_relaxation
     from nasc.runtime.supernet import build_supernet as _build
 
+    _common(relax=relax, relax_options=relax_options, params=params, seed=seed)
+    if seed is None:
+        raise _arg_error("seed", "an int", seed)
     ir = _ir(space, params, input_shape)
     name = relax or ir.relax.name
     options = dict(ir.relax.options) if name == ir.relax.name else {}
@@ -188,6 +266,10 @@ def search(space: str | Path = "darts", *, params: Mapping[str, Any] | None = No
     """
     from nasc.runtime import search as S
 
+    _check_path("space", space, also=" (a .nas file or a bundled space name)")
+    _common(params=params, relax=relax, relax_options=relax_options, select=select, select_options=select_options,
+            epochs=epochs, batch=batch, seed=seed, data=data, data_dir=data_dir, device=device, run_dir=run_dir,
+            on_event=on_event)
     _plugins()
     overrides = _overrides(settings, epochs=epochs, batch=batch, seed=seed, dataset=data, data_dir=data_dir,
                            device=device)
@@ -203,6 +285,8 @@ def resume(run_dir: str | Path, *, on_event: Callable[[Event], None] | None = No
     """Continue an interrupted search from its last checkpoint."""
     from nasc.runtime import search as S
 
+    _check_path("run_dir", run_dir, also=" (a search run directory)")
+    _common(on_event=on_event)
     _plugins()
     return S.resume(run_dir, on_event=on_event)
 
@@ -217,8 +301,11 @@ def select(run: str | Path | SearchResult, selector: str = "perturbation", *,
     """
     from nasc.runtime import search as S
 
-    _plugins()
     run_dir = getattr(run, "run_dir", run)
+    _check_path("run", run_dir, also=" (a search run directory) or a SearchResult")
+    _check_str("selector", selector, "a selector name (a str)")
+    _common(on_event=on_event)
+    _plugins()
     genotype, _ = S.reselect(run_dir, selector, options, on_event=on_event)
     return genotype
 
@@ -266,6 +353,9 @@ def train(genotype: Genotype | SearchResult | str | Path, *, space: str | Path |
     """
     from nasc.runtime import train as T
 
+    _check_path("space", space, optional=True, also=" (a .nas file or a bundled space name)")
+    _common(params=params, epochs=epochs, batch=batch, seed=seed, data=data, data_dir=data_dir, device=device,
+            run_dir=run_dir, on_event=on_event)
     _plugins()
     overrides = _overrides(settings, epochs=epochs, batch=batch, seed=seed, dataset=data, data_dir=data_dir,
                            device=device)
@@ -325,12 +415,15 @@ def export(source: TrainResult | Genotype | SearchResult | str | Path, output: s
     A `TrainResult` or training run directory exports the trained network with its weights
     (`space`, `params`, `input_shape` and `checkpoint` override what the run recorded); a
     genotype needs `space` (and `params`/`data` as it was compiled), with weights from
-    `checkpoint`. Returns the files written. Ops from plugins have no standalone source:
-    export them to TorchScript or ONNX.
+    `checkpoint`. Returns the files written. A plugin op with a module class of its own has no
+    standalone source: export it to TorchScript or ONNX.
     """
     from nasc.runtime import export as X
     from nasc.runtime import train as T
 
+    _check_path("space", space, optional=True, also=" (a .nas file or a bundled space name)")
+    _common(output=output, params=params, data=data, checkpoint=checkpoint)
+    input_shape = _input_shape(input_shape)
     if to not in X.FORMATS:
         raise NascError(f"unknown export format {to!r}", hint=f"one of {', '.join(X.FORMATS)}")
     run = _run_dir(source) if not isinstance(source, TrainResult) else None

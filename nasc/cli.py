@@ -86,14 +86,10 @@ def parse_param(text: str, where: str) -> Any:
 def parse_shape(text: str | None) -> tuple[int, int, int] | None:
     if text is None:
         return None
-    from nasc.compiler.build_ir import check_input_shape
+    from nasc.compiler.build_ir import parse_input_shape
 
     try:
-        c, h, w = (int(p) for p in text.lower().split("x"))
-    except ValueError:
-        raise typer.BadParameter(f"--input must look like 3x32x32, got {text!r}") from None
-    try:
-        return check_input_shape((c, h, w))
+        return parse_input_shape(text, "--input")
     except NascError as e:
         raise typer.BadParameter(f"{e.message}; {e.hint}" if e.hint else e.message) from None
 
@@ -820,6 +816,13 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001 - the last line of defence against tracebacks
         if os.environ.get("NASC_DEBUG") == "1":
             raise
+        from nasc.plugins import blame
+        from nasc.report import error_text
+
+        blamed = blame(e)  # raised in a loaded plugin's own code: the plugin's error, not nasc's
+        if blamed is not None:
+            err_console.print(error_text(blamed.render()))
+            sys.exit(1)
         err_console.print(f"[bold red]internal error:[/bold red] {type(e).__name__}: {e}")
         err_console.print("[cyan]  hint: this is a bug in nasc; rerun with NASC_DEBUG=1 for the traceback "
                           "and report it[/cyan]")

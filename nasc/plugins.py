@@ -38,8 +38,10 @@ import hashlib
 import importlib
 import importlib.util
 import logging
+import os
 import re
 import sys
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -48,7 +50,7 @@ from typing import Any
 import attrs
 
 from nasc.compiler.primitives import PRIMITIVES, Param, Primitive
-from nasc.errors import NascError
+from nasc.errors import NascError, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ _REGISTRIES: dict[str, tuple[str, str]] = {
 }
 
 _PRIMITIVE_ORIGINS: dict[str, str] = {}  # primitive name -> plugin origin (absent: built in)
+_BUILTIN_PRIMITIVES = frozenset(PRIMITIVES)  # before any plugin: registering one happens through this module
 _LOADED: dict[tuple[str, ...], "LoadedPlugin"] = {}  # one record per plugin, so a second load is a no-op
 _ENTRY_POINTS: list[metadata.EntryPoint] | None = None
 
@@ -76,6 +79,10 @@ class PluginError(NascError):
         return f"warning: {self.message}" + (f"\n  hint: {self.hint}" if self.hint else "")
 
 
+class PluginCodeError(NascError):
+    """A loaded plugin's own code raised an exception while nasc ran it (see `blame`)."""
+
+
 @attrs.frozen(kw_only=True)
 class LoadedPlugin:
     """What loading one plugin did."""
@@ -85,6 +92,7 @@ class LoadedPlugin:
     source: str  # how it was found: "entry point nasc.relaxations", "file", "module"
     registered: tuple[str, ...] = ()  # "relaxation dirichlet", "primitive se", ...
     error: PluginError | None = None
+    path: str | None = None  # the plugin's source file (a package: its __init__.py), to blame its errors on it
 
     @property
     def ok(self) -> bool:
@@ -94,14 +102,16 @@ class LoadedPlugin:
 # ---------------------------------------------------------------- loading
 
 
-def load_plugins(explicit: Sequence[str] = (), *, entry_points: bool = True,
+def load_plugins(explicit: Sequence[str | os.PathLike] | str | os.PathLike = (), *, entry_points: bool = True,
                  refresh: bool = False) -> list[LoadedPlugin]:
     """Import installed entry-point plugins (unless `entry_points=False`) and the `explicit` modules or files.
 
-    Returns one record per plugin, in load order. Loading is idempotent: a plugin
-    already loaded in this process returns its earlier record. `refresh` re-reads the
-    installed entry points (after a `pip install` in the same process).
+    `explicit` is a list of files or module names, or one of them. Returns one record per
+    plugin, in load order. Loading is idempotent: a plugin already loaded in this process
+    returns its earlier record. `refresh` re-reads the installed entry points (after a
+    `pip install` in the same process).
     """
+    explicit = _plugin_specs(explicit)
     records = []
     if entry_points:
         for ep in _discover(refresh):
@@ -109,6 +119,21 @@ def load_plugins(explicit: Sequence[str] = (), *, entry_points: bool = True,
     for spec in explicit:
         records.append(_load_explicit(spec))
     return records
+
+
+def _plugin_specs(explicit: Any) -> list[str]:
+    """A list of plugin specs from one file / module name or a sequence of them."""
+    if isinstance(explicit, (str, os.PathLike)):
+        return [os.fspath(explicit)]
+    if not isinstance(explicit, Iterable) or isinstance(explicit, (bytes, Mapping)):
+        raise NascError(f"plugins must be a .py file or module name, or a list of them; got {explicit!r}",
+                        hint='e.g. load_plugins("my_ops.py") or load_plugins(["my_ops.py", "pkg.module"])')
+    specs = list(explicit)
+    for spec in specs:
+        if not isinstance(spec, (str, os.PathLike)):
+            raise NascError(f"a plugin must be a .py file or module name (a str or Path); got {spec!r}",
+                            hint='e.g. load_plugins(["my_ops.py", "pkg.module"])')
+    return [os.fspath(spec) for spec in specs]
 
 
 def loaded_plugins() -> list[LoadedPlugin]:
@@ -125,7 +150,8 @@ def explicit_plugins() -> list[str]:
 
 
 def resuming_with(recorded: Sequence[str], prepare: Callable[[], Any]) -> Any:
-    """Load the plugins a run recorded (`explicit_plugins`), then `prepare()` the resumed run.
+    """Load the plugins a run recorded (`explicit_plugins`), then `prepare()` what reuses the run: a resumed
+    search or training, a selector run again on it (`nasc select`), a training of its genotype (`nasc train RUN`).
 
     A plugin that no longer loads is not an error by itself (`--plugin` may have
     loaded it from its new place); it is named when `prepare` then fails.
@@ -138,7 +164,8 @@ def resuming_with(recorded: Sequence[str], prepare: Callable[[], Any]) -> Any:
             raise
         raise type(e)(f"{e.message}; the run was started with plugin {failed[0].name}, which did not load "
                       f"({failed[0].error.message})",
-                      span=e.span, hint="put the plugin back where it was, or resume with --plugin FILE.py") from e
+                      span=e.span, hint="put the plugin back where it was, or load it from its new place with "
+                                                 "--plugin FILE.py") from e
 
 
 def _discover(refresh: bool) -> list[metadata.EntryPoint]:
@@ -225,8 +252,11 @@ def _run(*, name: str, origin: str, source: str, load: Callable[[], Any], group:
         _restore(before)
         detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         fix = f"fix or uninstall {origin}" if source.startswith("entry point") else "fix it"
-        error = PluginError(f"plugin {name!r} ({source}) failed to load: {detail}",
-                            hint=f"nasc's built-ins still work; {fix} (NASC_DEBUG=1 shows the traceback)")
+        hint = f"nasc's built-ins still work; {fix} (NASC_DEBUG=1 shows the traceback)"
+        if isinstance(e, NascError):  # nasc refused what the plugin registered: its own words say why
+            detail = e.message
+            hint = f"{e.hint}; {hint}" if e.hint else hint
+        error = PluginError(f"plugin {name!r} ({source}) failed to load: {detail}", hint=hint)
         error.__cause__ = e
         log.debug("%s", error.message)
         return LoadedPlugin(name=name, origin=origin, source=source, error=error)
@@ -240,7 +270,40 @@ def _run(*, name: str, origin: str, source: str, load: Callable[[], Any], group:
         return LoadedPlugin(name=name, origin=origin, source=source, error=error)
     if not registered:
         log.info("plugin %s registered nothing", name)
-    return LoadedPlugin(name=name, origin=origin, source=source, registered=tuple(registered))
+    return LoadedPlugin(name=name, origin=origin, source=source, registered=tuple(registered),
+                        path=_source_file(obj))
+
+
+def _source_file(obj: Any) -> str | None:
+    """The file a loaded plugin (a module, or an object an entry point names) was defined in."""
+    module = obj if isinstance(obj, type(sys)) else sys.modules.get(getattr(obj, "__module__", None) or "")
+    path = getattr(module, "__file__", None)
+    return str(Path(path).resolve()) if path else None
+
+
+def blame(error: BaseException) -> PluginCodeError | None:
+    """A `PluginCodeError` when `error` was raised in a loaded plugin's own code (its traceback passes
+    through the plugin's file; a package's: any file of the package), else None.
+
+    The CLI calls this before calling an unexpected exception a bug in nasc.
+    """
+    plugins = [r for r in _LOADED.values() if r.ok and r.path]
+    if not plugins:
+        return None
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):  # the innermost plugin frame
+        try:
+            file = Path(frame.filename).resolve()
+        except (OSError, ValueError):
+            continue
+        for record in plugins:
+            own = Path(record.path)
+            if file == own or (own.name == "__init__.py" and own.parent in file.parents):
+                detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+                return PluginCodeError(
+                    f"plugin {record.name!r} raised {detail} (in {frame.name}, {frame.filename}:{frame.lineno})",
+                    hint=f"the plugin's own code failed, not nasc; fix {record.origin} "
+                         "(NASC_DEBUG=1 shows the traceback)")
+    return None
 
 
 def _register_object(group: str, name: str, obj: Any) -> None:
@@ -392,17 +455,26 @@ def register_primitive(name: str, *, params: ParamSpec | None = None,
                        spatial: Callable[[int, dict], int | None] | None = None,
                        n_params: Callable[[int, int, dict, bool], int] | None = None,
                        madds: Callable[[int, int, int | None, dict], int] | None = None,
-                       stride: Callable[[dict], int] | None = None, doc: str = "") -> Primitive:
+                       stride: Callable[[dict], int] | None = None, doc: str = "",
+                       replace: bool = False) -> Primitive:
     """Add a primitive to the compiler's table, so `.nas` op bodies may call it (no torch needed).
 
     The rules mirror `nasc.compiler.primitives.Primitive`: `channels(c_in, c, args)`
     (default: keeps `c_in`), `spatial(h, args)` (default: keeps `h`),
     `n_params(c_in, c_out, args, affine)` and `madds(c_in, c_out, h_out, args)`
-    (default 0). `args` holds every parameter, defaults filled in. A name that
-    exists is replaced (a plugin may override a built-in).
+    (default 0). `args` holds every parameter, defaults filled in. The name of a
+    built-in or of another plugin's primitive is refused unless `replace=True`.
     """
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise NascError(f"primitive name {name!r} is not a valid .nas name")
+    if name in PRIMITIVES and not replace:
+        owner = _PRIMITIVE_ORIGINS.get(name)
+        if owner is not None or name in _BUILTIN_PRIMITIVES:
+            who = "a built-in of nasc" if owner is None else f"already registered by plugin {owner}"
+            raise RegistryError(f"primitive {name!r} is {who}; {_caller()} registers another one under the same "
+                                "name",
+                                hint="pick another name, or pass replace=True to replace it on purpose (every "
+                                     "space that uses the name then gets yours)")
     fields: dict[str, Any] = {"name": name, "doc": doc, "params": _params(params)}
     for key, rule in (("channels", channels), ("spatial", spatial), ("n_params", n_params), ("madds", madds),
                       ("stride", stride)):
@@ -413,24 +485,46 @@ def register_primitive(name: str, *, params: ParamSpec | None = None,
     return prim
 
 
-def register_op(name: str, *, params: ParamSpec | None = None, doc: str | None = None,
+def register_op(name: str, *, params: ParamSpec | None = None, doc: str | None = None, replace: bool = False,
                 **rules: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register a primitive's compile-time rules and its torch builder in one go.
 
     The builder has the built-ins' signature `(c_in, c_out, args, *, affine) -> nn.Module`;
     the rules are `register_primitive`'s keyword arguments. Its parameter count must
-    equal `n_params` (a test of yours should check it, as nasc's own do).
+    equal `n_params` (a test of yours should check it, as nasc's own do). A built-in's
+    name (`conv`) is refused unless `replace=True`.
     """
 
     def deco(builder: Callable[..., Any]) -> Callable[..., Any]:
         from nasc.runtime.ops import OPS
 
+        if not callable(builder):
+            raise RegistryError(f"register_op({name!r}) decorates {builder!r}, which is not a builder function",
+                                hint="decorate a function (c_in, c_out, args, *, affine) -> nn.Module")
         text = doc if doc is not None else _first_line(builder)
-        register_primitive(name, params=params, doc=text, **rules)
-        OPS.register(name, doc=text)(builder)
+        before = PRIMITIVES.get(name)
+        register_primitive(name, params=params, doc=text, replace=replace, **rules)
+        try:
+            OPS.register(name, doc=text, replace=replace)(builder)
+        except NascError:  # both sides or neither
+            if before is None:
+                PRIMITIVES.pop(name, None)
+            else:
+                PRIMITIVES[name] = before
+            raise
         return builder
 
     return deco
+
+
+def _caller() -> str:
+    """The plugin file (or module) whose code is registering: the first frame outside this module."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back
+    if frame is None:
+        return "a plugin"
+    return frame.f_globals.get("__file__") or frame.f_globals.get("__name__") or "a plugin"
 
 
 def unregister_primitive(name: str) -> None:
@@ -452,17 +546,20 @@ def _allow_schedule(name: str) -> None:
             table["lr_schedule"] = (types, calls + (name,), meaning)
 
 
-def register_schedule(name: str, fn: Callable[..., float] | None = None, *, doc: str | None = None) -> Any:
+def register_schedule(name: str, fn: Callable[..., float] | None = None, *, doc: str | None = None,
+                      replace: bool = False) -> Any:
     """Register a learning-rate schedule `(epoch, epochs, lr, lr_min, *, exponent, warmup) -> lr`.
 
     Usable as `register_schedule("warm", fn)` or as a decorator `@register_schedule("warm")`.
     The schedule is then valid in `--opt schedule=NAME` and in `.nas` (`lr_schedule = NAME(min = 0)`).
+    A built-in's name (`cosine`) is refused unless `replace=True`.
     """
 
     def deco(f: Callable[..., float]) -> Callable[..., float]:
         from nasc.runtime.schedules import SCHEDULES
 
-        SCHEDULES.add(name, f, doc=doc if doc is not None else _first_line(f), origin=getattr(f, "__module__", "?"))
+        SCHEDULES.add(name, f, doc=doc if doc is not None else _first_line(f), origin=getattr(f, "__module__", "?"),
+                      replace=replace)
         _allow_schedule(name)
         return f
 

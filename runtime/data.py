@@ -91,7 +91,8 @@ class Dataset:
 
 
 Loader = Callable[[Path | None, bool], Dataset]
-DATASETS: Registry[Loader] = Registry("dataset")
+DATASETS: Registry[Loader] = Registry("dataset",
+                                      accepts=(callable, "a loader function (data_dir, download) -> Dataset"))
 
 
 def load_dataset(name: str = "digits", data_dir: str | Path | None = None, *, download: bool = True) -> Dataset:

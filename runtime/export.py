@@ -149,8 +149,12 @@ def module_code(m: nn.Module, ch: Callable[[int], str] = str, indent: int = 0) -
         return f"nn.Dropout(p={m.p!r}" + (", inplace=True" if m.inplace else "") + ")"
     if type(m) is nn.Flatten:
         return "nn.Flatten(" + ("" if (m.start_dim, m.end_dim) == (1, -1) else f"{m.start_dim}, {m.end_dim}") + ")"
-    if type(m) in (nn.Identity, nn.Sigmoid):
+    if type(m) in (nn.Identity, nn.Sigmoid, nn.Tanh):
         return f"nn.{type(m).__name__}()"
+    if type(m) is nn.GELU:
+        return "nn.GELU(" + ("" if m.approximate == "none" else f"approximate={m.approximate!r}") + ")"
+    if type(m) is nn.SiLU:
+        return "nn.SiLU(" + ("inplace=True" if m.inplace else "") + ")"
     if type(m) is O.Zero:
         return f"Zero({ch(m.c_in)}, {ch(m.c_out)}, stride={m.stride})"
     if type(m) is O.Noise:
@@ -163,7 +167,10 @@ def module_code(m: nn.Module, ch: Callable[[int], str] = str, indent: int = 0) -
     if type(m) is O.ResBlock:
         conv = m.conv_a[1]
         return f"ResBlock({ch(conv.in_channels)}, {ch(conv.out_channels)}, stride={conv.stride[0]})"
-    raise BuildError(f"export: cannot write a {type(m).__name__} module as plain PyTorch code")
+    raise BuildError(f"export: cannot write a {type(m).__name__} module as plain PyTorch code",
+                     hint="plain PyTorch code covers nasc's built-in ops (and Conv2d, BatchNorm2d, pools, Linear, "
+                          "ReLU, GELU, SiLU, Sigmoid, Tanh, Dropout, Sequential); a plugin op built from other "
+                          "modules exports with --to torchscript or --to onnx (to=\"torchscript\" from Python)")
 
 
 def _classes_used(net: nn.Module) -> set[str]:

@@ -27,7 +27,8 @@ from nasc.runtime.registry import Registry
 Args = dict[str, Any]
 Builder = Any  # (c_in, c_out, args, *, affine) -> nn.Module
 
-OPS: Registry[Builder] = Registry("primitive")
+OPS: Registry[Builder] = Registry(
+    "primitive", accepts=(callable, "a builder function (c_in, c_out, args, *, affine) -> nn.Module"))
 
 
 def resolve(name: str, args: Args | None) -> Args:

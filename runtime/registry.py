@@ -7,6 +7,7 @@ error that lists the registered names and suggests the closest.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -29,30 +30,53 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """Named entries of one kind, e.g. `RELAXATIONS`."""
 
-    def __init__(self, kind: str, *, catalogue: Callable[[], Iterable[str]] | None = None):
+    def __init__(self, kind: str, *, catalogue: Callable[[], Iterable[str]] | None = None,
+                 accepts: tuple[Callable[[Any], bool], str] | None = None):
         """`catalogue`: every name a user may give, also those whose module registers them on first use
-        (the relaxations and selectors of nasc.catalog), so that an unknown name lists them all."""
+        (the relaxations and selectors of nasc.catalog), so that an unknown name lists them all.
+        `accepts`: (test, what it must be) for a value, checked when it is registered, so that a plugin
+        registering the wrong kind of thing is refused at once, not when a search first uses it."""
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
         self._aliases: dict[str, str] = {}
         self._catalogue = catalogue
+        self._accepts = accepts
 
-    def register(self, name: str, *, doc: str | None = None, **defaults: Any) -> Callable[[T], T]:
-        """Decorator: `@OPS.register("conv")`. Re-registering a name replaces it (plugins may override)."""
+    def register(self, name: str, *, doc: str | None = None, replace: bool = False,
+                 **defaults: Any) -> Callable[[T], T]:
+        """Decorator: `@OPS.register("conv")`.
+
+        A name another module registered (a built-in, another plugin) is refused unless
+        `replace=True`; the same module registering it again (a notebook cell run twice) replaces it.
+        """
 
         def deco(value: T) -> T:
             text = doc if doc is not None else (getattr(value, "__doc__", None) or "").strip().splitlines()
             if isinstance(text, list):
                 text = text[0] if text else ""
-            self._entries[name] = Entry(name=name, value=value, doc=text, origin=getattr(value, "__module__", "?"),
-                                        defaults=dict(defaults))
+            self.add(name, value, doc=text, origin=getattr(value, "__module__", "?"), replace=replace, **defaults)
             return value
 
         return deco
 
-    def add(self, name: str, value: T, *, doc: str = "", origin: str = "?", **defaults: Any) -> None:
+    def add(self, name: str, value: T, *, doc: str = "", origin: str = "?", replace: bool = False,
+            **defaults: Any) -> None:
+        """Register `value` under `name` (see `register` for when an existing name may be replaced)."""
+        self._check(name, value, origin, replace)
         self._entries[name] = Entry(name=name, value=value, doc=doc, origin=origin, defaults=dict(defaults))
 
+    def _check(self, name: str, value: Any, origin: str, replace: bool) -> None:
+        if self._accepts is not None and not self._accepts[0](value):
+            raise RegistryError(f"{_where(origin)} registers {value!r} as {self.kind} {name!r}, but a {self.kind} "
+                                f"must be {self._accepts[1]}", hint=f"register {self._accepts[1]} under that name")
+        old = self._entries.get(name)
+        if old is None or replace or old.value is value or old.origin == origin:
+            return
+        owner = "a built-in of nasc" if _builtin(old.origin) else f"already registered by {_where(old.origin)}"
+        raise RegistryError(f"{self.kind} {name!r} is {owner}; {_where(origin)} registers another one under "
+                            "the same name",
+                            hint="pick another name, or pass replace=True to replace it on purpose (every space, preset "
+                                 "and option that names it then gets yours)")
     def alias(self, alias: str, name: str) -> None:
         self._aliases[alias] = name
 
@@ -81,3 +105,22 @@ class Registry(Generic[T]):
     def entries(self) -> Iterator[Entry[T]]:
         for name in self.names():
             yield self._entries[name]
+
+
+def _builtin(origin: str) -> bool:
+    return origin == "nasc" or origin.startswith("nasc.")
+
+
+def _where(origin: str) -> str:
+    """A module name as a user knows it: a plugin file's path (plugin files import as nasc_plugin_*).
+
+    An unknown origin ("?": `add` without one) is the file of the code calling the registry.
+    """
+    if _builtin(origin):
+        return "nasc"
+    if origin == "?":
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_globals.get("__name__") in (__name__, "nasc.plugins"):
+            frame = frame.f_back
+        return frame.f_globals.get("__file__") or frame.f_globals.get("__name__", "?") if frame else "?"
+    return getattr(sys.modules.get(origin), "__file__", None) or origin

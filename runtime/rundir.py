@@ -41,6 +41,9 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
+_CONFIG_HINT = "nasc search and nasc train write config.json when a run starts; was it edited or written by hand?"
+
+
 class RunDir:
     """Creates, validates and appends to one run directory."""
 
@@ -82,13 +85,27 @@ class RunDir:
             raise SearchError(f"cannot write to run directory {self.path}: {e.strerror or e}",
                               hint="choose a writable --run-dir") from None
 
-    def read_config(self) -> dict[str, Any]:
+    def read_config(self, *required: str) -> dict[str, Any]:
+        """The run's config.json; a key in `required` that it lacks is an error naming the key."""
         if not self.config.is_file():
             raise SearchError(f"{self.path} is not a nasc run directory (no config.json)")
         try:
-            return json.loads(self.config.read_text(encoding="utf-8"))
+            config = json.loads(self.config.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise SearchError(f"cannot read {self.config}: {e}") from None
+        if not isinstance(config, dict):
+            raise SearchError(f"{self.config} is not a nasc run config (a JSON {type(config).__name__}, "
+                              "not an object)", hint=_CONFIG_HINT)
+        self.require(config, *required)
+        return config
+
+    def require(self, config: dict[str, Any], *keys: str) -> None:
+        """An error naming the first of `keys` that the run's config lacks (an edited or foreign config.json)."""
+        missing = [key for key in keys if key not in config]
+        if missing:
+            raise SearchError(f"{self.config} is incomplete: it has no {missing[0]!r}"
+                              + (f" (nor {', '.join(map(repr, missing[1:]))})" if missing[1:] else "")
+                              + ", so it is not a nasc run config", hint=_CONFIG_HINT)
 
     def write(self, name: str, data: Any) -> None:
         try:

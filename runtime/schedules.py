@@ -18,7 +18,8 @@ import math
 
 from nasc.runtime.registry import Registry
 
-SCHEDULES: Registry = Registry("learning-rate schedule")
+SCHEDULES: Registry = Registry(
+    "learning-rate schedule", accepts=(callable, "a function (epoch, epochs, lr, lr_min, *, exponent, warmup) -> lr"))
 
 
 def cosine(epoch: int, epochs: int, lr: float, lr_min: float) -> float:

@@ -477,8 +477,8 @@ def resume(run_path: str | Path, *, on_event: Callable[[Event], None] | None = N
            stop_after: int | None = None) -> SearchResult:
     """Continue an interrupted run from its last checkpoint, with the settings it started with."""
     run = RunDir(run_path)
-    config = run.read_config()
-    req = config.get("request", {})
+    config = run.read_config("space_file")
+    req = config.get("request") or {}
     request = Request(space=config["space_file"], params=req.get("params") or {}, relax=req.get("relax"),
                       relax_options=req.get("relax_options") or {}, select=req.get("select"),
                       select_options=req.get("select_options") or {}, overrides=req.get("overrides") or {})
@@ -496,14 +496,14 @@ def reselect(run_path: str | Path, select: str, select_options: Mapping[str, Any
              on_event: Callable[[Event], None] | None = None) -> tuple[G.Genotype, Path]:
     """Run a selector again on a run's last checkpoint; writes genotype-<selector>.json beside the original."""
     run = RunDir(run_path)
-    config = run.read_config()
-    req = config.get("request", {})
+    config = run.read_config("space_file")
+    req = config.get("request") or {}
     request = Request(space=config["space_file"], params=req.get("params") or {}, relax=req.get("relax"),
                       relax_options=req.get("relax_options") or {}, select=select,
                       select_options=dict(select_options or {}), overrides=req.get("overrides") or {})
     if not Path(request.space).is_file():
         raise SearchError(f"the run's space file {request.space} no longer exists")
-    job = prepare(request)
+    job = resuming_with(config.get("plugins") or [], lambda: prepare(request))
     state = run.load_checkpoint(job.ir.meta["fingerprint"])
     trainer = Trainer(job)
     trainer.load_state(state)

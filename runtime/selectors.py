@@ -23,7 +23,10 @@ from nasc.errors import BuildError, did_you_mean
 from nasc.runtime.registry import Registry
 from nasc.runtime.supernet import Network
 
-SELECTORS: Registry[type["Selector"]] = Registry("selector", catalogue=selector_names)
+SELECTORS: Registry[type["Selector"]] = Registry(
+    "selector", catalogue=selector_names,
+    accepts=(lambda v: isinstance(v, type) and issubclass(v, Selector),
+             "a subclass of nasc.runtime.selectors.Selector"))
 
 
 class Selector:

@@ -174,7 +174,14 @@ def fit_aux_weight(config, ir: SpaceIR):
 
 
 def prepare_train(request: TrainRequest) -> TrainJob:
+    """The training job of a request; a run directory as the genotype brings the plugins the run recorded."""
     genotype, run_config = read_genotype(request.genotype)
+    recorded = run_config.get("plugins") if isinstance(run_config, dict) else None
+    run_config = run_config if isinstance(run_config, dict) else None
+    return resuming_with(recorded or [], lambda: _prepare_train(request, genotype, run_config))
+
+
+def _prepare_train(request: TrainRequest, genotype: G.Genotype, run_config: Mapping[str, Any] | None) -> TrainJob:
     space = request.space or guess_space(genotype, run_config)
     decl = resolve_path(space)
     base_params = eval_params(decl, {})  # the train block's own parameters override these below
@@ -374,6 +381,7 @@ def resume_train(run_path: str | Path, *, on_event: Callable[[Event], None] | No
     config = run.read_config()
     if config.get("kind") != "train":
         raise SearchError(f"{run.path} is not a training run", hint="use `nasc search --resume` for searches")
+    run.require(config, "space_file", "request")
     req = config["request"]
     genotype_file = run.path / "genotype.json"
     request = TrainRequest(genotype=str(genotype_file), space=config["space_file"], params=req.get("params") or {},
@@ -416,6 +424,7 @@ def load_trained(run_path: str | Path, *, space: str | None = None, params: Mapp
     config = run.read_config()
     if config.get("kind") != "train":
         raise SearchError(f"{run.path} is not a training run", hint="train it first: nasc train RUN_DIR")
+    run.require(config, "space", "resolved_params", "input")
     genotype = G.load(run.path / "genotype.json")
 
     def build() -> SpaceIR:

@@ -135,3 +135,52 @@ def test_docs_api_examples_run(tmp_path):
     (tmp_path / "examples").symlink_to(REPO / "examples")
     code = "\n".join(blocks) + "\nprint('docs ok')\n"
     assert _run_python(code, cwd=tmp_path).strip().endswith("docs ok")
+
+
+def test_load_plugins_takes_a_single_path():
+    from nasc import plugins as P
+
+    snap = P._snapshot()
+    try:
+        [record] = nasc.load_plugins(str(REPO / "examples" / "plugin_op" / "se_op.py"), entry_points=False)
+        assert record.ok and "primitive se" in record.registered
+        with pytest.raises(NascError, match="plugins must be a .py file or module name"):
+            nasc.load_plugins(3, entry_points=False)
+    finally:
+        P._restore(snap)
+        P._LOADED.clear()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: nasc.compile_space(42), "space must be a str or Path (a .nas file or a bundled space name), got 42"),
+    (lambda: nasc.compile_space(None), "space must be a str or Path"),
+    (lambda: nasc.compile_space("x.nas", text=5), "text must be a str (the .nas source) or None, got 5"),
+    (lambda: nasc.compile_space("nb201", params=[("C", 4)]), "params must be a dict of NAME: VALUE"),
+    (lambda: nasc.compile_space("nb201", input_shape="3x32"), "an input shape is three positive integers C x H x W"),
+    (lambda: nasc.compile_space("nb201", input_shape="3 by 32"), "input_shape must look like 3x32x32, got '3 by 32'"),
+    (lambda: nasc.compile_space("nb201", input_shape=3), "input_shape must be a tuple (C, H, W) or a string"),
+    (lambda: nasc.build_supernet("nb201", params=TINY, seed="x"), "seed must be an int, got 'x'"),
+    (lambda: nasc.build_supernet("nb201", params=TINY, relax=3), "relax must be a str, got 3"),
+    (lambda: nasc.build_supernet(3), "space must be a str or Path (a .nas file or a bundled space name) or a compiled"),
+    (lambda: nasc.build_network(3, "x"), "space must be a str or Path"),
+    (lambda: nasc.search("nb201", params=TINY, epochs=1, on_event=5, run_dir="never"),
+     "on_event must be a function taking one event (a dict), or None, got 5"),
+    (lambda: nasc.search("nb201", relax_options=[1]), "relax_options must be a dict of NAME: VALUE, got [1]"),
+    (lambda: nasc.search("nb201", epochs="two"), "epochs must be an int, got 'two'"),
+    (lambda: nasc.resume(5), "run_dir must be a str or Path (a search run directory), got 5"),
+    (lambda: nasc.select(5, "magnitude"), "run must be a str or Path (a search run directory) or a SearchResult, got 5"),
+    (lambda: nasc.select("runs/x", 5), "selector must be a selector name (a str), got 5"),
+    (lambda: nasc.train("x", space=5), "space must be a str or Path"),
+    (lambda: nasc.export("x", space="nb201", input_shape=5), "input_shape must be a tuple (C, H, W)"),
+])
+def test_wrong_argument_types_are_nasc_errors_naming_the_argument(call, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(NascError) as info:
+        call()
+    assert message in info.value.message
+    assert not (tmp_path / "never").exists()  # checked before a run directory is made
+
+
+def test_input_shape_takes_the_cli_form():
+    ir = nasc.compile_space("nb201", params=TINY, input_shape="3x16x16")
+    assert ir.input_shape == (3, 16, 16)

@@ -153,10 +153,13 @@ def test_broken_plugin_is_a_warning_record_and_is_rolled_back(tmp_path):
     softmax = relaxation_class("softmax")
     path = _write(tmp_path, "half.py", """
         from nasc.plugins import register_primitive
-        from nasc.runtime.relaxations.base import RELAXATIONS
+        from nasc.runtime.relaxations.base import RELAXATIONS, Relaxation
+
+        class Fake(Relaxation):
+            pass
 
         register_primitive("half_done")
-        RELAXATIONS.add("softmax", object(), origin="half")   # overrides a built-in, then fails
+        RELAXATIONS.add("softmax", Fake, origin="half", replace=True)   # overrides a built-in, then fails
         raise RuntimeError("boom")
     """)
     [record] = P.load_plugins([str(path)], entry_points=False)
@@ -173,6 +176,175 @@ def test_missing_file_and_missing_module_are_records_not_exceptions():
     assert "no such file" in missing_file.error.message
     assert "no_such_module_xyz" in missing_module.error.message
     assert "ModuleNotFoundError" in missing_module.error.message
+
+
+# ---------------------------------------------------------------- a plugin's names and kinds
+
+
+@pytest.mark.parametrize("kind, code", [
+    ("primitive 'conv'", """
+        from torch import nn
+        from nasc.plugins import register_op
+
+        @register_op("conv", params={"k": int}, doc="my fake conv")
+        def build(c_in, c_out, args, *, affine):
+            return nn.Identity()
+    """),
+    ("relaxation 'softmax'", """
+        from nasc.runtime.relaxations.base import RELAXATIONS, Relaxation
+
+        @RELAXATIONS.register("softmax")
+        class Fake(Relaxation):
+            '''fake softmax'''
+    """),
+    ("selector 'magnitude'", """
+        from nasc.runtime.selectors import SELECTORS, Selector
+
+        @SELECTORS.register("magnitude")
+        class Fake(Selector):
+            '''fake magnitude'''
+    """),
+    ("learning-rate schedule 'cosine'", """
+        from nasc.plugins import register_schedule
+
+        @register_schedule("cosine")
+        def flat(epoch, epochs, lr, lr_min, **kw):
+            return lr
+    """),
+])
+def test_a_plugin_cannot_silently_replace_a_built_in(tmp_path, kind, code):
+    from nasc.catalog import PRESETS
+    from nasc.runtime.ops import OPS
+    from nasc.runtime.relaxations.base import relaxation_class
+    from nasc.runtime.schedules import SCHEDULES
+    from nasc.runtime.selectors import SELECTORS
+
+    def state():
+        return (PRIMITIVES["conv"], OPS.get("conv"), relaxation_class("softmax"), SELECTORS.get("magnitude"),
+                SCHEDULES.get("cosine"), dict(PRESETS))
+
+    before = state()
+    path = _write(tmp_path, "dup.py", code)
+    [record] = P.load_plugins([str(path)], entry_points=False)
+    assert not record.ok
+    assert f"{kind} is a built-in of nasc; {path} registers another one" in record.error.message
+    assert "replace=True" in record.error.hint
+    assert state() == before
+
+
+def test_replace_true_replaces_a_built_in_on_purpose(tmp_path):
+    from nasc.runtime.schedules import SCHEDULES, learning_rate
+
+    path = _write(tmp_path, "flat.py", """
+        from nasc.plugins import register_schedule
+
+        @register_schedule("cosine", replace=True)
+        def flat(epoch, epochs, lr, lr_min, **kw):
+            '''A constant rate.'''
+            return lr
+    """)
+    [record] = P.load_plugins([str(path)], entry_points=False)
+    assert record.ok and record.registered == ("schedule cosine",)
+    assert learning_rate("cosine", 5, 10, 0.1, 0.0) == 0.1 and SCHEDULES.entry("cosine").origin == str(path)
+
+
+def test_two_plugins_cannot_claim_the_same_name(tmp_path):
+    code = """
+        from nasc.runtime.relaxations.base import RELAXATIONS, Relaxation
+
+        @RELAXATIONS.register("mine")
+        class Mine(Relaxation):
+            '''one of two'''
+    """
+    first, second = _write(tmp_path, "first.py", code), _write(tmp_path, "second.py", code)
+    a, b = P.load_plugins([str(first), str(second)], entry_points=False)
+    assert a.ok and not b.ok
+    assert f"relaxation 'mine' is already registered by {first}; {second} registers" in b.error.message
+
+
+def test_python_registration_of_a_built_in_name_is_an_error_and_a_rerun_is_not():
+    import nasc
+
+    with pytest.raises(RegistryError, match="primitive 'conv' is a built-in of nasc") as info:
+        nasc.register_op("conv")(lambda c_in, c_out, args, *, affine: None)
+    assert str(Path(__file__)) in info.value.message and "replace=True" in info.value.hint
+    with pytest.raises(RegistryError, match="learning-rate schedule 'cosine' is a built-in of nasc"):
+        nasc.register_schedule("cosine")(lambda *a, **k: 0.0)
+    for _ in range(2):  # a notebook cell run twice redefines its own entries
+        nasc.register_schedule("rerun_schedule")(lambda *a, **k: 0.0)
+        nasc.register_op("rerun_op")(lambda c_in, c_out, args, *, affine: nn.Identity())
+    assert "rerun_op" in PRIMITIVES
+
+
+@pytest.mark.parametrize("what, code, must", [
+    ("relaxation 'broken'", """
+        from nasc.runtime.relaxations.base import RELAXATIONS
+
+        @RELAXATIONS.register("broken")
+        class Broken:
+            '''Not a Relaxation subclass'''
+    """, "a subclass of nasc.runtime.relaxations.base.Relaxation"),
+    ("selector 'broken'", """
+        from nasc.runtime.selectors import SELECTORS
+
+        SELECTORS.register("broken")(lambda net, ir: None)
+    """, "a subclass of nasc.runtime.selectors.Selector"),
+    ("learning-rate schedule 'broken'", """
+        from nasc.runtime.schedules import SCHEDULES
+
+        SCHEDULES.add("broken", 0.1)
+    """, "a function"),
+])
+def test_registering_the_wrong_kind_of_thing_is_refused_at_load(tmp_path, what, code, must):
+    from nasc.runtime.relaxations.base import RELAXATIONS
+
+    path = _write(tmp_path, "wrong.py", code)
+    [record] = P.load_plugins([str(path)], entry_points=False)
+    assert not record.ok and "broken" not in RELAXATIONS
+    assert f"{path} registers" in record.error.message and f"as {what}" in record.error.message
+    assert must in record.error.message
+
+
+def test_an_exception_from_a_plugins_code_is_blamed_on_the_plugin(tmp_path):
+    import subprocess
+
+    from nasc.runtime.relaxations.base import load_relaxation
+
+    path = _write(tmp_path, "halfrelax.py", """
+        from nasc.runtime.relaxations.base import RELAXATIONS, Relaxation
+
+        @RELAXATIONS.register("half")
+        class Half(Relaxation):
+            '''Not finished.'''
+            def setup(self, ir, net):
+                raise NotImplementedError("todo")
+    """)
+    [record] = P.load_plugins([str(path)], entry_points=False)
+    assert record.ok and record.path == str(path.resolve())
+    with pytest.raises(NotImplementedError) as info:
+        load_relaxation("half").setup(None, None)
+    blamed = P.blame(info.value)
+    assert isinstance(blamed, P.PluginCodeError)
+    assert f"plugin {str(path)!r} raised NotImplementedError: todo (in setup, {path}:" in blamed.message
+    assert "not nasc" in blamed.hint
+    assert P.blame(RuntimeError("raised in nasc")) is None
+    out = subprocess.run([sys.executable, "-m", "nasc", "--plugin", str(path), "search", "nb201", "-p", "C=4",
+                          "-p", "N=1", "--relax", "half", "--dry-run"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert "raised NotImplementedError: todo" in out.stderr and "halfrelax.py" in out.stderr
+    assert "internal error" not in out.stderr and "bug in nasc" not in out.stderr
+
+
+def test_load_plugins_takes_one_path_or_a_list_and_nothing_else():
+    from nasc.errors import NascError
+
+    [record] = P.load_plugins(str(SE_OP), entry_points=False)
+    assert record.ok and "primitive se" in record.registered
+    assert P.load_plugins(SE_OP, entry_points=False) == [record]
+    with pytest.raises(NascError, match="plugins must be a .py file or module name, or a list of them; got 5"):
+        P.load_plugins(5, entry_points=False)
+    with pytest.raises(NascError, match="a plugin must be a .py file or module name .*; got 5"):
+        P.load_plugins([str(SE_OP), 5], entry_points=False)
 
 
 def test_cli_broken_plugin_warns_and_the_listing_still_works(tmp_path, monkeypatch):
@@ -420,3 +592,33 @@ def test_resuming_without_the_plugin_names_it(tmp_path):
         resume(run)
     assert "dirichlet" in info.value.message and f"started with plugin {moved.resolve()}" in info.value.message
     assert "--plugin" in info.value.hint
+
+
+@pytest.mark.slow
+def test_select_and_train_from_a_run_load_its_plugins_and_name_one_that_is_gone(tmp_path):
+    from nasc.errors import NascError
+    from nasc.runtime.search import Request, prepare, reselect, run_search
+    from nasc.runtime.train import TrainRequest, prepare_train
+
+    plugin = tmp_path / "se_op.py"
+    plugin.write_text(SE_OP.read_text())
+    snap = P._snapshot()
+    P.load_plugins([str(plugin)], entry_points=False)
+    job = prepare(Request(space=str(SE_SPACE), params={"C": 4},
+                          overrides={"epochs": 1, "batch": 64, "train_portion": 0.1, "device": "cpu"}))
+    run = run_search(job, tmp_path / "run").run_dir
+    _forget_plugins(snap)  # a new process: `nasc select RUN` / `nasc train RUN` without --plugin
+    genotype, path = reselect(run, "magnitude")
+    assert path.name == "genotype-magnitude.json"
+    _forget_plugins(snap)
+    train = prepare_train(TrainRequest(genotype=str(run), params={"C": 4}, overrides={"device": "cpu"}))
+    assert train.ir.meta["fingerprint"] and P.explicit_plugins() == [str(plugin.resolve())]
+    _forget_plugins(snap)
+    plugin.unlink()
+    for again in (lambda: reselect(run, "magnitude"),
+                  lambda: prepare_train(TrainRequest(genotype=str(run), params={"C": 4}))):
+        with pytest.raises(NascError) as info:
+            again()
+        assert "unknown op 'se'" in info.value.message
+        assert f"started with plugin {plugin.resolve()}, which did not load" in info.value.message
+        assert "--plugin" in info.value.hint

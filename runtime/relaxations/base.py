@@ -23,7 +23,10 @@ from nasc.catalog import BUILTIN_RELAXATIONS, PRESETS, relaxation_names
 from nasc.errors import BuildError
 from nasc.runtime.registry import Registry
 
-RELAXATIONS: Registry[type["Relaxation"]] = Registry("relaxation", catalogue=relaxation_names)
+RELAXATIONS: Registry[type["Relaxation"]] = Registry(
+    "relaxation", catalogue=relaxation_names,
+    accepts=(lambda v: isinstance(v, type) and issubclass(v, Relaxation),
+             "a subclass of nasc.runtime.relaxations.base.Relaxation"))
 
 
 class GroupWeights:

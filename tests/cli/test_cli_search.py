@@ -120,6 +120,25 @@ def test_resume_a_folder_that_is_no_run(tmp_path):
     _no_traceback(result)
 
 
+@pytest.mark.parametrize("config, args, missing", [
+    ({}, ["search", "--resume", "x"], "'space_file'"),
+    ({"kind": "search", "request": {}}, ["search", "--resume", "x"], "'space_file'"),
+    ({}, ["select", "x", "--select", "magnitude"], "'space_file'"),
+    ({"kind": "train"}, ["train", "x", "--resume", "x"], "'space_file' (nor 'request')"),
+    ([1, 2], ["search", "--resume", "x"], "not a nasc run config (a JSON list, not an object)"),
+])
+def test_resume_or_select_with_an_incomplete_config_names_what_is_missing(tmp_path, config, args, missing):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "config.json" in text and missing in text and "internal error" not in text
+    if "incomplete" in text:
+        assert "it has no " + missing in text and "not a nasc run config" in text
+    _no_traceback(result)
+
+
 def test_search_missing_space_file(tmp_path):
     result = runner.invoke(app, ["search", "nonexistent.nas"])
     assert result.exit_code == 1

@@ -328,3 +328,57 @@ def test_a_training_run_exported_at_another_size_says_its_weights_do_not_fit(tra
     out = " ".join(result.output.split())
     assert "does not fit this network" in out and "have another shape" in out
     assert "Missing key(s)" not in out and "Traceback" not in out
+
+
+PLUGIN_SPACE = """
+space toy(C = 4, classes = 10)
+op cg = conv_gelu_test
+op odd = odd_test
+cell c(x):
+    nodes n0
+    edge x -> n0: [cg, odd, identity]
+    output n0
+network:
+    input 1 x 8 x 8
+    stem conv(3, out = C) > bn
+    stack 2 x c
+    head global_avg_pool > linear(classes)
+"""
+
+
+@pytest.fixture
+def plugin_ops():
+    """Two plugin ops: a 3x3 conv then GELU (stock torch modules), and a module class of the plugin's own."""
+    from torch import nn
+
+    from nasc.plugins import register_op, unregister_primitive
+
+    class Odd(nn.Module):
+        def forward(self, x):
+            return x * 0.5
+
+    register_op("conv_gelu_test", n_params=lambda c_in, c_out, args, affine: 9 * c_in * c_out)(
+        lambda c_in, c_out, args, *, affine: nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                                                           nn.GELU()))
+    register_op("odd_test")(lambda c_in, c_out, args, *, affine: Odd())
+    yield
+    unregister_primitive("conv_gelu_test")
+    unregister_primitive("odd_test")
+
+
+@pytest.mark.parametrize("choice", [0, 1])
+def test_plugin_ops_export_as_code_when_made_of_stock_modules_else_the_error_says_torchscript(
+        plugin_ops, tmp_path, choice):
+    ir = compile_space("toy.nas", text=PLUGIN_SPACE)
+    op = ("cg", "odd")[choice]
+    genotype = G.Genotype(cells={"c": G.GenoCell(n_inputs=1, n_nodes=1, edges=[G.GenoEdge(node=1, input=0, op=op)],
+                                                 concat=[1])})
+    d, net = X.derived_network(ir, genotype)
+    if choice == 0:  # Conv2d + GELU: plain PyTorch, checked against nasc's output
+        assert X.export(d, net, tmp_path / "net.py", to="pytorch") == [tmp_path / "net.py"]
+        assert "nn.GELU()" in (tmp_path / "net.py").read_text()
+        return
+    with pytest.raises(NascError, match="cannot write a Odd module as plain PyTorch code") as info:
+        X.export(d, net, tmp_path / "net.py", to="pytorch")
+    assert "--to torchscript" in info.value.hint and "onnx" in info.value.hint
+    assert X.export(d, net, tmp_path / "net.pt", to="torchscript") == [tmp_path / "net.pt"]
