@@ -555,7 +555,8 @@ def train(
     except KeyboardInterrupt:
         _interrupted("train", target)
     console.print(display.summary())
-    console.print(f"[bold green]test accuracy[/bold green] {result['test_acc']:.4f} after {result['epochs']} epoch{'s' if result['epochs'] != 1 else ''} "
+    epochs = f"{result['epochs']} epoch" + ("s" if result["epochs"] != 1 else "")
+    console.print(f"[bold green]test accuracy[/bold green] {result['test_acc']:.4f} after {epochs} "
                   f"({result['params']:,} parameters)")
 
 
