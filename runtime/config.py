@@ -6,6 +6,7 @@ Everything a run depends on lives here, so that the run directory's
 
 from __future__ import annotations
 
+import functools
 import re
 import types
 import typing
@@ -224,13 +225,19 @@ def _expected(kind: Any) -> tuple[str, Callable[[Any], bool]] | None:
     return None
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """A config class's field types, resolved once (resolving the string annotations is most of a check)."""
+    return typing.get_type_hints(cls)
+
+
 def check_types(cls: type, values: Mapping[str, Any], what: str) -> None:
     """Raise a SearchError naming the first setting whose value has the wrong type for its `cls` field.
 
     Shared by the search settings (`SearchConfig`) and the training settings (`TrainConfig`), so that
     `--opt lr=abc` says which setting wants what instead of failing inside a validator.
     """
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     for key, value in values.items():
         expected = _expected(hints.get(key))
         if expected is not None and not expected[1](value):
