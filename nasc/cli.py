@@ -345,9 +345,11 @@ def _value(v: Any) -> str:
 
 def _interrupted(command: str, run: str | None) -> None:
     """Ctrl-C: say how to go on from the last checkpoint, naming the run (its name may be generated)."""
+    from nasc.runtime.rundir import RunDir
+
     if run is None:
         err_console.print("[yellow]interrupted[/yellow] before the run started")
-    elif not (Path(run) / "checkpoint.pt").is_file():
+    elif not RunDir(run).checkpoint.is_file():
         err_console.print(f"[yellow]interrupted[/yellow] before the first checkpoint (written at the end of epoch 1): "
                           f"delete {run} or start again with another --run-dir")
     else:
