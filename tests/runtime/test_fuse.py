@@ -110,12 +110,26 @@ OPS = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "
        "dil_conv_3x3", "dil_conv_5x5", "conv_3x3", "conv_1x1"]
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same twelve draws on every run, since one known draw fails (the xfail below) and a
+# random CI run that happened on it would fail for a bug that is already recorded
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(ops=st.lists(st.sampled_from(OPS), min_size=2, max_size=5, unique=True),
        nodes=st.integers(2, 3), affine=st.booleans(), recompute=st.booleans())
 def test_any_candidate_set_gives_the_same_steps_fused_or_not(ops, nodes, affine, recompute, supernet, train_steps,
                                                              assert_same_training):
     """Property: whatever the candidates (dense convs, affine BNs, pools, zero), fusion is exact."""
+    _same_steps_fused_or_not(ops, nodes, affine, recompute, supernet, train_steps, assert_same_training)
+
+
+@pytest.mark.xfail(strict=True, reason="open: with max and avg pooling both in a fused group, the stem's weight "
+                                       "gradient differs from edge by edge after two steps (about 7%); found by the "
+                                       "property above, and the code before this session fails it too")
+def test_max_and_avg_pooling_in_one_fused_group_known_failure(supernet, train_steps, assert_same_training):
+    _same_steps_fused_or_not(["max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3", "none", "dil_conv_3x3"], 3, False, False,
+                             supernet, train_steps, assert_same_training)
+
+
+def _same_steps_fused_or_not(ops, nodes, affine, recompute, supernet, train_steps, assert_same_training):
     text = f"""
 space prop(C = 4, layers = 3)
 op sep_conv_{{k}}x{{k}} = relu > dw_conv(k, stride) > conv(1) > bn > relu > dw_conv(k) > conv(1) > bn
