@@ -5,6 +5,7 @@ and on one whose edges of a source state run together, and compares losses,
 gradients, running statistics and checkpoints.
 """
 
+import contextlib
 import copy
 import io
 
@@ -110,23 +111,47 @@ OPS = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "
        "dil_conv_3x3", "dil_conv_5x5", "conv_3x3", "conv_1x1"]
 
 
-# derandomize: the same twelve draws on every run, since one known draw fails (the xfail below) and a
-# random CI run that happened on it would fail for a bug that is already recorded
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+# The property compares in float64. In float32 two exact programs that sum in different orders can put a
+# BN output on opposite sides of 0 when it lies within rounding of it, and the ReLU after it then passes or
+# blocks that element's gradient: on these tiny networks (batch 4, 4×4 maps) one such element once moved a
+# conv weight's gradient by 6% (max and avg pooling, sep and dil convs, none; 3 nodes). In float64 both
+# lowerings agreed to 1e-15, and fused float32 was the closer of the two to float64.
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(st.sampled_from(OPS), min_size=2, max_size=5, unique=True),
        nodes=st.integers(2, 3), affine=st.booleans(), recompute=st.booleans())
 def test_any_candidate_set_gives_the_same_steps_fused_or_not(ops, nodes, affine, recompute, supernet, train_steps,
                                                              assert_same_training):
     """Property: whatever the candidates (dense convs, affine BNs, pools, zero), fusion is exact."""
-    _same_steps_fused_or_not(ops, nodes, affine, recompute, supernet, train_steps, assert_same_training)
+    with _float64():
+        _same_steps_fused_or_not(ops, nodes, affine, recompute, supernet, train_steps, _assert_same_in_float64)
 
 
-@pytest.mark.xfail(strict=True, reason="open: with max and avg pooling both in a fused group, the stem's weight "
-                                       "gradient differs from edge by edge after two steps (about 7%); found by the "
-                                       "property above, and the code before this session fails it too")
-def test_max_and_avg_pooling_in_one_fused_group_known_failure(supernet, train_steps, assert_same_training):
-    _same_steps_fused_or_not(["max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3", "none", "dil_conv_3x3"], 3, False, False,
-                             supernet, train_steps, assert_same_training)
+def test_the_draw_that_flipped_a_relu_in_float32_is_exact_in_float64(supernet, train_steps):
+    with _float64():
+        _same_steps_fused_or_not(["max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3", "none", "dil_conv_3x3"], 3,
+                                 False, False, supernet, train_steps, _assert_same_in_float64)
+
+
+@contextlib.contextmanager
+def _float64():
+    """Networks built and data drawn in float64 (the default dtype), restored afterwards."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def _assert_same_in_float64(a, b):
+    """Losses, gradients and buffers equal to 1e-9: far tighter than float32 could hold, far looser than 1e-15."""
+    assert all(g.dtype == torch.float64 for g in a[1].values())
+    assert a[0] == pytest.approx(b[0], rel=1e-9, abs=1e-12)
+    assert a[1].keys() == b[1].keys() and a[2].keys() == b[2].keys()
+    for name, g in a[1].items():
+        torch.testing.assert_close(b[1][name], g, rtol=1e-9, atol=1e-12, msg=name)
+    for name, s in a[2].items():
+        torch.testing.assert_close(b[2][name], s, rtol=1e-9, atol=1e-12, msg=name)
 
 
 def _same_steps_fused_or_not(ops, nodes, affine, recompute, supernet, train_steps, assert_same_training):
