@@ -67,12 +67,16 @@ def test_search_epoch_times_epochs_and_projects_the_search(tmp_path):
 
 
 def test_search_epoch_stopped_inside_the_first_epoch_still_reports_the_step_pace(tmp_path):
-    """What a device call that runs out of time gets (gpu_session.sh stops stages with SIGINT)."""
+    """What a device call that runs out of time gets (gpu_session.sh stops stages with SIGINT).
+
+    50 epochs to run, never reached: with 2, a loaded CI machine once let the child finish both
+    (~1 s each) before this process read its progress line and sent the signal.
+    """
     import signal
 
     out = tmp_path / "epoch.json"
     proc = subprocess.Popen([sys.executable, "benchmarks/search_epoch.py", *EPOCH_TINY, "--set", "C=4",
-                             "--run-epochs", "2", "--progress", "6", "--out", str(out)],
+                             "--run-epochs", "50", "--progress", "6", "--out", str(out)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
         if "epoch 1 step 6/" in line:
