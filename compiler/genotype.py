@@ -413,7 +413,10 @@ def _darts_cell(name: str, value: Any, concat: Any) -> GenoCell:
 
 def from_darts(text: str, *, space: str | None = None) -> Genotype:
     """Read DARTS-family notation (DARTS, pt.darts/DropNAS, AutoDL, sharpDARTS, SNAS edge_all)."""
-    fields = _genotype_fields(text)
+    try:
+        fields = _genotype_fields(text)
+    except (MemoryError, RecursionError):  # how CPython's parser and the AST walk give up on deep nesting
+        raise _derr("cannot parse: the text is nested too deeply") from None
     for key, value in fields.items():
         if key.endswith("_concat") and key.removesuffix("_concat") not in fields:
             raise _derr(f"field {key!r} has no matching {key.removesuffix('_concat')!r} field")
@@ -556,11 +559,15 @@ def parse_any(text: str, *, space: str | None = None) -> Genotype:
             data = json.loads(s)
         except json.JSONDecodeError as e:
             raise GenotypeError(f"invalid genotype JSON: {e.msg} (line {e.lineno}, col {e.colno})") from None
+        except RecursionError:  # the json module recurses once per nested array or object
+            raise GenotypeError("invalid genotype JSON: nested too deeply") from None
         return from_json(data)
     try:  # JSON, but not an object ([1, 2], null): no other notation parses as JSON
         data = json.loads(s)
     except ValueError:
         pass
+    except RecursionError:
+        raise GenotypeError("invalid genotype JSON: nested too deeply", hint=JSON_LAYOUT) from None
     else:
         raise _layout_error(data)
     if s.startswith("|"):

@@ -252,6 +252,18 @@ def test_invalid_json(mutate, needle):
     assert needle in info.value.message
 
 
+@pytest.mark.parametrize(("text", "needle"), [
+    ('{"format": ' + "[" * 100_000 + "]" * 100_000 + "}", "invalid genotype JSON: nested too deeply"),
+    ("[" * 100_000 + "]" * 100_000, "invalid genotype JSON: nested too deeply"),
+    ("Genotype(normal=" + "-" * 100_000 + "1)", "nested too deeply"),  # the parser runs out of memory
+    ("Genotype(normal=" + "-" * 900 + "1)", "nested too deeply"),  # the AST walk runs out of stack
+], ids=["json-object", "json-list", "darts-parser", "darts-walk"])
+def test_deeply_nested_text_is_an_error_not_a_crash(text, needle):
+    with pytest.raises(GenotypeError) as info:
+        G.parse_any(text)
+    assert needle in info.value.message
+
+
 def test_load_errors_name_the_file(tmp_path):
     with pytest.raises(GenotypeError, match="cannot read genotype file .*missing.json"):
         G.load(tmp_path / "missing.json")
