@@ -292,7 +292,8 @@ def save(g: Genotype, path: str | os.PathLike) -> None:
 def load(path: str | os.PathLike) -> Genotype:
     """Read a genotype file in any supported format (JSON, NB201 string, DARTS notation)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        # utf-8-sig drops a byte-order mark (editors on Windows write one), as .nas files do
+        text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise GenotypeError(f"cannot read genotype file {path}: {getattr(e, 'strerror', None) or e}") from e
     try:

@@ -264,6 +264,14 @@ def test_deeply_nested_text_is_an_error_not_a_crash(text, needle):
     assert needle in info.value.message
 
 
+@pytest.mark.parametrize("text", [json.dumps(G.to_json(G.from_darts(DARTS_V2))), DARTS_V2,
+                                  "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|"])
+def test_a_file_with_a_byte_order_mark_reads_like_one_without(text, tmp_path):
+    path = tmp_path / "genotype.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert G.load(path) == G.parse_any(text)
+
+
 def test_load_errors_name_the_file(tmp_path):
     with pytest.raises(GenotypeError, match="cannot read genotype file .*missing.json"):
         G.load(tmp_path / "missing.json")
