@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import itertools
 import json
 import keyword
 import os
@@ -128,9 +129,12 @@ def _cell_problems(cell: GenoCell) -> list[str]:
         else:
             fed.add(e.node)
     if not problems:
-        unfed = [n for n in range(lo, hi) if n not in fed]
-        if unfed:
-            problems.append(f"node(s) {unfed} have no incoming edge")
+        # n_nodes comes from the file and may be huge (a typo): list a few unfed nodes, count the rest
+        n_unfed = cell.n_nodes - len(fed)
+        if n_unfed:
+            first = list(itertools.islice((n for n in range(lo, hi) if n not in fed), 10))
+            listed = str(first) if n_unfed <= 10 else f"[{', '.join(map(str, first[:9]))}, ...] ({n_unfed:,} in all)"
+            problems.append(f"node(s) {listed} have no incoming edge")
     if not cell.concat:
         problems.append("concat must name at least one state")
     for s in cell.concat:

@@ -238,6 +238,9 @@ def _json():
     (lambda d: d["cells"]["normal"].update(concat=[2, 2]), "repeats a state"),
     (lambda d: d["cells"]["normal"].update(concat=[]), "concat must name at least one state"),
     (lambda d: d["cells"]["normal"]["edges"].__delitem__(slice(6, 8)), "node(s) [5] have no incoming edge"),
+    # a typo'd node count lists a few unfed nodes, not all of them (10**23 nodes once hung, listing every one)
+    (lambda d: d["cells"]["normal"].update(n_nodes=3_000_000), "node(s) [6, 7, 8, 9, 10, 11, 12, 13, 14, ...] "
+                                                               "(2,999,996 in all) have no incoming edge"),
     (lambda d: d["cells"]["normal"].pop("n_nodes"), "cells.normal: missing key 'n_nodes'"),
     (lambda d: d["cells"]["normal"]["edges"][0].update(op=""), "edges[0].op: expected a non-empty string"),
     (lambda d: d.update(space=3), "space: expected a non-empty string or null"),
