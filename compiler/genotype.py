@@ -21,6 +21,7 @@ import json
 import keyword
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -564,6 +565,9 @@ def parse_any(text: str, *, space: str | None = None) -> Genotype:
             data = json.loads(s)
         except json.JSONDecodeError as e:
             raise GenotypeError(f"invalid genotype JSON: {e.msg} (line {e.lineno}, col {e.colno})") from None
+        except ValueError:  # the one other ValueError: an integer longer than Python converts
+            raise GenotypeError(f"invalid genotype JSON: a number has more than {sys.get_int_max_str_digits():,} "
+                                "digits") from None
         except RecursionError:  # the json module recurses once per nested array or object
             raise GenotypeError("invalid genotype JSON: nested too deeply") from None
         return from_json(data)

@@ -260,8 +260,10 @@ def test_invalid_json(mutate, needle):
     ("[" * 100_000 + "]" * 100_000, "invalid genotype JSON: nested too deeply"),
     ("Genotype(normal=" + "-" * 100_000 + "1)", "nested too deeply"),  # the parser runs out of memory
     ("Genotype(normal=" + "-" * 900 + "1)", "nested too deeply"),  # the AST walk runs out of stack
-], ids=["json-object", "json-list", "darts-parser", "darts-walk"])
-def test_deeply_nested_text_is_an_error_not_a_crash(text, needle):
+    ('{"format": "nasc-genotype/1", "cells": {"c": {"n_inputs": ' + "9" * 5000 + "}}}",
+     "invalid genotype JSON: a number has more than"),  # Python refuses to convert integers this long
+], ids=["json-object", "json-list", "darts-parser", "darts-walk", "json-long-integer"])
+def test_deeply_nested_or_overlong_text_is_an_error_not_a_crash(text, needle):
     with pytest.raises(GenotypeError) as info:
         G.parse_any(text)
     assert needle in info.value.message
