@@ -267,9 +267,10 @@ def from_json(d: Any) -> Genotype:
             edges.append(GenoEdge(node=_jint(e["node"], f"{ew}.node"), input=_jint(e["input"], f"{ew}.input"),
                                   op=_jstr(e["op"], f"{ew}.op")))
         concat = [_jint(s, f"{where}.concat[{k}]") for k, s in enumerate(_jlist(c["concat"], f"{where}.concat"))]
+        # read outside the try below, whose errors are about the cell and get its prefix
+        n_inputs, n_nodes = _jint(c["n_inputs"], f"{where}.n_inputs"), _jint(c["n_nodes"], f"{where}.n_nodes")
         try:
-            cells[name] = GenoCell(n_inputs=_jint(c["n_inputs"], f"{where}.n_inputs"),
-                                   n_nodes=_jint(c["n_nodes"], f"{where}.n_nodes"), edges=edges, concat=concat)
+            cells[name] = GenoCell(n_inputs=n_inputs, n_nodes=n_nodes, edges=edges, concat=concat)
         except GenotypeError as e:
             raise _jerr(where, e.message.removeprefix("invalid cell: ")) from None
     layers = []

@@ -277,6 +277,15 @@ def test_a_file_with_a_byte_order_mark_reads_like_one_without(text, tmp_path):
     assert G.load(path) == G.parse_any(text)
 
 
+@pytest.mark.parametrize("key", ["n_inputs", "n_nodes"])
+def test_a_cell_size_of_the_wrong_type_is_reported_once(key):
+    d = _json()
+    d["cells"]["normal"][key] = "2"
+    with pytest.raises(GenotypeError) as info:
+        G.from_json(d)
+    assert info.value.message == f"invalid genotype JSON: cells.normal.{key}: expected an integer, got '2'"
+
+
 def test_load_errors_name_the_file(tmp_path):
     with pytest.raises(GenotypeError, match="cannot read genotype file .*missing.json"):
         G.load(tmp_path / "missing.json")
