@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import itertools
 import json
 import keyword
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -128,9 +130,12 @@ def _cell_problems(cell: GenoCell) -> list[str]:
         else:
             fed.add(e.node)
     if not problems:
-        unfed = [n for n in range(lo, hi) if n not in fed]
-        if unfed:
-            problems.append(f"node(s) {unfed} have no incoming edge")
+        # n_nodes comes from the file and may be huge (a typo): list a few unfed nodes, count the rest
+        n_unfed = cell.n_nodes - len(fed)
+        if n_unfed:
+            first = list(itertools.islice((n for n in range(lo, hi) if n not in fed), 10))
+            listed = str(first) if n_unfed <= 10 else f"[{', '.join(map(str, first[:9]))}, ...] ({n_unfed:,} in all)"
+            problems.append(f"node(s) {listed} have no incoming edge")
     if not cell.concat:
         problems.append("concat must name at least one state")
     for s in cell.concat:
@@ -262,9 +267,10 @@ def from_json(d: Any) -> Genotype:
             edges.append(GenoEdge(node=_jint(e["node"], f"{ew}.node"), input=_jint(e["input"], f"{ew}.input"),
                                   op=_jstr(e["op"], f"{ew}.op")))
         concat = [_jint(s, f"{where}.concat[{k}]") for k, s in enumerate(_jlist(c["concat"], f"{where}.concat"))]
+        # read outside the try below, whose errors are about the cell and get its prefix
+        n_inputs, n_nodes = _jint(c["n_inputs"], f"{where}.n_inputs"), _jint(c["n_nodes"], f"{where}.n_nodes")
         try:
-            cells[name] = GenoCell(n_inputs=_jint(c["n_inputs"], f"{where}.n_inputs"),
-                                   n_nodes=_jint(c["n_nodes"], f"{where}.n_nodes"), edges=edges, concat=concat)
+            cells[name] = GenoCell(n_inputs=n_inputs, n_nodes=n_nodes, edges=edges, concat=concat)
         except GenotypeError as e:
             raise _jerr(where, e.message.removeprefix("invalid cell: ")) from None
     layers = []
@@ -292,7 +298,8 @@ def save(g: Genotype, path: str | os.PathLike) -> None:
 def load(path: str | os.PathLike) -> Genotype:
     """Read a genotype file in any supported format (JSON, NB201 string, DARTS notation)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        # utf-8-sig drops a byte-order mark (editors on Windows write one), as .nas files do
+        text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise GenotypeError(f"cannot read genotype file {path}: {getattr(e, 'strerror', None) or e}") from e
     try:
@@ -413,7 +420,10 @@ def _darts_cell(name: str, value: Any, concat: Any) -> GenoCell:
 
 def from_darts(text: str, *, space: str | None = None) -> Genotype:
     """Read DARTS-family notation (DARTS, pt.darts/DropNAS, AutoDL, sharpDARTS, SNAS edge_all)."""
-    fields = _genotype_fields(text)
+    try:
+        fields = _genotype_fields(text)
+    except (MemoryError, RecursionError):  # how CPython's parser and the AST walk give up on deep nesting
+        raise _derr("cannot parse: the text is nested too deeply") from None
     for key, value in fields.items():
         if key.endswith("_concat") and key.removesuffix("_concat") not in fields:
             raise _derr(f"field {key!r} has no matching {key.removesuffix('_concat')!r} field")
@@ -556,11 +566,18 @@ def parse_any(text: str, *, space: str | None = None) -> Genotype:
             data = json.loads(s)
         except json.JSONDecodeError as e:
             raise GenotypeError(f"invalid genotype JSON: {e.msg} (line {e.lineno}, col {e.colno})") from None
+        except ValueError:  # the one other ValueError: an integer longer than Python converts
+            raise GenotypeError(f"invalid genotype JSON: a number has more than {sys.get_int_max_str_digits():,} "
+                                "digits") from None
+        except RecursionError:  # the json module recurses once per nested array or object
+            raise GenotypeError("invalid genotype JSON: nested too deeply") from None
         return from_json(data)
     try:  # JSON, but not an object ([1, 2], null): no other notation parses as JSON
         data = json.loads(s)
     except ValueError:
         pass
+    except RecursionError:
+        raise GenotypeError("invalid genotype JSON: nested too deeply", hint=JSON_LAYOUT) from None
     else:
         raise _layout_error(data)
     if s.startswith("|"):

@@ -250,9 +250,10 @@ def _draw_cell(ax, name: str, cell: GenoCell, colors: dict[str, str]) -> None:
         (lx, ly), _ = min(spots, key=lambda sp: (sum(_overlap((*sp[0], w, LABEL_H), b) for b in taken),
                                                  abs(sp[1] - 0.6)))
         taken.append((lx, ly, w, LABEL_H))
+        # op, cell and layer names come from genotype files and are drawn as written: a '$' is no mathtext
         ax.text(lx / sx, ly / sy, op, ha="center", va="center", fontsize=7, color=color, zorder=2,
-                bbox={"boxstyle": "round,pad=0.12", "fc": "white", "ec": "none", "alpha": 0.9})
-    ax.set_title(cell_title(name), fontsize=12)
+                parse_math=False, bbox={"boxstyle": "round,pad=0.12", "fc": "white", "ec": "none", "alpha": 0.9})
+    ax.set_title(cell_title(name), fontsize=12, parse_math=False)
     ax.set_axis_off()
 
 
@@ -261,6 +262,7 @@ def _draw_layers(ax, layers: Sequence[tuple[str, str]], colors: dict[str, str], 
     for i, (layer, op) in enumerate(layers):
         x, y = i % per_row, -(i // per_row)
         box = ax.text(x, y, f"{layer}\n{op}", ha="center", va="center", fontsize=8, zorder=3,
+                      parse_math=False,
                       bbox={"boxstyle": "round,pad=0.4", "fc": NODE_COLOR, "ec": colors[op], "lw": 2.0})
         if i % per_row:
             ax.annotate("", xy=(x, y), xytext=(x - 1, y), zorder=1,

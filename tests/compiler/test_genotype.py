@@ -238,6 +238,9 @@ def _json():
     (lambda d: d["cells"]["normal"].update(concat=[2, 2]), "repeats a state"),
     (lambda d: d["cells"]["normal"].update(concat=[]), "concat must name at least one state"),
     (lambda d: d["cells"]["normal"]["edges"].__delitem__(slice(6, 8)), "node(s) [5] have no incoming edge"),
+    # a typo'd node count lists a few unfed nodes, not all of them (10**23 nodes once hung, listing every one)
+    (lambda d: d["cells"]["normal"].update(n_nodes=3_000_000), "node(s) [6, 7, 8, 9, 10, 11, 12, 13, 14, ...] "
+                                                               "(2,999,996 in all) have no incoming edge"),
     (lambda d: d["cells"]["normal"].pop("n_nodes"), "cells.normal: missing key 'n_nodes'"),
     (lambda d: d["cells"]["normal"]["edges"][0].update(op=""), "edges[0].op: expected a non-empty string"),
     (lambda d: d.update(space=3), "space: expected a non-empty string or null"),
@@ -250,6 +253,37 @@ def test_invalid_json(mutate, needle):
     with pytest.raises(GenotypeError) as info:
         G.from_json(d)
     assert needle in info.value.message
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ('{"format": ' + "[" * 100_000 + "]" * 100_000 + "}", "invalid genotype JSON: nested too deeply"),
+    ("[" * 100_000 + "]" * 100_000, "invalid genotype JSON: nested too deeply"),
+    ("Genotype(normal=" + "-" * 100_000 + "1)", "nested too deeply"),  # the parser runs out of memory
+    ("Genotype(normal=" + "-" * 900 + "1)", "nested too deeply"),  # the AST walk runs out of stack
+    ('{"format": "nasc-genotype/1", "cells": {"c": {"n_inputs": ' + "9" * 5000 + "}}}",
+     "invalid genotype JSON: a number has more than"),  # Python refuses to convert integers this long
+], ids=["json-object", "json-list", "darts-parser", "darts-walk", "json-long-integer"])
+def test_deeply_nested_or_overlong_text_is_an_error_not_a_crash(text, needle):
+    with pytest.raises(GenotypeError) as info:
+        G.parse_any(text)
+    assert needle in info.value.message
+
+
+@pytest.mark.parametrize("text", [json.dumps(G.to_json(G.from_darts(DARTS_V2))), DARTS_V2,
+                                  "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|"])
+def test_a_file_with_a_byte_order_mark_reads_like_one_without(text, tmp_path):
+    path = tmp_path / "genotype.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert G.load(path) == G.parse_any(text)
+
+
+@pytest.mark.parametrize("key", ["n_inputs", "n_nodes"])
+def test_a_cell_size_of_the_wrong_type_is_reported_once(key):
+    d = _json()
+    d["cells"]["normal"][key] = "2"
+    with pytest.raises(GenotypeError) as info:
+        G.from_json(d)
+    assert info.value.message == f"invalid genotype JSON: cells.normal.{key}: expected an integer, got '2'"
 
 
 def test_load_errors_name_the_file(tmp_path):

@@ -111,6 +111,16 @@ def test_nb201_and_chain_genotypes_draw(tmp_path):
     assert '"layer/choice0" -> "layer/choice1"' in V.to_dot(chain)
 
 
+def test_names_with_dollar_signs_are_drawn_as_written(tmp_path):
+    """Genotype JSON names are free text; matplotlib would read '$...$' as mathtext and fail on '\\frac{'."""
+    odd = r"$\frac{$"
+    cell = G.GenoCell(n_inputs=2, n_nodes=1, edges=[G.GenoEdge(node=2, input=0, op=odd),
+                                                      G.GenoEdge(node=2, input=1, op="a$b$")], concat=[2])
+    g = G.Genotype(cells={"cell$": cell}, layers=[("layer$1", odd)])
+    svg = V.draw_genotype(g, tmp_path / "odd.svg").read_text()
+    assert "a$b$" in svg and r"\frac{" in svg
+
+
 def test_unknown_extension_is_an_error(darts, tmp_path):
     with pytest.raises(NascError, match="format"):
         V.draw_genotype(darts, tmp_path / "cells.gif")
