@@ -277,6 +277,9 @@ def from_json(d: Any) -> Genotype:
     for k, item in enumerate(_jlist(d.get("layers", []), "layers")):
         item = _jobject(item, f"layers[{k}]", ("layer", "op"))
         layers.append((_jstr(item["layer"], f"layers[{k}].layer"), _jstr(item["op"], f"layers[{k}].op")))
+    if not cells and not layers:  # would show nothing and train the space's fixed network as if it were chosen
+        raise GenotypeError("invalid genotype JSON: no cells and no layers: it chooses nothing",
+                            hint=JSON_LAYOUT)
     try:
         return Genotype(space=_jstr(d.get("space"), "space", nullable=True),
                         fingerprint=_jstr(d.get("fingerprint"), "fingerprint", nullable=True),

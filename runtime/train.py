@@ -28,7 +28,7 @@ from nasc.compiler.expr import CallValue, evaluate
 from nasc.compiler.ir import SpaceIR, to_json_dict
 from nasc.compiler.pipeline import compile_decl
 from nasc.compiler.resolve import resolve_path
-from nasc.errors import GenotypeError, SearchError, did_you_mean
+from nasc.errors import GenotypeError, NasSemanticError, SearchError, did_you_mean
 from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
 from nasc.runtime.config import check_types, fraction, from_space, non_negative, positive
@@ -183,7 +183,14 @@ def prepare_train(request: TrainRequest) -> TrainJob:
 
 def _prepare_train(request: TrainRequest, genotype: G.Genotype, run_config: Mapping[str, Any] | None) -> TrainJob:
     space = request.space or guess_space(genotype, run_config)
-    decl = resolve_path(space)
+    try:
+        decl = resolve_path(space)
+    except NasSemanticError as e:
+        if request.space or space != genotype.space or e.span is not None or not e.message.startswith("cannot find"):
+            raise
+        # the name came from the genotype file, not from the user: say so, and how to choose another
+        raise GenotypeError(f"the genotype names space {space!r}, which cannot be found",
+                            hint=f"pass --space FILE (the .nas file it was searched in); {e.hint}") from None
     base_params = eval_params(decl, {})  # the train block's own parameters override these below
     train_settings = {k: evaluate(s.value, base_params) for k, s in decl.train.items()}
     params = {k: v for k, v in train_settings.items() if k in decl.params}

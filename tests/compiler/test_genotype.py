@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from nasc.compiler import genotype as G
@@ -444,6 +444,7 @@ def test_random_darts_cells_round_trip(cells):
        st.lists(st.tuples(NAMES, OPS), unique_by=lambda t: t[0], max_size=4),
        st.none() | NAMES)
 def test_random_genotypes_round_trip_through_json(cells, layers, space):
+    assume(cells or layers)  # a file that chooses nothing is refused (test below); nasc never writes one
     g = Genotype(space=space, fingerprint="abc123", cells=cells, layers=tuple(layers))
     assert G.from_json(json.loads(json.dumps(G.to_json(g)))) == g
 
@@ -492,3 +493,10 @@ def test_a_flat_darts_list_with_an_odd_count_points_to_per_node_lists():
     assert "one list per node" in info.value.hint
     per_node = "Genotype(normal=[[('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], [('skip_connect', 0)]], normal_concat=[2, 3])"
     assert [len(G.from_darts(per_node).cells["normal"].incoming(n)) for n in (2, 3)] == [2, 1]
+
+
+@pytest.mark.parametrize("text", ['{"format": "nasc-genotype/1"}',
+                                  '{"format": "nasc-genotype/1", "cells": {}, "layers": []}'])
+def test_a_genotype_file_that_chooses_nothing_is_refused(text):
+    with pytest.raises(GenotypeError, match="no cells and no layers"):
+        G.parse_any(text)

@@ -129,6 +129,19 @@ def test_cli_dry_run_prints_counts():
     assert "input = 3x32x32" in out and "dataset =" not in out and "cutout = 16" in out and "capped" not in out
 
 
+def test_a_space_the_genotype_names_but_nobody_has_says_so_and_suggests_space(tmp_path):
+    genotype = json.loads((GENOTYPES / "darts_v2.json").read_text())
+    genotype["space"] = "darts5"
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(genotype))
+    result = CliRunner().invoke(app, ["train", str(path), "--dry-run", "--input", "3x32x32"])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "the genotype names space 'darts5'" in out and "pass --space FILE" in out and "darts.nas" in out
+    chosen = CliRunner().invoke(app, ["train", str(path), "--space", "darts", "--dry-run", "--input", "3x32x32"])
+    assert chosen.exit_code == 0 and "3,349,342 parameters" in " ".join(chosen.output.split())
+
+
 def test_cli_dry_run_names_no_auxiliary_head_a_space_does_not_have_and_warns_when_one_is_dropped():
     nb = CliRunner().invoke(app, ["train", str(GENOTYPES / "nb201_best_cifar10.json"), "--dry-run"])
     assert nb.exit_code == 0, nb.output
