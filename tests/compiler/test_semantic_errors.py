@@ -177,6 +177,15 @@ def test_cycle_in_a_cell(semantic_error):
     assert err.hint == "edges must go from earlier states to later nodes"
 
 
+def test_edge_from_a_later_node(semantic_error):
+    # acyclic, but against declaration order: was a KeyError in shape inference
+    err = semantic_error("space t(C = 8)\ncell c(x):\n    nodes a, b\n    edge x -> b: [identity]\n"
+                         "    edge b -> a: [identity]\n    output a\n" + NET)
+    assert err.message == "cell 'c': edge b -> a goes from a later node to an earlier one"
+    assert where(err) == (5, 5)
+    assert err.hint == "edges must go from earlier states to later nodes; declare 'b' before 'a'"
+
+
 def test_node_that_reaches_no_output(semantic_error):
     err = semantic_error("space t(C = 8)\ncell c(x):\n    nodes a, b\n    edge x -> a: [identity]\n"
                          "    edge x -> b: [identity]\n    output b\n" + NET)
