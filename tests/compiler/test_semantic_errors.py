@@ -525,6 +525,14 @@ def test_different_arguments_are_different_candidates(compile_text):
     assert len(ir.alpha_groups["normal"]["rows"][0]["ops"]) == 4
 
 
+def test_candidates_with_context_arguments_are_named_as_written(compile_text):
+    # a context name used to show as its internal tree: "conv(3, ['var', 'stride'])"
+    ir = compile_text(space("[conv(3, stride), conv(k = 5, stride = stride, dilation = 2), dw(3), "
+                            "conv(1, stride, bias = not searching)]"))
+    assert ir.alpha_groups["normal"]["rows"][0]["ops"] == [
+        "conv(3, stride)", "conv(k=5, stride=stride, dilation=2)", "dw(3)", "conv(1, stride, bias=not searching)"]
+
+
 def test_a_parameter_declared_twice(semantic_error):
     err = semantic_error(space().replace("space t(C = 16, classes = 10)", "space t(C = 16, classes = 10, C = 8)"))
     assert err.message == "parameter 'C' is declared twice"
