@@ -25,6 +25,15 @@ def check_graph(ir: SpaceIR) -> SpaceIR:
                                            span=g.edges[u, v]["edge"].span,
                                            hint="edges must go from earlier states to later nodes"))
             continue
+        # acyclic is not enough: states are computed (and numbered in genotypes) in declaration order
+        backward = [(u, v) for u, v in g.edges if g.nodes[u]["index"] > g.nodes[v]["index"]]
+        if backward:
+            u, v = min(backward, key=lambda e: (g.nodes[e[1]]["index"], g.nodes[e[0]]["index"]))
+            errors.append(NasSemanticError(f"cell {name!r}: edge {u} -> {v} goes from a later node to an earlier one",
+                                           span=g.edges[u, v]["edge"].span,
+                                           hint=f"edges must go from earlier states to later nodes; "
+                                                f"declare {u!r} before {v!r}"))
+            continue
         nodes = [n for n in g.nodes if g.nodes[n]["kind"] == "node"]
         if not nodes:
             errors.append(NasSemanticError(f"cell {name!r} has no intermediate nodes", span=span,

@@ -42,8 +42,21 @@ def layer_choices(ir: SpaceIR) -> dict[str, set[str]]:
     return {g: set(info["rows"][0]["ops"]) for g, info in ir.alpha_groups.items() if info["kind"] == "choice"}
 
 
+def fit_cell_names(ir: SpaceIR, genotype: Genotype) -> Genotype:
+    """The genotype with an NB201 string's cell (always read as `cell`) named after the space's one cell.
+
+    An NB201 string carries no cell name, so the string `nasc search` prints for a
+    space whose only cell is called, say, `c` must still fit that space.
+    """
+    groups = [g for g, info in ir.alpha_groups.items() if info["kind"] == "cell"]
+    if list(genotype.cells) != ["cell"] or len(groups) != 1 or groups[0] == "cell":
+        return genotype
+    return attrs.evolve(genotype, cells={groups[0]: genotype.cells["cell"]})
+
+
 def check_fits(ir: SpaceIR, genotype: Genotype) -> None:
     """Raise one GenotypeError unless the genotype's cells, edges and ops exist in the compiled network."""
+    genotype = fit_cell_names(ir, genotype)
     shapes = cell_shapes(ir)
     stacked = [layer.cell for layer in ir.layers() if layer.kind == "cell"]
     for name in genotype.cells:
@@ -71,6 +84,7 @@ def specialise_to_genotype(ir: SpaceIR, genotype: Genotype) -> SpaceIR:
     """
     if not ir.alpha_groups:
         raise GenotypeError(f"space {ir.name!r} has no choices; there is nothing for a genotype to decide")
+    genotype = fit_cell_names(ir, genotype)
     check_fits(ir, genotype)
     notes = list(ir.meta.get("warnings", [])) + selection_notes(ir, genotype)
     out = ir.copy()

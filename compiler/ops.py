@@ -48,7 +48,24 @@ def canonical_name(call: A.OpCall, env: Mapping[str, Any]) -> str:
 
 
 def _fmt(v: Any) -> str:
+    if is_sym(v):  # a value that depends on the edge, e.g. `conv(3, stride)`: written as in the source
+        return _fmt_sym(v)
     return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _fmt_sym(v: Any, outer: bool = True) -> str:
+    if not is_sym(v):
+        return _fmt(v)
+    head = v[0]
+    if head == "var":
+        return v[1]
+    if head == "neg":
+        text = f"-{_fmt_sym(v[1], False)}"
+    elif head == "not":
+        text = f"not {_fmt_sym(v[1], False)}"
+    else:
+        text = f"{_fmt_sym(v[1], False)} {head} {_fmt_sym(v[2], False)}"
+    return text if outer else f"({text})"
 
 
 class OpResolver:

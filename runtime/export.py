@@ -544,9 +544,12 @@ def _cell_init(ir: SpaceIR, lid: str, layer, module: Cell, cls: str, helpers: _H
 
 def load_source(path: str | Path, name: str = "nasc_exported") -> Any:
     """Import a generated file as a fresh module (not entered in sys.modules)."""
+    import importlib.machinery
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, path)
+    # an explicit loader: without one, a file not named *.py (`-o net.txt`) has no spec at all
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

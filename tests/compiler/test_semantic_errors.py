@@ -177,6 +177,15 @@ def test_cycle_in_a_cell(semantic_error):
     assert err.hint == "edges must go from earlier states to later nodes"
 
 
+def test_edge_from_a_later_node(semantic_error):
+    # acyclic, but against declaration order: was a KeyError in shape inference
+    err = semantic_error("space t(C = 8)\ncell c(x):\n    nodes a, b\n    edge x -> b: [identity]\n"
+                         "    edge b -> a: [identity]\n    output a\n" + NET)
+    assert err.message == "cell 'c': edge b -> a goes from a later node to an earlier one"
+    assert where(err) == (5, 5)
+    assert err.hint == "edges must go from earlier states to later nodes; declare 'b' before 'a'"
+
+
 def test_node_that_reaches_no_output(semantic_error):
     err = semantic_error("space t(C = 8)\ncell c(x):\n    nodes a, b\n    edge x -> a: [identity]\n"
                          "    edge x -> b: [identity]\n    output b\n" + NET)
@@ -514,6 +523,14 @@ def test_the_same_candidate_spelled_differently(semantic_error, cands, message, 
 def test_different_arguments_are_different_candidates(compile_text):
     ir = compile_text(space("[dw(3), dw(k = 5), conv(3, stride), conv(3, stride, dilation = 2)]"))
     assert len(ir.alpha_groups["normal"]["rows"][0]["ops"]) == 4
+
+
+def test_candidates_with_context_arguments_are_named_as_written(compile_text):
+    # a context name used to show as its internal tree: "conv(3, ['var', 'stride'])"
+    ir = compile_text(space("[conv(3, stride), conv(k = 5, stride = stride, dilation = 2), dw(3), "
+                            "conv(1, stride, bias = not searching)]"))
+    assert ir.alpha_groups["normal"]["rows"][0]["ops"] == [
+        "conv(3, stride)", "conv(k=5, stride=stride, dilation=2)", "dw(3)", "conv(1, stride, bias=not searching)"]
 
 
 def test_a_parameter_declared_twice(semantic_error):

@@ -253,3 +253,13 @@ def test_a_fixed_edge_named_in_the_genotype_is_kept():
         derived = specialise_to_genotype(ir, g)
         assert sorted(e.key for e in derived.cell_edges("c")) == ["n0<-x", "n1<-n0", "n1<-x"]
         assert not derived.meta.get("warnings")
+
+
+def test_an_nb201_string_fits_a_one_cell_space_whatever_the_cell_is_called():
+    """`nasc search` prints a one-input, one-cell genotype as an NB201 string, which names no cell."""
+    ir = compile_space("toy.nas", text=FIXED_EDGE_SPACE)
+    g = G.from_nb201("|c3~0|+|identity~0|identity~1|")
+    assert list(g.cells) == ["cell"]
+    derived = specialise_to_genotype(ir, g)
+    assert sorted(e.key for e in derived.cell_edges("c")) == ["n0<-x", "n1<-n0", "n1<-x"]
+    assert [e.candidates for e in derived.cell_edges("c")] == [("c3",), ("identity",), ("identity",)]

@@ -221,6 +221,15 @@ def test_cli_export_pytorch_default_name(tmp_path):
     assert "untrained" in result.output and "checked" in result.output
 
 
+def test_cli_export_pytorch_to_a_file_not_named_py(tmp_path):
+    # importing the generated file for the check was an internal error (no module spec) for any other suffix
+    text, sets, _ = SMALL["nb201"]
+    result = runner.invoke(app, ["export", text, "--space", "nb201", *sets, "-o", "net.txt"])
+    assert result.exit_code == 0, result.output
+    assert "checked" in result.output
+    assert "class Network" in (tmp_path / "net.txt").read_text()
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_cli_export_torchscript(tmp_path):
     text, sets, _ = SMALL["nb201"]
