@@ -73,7 +73,10 @@ class OpResolver:
 
     def __init__(self, decl: SpaceDecl, params: Mapping[str, Any]):
         self.decl = decl
-        self.params = dict(params)
+        # what names mean in op bodies and candidate lists: the space parameters, except that a context
+        # name (`C`, `stride`, ...) means the edge's value there even where a parameter has that name
+        # (DARTS-like spaces have a parameter C; sharpDARTS' flood conv is `conv(1, out = 4 * C)`)
+        self.params = {k: v for k, v in params.items() if k not in _SYMS}
         self.templates: dict[str, OpTemplate] = {}
         self._patterns = [(pattern_regex(name), d) for name, d in decl.patterns.items()]
         self._active: list[str] = []

@@ -337,3 +337,25 @@ def test_one_hot_supernet_equals_the_derived_network(space, text):
     supernet.train()
     derived.train()
     torch.testing.assert_close(supernet(x), derived(x), rtol=1e-4, atol=1e-5)
+
+
+def test_context_names_in_op_bodies_and_candidate_lists_mean_the_edges_values_over_a_parameter():
+    """docs/language.md: inside an op body `C` is the edge's channels even though the space has a parameter C.
+
+    sharpDARTS' flood conv widens its middle to 4·C of the edge (official SharpSepConv: C_mid = 4·C_out);
+    evaluated with the parameter it was a constant 4·16 in every cell.
+    """
+    text = ('space flood extends "sharpdarts.nas"\n'
+            "ops darts_ops = [flood_conv_3x3, conv(1, stride, out = C), skip_connect]\n")
+    ir = compile_space("flood.nas", text=text, params={"C": 4, "layers": 3}, input_shape=(3, 8, 8))
+    net = build_supernet(ir, load_relaxation("softmax"), generator=torch.Generator().manual_seed(0))
+    widths = set()
+    for edge in (m for m in net.modules() if hasattr(m, "names") and hasattr(m, "candidates")):
+        flood = [m for m in edge.candidates[edge.names.index("flood_conv_3x3")].modules() if isinstance(m, nn.Conv2d)]
+        middle, last = flood[1], flood[-1]
+        assert middle.out_channels == 4 * last.out_channels
+        inline = next(m for m in edge.candidates[1].modules() if isinstance(m, nn.Conv2d))
+        assert inline.out_channels == last.out_channels
+        widths.add(last.out_channels)
+    assert widths == {4, 8, 16}
+    assert ir.alpha_groups["normal"]["rows"][0]["ops"][1] == "conv(1, stride, out=C)"  # named as written
