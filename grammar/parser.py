@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from importlib import resources
 
 from lark import Lark, Token
@@ -113,6 +114,8 @@ def parse_expr(text: str, file: str = "<string>") -> A.Expr:
 def _parse(text: str, file: str, start: str):
     if text.startswith("\ufeff"):  # a UTF-8 byte-order mark: editors hide it, so columns count without it
         text = text[1:]
+    if "\r" in text:  # classic Mac line ends (a lone CR) are line ends too; one character each, so spans hold
+        text = re.sub(r"\r(?!\n)", "\n", text)
     try:
         tree = get_parser().parse(text, start=start)
     except UnexpectedInput as err:

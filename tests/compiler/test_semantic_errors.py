@@ -627,6 +627,15 @@ def test_a_byte_order_mark_is_accepted_and_columns_ignore_it(semantic_error, com
     assert err.render(text).splitlines()[1:3] == ["  op x = reluu", "         ^^^^^"]
 
 
+
+@pytest.mark.parametrize("newline", ["\r", "\r\n"], ids=["classic-mac", "windows"])
+def test_carriage_return_line_ends_are_line_ends(newline, semantic_error, compile_text):
+    assert compile_text(space().replace("\n", newline)).name == "t"
+    text = space("[none, sep_conv3x3]").replace("\n", newline)
+    err = semantic_error(text)
+    assert where(err) == (9, LIST_COL + 6)
+    assert "sep_conv3x3" in err.render(text).splitlines()[1]
+
 # ---- runaway sizes ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("header, col", [("space t(C = 99999999999999999999999, classes = 10)", 13),
