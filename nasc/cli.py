@@ -44,8 +44,13 @@ def fail(error: NascError) -> None:
     raise typer.Exit(code=1)
 
 
-def parse_value(text: str) -> Any:
-    """A command-line value: int, float, true/false, or a string."""
+def parse_value(text: str, where: str = "value") -> Any:
+    """A command-line value: int, float, true/false, a tuple or list, or a string.
+
+    A value in ( ) or [ ] is read as in a `.nas` file (`arch_betas=(0.5, 0.999)`,
+    `stages=[stage(layers = 5, keep = 8)]`), with bare names in it taken as text
+    (`free_ops=[none, skip_connect]`): kept as a string, no setting could take a tuple or list.
+    """
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
@@ -54,7 +59,33 @@ def parse_value(text: str) -> Any:
             return kind(text)
         except ValueError:
             pass
+    if text[:1] in ("(", "["):
+        return _parse_collection(text, where)
     return text
+
+
+def _parse_collection(text: str, where: str) -> Any:
+    import attrs
+
+    from nasc.compiler.expr import evaluate
+    from nasc.grammar import ast as A
+    from nasc.grammar.parser import parse_expr
+
+    def names(node: Any) -> set[str]:
+        if isinstance(node, A.Name):
+            return {node.id}
+        if isinstance(node, tuple):
+            return set().union(*map(names, node))
+        if attrs.has(type(node)):
+            return set().union(*(names(getattr(node, f.name)) for f in attrs.fields(type(node))))
+        return set()
+
+    try:
+        expr = parse_expr(text, where)
+        return evaluate(expr, {n: n for n in names(expr)})
+    except NascError as e:
+        col = f" (column {e.span.col})" if e.span and e.span.col > 1 else ""
+        raise typer.BadParameter(f"{where}: {e.message}{col}" + (f"; {e.hint}" if e.hint else "")) from None
 
 
 def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
@@ -64,7 +95,7 @@ def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
             raise typer.BadParameter(f"{what} must look like NAME=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         out[key.strip()] = parse_param(value.strip(), f"{what} {item}") if what == "--set" else \
-            parse_value(value.strip())
+            parse_value(value.strip(), f"{what} {item}")
     return out
 
 

@@ -504,6 +504,10 @@ def reselect(run_path: str | Path, select: str, select_options: Mapping[str, Any
     if not Path(request.space).is_file():
         raise SearchError(f"the run's space file {request.space} no longer exists")
     job = resuming_with(config.get("plugins") or [], lambda: prepare(request))
+    if job.config.stages:  # the checkpoint holds the last stage's supernet; `job` is the first stage's
+        raise SearchError("nasc select cannot re-select a progressive (P-DARTS) run",
+                          hint="its checkpoint holds the last stage's supernet; search again with "
+                               "--select instead")
     state = run.load_checkpoint(job.ir.meta["fingerprint"])
     trainer = Trainer(job)
     trainer.load_state(state)

@@ -4,9 +4,9 @@ The candidates of every edge are split into two groups, parameterised and
 parameter-free. A candidate is parameter-free when the compiler's cost model
 gives it 0 parameters on that edge in every layer of its α group
 (`ir.meta["costs"]`; affine-free BN after a pool counts as free), or, with
-`free_ops = [...]`, when its name is listed (DropNAS groups by name: on the
-DARTS space `free_ops = [none, max_pool_3x3, avg_pool_3x3, skip_connect]`
-also puts the stride-2 skip, a parameterised factorized reduce, in the free
+`free_ops`, when its name is listed (DropNAS groups by name: on the DARTS
+space `--relax-opt free_ops=[none, max_pool_3x3, avg_pool_3x3, skip_connect]`,
+in a `.nas` file `free_ops = ["none", "max_pool_3x3", ...]`, also puts the stride-2 skip, a parameterised factorized reduce, in the free
 group, as the DropNAS code does).
 
 In the training phases ("arch", "weights"), once per forward pass and α group
@@ -58,7 +58,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nasc.errors import BuildError
+from nasc.errors import BuildError, did_you_mean
 from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, Relaxation, masked_softmax
 
 PARAM, FREE, PAD = 0, 1, -1
@@ -112,6 +112,13 @@ class DropoutGroup(Relaxation):
 
     # ---- construction ----
     def setup(self, ir: Any, net: nn.Module) -> None:
+        if self.free_ops is not None:  # a misspelt name would silently leave its op in the parameterised group
+            known = {op for ops in net.group_ops.values() for row in ops for op in row}
+            unknown = sorted(self.free_ops - known)
+            if unknown:
+                raise BuildError(f"dropout-group option free_ops names {unknown[0]!r}, which is no candidate of "
+                                 f"space {getattr(ir, 'name', '?')!r}",
+                                 hint=did_you_mean(unknown[0], known) or f"candidates: {', '.join(sorted(known))}")
         costs = (getattr(ir, "meta", None) or {}).get("costs", {}).get("layers", {})
         for g, alpha in net.alphas.items():
             layers = ir.alpha_groups[g]["layers"]

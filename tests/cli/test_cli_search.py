@@ -165,6 +165,22 @@ def test_search_unknown_option_names_the_closest(tmp_path):
     _no_traceback(result)
 
 
+def test_tuple_and_list_values_on_the_command_line(tmp_path):
+    """`--opt arch_betas=(0.5, 0.9)` once stayed the string '(0.5, 0.9)' and was refused as 'must be 2 numbers,
+    e.g. (0.5, 0.5)'; `--relax-opt free_ops=[none, skip_connect]` became the names '[none' and 'skip_connect]'."""
+    result = runner.invoke(app, ["search", "--set", "C=4", "--set", "layers=3", "--relax", "dropnas", "--dry-run",
+                                 "--opt", "arch_betas=(0.5, 0.9)", "--relax-opt", "free_ops=[none, skip_connect]",
+                                 "--select-opt", "exclude=[none, skip_connect]"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "arch_betas (0.5, 0.9)" in text
+    assert "'free_ops': ['none', 'skip_connect']" in text
+    assert "'exclude': ['none', 'skip_connect']" in text
+    result = runner.invoke(app, ["search", "--dry-run", "--opt", "arch_betas=(0.5,"])
+    assert result.exit_code == 2 and "arch_betas=(0.5," in result.output
+    _no_traceback(result)
+
+
 def test_first_and_second_order_exclude_each_other():
     result = runner.invoke(app, ["search", "nb201", "--first-order", "--second-order"])
     assert result.exit_code == 2

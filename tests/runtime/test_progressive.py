@@ -269,6 +269,15 @@ def test_run_writes_the_genotype_and_metrics(resumed_run):
         resume(run)
 
 
+def test_reselect_refuses_a_progressive_run_clearly(resumed_run):
+    """`nasc select` on a P-DARTS run once failed with 'Error(s) in loading state_dict for Network:'."""
+    from nasc.runtime.search import reselect
+
+    run, _, _ = resumed_run
+    with pytest.raises(SearchError, match="cannot re-select a progressive"):
+        reselect(run, "magnitude")
+
+
 @pytest.mark.slow
 def test_resumed_run_equals_an_uninterrupted_one(resumed_run, space_file, tmp_path):
     run, _, _ = resumed_run

@@ -295,6 +295,14 @@ def test_preset_loads():
     assert cfg.weight_decay == 4e-5 and cfg.nesterov and cfg.lr_min == 0.0
 
 
+def test_space_file_searches_as_the_preset(proxyless):
+    """spaces/proxyless.nas writes out the preset's settings; it once left out arch_every = 5 (α every step)."""
+    ir, _, _ = proxyless
+    from_file = make_config(ir.search, {})
+    for key, value in preset("proxylessnas")[1].items():
+        assert getattr(from_file, key) == value, key
+
+
 def _search(tmp_path, request):
     from nasc.runtime.search import prepare, run_search
 

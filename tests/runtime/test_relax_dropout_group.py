@@ -61,6 +61,14 @@ def test_groups_from_costs_and_by_name(ir):
     assert named._plans["reduce"].kind.tolist() == [[FREE] * 4 + [PARAM] * 4] * len(net.group_rows["reduce"])
 
 
+def test_free_ops_must_name_candidates(ir):
+    """A misspelt free_ops name once left skip_connect silently in the parameterised group."""
+    relax = load_relaxation("dropnas", {"free_ops": ["none", "skip_conect"]})
+    with pytest.raises(BuildError, match="free_ops names 'skip_conect'") as e:
+        supernet(ir, relax)
+    assert "skip_connect" in e.value.hint
+
+
 def test_dropped_ops_get_exactly_zero_gradient(ir):
     relax = load_relaxation("dropout-group", {"r": 0.5})
     net = supernet(ir, relax)
