@@ -5,9 +5,13 @@ DARTS-PT measures it: for each edge, in a seeded random order, the op whose
 removal hurts validation accuracy most is kept and the edge is fixed to it
 (one-hot); the supernet is fine-tuned between decisions. Then, for every node
 with more than k inputs (random order), the edge whose removal *least* hurts
-accuracy is dropped until k remain. Defaults follow ruocwang/darts-pt
-(sota/cnn/projection.py): 5 tuning epochs between decisions at lr/10,
-selection by accuracy on the whole validation split.
+accuracy is dropped until k remain. The schedule follows ruocwang/darts-pt
+(sota/cnn/projection.py): each step decides one edge (later one node with
+more than k inputs) of every cell type, then tunes 5 epochs, except after the
+last step, whose tuning could no longer change the genotype; tuning uses a
+fresh SGD (no momentum from the search) at a constant lr/10 (the official
+code makes a cosine scheduler there but never steps it), with α still
+updated; selection is by accuracy on the whole validation split.
 
 The projection works on the relaxation's per-pass weights through
 `Network.weight_transform`, so it applies to any relaxation whose edges are
@@ -94,32 +98,17 @@ class Perturbation(Selector):
         net.weight_transform = proj
         try:
             self.tune_lr = trainer.job.config.lr * float(self.options["tune_lr_factor"])
-            undecided = [(g, r) for g in net.alphas for r in range(len(net.group_rows[g]))]
-            # DARTS-PT projects one edge of every group (normal and reduce) per decision step
-            order = {g: [r for gg, r in undecided if gg == g] for g in net.alphas}
-            for rows in order.values():
-                rng.shuffle(rows)
-            steps = max(len(v) for v in order.values()) if order else 0
-            for step in range(steps):
-                for g, rows in order.items():
-                    if step >= len(rows):
-                        continue
-                    row = rows[step]
-                    scores = []
-                    for op in range(len(net.group_ops[g][row])):
-                        proj.masked_op = (g, row, op)
-                        scores.append(self._score(trainer))
-                    proj.masked_op = None
-                    names = net.group_ops[g][row]
-                    allowed = [i for i, n in enumerate(names) if n not in exclude] or list(range(len(names)))
-                    chosen = min(allowed, key=lambda i: (scores[i], i))  # removal hurts most
-                    proj.decided[g][row] = chosen
-                    emit({"type": "select", "selector": self.name, "stage": "op", "group": g,
-                          "edge": net.group_rows[g][row], "chosen": names[chosen],
-                          "without": {names[i]: scores[i] for i in range(len(names))}})
-                self._tune(trainer, emit)
+            # the official code tunes with a new SGD (momentum buffers empty) at a constant lr/10: its
+            # cosine scheduler is made but never stepped
+            trainer.w_opt.state.clear()
+            steps = self._op_steps(net, rng, exclude)
             if self.options["topology"] and per == "node":
-                self._topology(net, ir, proj, trainer, rng, k, emit)
+                steps += self._topology_steps(net, ir, rng, k)
+            for i, step in enumerate(steps):
+                for decide in step:
+                    decide(proj, trainer, emit)
+                if i < len(steps) - 1:  # after the last decision the genotype is fixed: tuning would be wasted
+                    self._tune(trainer, emit)
             probs = self._final(net, proj)
             genotype = derive(ir, net, per=per if self.options["topology"] else "edge", k=k,
                               exclude=frozenset(), probs=probs)
@@ -140,30 +129,68 @@ class Perturbation(Selector):
             emit({"type": "select", "selector": self.name, "stage": "tune", "val_acc": record["val_acc"],
                   "val_loss": record["val_loss"]})
 
-    def _topology(self, net: Network, ir: SpaceIR, proj: Projection, trainer, rng, k: int, emit) -> None:
+    # ---- decision steps: DARTS-PT decides for every group (normal and reduce) at each step, then tunes ----
+    def _op_steps(self, net: Network, rng: random.Random, exclude) -> list[list[Callable]]:
+        """One step per edge index: the k-th edge (seeded random order) of every group gets its op."""
+        order = {g: list(range(len(net.group_rows[g]))) for g in net.alphas}
+        for rows in order.values():
+            rng.shuffle(rows)
+        n = max((len(rows) for rows in order.values()), default=0)
+        return [[self._decide_op(net, g, rows[i], exclude) for g, rows in order.items() if i < len(rows)]
+                for i in range(n)]
+
+    def _decide_op(self, net: Network, g: str, row: int, exclude) -> Callable:
+        def decide(proj: Projection, trainer, emit) -> None:
+            scores = []
+            for op in range(len(net.group_ops[g][row])):
+                proj.masked_op = (g, row, op)
+                scores.append(self._score(trainer))
+            proj.masked_op = None
+            names = net.group_ops[g][row]
+            allowed = [i for i, n in enumerate(names) if n not in exclude] or list(range(len(names)))
+            chosen = min(allowed, key=lambda i: (scores[i], i))  # removal hurts most
+            proj.decided[g][row] = chosen
+            emit({"type": "select", "selector": self.name, "stage": "op", "group": g,
+                  "edge": net.group_rows[g][row], "chosen": names[chosen],
+                  "without": {names[i]: scores[i] for i in range(len(names))}})
+        return decide
+
+    def _topology_steps(self, net: Network, ir: SpaceIR, rng: random.Random, k: int) -> list[list[Callable]]:
+        """One step per node index: the k-th node (random order) with more than k inputs, of every cell group."""
+        order: dict[str, list[tuple[Any, list[int]]]] = {}
         for g, info in ir.alpha_groups.items():
             if info["kind"] != "cell":
                 continue
             cell = ir.cells[info["cell"]]
             row_of = {key: r for r, key in enumerate(net.group_rows[g])}
-            nodes = [n for n in cell.graph["nodes"]]
+            nodes = list(cell.graph["nodes"])
             rng.shuffle(nodes)
+            order[g] = []
             for node in nodes:
                 rows = [row_of[cell.edges[u, node]["edge"].key] for u in cell.predecessors(node)
                         if cell.edges[u, node]["edge"].key in row_of]
-                while len(rows) > k:
-                    scores = {}
-                    for r in rows:
-                        proj.masked_row = (g, r)
-                        scores[r] = self._score(trainer)
-                    proj.masked_row = None
-                    drop = max(rows, key=lambda r: (scores[r], -r))  # removal hurts least
-                    proj.removed[g].add(drop)
-                    rows.remove(drop)
-                    emit({"type": "select", "selector": self.name, "stage": "topology", "group": g, "node": node,
-                          "removed": net.group_rows[g][drop],
-                          "without": {net.group_rows[g][r]: s for r, s in scores.items()}})
-                self._tune(trainer, emit)
+                if len(rows) > k:  # a node already at k inputs needs no decision (nor tuning after it)
+                    order[g].append((node, rows))
+        n = max((len(nodes) for nodes in order.values()), default=0)
+        return [[self._decide_edges(net, g, *nodes[i], k) for g, nodes in order.items() if i < len(nodes)]
+                for i in range(n)]
+
+    def _decide_edges(self, net: Network, g: str, node: Any, rows: list[int], k: int) -> Callable:
+        def decide(proj: Projection, trainer, emit) -> None:
+            left = list(rows)
+            while len(left) > k:
+                scores = {}
+                for r in left:
+                    proj.masked_row = (g, r)
+                    scores[r] = self._score(trainer)
+                proj.masked_row = None
+                drop = max(left, key=lambda r: (scores[r], -r))  # removal hurts least
+                proj.removed[g].add(drop)
+                left.remove(drop)
+                emit({"type": "select", "selector": self.name, "stage": "topology", "group": g, "node": node,
+                      "removed": net.group_rows[g][drop],
+                      "without": {net.group_rows[g][r]: sc for r, sc in scores.items()}})
+        return decide
 
     @staticmethod
     def _final(net: Network, proj: Projection) -> dict[str, torch.Tensor]:

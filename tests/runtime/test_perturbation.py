@@ -92,3 +92,34 @@ def test_pt_end_to_end_and_reselection_keeps_the_original(tmp_path, space, extra
     assert result.exit_code == 0, result.output
     assert (run / "genotype-magnitude.json").is_file()
     assert (run / "genotype.json").read_bytes() == before  # `nasc select` never overwrites the run's genotype
+
+
+def test_each_step_decides_for_normal_and_reduce_then_tunes_once_with_fresh_momentum(monkeypatch):
+    """As ruocwang/darts-pt's projection loop: per step one edge (then one node with more than two
+    inputs) of each cell type, a tuning after each step but the last, a new SGD before tuning."""
+    from nasc.runtime.perturbation import Perturbation
+
+    job = prepare(Request(space="darts", params={"C": 4, "layers": 3}, overrides={"batch": 16, "epochs": 1}))
+    trainer = Trainer(job)
+    first = trainer.w_opt.param_groups[0]["params"][0]
+    trainer.w_opt.state[first]["momentum_buffer"] = torch.ones_like(first)  # as the search leaves it
+    seen = []
+
+    def tune(self, trainer, emit):
+        proj = job.net.weight_transform
+        seen.append(({g: len(d) for g, d in proj.decided.items()}, {g: len(r) for g, r in proj.removed.items()},
+                     len(trainer.w_opt.state)))
+    monkeypatch.setattr(Perturbation, "_tune", tune)
+    scores = iter(torch.rand(1000, generator=torch.Generator().manual_seed(0)).tolist())
+    monkeypatch.setattr(Perturbation, "_score", lambda self, trainer: next(scores))  # the steps, not the scores
+    decisions = []
+    genotype = load_selector("perturbation").select(job.net, job.ir, trainer=trainer,
+                                                                         emit=decisions.append)
+    assert seen[0][2] == 0  # the first tuning starts without the search's momentum
+    # 14 op steps and 3 node steps (n1, n2, n3 have 3, 4, 5 inputs; n0 has 2): 16 tunings, none after the last
+    assert [d for d, _, _ in seen] == [{"normal": i, "reduce": i} for i in range(1, 15)] + [{"normal": 14,
+                                                                                            "reduce": 14}] * 2
+    removed = [r for _, r, _ in seen[14:]]  # each group's nodes in its own random order: 1, 2 or 3 edges each
+    assert all(0 < r[g] < 6 for r in removed for g in r) and all(removed[0][g] < removed[1][g] for g in removed[0])
+    assert sum(d["stage"] == "topology" for d in decisions) == 2 * (1 + 2 + 3)
+    assert all(len(genotype.cells[c].edges) == 8 for c in ("normal", "reduce"))
