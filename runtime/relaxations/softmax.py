@@ -26,9 +26,10 @@ class Softmax(Relaxation):
     defaults: dict[str, Any] = {"weighting": "scalar"}
     presets = {
         "darts": ({}, {}),
-        # sharpDARTS README: batch 48, 120 epochs, cosine power annealing 0.025 -> 1e-4 (exponent 2, warm-up 5)
+        # sharpDARTS README: batch 48, 120 epochs, cosine power annealing 0.025 -> 1e-4 (exponent 2, warm-up 5),
+        # --cutout (length 16; its --autoaugment has no nasc counterpart)
         "sharpdarts": ({"weighting": "max_w"}, {"batch": 48, "epochs": 120, "schedule": "cosine_power",
-                                                "lr_min": 1e-4, "schedule_exponent": 2.0, "warmup": 5}),
+                                                "lr_min": 1e-4, "schedule_exponent": 2.0, "warmup": 5, "cutout": 16}),
     }
 
     def __init__(self, options: Mapping[str, Any] | None = None):

@@ -115,6 +115,7 @@ def test_max_w_weighting_follows_sharpdarts_formula():
     relax = load_relaxation("sharpdarts")
     assert relax.options["weighting"] == "max_w"
     assert preset("sharpdarts")[1]["schedule"] == "cosine_power"
+    assert preset("sharpdarts")[1]["cutout"] == 16  # the README's search command has --cutout, as the space file
     alpha = torch.tensor([[0.5, -1.0, 2.0, 0.0], [0.1, 0.2, 0.3, 0.0]])
     mask = torch.tensor([[True, True, True, True], [True, True, True, False]])
     w = masked_softmax(alpha, mask)
