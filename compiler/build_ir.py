@@ -7,6 +7,7 @@ Everything here is naming and bookkeeping; checks that need the whole graph
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -31,8 +32,9 @@ class FollowOn(Exception):
 class Collector:
     """Gathers errors so one compile reports every independent mistake."""
 
-    def __init__(self) -> None:
+    def __init__(self, imported_params: Mapping[str, str] | None = None) -> None:
         self.errors: list[NascError] = []
+        self.imported_params = dict(imported_params or {})
 
     def run(self, fn, *args, **kwargs):
         try:
@@ -54,8 +56,19 @@ class Collector:
                 if key not in seen:
                     seen.add(key)
                     unique.append(e)
+            for e in unique:
+                self._hint_imported_param(e)
             first = unique[0]
             raise NasSemanticError(first.message, span=first.span, hint=first.hint, errors=unique)
+
+
+    def _hint_imported_param(self, e: NascError) -> None:
+        """An unknown name that an imported file declares as a parameter: say why it is not in scope."""
+        for name, file in self.imported_params.items():
+            if e.message == f"unknown name {name!r}":
+                e.hint = (f"{name!r} is a parameter of {Path(file).name}, and `import` brings definitions, not "
+                          f"parameters: declare it in this space's header, e.g. `space NAME({name} = ...)`, "
+                          "or use `extends`")
 
 
 def eval_params(decl: SpaceDecl, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -545,7 +558,7 @@ def check_definitions(decl: SpaceDecl, ops: OpResolver, errs: Collector) -> None
 def build_ir(decl: SpaceDecl, overrides: Mapping[str, Any] | None = None) -> SpaceIR:
     """The raw IR of a resolved space (before passes)."""
     params = eval_params(decl, overrides or {})
-    errs = Collector()
+    errs = Collector({k: v for k, v in decl.imported_params.items() if k not in decl.params})
     ops = OpResolver(decl, params)
     cells = build_cells(decl, ops, params, errs)
     check_definitions(decl, OpResolver(decl, params), errs)  # a scratch resolver: the IR keeps only used ops

@@ -39,6 +39,8 @@ class SpaceDecl:
     search: dict[str, A.Setting] = attrs.field(factory=dict)
     train: dict[str, A.Setting] = attrs.field(factory=dict)
     files: list[str] = attrs.field(factory=list)  # every file read, in order
+    # parameters of imported files, which `import` does not bring in: name -> file (for a hint)
+    imported_params: dict[str, str] = attrs.field(factory=dict)
     span: SourceSpan | None = None  # the space header of the file compiled (else its first line)
 
 
@@ -155,6 +157,8 @@ def _resolve_file(tree: A.SpaceFile, stack: tuple[str, ...]) -> SpaceDecl:
             decl.patterns.update(imported.patterns)
             decl.op_sets.update(imported.op_sets)
             decl.cells.update(imported.cells)
+            decl.imported_params.update(imported.imported_params)
+            decl.imported_params.update({name: str(imp_path) for name in imported.params})
     if header:
         decl.name = header.name
         seen: dict[str, A.Param] = {}

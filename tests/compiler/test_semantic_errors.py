@@ -395,6 +395,22 @@ def test_circular_import(tmp_path):
         compile_space(tmp_path / "a.nas")
 
 
+
+def test_a_parameter_of_an_imported_file_is_not_in_scope_and_the_hint_says_why(tmp_path):
+    (tmp_path / "lib.nas").write_text("space lib(k2 = 5)\nop wide = relu\n")
+    (tmp_path / "main.nas").write_text(
+        'space main(C = 8)\nimport "lib.nas"\ncell c(x0):\n    nodes x1 = sum\n'
+        "    edge x0 -> x1: [conv(k2, stride), wide]\n    output x1\nnetwork:\n    stem conv(3, out = C) > bn\n"
+        "    stack 1 x c, width C\n    head global_avg_pool > linear(10)\n")
+    with pytest.raises(NasSemanticError) as info:
+        compile_space(tmp_path / "main.nas")
+    err = info.value
+    assert err.message == "unknown name 'k2'" and (err.span.line, err.span.col) == (5, 26)
+    assert "'k2' is a parameter of lib.nas" in err.hint and "`import` brings definitions, not parameters" in err.hint
+    (tmp_path / "main.nas").write_text((tmp_path / "main.nas").read_text().replace("space main(C = 8)",
+                                                                                   "space main(C = 8, k2 = 3)"))
+    assert compile_space(tmp_path / "main.nas").name == "main"  # declared here: in scope
+
 def test_duplicate_definition_in_one_file(semantic_error):
     err = semantic_error(space(extra="op none = zero(stride)\n"))
     assert err.message == "op 'none' is defined twice in this file"
