@@ -51,6 +51,7 @@ import attrs
 
 from nasc.compiler.primitives import PRIMITIVES, Param, Primitive
 from nasc.errors import NascError, RegistryError
+from nasc.runtime.registry import call_problem
 
 log = logging.getLogger(__name__)
 
@@ -450,6 +451,12 @@ def _params(spec: ParamSpec | None) -> tuple[Param, ...]:
     return tuple(spec)
 
 
+# how the compiler calls each rule of a Primitive
+_RULE_ARGS = {"channels": "(c_in, c, args)", "spatial": "(h, args)", "n_params": "(c_in, c_out, args, affine)",
+              "madds": "(c_in, c_out, h_out, args)", "stride": "(args)"}
+_RULE_ARITY = {key: text.count(",") + 1 for key, text in _RULE_ARGS.items()}
+
+
 def register_primitive(name: str, *, params: ParamSpec | None = None,
                        channels: Callable[[int, int, dict], int] | None = None,
                        spatial: Callable[[int, dict], int | None] | None = None,
@@ -479,6 +486,10 @@ def register_primitive(name: str, *, params: ParamSpec | None = None,
     for key, rule in (("channels", channels), ("spatial", spatial), ("n_params", n_params), ("madds", madds),
                       ("stride", stride)):
         if rule is not None:
+            problem = call_problem(rule, *[None] * _RULE_ARITY[key])
+            if problem is not None:  # else a compile would stop with a TypeError blamed on nasc
+                raise RegistryError(f"{_caller()} registers primitive {name!r} with a {key} rule: {problem}",
+                                    hint=f"the {key} rule takes {_RULE_ARGS[key]} (nasc.compiler.primitives.Primitive)")
             fields[key] = rule
     prim = Primitive(**fields)
     PRIMITIVES[name] = prim

@@ -22,13 +22,14 @@ from torch import nn
 
 from nasc.compiler.primitives import PRIMITIVES, same_pad
 from nasc.errors import BuildError
-from nasc.runtime.registry import Registry
+from nasc.runtime.registry import Registry, call_problem
 
 Args = dict[str, Any]
 Builder = Any  # (c_in, c_out, args, *, affine) -> nn.Module
 
 OPS: Registry[Builder] = Registry(
-    "primitive", accepts=(callable, "a builder function (c_in, c_out, args, *, affine) -> nn.Module"))
+    "primitive", accepts=(callable, "a builder function (c_in, c_out, args, *, affine) -> nn.Module"),
+    calls=lambda b: call_problem(b, 1, 1, {}, affine=True))
 
 
 def resolve(name: str, args: Args | None) -> Args:

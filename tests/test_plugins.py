@@ -232,6 +232,54 @@ def test_a_plugin_cannot_silently_replace_a_built_in(tmp_path, kind, code):
     assert state() == before
 
 
+@pytest.mark.parametrize("what, code", [
+    ("relaxation 'two_args', but B.group_weights(self, alpha, mask)", """
+        from nasc.runtime.relaxations.base import RELAXATIONS, Relaxation
+
+        @RELAXATIONS.register("two_args")
+        class B(Relaxation):
+            def group_weights(self, alpha, mask):
+                return None
+    """),
+    ("primitive 'myid', but build(c_in, c_out)", """
+        from torch import nn
+        from nasc.plugins import register_op
+
+        @register_op("myid")
+        def build(c_in, c_out):
+            return nn.Identity()
+    """),
+    ("primitive 'myid' with a n_params rule: <lambda>(c_in, c_out, a)", """
+        from torch import nn
+        from nasc.plugins import register_op
+
+        @register_op("myid", n_params=lambda c_in, c_out, a: 0)
+        def build(c_in, c_out, args, *, affine):
+            return nn.Identity()
+    """),
+    ("selector 'lazy', but it does not define select", """
+        from nasc.runtime.selectors import SELECTORS, Selector
+
+        @SELECTORS.register("lazy")
+        class Lazy(Selector):
+            name = "lazy"
+    """),
+    ("learning-rate schedule 'halve', but halve(epoch, lr)", """
+        from nasc.plugins import register_schedule
+
+        @register_schedule("halve")
+        def halve(epoch, lr):
+            return lr / 2
+    """),
+])
+def test_a_plugin_with_the_wrong_signature_fails_to_load_naming_it(tmp_path, what, code):
+    """A builder, rule or hook nasc cannot call is refused at load time, not a TypeError blamed on nasc mid-search."""
+    path = _write(tmp_path, "wrong.py", code)
+    [record] = P.load_plugins([str(path)], entry_points=False)
+    assert not record.ok and f"{path} registers {what}" in record.error.message
+    assert "myid" not in PRIMITIVES
+
+
 def test_replace_true_replaces_a_built_in_on_purpose(tmp_path):
     from nasc.runtime.schedules import SCHEDULES, learning_rate
 
@@ -428,6 +476,9 @@ def test_selector_plugin_registers_and_lists(tmp_path):
             '''Always the first candidate (a placeholder selector).'''
             name = "first"
             defaults = {"k": 2}
+
+            def select(self, net, ir, **context):
+                raise NotImplementedError
     """)
     [record] = P.load_plugins([str(path)], entry_points=False)
     assert record.registered == ("selector first",)
