@@ -163,8 +163,12 @@ def resuming_with(recorded: Sequence[str], prepare: Callable[[], Any]) -> Any:
     except NascError as e:
         if not failed:
             raise
-        raise type(e)(f"{e.message}; the run was started with plugin {failed[0].name}, which did not load "
-                      f"({failed[0].error.message})",
+        # a plugin loaded now from its new place (--plugin) under the same file name is not the missing one
+        here = {Path(p).name for p in explicit_plugins()}
+        missing = [r for r in failed if Path(r.name).name not in here] or failed
+        names = ", ".join(r.name for r in missing)
+        raise type(e)(f"{e.message}; the run was started with plugin{'s' if len(missing) > 1 else ''} {names}, "
+                      f"which did not load ({missing[0].error.message})",
                       span=e.span, hint="put the plugin back where it was, or load it from its new place with "
                                                  "--plugin FILE.py") from e
 

@@ -628,6 +628,23 @@ def test_a_resumed_search_loads_the_plugins_it_was_started_with(tmp_path):
     assert result.run_dir == run and (run / "genotype.json").exists()
 
 
+def test_reusing_a_run_names_the_plugin_still_missing_not_one_loaded_from_its_new_place(tmp_path):
+    from nasc.errors import NascError
+
+    old, moved = tmp_path / "old", tmp_path / "new"
+    moved.mkdir()
+    ops = _write(moved, "my_ops.py", "X = 1\n")
+    _write(moved, "my_relax.py", "X = 1\n")
+    P.load_plugins([str(ops)], entry_points=False)  # --plugin new/my_ops.py; my_relax.py not given
+
+    def prepare():
+        raise NascError("unknown relaxation 'mine'")
+
+    with pytest.raises(NascError) as info:
+        P.resuming_with([str(old / "my_ops.py"), str(old / "my_relax.py")], prepare)
+    assert f"started with plugin {old / 'my_relax.py'}, which did not load" in info.value.message
+
+
 @pytest.mark.slow
 def test_resuming_without_the_plugin_names_it(tmp_path):
     from nasc.errors import NascError
