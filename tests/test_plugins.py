@@ -280,6 +280,23 @@ def test_a_plugin_with_the_wrong_signature_fails_to_load_naming_it(tmp_path, wha
     assert "myid" not in PRIMITIVES
 
 
+def test_a_builder_that_returns_no_module_is_named_when_the_op_is_built(tmp_path):
+    from nasc.errors import BuildError
+    from nasc.runtime.ops import build_step
+
+    path = _write(tmp_path, "no_module.py", """
+        from nasc.plugins import register_op
+
+        @register_op("nothing")
+        def build(c_in, c_out, args, *, affine):
+            return None
+    """)
+    [record] = P.load_plugins([str(path)], entry_points=False)
+    assert record.ok
+    with pytest.raises(BuildError, match=r"builder of primitive 'nothing' \(.*no_module.py\) returned NoneType"):
+        build_step("nothing", 4, 4, {}, affine=False)
+
+
 def test_replace_true_replaces_a_built_in_on_purpose(tmp_path):
     from nasc.runtime.schedules import SCHEDULES, learning_rate
 
