@@ -297,6 +297,28 @@ def test_a_builder_that_returns_no_module_is_named_when_the_op_is_built(tmp_path
         build_step("nothing", 4, 4, {}, affine=False)
 
 
+def test_an_internal_error_with_a_plugin_loaded_names_the_plugin(tmp_path):
+    """An op whose output breaks its own channels rule fails in nasc's frames; the hint names the plugin."""
+    import subprocess
+
+    path = _write(tmp_path, "halfch.py", """
+        from torch import nn
+        from nasc.plugins import register_op
+
+        @register_op("halfch")
+        def build(c_in, c_out, args, *, affine):
+            return nn.Conv2d(c_in, max(1, c_in // 2), 1)  # the default channels rule says: c_in
+    """)
+    space = _write(tmp_path, "s.nas", 'space s extends "nb201.nas"\nop nor_conv_1x1 = halfch\n')
+    out = subprocess.run([sys.executable, "-m", "nasc", "--plugin", str(path), "search", str(space), "-p", "C=4",
+                          "-p", "N=1", "--epochs", "1", "--opt", "train_portion=0.05", "--run-dir", "run"],
+                         capture_output=True, text=True, cwd=tmp_path, env={**__import__("os").environ,
+                                                                               "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 3, out.stderr
+    assert "plugin " + str(path) + " was loaded" in " ".join(out.stderr.split())
+    assert "this is a bug in nasc" not in out.stderr
+
+
 def test_replace_true_replaces_a_built_in_on_purpose(tmp_path):
     from nasc.runtime.schedules import SCHEDULES, learning_rate
 
