@@ -850,7 +850,7 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001 - the last line of defence against tracebacks
         if os.environ.get("NASC_DEBUG") == "1":
             raise
-        from nasc.plugins import blame
+        from nasc.plugins import blame, loaded_plugins
         from nasc.report import error_text
 
         blamed = blame(e)  # raised in a loaded plugin's own code: the plugin's error, not nasc's
@@ -858,6 +858,14 @@ def main() -> None:
             err_console.print(error_text(blamed.render()))
             sys.exit(1)
         err_console.print(f"[bold red]internal error:[/bold red] {type(e).__name__}: {e}")
-        err_console.print("[cyan]  hint: this is a bug in nasc; rerun with NASC_DEBUG=1 for the traceback "
-                          "and report it[/cyan]")
+        # a plugin's module can fail inside nasc's own frames (an op whose output disagrees with its
+        # channels or spatial rule fails where the cell adds its edges): name the plugins before blaming nasc
+        plugins = [r.name for r in loaded_plugins() if r.ok and r.registered]
+        if plugins:
+            err_console.print(f"[cyan]  hint: plugin {', '.join(plugins)} was loaded; if the error comes from its "
+                              "ops or hooks (an op whose output does not match its channels or spatial rule, say), "
+                              "fix the plugin, else it is a bug in nasc; NASC_DEBUG=1 shows the traceback[/cyan]")
+        else:
+            err_console.print("[cyan]  hint: this is a bug in nasc; rerun with NASC_DEBUG=1 for the traceback "
+                              "and report it[/cyan]")
         sys.exit(3)

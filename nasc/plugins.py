@@ -51,6 +51,7 @@ import attrs
 
 from nasc.compiler.primitives import PRIMITIVES, Param, Primitive
 from nasc.errors import NascError, RegistryError
+from nasc.runtime.registry import call_problem
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +163,12 @@ def resuming_with(recorded: Sequence[str], prepare: Callable[[], Any]) -> Any:
     except NascError as e:
         if not failed:
             raise
-        raise type(e)(f"{e.message}; the run was started with plugin {failed[0].name}, which did not load "
-                      f"({failed[0].error.message})",
+        # a plugin loaded now from its new place (--plugin) under the same file name is not the missing one
+        here = {Path(p).name for p in explicit_plugins()}
+        missing = [r for r in failed if Path(r.name).name not in here] or failed
+        names = ", ".join(r.name for r in missing)
+        raise type(e)(f"{e.message}; the run was started with plugin{'s' if len(missing) > 1 else ''} {names}, "
+                      f"which did not load ({missing[0].error.message})",
                       span=e.span, hint="put the plugin back where it was, or load it from its new place with "
                                                  "--plugin FILE.py") from e
 
@@ -450,6 +455,12 @@ def _params(spec: ParamSpec | None) -> tuple[Param, ...]:
     return tuple(spec)
 
 
+# how the compiler calls each rule of a Primitive
+_RULE_ARGS = {"channels": "(c_in, c, args)", "spatial": "(h, args)", "n_params": "(c_in, c_out, args, affine)",
+              "madds": "(c_in, c_out, h_out, args)", "stride": "(args)"}
+_RULE_ARITY = {key: text.count(",") + 1 for key, text in _RULE_ARGS.items()}
+
+
 def register_primitive(name: str, *, params: ParamSpec | None = None,
                        channels: Callable[[int, int, dict], int] | None = None,
                        spatial: Callable[[int, dict], int | None] | None = None,
@@ -479,6 +490,10 @@ def register_primitive(name: str, *, params: ParamSpec | None = None,
     for key, rule in (("channels", channels), ("spatial", spatial), ("n_params", n_params), ("madds", madds),
                       ("stride", stride)):
         if rule is not None:
+            problem = call_problem(rule, *[None] * _RULE_ARITY[key])
+            if problem is not None:  # else a compile would stop with a TypeError blamed on nasc
+                raise RegistryError(f"{_caller()} registers primitive {name!r} with a {key} rule: {problem}",
+                                    hint=f"the {key} rule takes {_RULE_ARGS[key]} (nasc.compiler.primitives.Primitive)")
             fields[key] = rule
     prim = Primitive(**fields)
     PRIMITIVES[name] = prim

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from nasc.errors import DataError
 from nasc.runtime.augment import Augment
-from nasc.runtime.registry import Registry
+from nasc.runtime.registry import Registry, call_problem
 
 __all__ = ["ImageSet", "Dataset", "DATASETS", "load_dataset", "split_indices", "Batches", "Augment", "CIFAR"]
 
@@ -92,7 +92,8 @@ class Dataset:
 
 Loader = Callable[[Path | None, bool], Dataset]
 DATASETS: Registry[Loader] = Registry("dataset",
-                                      accepts=(callable, "a loader function (data_dir, download) -> Dataset"))
+                                      accepts=(callable, "a loader function (data_dir, download) -> Dataset"),
+                                      calls=lambda f: call_problem(f, None, True))
 
 
 def load_dataset(name: str = "digits", data_dir: str | Path | None = None, *, download: bool = True) -> Dataset:

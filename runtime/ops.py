@@ -22,13 +22,14 @@ from torch import nn
 
 from nasc.compiler.primitives import PRIMITIVES, same_pad
 from nasc.errors import BuildError
-from nasc.runtime.registry import Registry
+from nasc.runtime.registry import Registry, _where, call_problem
 
 Args = dict[str, Any]
 Builder = Any  # (c_in, c_out, args, *, affine) -> nn.Module
 
 OPS: Registry[Builder] = Registry(
-    "primitive", accepts=(callable, "a builder function (c_in, c_out, args, *, affine) -> nn.Module"))
+    "primitive", accepts=(callable, "a builder function (c_in, c_out, args, *, affine) -> nn.Module"),
+    calls=lambda b: call_problem(b, 1, 1, {}, affine=True))
 
 
 def resolve(name: str, args: Args | None) -> Args:
@@ -38,8 +39,18 @@ def resolve(name: str, args: Args | None) -> Args:
 
 
 def build_step(name: str, c_in: int, c_out: int, args: Args | None, *, affine: bool) -> nn.Module:
-    """Build the module of one primitive call; unknown names raise `RegistryError` with a hint."""
-    return OPS.get(name)(c_in, c_out, dict(args or {}), affine=affine)
+    """Build the module of one primitive call; unknown names raise `RegistryError` with a hint.
+
+    A plugin builder that returns something other than a module is named here, where it happened,
+    instead of failing later inside the supernet as a TypeError that looks like a bug in nasc.
+    """
+    entry = OPS.entry(name)
+    module = entry.value(c_in, c_out, dict(args or {}), affine=affine)
+    if not isinstance(module, nn.Module):
+        raise BuildError(f"the builder of primitive {name!r} ({_where(entry.origin)}) returned "
+                         f"{type(module).__name__}, not a torch.nn.Module",
+                         hint="an op builder (c_in, c_out, args, *, affine) must return an nn.Module")
+    return module
 
 
 def _pad(a: Args) -> int:

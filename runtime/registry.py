@@ -7,6 +7,7 @@ error that lists the registered names and suggests the closest.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
@@ -31,16 +32,21 @@ class Registry(Generic[T]):
     """Named entries of one kind, e.g. `RELAXATIONS`."""
 
     def __init__(self, kind: str, *, catalogue: Callable[[], Iterable[str]] | None = None,
-                 accepts: tuple[Callable[[Any], bool], str] | None = None):
+                 accepts: tuple[Callable[[Any], bool], str] | None = None,
+                 calls: Callable[[Any], str | None] | None = None):
         """`catalogue`: every name a user may give, also those whose module registers them on first use
         (the relaxations and selectors of nasc.catalog), so that an unknown name lists them all.
         `accepts`: (test, what it must be) for a value, checked when it is registered, so that a plugin
-        registering the wrong kind of thing is refused at once, not when a search first uses it."""
+        registering the wrong kind of thing is refused at once, not when a search first uses it.
+        `calls`: why nasc could not call a value the way it will (wrong parameters), or None; checked
+        with `accepts`, so a builder or hook with the wrong signature fails the plugin's load, naming it,
+        instead of a search failing later with a TypeError that looks like a bug in nasc."""
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
         self._aliases: dict[str, str] = {}
         self._catalogue = catalogue
         self._accepts = accepts
+        self._calls = calls
 
     def register(self, name: str, *, doc: str | None = None, replace: bool = False,
                  **defaults: Any) -> Callable[[T], T]:
@@ -70,13 +76,17 @@ class Registry(Generic[T]):
             raise RegistryError(f"{_where(origin)} registers {value!r} as {self.kind} {name!r}, but a {self.kind} "
                                 f"must be {self._accepts[1]}", hint=f"register {self._accepts[1]} under that name")
         old = self._entries.get(name)
-        if old is None or replace or old.value is value or old.origin == origin:
-            return
-        owner = "a built-in of nasc" if _builtin(old.origin) else f"already registered by {_where(old.origin)}"
-        raise RegistryError(f"{self.kind} {name!r} is {owner}; {_where(origin)} registers another one under "
-                            "the same name",
-                            hint="pick another name, or pass replace=True to replace it on purpose (every space, preset "
-                                 "and option that names it then gets yours)")
+        if not (old is None or replace or old.value is value or old.origin == origin):
+            owner = "a built-in of nasc" if _builtin(old.origin) else f"already registered by {_where(old.origin)}"
+            raise RegistryError(f"{self.kind} {name!r} is {owner}; {_where(origin)} registers another one under "
+                                "the same name",
+                                hint="pick another name, or pass replace=True to replace it on purpose (every space, "
+                                     "preset and option that names it then gets yours)")
+        problem = self._calls(value) if self._calls is not None else None
+        if problem is not None:
+            what = f"a {self.kind} must be {self._accepts[1]}" if self._accepts is not None else "fix its parameters"
+            raise RegistryError(f"{_where(origin)} registers {self.kind} {name!r}, but {problem}", hint=what)
+
     def alias(self, alias: str, name: str) -> None:
         self._aliases[alias] = name
 
@@ -105,6 +115,52 @@ class Registry(Generic[T]):
     def entries(self) -> Iterator[Entry[T]]:
         for name in self.names():
             yield self._entries[name]
+
+
+def call_problem(fn: Any, *args: Any, **kwargs: Any) -> str | None:
+    """Why `fn(*args, **kwargs)` (how nasc will call it) cannot bind its parameters, or None.
+
+    A callable whose signature cannot be read (a C function) is taken as it is.
+    """
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as e:
+        return f"{getattr(fn, '__qualname__', repr(fn))}{_plain(sig)} cannot be called the way nasc calls it ({e})"
+    return None
+
+
+def _plain(sig: inspect.Signature) -> inspect.Signature:
+    """A signature without annotations, short enough for an error message."""
+    return sig.replace(parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()],
+                       return_annotation=sig.empty)
+
+
+def hook_problem(cls: type, base: type) -> str | None:
+    """The first method of `base` that `cls` overrides with parameters nasc's calls cannot bind, or None.
+
+    nasc calls a hook with every parameter of the base method (`set_progress(epoch, epochs, step)`),
+    so the override must take them all; `**context` of the base is not checked.
+    """
+    for name, base_fn in vars(base).items():
+        if not inspect.isfunction(base_fn) or (name.startswith("_") and name != "__init__"):
+            continue
+        own = inspect.getattr_static(cls, name, None)
+        if own is base_fn or not inspect.isfunction(own):  # inherited, or a staticmethod/property: not checked
+            continue
+        args, kwargs = [], {}
+        for p in inspect.signature(base_fn).parameters.values():
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                args.append(None)
+            elif p.kind is p.KEYWORD_ONLY:
+                kwargs[p.name] = None
+        problem = call_problem(own, *args, **kwargs)
+        if problem is not None:
+            return f"{problem}; nasc calls it as {name}{_plain(inspect.signature(base_fn))}"
+    return None
 
 
 def _builtin(origin: str) -> bool:

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import math
 
-from nasc.runtime.registry import Registry
+from nasc.runtime.registry import Registry, call_problem
 
 SCHEDULES: Registry = Registry(
-    "learning-rate schedule", accepts=(callable, "a function (epoch, epochs, lr, lr_min, *, exponent, warmup) -> lr"))
+    "learning-rate schedule", accepts=(callable, "a function (epoch, epochs, lr, lr_min, *, exponent, warmup) -> lr"),
+    calls=lambda f: call_problem(f, 0, 1, 0.1, 0.0, exponent=2.0, warmup=0))
 
 
 def cosine(epoch: int, epochs: int, lr: float, lr_min: float) -> float:

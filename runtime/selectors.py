@@ -20,13 +20,15 @@ from nasc.compiler.count import selection_rule
 from nasc.compiler.genotype import GenoCell, GenoEdge, Genotype
 from nasc.compiler.ir import SpaceIR
 from nasc.errors import BuildError, did_you_mean
-from nasc.runtime.registry import Registry
+from nasc.runtime.registry import Registry, hook_problem
 from nasc.runtime.supernet import Network
 
 SELECTORS: Registry[type["Selector"]] = Registry(
     "selector", catalogue=selector_names,
     accepts=(lambda v: isinstance(v, type) and issubclass(v, Selector),
-             "a subclass of nasc.runtime.selectors.Selector"))
+             "a subclass of nasc.runtime.selectors.Selector"),
+    calls=lambda v: ("it does not define select(net, ir, **context)" if v.select is Selector.select
+                     else hook_problem(v, Selector)))
 
 
 class Selector:

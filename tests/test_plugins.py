@@ -232,6 +232,93 @@ def test_a_plugin_cannot_silently_replace_a_built_in(tmp_path, kind, code):
     assert state() == before
 
 
+@pytest.mark.parametrize("what, code", [
+    ("relaxation 'two_args', but B.group_weights(self, alpha, mask)", """
+        from nasc.runtime.relaxations.base import RELAXATIONS, Relaxation
+
+        @RELAXATIONS.register("two_args")
+        class B(Relaxation):
+            def group_weights(self, alpha, mask):
+                return None
+    """),
+    ("primitive 'myid', but build(c_in, c_out)", """
+        from torch import nn
+        from nasc.plugins import register_op
+
+        @register_op("myid")
+        def build(c_in, c_out):
+            return nn.Identity()
+    """),
+    ("primitive 'myid' with a n_params rule: <lambda>(c_in, c_out, a)", """
+        from torch import nn
+        from nasc.plugins import register_op
+
+        @register_op("myid", n_params=lambda c_in, c_out, a: 0)
+        def build(c_in, c_out, args, *, affine):
+            return nn.Identity()
+    """),
+    ("selector 'lazy', but it does not define select", """
+        from nasc.runtime.selectors import SELECTORS, Selector
+
+        @SELECTORS.register("lazy")
+        class Lazy(Selector):
+            name = "lazy"
+    """),
+    ("learning-rate schedule 'halve', but halve(epoch, lr)", """
+        from nasc.plugins import register_schedule
+
+        @register_schedule("halve")
+        def halve(epoch, lr):
+            return lr / 2
+    """),
+])
+def test_a_plugin_with_the_wrong_signature_fails_to_load_naming_it(tmp_path, what, code):
+    """A builder, rule or hook nasc cannot call is refused at load time, not a TypeError blamed on nasc mid-search."""
+    path = _write(tmp_path, "wrong.py", code)
+    [record] = P.load_plugins([str(path)], entry_points=False)
+    assert not record.ok and f"{path} registers {what}" in record.error.message
+    assert "myid" not in PRIMITIVES
+
+
+def test_a_builder_that_returns_no_module_is_named_when_the_op_is_built(tmp_path):
+    from nasc.errors import BuildError
+    from nasc.runtime.ops import build_step
+
+    path = _write(tmp_path, "no_module.py", """
+        from nasc.plugins import register_op
+
+        @register_op("nothing")
+        def build(c_in, c_out, args, *, affine):
+            return None
+    """)
+    [record] = P.load_plugins([str(path)], entry_points=False)
+    assert record.ok
+    with pytest.raises(BuildError, match=r"builder of primitive 'nothing' \(.*no_module.py\) returned NoneType"):
+        build_step("nothing", 4, 4, {}, affine=False)
+
+
+def test_an_internal_error_with_a_plugin_loaded_names_the_plugin(tmp_path):
+    """An op whose output breaks its own channels rule fails in nasc's frames; the hint names the plugin."""
+    import subprocess
+
+    path = _write(tmp_path, "halfch.py", """
+        from torch import nn
+        from nasc.plugins import register_op
+
+        @register_op("halfch")
+        def build(c_in, c_out, args, *, affine):
+            return nn.Conv2d(c_in, max(1, c_in // 2), 1)  # the default channels rule says: c_in
+    """)
+    space = _write(tmp_path, "s.nas", 'space s extends "nb201.nas"\nop nor_conv_1x1 = halfch\n')
+    out = subprocess.run([sys.executable, "-m", "nasc", "--plugin", str(path), "search", str(space), "-p", "C=4",
+                          "-p", "N=1", "--epochs", "1", "--opt", "train_portion=0.05", "--run-dir", "run"],
+                         capture_output=True, text=True, cwd=tmp_path, env={**__import__("os").environ,
+                                                                               "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 3, out.stderr
+    assert "plugin " + str(path) + " was loaded" in " ".join(out.stderr.split())
+    assert "this is a bug in nasc" not in out.stderr
+
+
 def test_replace_true_replaces_a_built_in_on_purpose(tmp_path):
     from nasc.runtime.schedules import SCHEDULES, learning_rate
 
@@ -428,6 +515,9 @@ def test_selector_plugin_registers_and_lists(tmp_path):
             '''Always the first candidate (a placeholder selector).'''
             name = "first"
             defaults = {"k": 2}
+
+            def select(self, net, ir, **context):
+                raise NotImplementedError
     """)
     [record] = P.load_plugins([str(path)], entry_points=False)
     assert record.registered == ("selector first",)
@@ -575,6 +665,23 @@ def test_a_resumed_search_loads_the_plugins_it_was_started_with(tmp_path):
     _forget_plugins(snap)
     result = resume(run)
     assert result.run_dir == run and (run / "genotype.json").exists()
+
+
+def test_reusing_a_run_names_the_plugin_still_missing_not_one_loaded_from_its_new_place(tmp_path):
+    from nasc.errors import NascError
+
+    old, moved = tmp_path / "old", tmp_path / "new"
+    moved.mkdir()
+    ops = _write(moved, "my_ops.py", "X = 1\n")
+    _write(moved, "my_relax.py", "X = 1\n")
+    P.load_plugins([str(ops)], entry_points=False)  # --plugin new/my_ops.py; my_relax.py not given
+
+    def prepare():
+        raise NascError("unknown relaxation 'mine'")
+
+    with pytest.raises(NascError) as info:
+        P.resuming_with([str(old / "my_ops.py"), str(old / "my_relax.py")], prepare)
+    assert f"started with plugin {old / 'my_relax.py'}, which did not load" in info.value.message
 
 
 @pytest.mark.slow

@@ -21,12 +21,13 @@ from torch import nn
 
 from nasc.catalog import BUILTIN_RELAXATIONS, PRESETS, relaxation_names
 from nasc.errors import BuildError
-from nasc.runtime.registry import Registry
+from nasc.runtime.registry import Registry, hook_problem
 
 RELAXATIONS: Registry[type["Relaxation"]] = Registry(
     "relaxation", catalogue=relaxation_names,
     accepts=(lambda v: isinstance(v, type) and issubclass(v, Relaxation),
-             "a subclass of nasc.runtime.relaxations.base.Relaxation"))
+             "a subclass of nasc.runtime.relaxations.base.Relaxation"),
+    calls=lambda v: hook_problem(v, Relaxation))
 
 
 class GroupWeights:
