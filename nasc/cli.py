@@ -833,10 +833,28 @@ def _default(value: Any) -> str:
     return "auto" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def plugins_first(args: list[str]) -> list[str]:
+    """`--plugin` is an option of `nasc` itself (it must load before a command reads its space); written
+    after the command (`nasc search --plugin x.py ...`), as users do, it is moved in front of it."""
+    head, rest, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":  # everything after it is an argument
+            rest += args[i:]
+            break
+        if a == "--plugin" and i + 1 < len(args):
+            head += args[i:i + 2]
+            i += 2
+            continue
+        (head if a.startswith("--plugin=") else rest).append(a)
+        i += 1
+    return head + rest
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning unexpected failures into one clear line."""
     try:
-        app()
+        app(args=plugins_first(sys.argv[1:]))
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/yellow]")
         sys.exit(130)

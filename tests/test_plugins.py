@@ -729,3 +729,19 @@ def test_select_and_train_from_a_run_load_its_plugins_and_name_one_that_is_gone(
         assert "unknown op 'se'" in info.value.message
         assert f"started with plugin {plugin.resolve()}, which did not load" in info.value.message
         assert "--plugin" in info.value.hint
+
+
+def test_plugin_written_after_the_command_loads_as_if_written_before_it():
+    import subprocess
+
+    from nasc.cli import plugins_first
+
+    assert plugins_first(["search", "s.nas", "--plugin", "a.py", "--epochs", "1", "--plugin=b.py"]) == \
+        ["--plugin", "a.py", "--plugin=b.py", "search", "s.nas", "--epochs", "1"]
+    assert plugins_first(["search", "--", "--plugin", "x"]) == ["search", "--", "--plugin", "x"]
+    assert plugins_first(["search", "--plugin"]) == ["search", "--plugin"]  # no value: typer reports it
+    out = subprocess.run([sys.executable, "-m", "nasc", "search", "examples/plugin_op/se_space.nas",
+                          "--plugin", "examples/plugin_op/se_op.py", "--dry-run"],
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "se_cells" in out.stdout
