@@ -786,6 +786,7 @@ def export_cmd(
 ) -> None:
     """Export the network a genotype derives (a training run's trained one): standalone PyTorch code, TorchScript or ONNX."""
     from nasc.compiler.pipeline import compile_space
+    from nasc.plugins import resuming_with
     from nasc.runtime import export as X
     from nasc.runtime import train as T
 
@@ -807,8 +808,11 @@ def export_cmd(
             if space is None:
                 raise NascError("export: which space does this genotype belong to?",
                                 hint="pass --space FILE.nas (or a bundled space name such as darts)")
-            # the evaluation network, as `nasc train` builds it: the space's `train:` parameters, then --set
-            ir = compile_space(space, params={**_train_params(space), **params}, input_shape=shape, ctx=_ctx())
+            # the evaluation network, as `nasc train` builds it: the space's `train:` parameters, then --set;
+            # a search run's space may use the plugins it recorded, loaded again as `nasc train RUN` does
+            recorded = (config.get("plugins") if isinstance(config, dict) else None) or []
+            ir = resuming_with(recorded, lambda: compile_space(space, params={**_train_params(space), **params},
+                                                               input_shape=shape, ctx=_ctx()))
             derived, net = X.derived_network(ir, g)
             if checkpoint:
                 X.load_weights(net, checkpoint)

@@ -721,6 +721,9 @@ def test_select_and_train_from_a_run_load_its_plugins_and_name_one_that_is_gone(
     train = prepare_train(TrainRequest(genotype=str(run), params={"C": 4}, overrides={"device": "cpu"}))
     assert train.ir.meta["fingerprint"] and P.explicit_plugins() == [str(plugin.resolve())]
     _forget_plugins(snap)
+    exported = runner.invoke(app, ["export", str(run), "--to", "torchscript", "-o", str(tmp_path / "net.pt")])
+    assert exported.exit_code == 0, exported.output
+    _forget_plugins(snap)
     plugin.unlink()
     for again in (lambda: reselect(run, "magnitude"),
                   lambda: prepare_train(TrainRequest(genotype=str(run), params={"C": 4}))):
