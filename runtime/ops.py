@@ -22,7 +22,7 @@ from torch import nn
 
 from nasc.compiler.primitives import PRIMITIVES, same_pad
 from nasc.errors import BuildError
-from nasc.runtime.registry import Registry, _where, call_problem
+from nasc.runtime.registry import Registry, _builtin, _where, call_problem
 
 Args = dict[str, Any]
 Builder = Any  # (c_in, c_out, args, *, affine) -> nn.Module
@@ -38,11 +38,14 @@ def resolve(name: str, args: Args | None) -> Args:
     return {p.name: given.get(p.name, p.default) for p in PRIMITIVES[name].params} | given
 
 
-def build_step(name: str, c_in: int, c_out: int, args: Args | None, *, affine: bool) -> nn.Module:
+def build_step(name: str, c_in: int, c_out: int, args: Args | None, *, affine: bool,
+               counted: int | None = None) -> nn.Module:
     """Build the module of one primitive call; unknown names raise `RegistryError` with a hint.
 
     A plugin builder that returns something other than a module is named here, where it happened,
-    instead of failing later inside the supernet as a TypeError that looks like a bug in nasc.
+    instead of failing later inside the supernet as a TypeError that looks like a bug in nasc. So is
+    one whose module has another number of weights than its `n_params` rule gave (`counted`): every
+    size, cost and memory estimate of `nasc compile` comes from the rule, and would be silently wrong.
     """
     entry = OPS.entry(name)
     module = entry.value(c_in, c_out, dict(args or {}), affine=affine)
@@ -50,6 +53,15 @@ def build_step(name: str, c_in: int, c_out: int, args: Args | None, *, affine: b
         raise BuildError(f"the builder of primitive {name!r} ({_where(entry.origin)}) returned "
                          f"{type(module).__name__}, not a torch.nn.Module",
                          hint="an op builder (c_in, c_out, args, *, affine) must return an nn.Module")
+    if counted is not None and not _builtin(entry.origin):
+        built = sum(p.numel() for p in module.parameters())
+        if built != counted:
+            shown = ", ".join(f"{k}={v!r}" for k, v in sorted((args or {}).items()))
+            raise BuildError(f"primitive {name!r} ({_where(entry.origin)}) built {built:,} weights where its "
+                             f"n_params rule counts {counted:,} (c_in={c_in}, c_out={c_out}, affine={affine}"
+                             + (f", {shown}" if shown else "") + ")",
+                             hint="make n_params count what the builder builds: nasc compile's sizes, costs and "
+                                  "memory estimates come from the rule")
     return module
 
 

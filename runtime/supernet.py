@@ -33,7 +33,7 @@ def build_steps(steps: tuple[Step, ...], *, c_in: int, c: int, h: int | None, se
                 affine: bool) -> nn.Module:
     """One op (a pipeline of primitives) as a module; a single primitive is returned bare."""
     placed = place(steps, c_in=c_in, c=c, h=h, searching=searching, affine=affine)
-    mods = [build_step(p.prim, p.c_in, p.c_out, p.args, affine=p.affine) for p in placed]
+    mods = [build_step(p.prim, p.c_in, p.c_out, p.args, affine=p.affine, counted=p.params) for p in placed]
     if not mods:
         return nn.Identity()
     return mods[0] if len(mods) == 1 else nn.Sequential(*mods)

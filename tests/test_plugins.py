@@ -305,7 +305,7 @@ def test_an_internal_error_with_a_plugin_loaded_names_the_plugin(tmp_path):
         from torch import nn
         from nasc.plugins import register_op
 
-        @register_op("halfch")
+        @register_op("halfch", n_params=lambda c_in, c_out, a, affine: (c_in + 1) * max(1, c_in // 2))
         def build(c_in, c_out, args, *, affine):
             return nn.Conv2d(c_in, max(1, c_in // 2), 1)  # the default channels rule says: c_in
     """)
@@ -318,6 +318,25 @@ def test_an_internal_error_with_a_plugin_loaded_names_the_plugin(tmp_path):
     assert "plugin " + str(path) + " was loaded" in " ".join(out.stderr.split())
     assert "this is a bug in nasc" not in out.stderr
 
+
+
+def test_a_plugin_op_whose_module_has_other_weights_than_its_rule_counts_is_named(tmp_path):
+    """nasc compile's sizes, costs and memory estimates come from the rule: a wrong one must not pass."""
+    path = _write(tmp_path, "miscount.py", """
+        from torch import nn
+        from nasc.plugins import register_op
+
+        @register_op("miscount", n_params=lambda c_in, c_out, a, affine: c_in * c_out)  # forgets the bias
+        def build(c_in, c_out, args, *, affine):
+            return nn.Conv2d(c_in, c_out, 1)
+    """)
+    space = _write(tmp_path, "s.nas", 'space s extends "nb201.nas"\nop nor_conv_1x1 = miscount\n')
+    result = runner.invoke(app, ["--plugin", str(path), "search", str(space), "-p", "C=4", "-p", "N=1",
+                                 "--dry-run"])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "primitive 'miscount'" in out and "built 20 weights where its n_params rule counts 16" in out
+    assert "miscount.py" in out and "make n_params count what the builder builds" in out
 
 def test_replace_true_replaces_a_built_in_on_purpose(tmp_path):
     from nasc.runtime.schedules import SCHEDULES, learning_rate
