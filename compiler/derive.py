@@ -71,7 +71,15 @@ def check_fits(ir: SpaceIR, genotype: Genotype) -> None:
                     "2L // 3, so with fewer than 3 cells every cell is a reduction cell")
         raise GenotypeError(f"the genotype's cell {name!r} has no place in the network: with {at}, {every} "
                             f"({len(stacked)} cell(s) stacked)", hint=hint)
-    check_against(genotype, shapes, layer_choices(ir) or None)
+    try:
+        check_against(genotype, shapes, layer_choices(ir) or None)
+    except GenotypeError as e:
+        if ir.alpha_mode != "per_instance" or e.hint or len(genotype.cells) == len(shapes):
+            raise
+        raise GenotypeError(e.message, span=e.span,
+                            hint=f"with `alpha per instance` a genotype has one cell per cell instance: this one has "
+                                 f"{len(genotype.cells)}, the network {len(shapes)}; build as many cells as the "
+                                 "search did (e.g. --set layers=...)") from None
 
 
 def specialise_to_genotype(ir: SpaceIR, genotype: Genotype) -> SpaceIR:
@@ -88,8 +96,7 @@ def specialise_to_genotype(ir: SpaceIR, genotype: Genotype) -> SpaceIR:
     check_fits(ir, genotype)
     notes = list(ir.meta.get("warnings", [])) + selection_notes(ir, genotype)
     out = ir.copy()
-    if out.alpha_mode == "per_instance" and any(i["kind"] == "cell" for i in out.alpha_groups.values()):
-        raise GenotypeError("deriving a network from a space with `alpha per instance` cells is not supported yet")
+    per_instance = out.alpha_mode == "per_instance"
     for group, info in ir.alpha_groups.items():
         if info["kind"] == "choice":
             op = dict(genotype.layers)[group]
@@ -97,9 +104,10 @@ def specialise_to_genotype(ir: SpaceIR, genotype: Genotype) -> SpaceIR:
             layer = out.macro.nodes[lid]["layer"]
             out.macro.nodes[lid]["layer"] = attrs.evolve(layer, candidates=(op,))
             continue
-        g = out.cells[info["cell"]]
+        name = _own_cell(out, info["cell"], group, info["layers"][0]) if per_instance else info["cell"]
+        g = out.cells[name]
         by_index = {g.nodes[n]["index"]: n for n in g.nodes}
-        old = {(e.src, e.dst): e for e in out.cell_edges(info["cell"])}
+        old = {(e.src, e.dst): e for e in out.cell_edges(name)}
         searchable = {k for k, e in old.items() if len(e.candidates) > 1}
         for key in searchable:
             g.remove_edge(*key)
@@ -116,6 +124,9 @@ def specialise_to_genotype(ir: SpaceIR, genotype: Genotype) -> SpaceIR:
                                                span=e.span))
         _renumber(g)
         notes += _set_output(g, group, genotype.cells[group].concat, by_index)
+    if per_instance:  # the shared definitions every instance now has its own copy of
+        used = {layer.cell for layer in out.layers() if layer.kind == "cell"}
+        out.cells = {k: v for k, v in out.cells.items() if k in used}
     out.meta = {"warnings": notes} if notes else {}
     out.impls = {}
     for p in (specialise_ops, remove_dead_nodes):
@@ -126,6 +137,16 @@ def specialise_to_genotype(ir: SpaceIR, genotype: Genotype) -> SpaceIR:
     out.meta["fingerprint"] = fingerprint(out)
     out.meta["genotype_space"] = genotype.space
     return out
+
+
+def _own_cell(ir: SpaceIR, template: str, group: str, lid: str) -> str:
+    """`alpha per instance`: give layer `lid` its own copy of its cell, named after its α group (`cell3`),
+    so that each instance can take the genotype's edges for it."""
+    name = group if group not in ir.cells else f"{group}_{template}"
+    ir.cells[name] = ir.cells[template].copy()
+    layer = ir.macro.nodes[lid]["layer"]
+    ir.macro.nodes[lid]["layer"] = attrs.evolve(layer, cell=name)
+    return name
 
 
 def _states(indices) -> str:

@@ -263,3 +263,40 @@ def test_an_nb201_string_fits_a_one_cell_space_whatever_the_cell_is_called():
     derived = specialise_to_genotype(ir, g)
     assert sorted(e.key for e in derived.cell_edges("c")) == ["n0<-x", "n1<-n0", "n1<-x"]
     assert [e.candidates for e in derived.cell_edges("c")] == [("c3",), ("identity",), ("identity",)]
+
+
+def _per_instance_genotype(*kinds: str) -> G.Genotype:
+    """cell0, cell1, ...: DARTS V2's normal or reduce cell, as `kinds` says."""
+    v2 = G.from_darts(DARTS_V2)
+    return G.Genotype(cells={f"cell{i}": v2.cells[kind] for i, kind in enumerate(kinds)})
+
+
+def test_alpha_per_instance_genotypes_build_one_cell_per_instance():
+    text = open("spaces/darts.nas").read().replace("alpha shared per cell", "alpha per instance")
+    assert "alpha per instance" in text
+    ir = compile_space("pi.nas", text=text, params={"C": 4, "layers": 5})  # normal, reduce, normal, reduce, normal
+    assert sorted(ir.alpha_groups) == [f"cell{i}" for i in range(5)]
+    as_v2 = ("normal", "reduce", "normal", "reduce", "normal")
+    same = specialise_to_genotype(ir, _per_instance_genotype(*as_v2))
+    assert sorted(same.cells) == [f"cell{i}" for i in range(5)]  # the shared definitions are gone
+    assert [layer.cell for layer in same.layers() if layer.kind == "cell"] == [f"cell{i}" for i in range(5)]
+    ops = {c: sorted(e.candidates[0] for e in same.cell_edges(c)) for c in same.cells}
+    assert ops["cell0"] == ops["cell2"] == ops["cell4"] != ops["cell1"] == ops["cell3"]
+    # the same choices as DARTS V2 shared per cell: the same network, weight for weight
+    shared = build_network(specialise_to_genotype(_ir("darts", C=4, layers=5), G.from_darts(DARTS_V2)))
+    assert _count_without_aux(build_network(same)) == _count_without_aux(shared)
+    other = specialise_to_genotype(ir, _per_instance_genotype("normal", "reduce", "reduce", "reduce", "normal"))
+    assert sorted(e.candidates[0] for e in other.cell_edges("cell2")) == ops["cell1"]  # only cell2 changed
+    assert all(sorted(e.candidates[0] for e in other.cell_edges(c)) == ops[c] for c in ("cell0", "cell1", "cell4"))
+    net = build_network(other)
+    assert _count_without_aux(net) < _count_without_aux(shared)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert ir.alpha_groups and "normal" in ir.cells  # the input IR is not modified
+
+
+def test_an_alpha_per_instance_genotype_for_fewer_cells_says_to_build_as_many():
+    text = open("spaces/darts.nas").read().replace("alpha shared per cell", "alpha per instance")
+    ir = compile_space("pi.nas", text=text, params={"C": 4, "layers": 5})
+    with pytest.raises(GenotypeError, match="missing cell 'cell3'") as info:
+        specialise_to_genotype(ir, _per_instance_genotype("normal", "reduce", "normal"))
+    assert "one cell per cell instance: this one has 3, the network 5" in info.value.hint
