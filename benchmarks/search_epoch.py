@@ -22,6 +22,7 @@ import argparse
 import json
 import pickle
 import platform
+import signal
 import statistics
 import tempfile
 import time
@@ -73,6 +74,9 @@ def step_pace(steps: list[tuple[int, int, float, int]]) -> dict | None:
 
 
 def main() -> None:
+    # SIGINT (gpu_session.sh's `timeout -s INT`) must stop the run with its partial figures written, even
+    # where a non-interactive shell started us in the background with SIGINT ignored, which Python inherits
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="spaces/darts.nas")
     parser.add_argument("--data-dir")

@@ -69,20 +69,25 @@ def test_search_epoch_times_epochs_and_projects_the_search(tmp_path):
 def test_search_epoch_stopped_inside_the_first_epoch_still_reports_the_step_pace(tmp_path):
     """What a device call that runs out of time gets (gpu_session.sh stops stages with SIGINT).
 
-    50 epochs to run, never reached: with 2, a loaded CI machine once let the child finish both
-    (~1 s each) before this process read its progress line and sent the signal.
+    Started with SIGINT ignored, as a background job of a non-interactive shell is (a CI run started so
+    once saw the child finish every epoch): the script must still stop on it. 50 epochs, never reached.
     """
     import signal
 
     out = tmp_path / "epoch.json"
     proc = subprocess.Popen([sys.executable, "benchmarks/search_epoch.py", *EPOCH_TINY, "--set", "C=4",
                              "--run-epochs", "50", "--progress", "6", "--out", str(out)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        if "epoch 1 step 6/" in line:
-            proc.send_signal(signal.SIGINT)
-            break
-    proc.communicate(timeout=300)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        for line in proc.stdout:
+            if "epoch 1 step 6/" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:  # never leave a 50-epoch run behind
+            proc.kill()
     assert proc.returncode == 0
     result = json.loads(out.read_text())
     assert result["interrupted"] and result["step_pace"]["steps_seen"] >= 6
