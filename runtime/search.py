@@ -147,6 +147,8 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     preset_settings = preset(request.relax or declared)[1]
     settings = _evaluated_search(decl)
     check_search_block(settings, {k: s.span for k, s in decl.search.items()})
+    if request.relax is None and decl.relax is not None:
+        preset_settings = _beside_preset(decl, settings, preset_settings)
     base = make_config(settings, {**preset_settings, **request.overrides})
     dataset = _dist.main_first(load_dataset, base.dataset, base.data_dir)  # distributed: one download per machine
     params = dict(request.params)
@@ -200,6 +202,22 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
                                                                         "float64 copy on the step's shapes"}
     return Job(request=request, ir=ir, config=config, dataset=dataset, relax=relax, selector=selector,
                net=net.to(device), device=device, space_path=str(Path(decl.path).resolve()))
+
+
+def _beside_preset(decl, settings: Mapping[str, Any], preset_settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The preset's settings less those the space writes in the file of its `relax` line or a file extending it.
+
+    A preset named on the command line replaces the space's whole `search:` block; one the space
+    names itself (`relax gdas`, `relax rome`) replaces only what it inherits from files before that
+    line, so `epochs = 10` written beside it, or in a file extending it, is not silently undone.
+    """
+    from nasc.runtime.config import from_space
+
+    order = {f: i for i, f in enumerate(decl.files)}
+    at = order.get(decl.relax.span.file, 0)
+    beside = {k: v for k, v in settings.items() if order.get(decl.search[k].span.file, at) >= at}
+    written = set(from_space(beside))
+    return {k: v for k, v in preset_settings.items() if k not in written}
 
 
 def _evaluated_search(decl) -> dict[str, Any]:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from nasc.catalog import selector_names
 from nasc.compiler.count import selection_rule
@@ -21,7 +19,11 @@ from nasc.compiler.genotype import GenoCell, GenoEdge, Genotype
 from nasc.compiler.ir import SpaceIR
 from nasc.errors import BuildError, did_you_mean
 from nasc.runtime.registry import Registry, hook_problem
-from nasc.runtime.supernet import Network
+
+if TYPE_CHECKING:  # only annotations need torch: `nasc compile` checks a space's select options without it
+    import torch
+
+    from nasc.runtime.supernet import Network
 
 SELECTORS: Registry[type["Selector"]] = Registry(
     "selector", catalogue=selector_names,

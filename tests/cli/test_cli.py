@@ -28,6 +28,19 @@ def test_compile_writes_json_and_summarises(tmp_path, spaces_dir):
     assert "1,930,618" in result.output
 
 
+def test_compile_of_the_darts_space_does_not_import_torch(tmp_path):
+    # the README: `nasc compile` is instant, without torch; darts.nas's select line has options,
+    # which check_space_settings checks through the magnitude selector
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom nasc.cli import main\nsys.argv = ['nasc', 'compile', 'darts', '-o', 'x.json']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert (tmp_path / "x.json").is_file(), out.stderr
+    assert out.stdout.split()[-1] == "False"
+
+
 def test_compile_default_output_name(tmp_path):
     result = runner.invoke(app, ["compile", "nb201"])
     assert result.exit_code == 0, result.output

@@ -253,6 +253,22 @@ def test_presets():
     json.dumps(gdas.options)  # recorded in config.json
 
 
+def test_a_preset_the_space_names_keeps_the_settings_written_beside_it(tmp_path):
+    # `relax gdas` in a file: GDAS' settings replace what darts.nas declares, not the file's own
+    # `batch = 32`; a command-line --relax gdas still replaces the whole search block
+    from nasc.runtime.search import Request, prepare
+
+    (tmp_path / "gd.nas").write_text('space gd extends "darts.nas"\nrelax gdas\nsearch:\n    batch = 32\n')
+    (tmp_path / "more.nas").write_text('space more extends "gd.nas"\nsearch:\n    epochs = 3\n')
+    small = {"C": 4, "layers": 3}
+    cfg = prepare(Request(space=str(tmp_path / "gd.nas"), params=small)).config
+    assert (cfg.batch, cfg.epochs, cfg.nesterov, cfg.weight_decay) == (32, 250, True, 5e-4)
+    cfg = prepare(Request(space=str(tmp_path / "more.nas"), params=small)).config
+    assert (cfg.batch, cfg.epochs) == (32, 3)
+    cfg = prepare(Request(space="spaces/darts.nas", params=small, relax="gdas")).config
+    assert (cfg.batch, cfg.epochs) == (256, 250)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("space,params", [("spaces/darts.nas", {"C": 4, "layers": 5}),
                                           ("spaces/nb201.nas", {"C": 4, "N": 1})])
