@@ -264,7 +264,7 @@ def build_cells(decl: SpaceDecl, ops: OpResolver, params, errs: Collector) -> di
 
 def _macro_steps(ops: OpResolver, pipe: A.Pipeline, params) -> tuple[Step, ...]:
     """A stem/layer/head pipeline: stride context 1, guards folded to `when`."""
-    steps, guards = ops.pipeline(pipe, params)
+    steps, guards = ops.pipeline(pipe, params, params)
     return fold_guards(steps, guards, {"stride": 1}, pipe.span)
 
 
@@ -466,10 +466,10 @@ def build_macro(decl: SpaceDecl, ops: OpResolver, cells: dict[str, nx.DiGraph], 
 def _preprocess_template(ops: OpResolver, stmt: A.PreprocessStmt, params):
     from nasc.compiler.ir import OpTemplate
 
-    steps, guards = ops.pipeline(stmt.body.pipeline, params)
+    steps, guards = ops.pipeline(stmt.body.pipeline, params, params)
     alts, alt_guards = [], []
     for alt in stmt.body.alternatives:
-        s, gs = ops.pipeline(alt.pipeline, params)
+        s, gs = ops.pipeline(alt.pipeline, params, params)
         alts.append((alt.stride, s))
         alt_guards.append(gs)
     return OpTemplate(name="preprocess", default=steps, guards=guards, alternatives=tuple(alts),

@@ -220,8 +220,14 @@ class OpResolver:
         finally:
             self._active.pop()
 
-    def pipeline(self, pipe: A.Pipeline, env: Mapping[str, Any]) -> tuple[tuple[Step, ...], tuple[Any, ...]]:
-        """Evaluate a pipeline to primitive steps (inlining user ops), with one guard per step."""
+    def pipeline(self, pipe: A.Pipeline, env: Mapping[str, Any], scope: Mapping[str, Any] | None = None
+                 ) -> tuple[tuple[Step, ...], tuple[Any, ...]]:
+        """Evaluate a pipeline to primitive steps (inlining user ops), with one guard per step.
+
+        `scope`: the names op bodies inlined here see besides their arguments (default: the space
+        parameters with context names left to the edge). The network's own pipelines (stem, layers,
+        head, preprocess) pass every parameter, so `C` there is the space parameter, inside ops too.
+        """
         steps: list[Step] = []
         guards: list[Any] = []
         for step in pipe.steps:
@@ -248,8 +254,8 @@ class OpResolver:
                                        span=step.call.span)
             self._active.append(target.name)
             try:
-                inner_env = {**self.params, **self._bind(target, step.call, bound, env)}
-                inner, inner_guards = self.pipeline(target.body.pipeline, inner_env)
+                inner_env = {**(self.params if scope is None else scope), **self._bind(target, step.call, bound, env)}
+                inner, inner_guards = self.pipeline(target.body.pipeline, inner_env, scope)
             finally:
                 self._active.pop()
             steps.extend(inner)

@@ -359,3 +359,15 @@ def test_context_names_in_op_bodies_and_candidate_lists_mean_the_edges_values_ov
         widths.add(last.out_channels)
     assert widths == {4, 8, 16}
     assert ir.alpha_groups["normal"]["rows"][0]["ops"][1] == "conv(1, stride, out=C)"  # named as written
+
+
+
+def test_an_op_used_as_the_stem_reads_the_space_parameter_c_as_the_stem_itself_does():
+    """The network's own pipelines keep C the parameter, inside ops too (3 * C = 48 stem channels)."""
+    text = ('space st extends "darts.nas"\nop mystem = conv(3, out = 3 * C) > bn\nnetwork:\n    stem mystem\n'
+            "    preprocess relu > conv(1) > bn | on stride 2: factorized_reduce\n"
+            "    stack layers x normal, reduce at [layers // 3, 2 * layers // 3], widen 2 at reduce\n"
+            "    head global_avg_pool > linear(classes)\n")
+    ir = compile_space("st.nas", text=text)
+    darts = compile_space("darts")
+    assert ir.meta["costs"]["total_without_aux"]["params"] == darts.meta["costs"]["total_without_aux"]["params"]
