@@ -22,7 +22,7 @@ from torch import nn
 
 from nasc.compiler.primitives import PRIMITIVES, same_pad
 from nasc.errors import BuildError
-from nasc.runtime.registry import Registry, _builtin, _where, call_problem
+from nasc.runtime.registry import Registry, call_problem, is_builtin, origin_text
 
 Args = dict[str, Any]
 Builder = Any  # (c_in, c_out, args, *, affine) -> nn.Module
@@ -50,14 +50,14 @@ def build_step(name: str, c_in: int, c_out: int, args: Args | None, *, affine: b
     entry = OPS.entry(name)
     module = entry.value(c_in, c_out, dict(args or {}), affine=affine)
     if not isinstance(module, nn.Module):
-        raise BuildError(f"the builder of primitive {name!r} ({_where(entry.origin)}) returned "
+        raise BuildError(f"the builder of primitive {name!r} ({origin_text(entry.origin)}) returned "
                          f"{type(module).__name__}, not a torch.nn.Module",
                          hint="an op builder (c_in, c_out, args, *, affine) must return an nn.Module")
-    if counted is not None and not _builtin(entry.origin):
+    if counted is not None and not is_builtin(entry.origin):
         built = sum(p.numel() for p in module.parameters())
         if built != counted:
             shown = ", ".join(f"{k}={v!r}" for k, v in sorted((args or {}).items()))
-            raise BuildError(f"primitive {name!r} ({_where(entry.origin)}) built {built:,} weights where its "
+            raise BuildError(f"primitive {name!r} ({origin_text(entry.origin)}) built {built:,} weights where its "
                              f"n_params rule counts {counted:,} (c_in={c_in}, c_out={c_out}, affine={affine}"
                              + (f", {shown}" if shown else "") + ")",
                              hint="make n_params count what the builder builds: nasc compile's sizes, costs and "

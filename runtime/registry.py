@@ -73,19 +73,20 @@ class Registry(Generic[T]):
 
     def _check(self, name: str, value: Any, origin: str, replace: bool) -> None:
         if self._accepts is not None and not self._accepts[0](value):
-            raise RegistryError(f"{_where(origin)} registers {value!r} as {self.kind} {name!r}, but a {self.kind} "
+            raise RegistryError(f"{origin_text(origin)} registers {value!r} as {self.kind} {name!r}, but a {self.kind} "
                                 f"must be {self._accepts[1]}", hint=f"register {self._accepts[1]} under that name")
         old = self._entries.get(name)
         if not (old is None or replace or old.value is value or old.origin == origin):
-            owner = "a built-in of nasc" if _builtin(old.origin) else f"already registered by {_where(old.origin)}"
-            raise RegistryError(f"{self.kind} {name!r} is {owner}; {_where(origin)} registers another one under "
+            owner = ("a built-in of nasc" if is_builtin(old.origin)
+                     else f"already registered by {origin_text(old.origin)}")
+            raise RegistryError(f"{self.kind} {name!r} is {owner}; {origin_text(origin)} registers another one under "
                                 "the same name",
                                 hint="pick another name, or pass replace=True to replace it on purpose (every space, "
                                      "preset and option that names it then gets yours)")
         problem = self._calls(value) if self._calls is not None else None
         if problem is not None:
             what = f"a {self.kind} must be {self._accepts[1]}" if self._accepts is not None else "fix its parameters"
-            raise RegistryError(f"{_where(origin)} registers {self.kind} {name!r}, but {problem}", hint=what)
+            raise RegistryError(f"{origin_text(origin)} registers {self.kind} {name!r}, but {problem}", hint=what)
 
     def alias(self, alias: str, name: str) -> None:
         self._aliases[alias] = name
@@ -163,16 +164,16 @@ def hook_problem(cls: type, base: type) -> str | None:
     return None
 
 
-def _builtin(origin: str) -> bool:
+def is_builtin(origin: str) -> bool:
     return origin == "nasc" or origin.startswith("nasc.")
 
 
-def _where(origin: str) -> str:
+def origin_text(origin: str) -> str:
     """A module name as a user knows it: a plugin file's path (plugin files import as nasc_plugin_*).
 
     An unknown origin ("?": `add` without one) is the file of the code calling the registry.
     """
-    if _builtin(origin):
+    if is_builtin(origin):
         return "nasc"
     if origin == "?":
         frame = sys._getframe(1)
