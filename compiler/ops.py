@@ -17,7 +17,7 @@ from nasc.compiler.expr import CONTEXT_VARS, evaluate, is_sym
 from nasc.compiler.ir import OpTemplate, Step
 from nasc.compiler.primitives import PRIMITIVES
 from nasc.compiler.resolve import SpaceDecl
-from nasc.errors import NasSemanticError, SourceSpan, did_you_mean
+from nasc.errors import NascError, NasSemanticError, SourceSpan, did_you_mean
 from nasc.grammar import ast as A
 
 _SYMS = frozenset(CONTEXT_VARS)
@@ -127,6 +127,7 @@ class OpResolver:
             items = (cands,)
         out: list[tuple[str, A.OpCall]] = []
         keys: dict[str, str] = {}  # what each candidate computes -> the name it was listed under
+        broken: list[NascError] = []  # every bad candidate of the list is reported, not just the first
         for call in items:
             if not call.args and not call.kwargs and call.name in self.decl.op_sets:
                 for name, inner in self.candidates(call, _sets):  # op sets may include other op sets
@@ -134,9 +135,16 @@ class OpResolver:
                     out.append((name, inner))
                 continue
             name = canonical_name(call, self.params)
-            self.template(call)
+            try:
+                self.template(call)
+            except NasSemanticError as e:
+                broken.extend(e.errors)
+                continue
             self._once(name, call, keys)
             out.append((name, call))
+        if broken:
+            first = broken[0]
+            raise NasSemanticError(first.message, span=first.span, hint=first.hint, errors=broken)
         if not out:
             span = cands.span
             raise NasSemanticError("empty candidate set", span=span, hint="list at least one op, e.g. [skip_connect]")

@@ -53,6 +53,16 @@ def test_unknown_op_suggests_the_family_member(semantic_error):
         "t.nas:9:25: error: unknown op 'sep_conv3x3'"
 
 
+def test_every_unknown_op_of_a_list_is_reported(semantic_error):
+    """One compile shows every misspelt candidate, not one per run."""
+    err = semantic_error(space("[none, sep_conv3x3, skip_conect]"))
+    assert [(e.message, where(e)) for e in err.errors] == [
+        ("unknown op 'sep_conv3x3'", (9, LIST_COL + 6)),
+        ("unknown op 'skip_conect'", (9, LIST_COL + 19)),
+    ]
+    assert err.errors[1].hint == "did you mean 'skip_connect'?"
+
+
 def test_unknown_op_inside_an_op_body(semantic_error):
     err = semantic_error(space(extra="op bad = relu > batchnorm\nops more = [bad]\n").replace(
         "edges dense: base_ops", "edges dense: more"))
