@@ -37,8 +37,9 @@ Not reproduced:
 * the 40-epoch weight-only warm-up on random paths: set `arch_start` (α ≈ 0
   then, so sampling from softmax(α) is near-uniform, and α does not move),
   though the warm-up's own learning-rate schedule is not reproduced;
-* one α step every 5 weight steps (here one per weight step), the label
-  smoothing and the latency lookup tables;
+* the label smoothing and the latency lookup tables (the α step every 5
+  weight steps is the preset's `arch_every = 5`, taken before the weight step
+  rather than after it);
 * unsampled ops are held at their pre-step α exactly (the paper's masking);
   the code gets the same only because its Adam has β1 = 0 and no weight decay.
 Binary gates need bi-level, first-order search, and `check_config` refuses
