@@ -169,6 +169,7 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     relax_opts = dict(ir.relax.options) if relax_name == ir.relax.name else {}
     relax_opts.update(request.relax_options)
     relax = load_relaxation(relax_name, relax_opts)
+    relax.check_config(base)
     select_name = request.select or ir.select.name
     select_opts = dict(ir.select.options) if select_name == ir.select.name else {}
     select_opts.update(request.select_options)

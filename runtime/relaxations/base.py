@@ -150,6 +150,9 @@ class Relaxation:
     def setup(self, ir: Any, net: nn.Module) -> None:
         """Called once the supernet is built (e.g. to read the compiler's per-candidate costs)."""
 
+    def check_config(self, config: Any) -> None:
+        """Refuse search settings (a `SearchConfig`) this relaxation cannot search with, before anything runs."""
+
     def edge_channels(self, channels: int) -> int:
         """Channels the candidates of an edge operate on (PC-DARTS uses C/K)."""
         return channels

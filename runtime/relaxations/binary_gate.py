@@ -37,12 +37,15 @@ Not reproduced:
 * the 40-epoch weight-only warm-up on random paths: set `arch_start` (α ≈ 0
   then, so sampling from softmax(α) is near-uniform, and α does not move),
   though the warm-up's own learning-rate schedule is not reproduced;
-* one α step every 5 weight steps (here one per weight step), the label
-  smoothing and the latency lookup tables;
+* the label smoothing and the latency lookup tables (the α step every 5
+  weight steps is the preset's `arch_every = 5`, taken before the weight step
+  rather than after it);
 * unsampled ops are held at their pre-step α exactly (the paper's masking);
   the code gets the same only because its Adam has β1 = 0 and no weight decay.
-Binary gates need bi-level search (`levels = 2`): weight-phase gates carry no
-gradient.
+Binary gates need bi-level, first-order search, and `check_config` refuses
+anything else: weight-phase gates carry no gradient (with `levels = 1` α would
+never move), and the unrolled step's four forward passes would each sample
+other paths than the ones the α step freezes and rescales.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nasc.errors import BuildError
+from nasc.errors import BuildError, SearchError
 from nasc.runtime.ops import Zero
 from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, MixedEdge, Relaxation, masked_softmax
 
@@ -124,6 +127,15 @@ class BinaryGate(Relaxation):
         self.ref: float | None = None
 
     # ---- construction ----
+    def check_config(self, config: Any) -> None:
+        if config.levels != 2:
+            raise SearchError("binary-gate needs bi-level search (levels = 2): its weight-step gates carry no "
+                              "gradient, so α would never move", hint="search bi-level (--opt levels=2)")
+        if config.order != 1:
+            raise SearchError("binary-gate has no second-order step: each forward pass of the unrolled "
+                              "gradient samples other paths than the α step rescales",
+                              hint="search first-order (--first-order)")
+
     def make_edge(self, candidates: list[nn.Module], names: list[str], *, channels: int, stride: int) -> nn.Module:
         return BinaryGateEdge(candidates, names)
 

@@ -64,6 +64,8 @@ Hyper-parameters (optimisers, learning rates, epochs, batch) of the paper are
 UNVERIFIED: the preset `parsec` only sets K = 16 (§5.9) and keeps the
 space's DARTS defaults. Use first order (`order = 1`, the DARTS default): the
 surrogate does not depend on w, so the unrolled second-order term vanishes.
+Bi-level search is required (`check_config` refuses `levels = 1`): the
+weight-phase children carry no gradient to π.
 Not reproduced: any hyper-prior on π (UNVERIFIED whether there is one).
 """
 
@@ -78,7 +80,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasc.errors import BuildError
+from nasc.errors import BuildError, SearchError
 from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, MixedEdge, Relaxation, masked_softmax
 
 _MAX_PERMUTATIONS = 720  # m! orderings per node for the exact subset probability (m ≤ 6)
@@ -182,6 +184,12 @@ class Parsec(Relaxation):
         self._plans: dict[int, _Plan] = {}  # id(α parameter) -> topology plan
 
     # ---- construction ----
+    def check_config(self, config: Any) -> None:
+        if config.levels != 2:
+            raise SearchError("parsec needs bi-level search (levels = 2): π learns only in α steps (the "
+                              "estimator of `arch_loss`), so with one level it would never move",
+                              hint="search bi-level (--opt levels=2)")
+
     def make_edge(self, candidates: list[nn.Module], names: list[str], *, channels: int, stride: int) -> nn.Module:
         return ParsecEdge(candidates, names)
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasc.compiler.pipeline import compile_space
-from nasc.errors import BuildError
+from nasc.errors import BuildError, SearchError
 from nasc.runtime.config import make_config
 from nasc.runtime.ops import Zero
 from nasc.runtime.relaxations.base import load_relaxation, preset
@@ -301,6 +301,17 @@ def test_space_file_searches_as_the_preset(proxyless):
     from_file = make_config(ir.search, {})
     for key, value in preset("proxylessnas")[1].items():
         assert getattr(from_file, key) == value, key
+
+
+@pytest.mark.parametrize("setting", [{"levels": 1}, {"order": 2}])
+def test_single_level_and_second_order_are_refused(setting):
+    """levels = 1 once left α at its initial value (weight-phase gates carry no gradient), silently."""
+    from nasc.runtime.search import Request, prepare
+
+    request = Request(space="spaces/darts.nas", params={"C": 4, "layers": 3}, relax="binary-gate",
+                      overrides={"epochs": 1, **setting})
+    with pytest.raises(SearchError, match="binary-gate"):
+        prepare(request)
 
 
 def _search(tmp_path, request):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from nasc.catalog import PRESETS
 from nasc.compiler.pipeline import compile_space
-from nasc.errors import BuildError
+from nasc.errors import BuildError, SearchError
 from nasc.runtime.relaxations import parsec as P
 from nasc.runtime.relaxations.base import RELAXATIONS, load_relaxation, preset
 from nasc.runtime.selectors import load_selector
@@ -360,6 +360,15 @@ def test_registered_and_options():
                 {"temperature": 1}):
         with pytest.raises(BuildError):
             load_relaxation("parsec", bad)
+
+
+def test_single_level_is_refused():
+    """levels = 1 once searched nothing: weight-phase children are constant one-hots, so π never moved."""
+    from nasc.runtime.search import Request, prepare
+
+    with pytest.raises(SearchError, match="parsec"):
+        prepare(Request(space="spaces/darts.nas", params={"C": 4, "layers": 3}, relax="parsec",
+                        overrides={"epochs": 1, "levels": 1}))
 
 
 @pytest.mark.slow
