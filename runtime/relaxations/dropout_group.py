@@ -35,9 +35,10 @@ Partial weight decay (decay only the w and α of kept ops):
   and torch's SGD skips them entirely: no decay, no momentum step.
 Deviations from the DropNAS code: it applies the decay as a separate loss and
 a second optimiser step per iteration (so SGD momentum and Adam moments are
-stepped twice, and the loss wd·‖w‖² has gradient 2·wd·w, twice this decay), and lets Adam's momentum still move dropped α slightly; here
-one step decays only kept ops and dropped α do not move at all (the paper's
-"receive no gradient"). With `order = 2` the unrolled step runs several
+stepped twice, and the loss wd·‖w‖² has gradient 2·wd·w, twice this decay),
+and lets Adam's momentum still move dropped α slightly; here one step decays
+only kept ops and dropped α do not move at all (the paper's "receive no
+gradient"). With `order = 2` the unrolled step runs several
 forward passes; the α-adjust uses the mask of the last one.
 
 Evaluation (phase "eval"): plain softmax over all ops, every op computed.
