@@ -68,6 +68,19 @@ def test_resume_ends_like_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_cli_resumes_a_training_run_with_the_command_a_ctrl_c_names(tmp_path):
+    """`nasc train --resume RUN` (what the interrupt message says) once failed: "Missing argument 'genotype'"."""
+    request = TrainRequest(genotype=str(GENOTYPES / "nb201_best_cifar10.json"), params={"C": 4, "N": 1},
+                           overrides={"epochs": 2, "batch": 256})
+    with pytest.raises(KeyboardInterrupt):
+        run_train(prepare_train(request), tmp_path / "cut", stop_after=1)
+    result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "cut")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cut" / "result.json").is_file()
+    missing = CliRunner().invoke(app, ["train", "--epochs", "1"])
+    assert missing.exit_code == 2 and "a genotype is required" in " ".join(missing.output.split())
+
+
 def test_genotype_errors_are_clear(tmp_path):
     bad = json.loads((GENOTYPES / "darts_v2.json").read_text())
     bad["cells"]["normal"]["edges"][0]["op"] = "sep_conv_9x9"
