@@ -32,6 +32,14 @@ def test_protocol_comes_from_the_train_block_and_the_command_line_wins():
     assert "aux_weight 0.4 set to 0: the auxiliary head was dropped at this input size" in warnings
 
 
+def test_nb201_protocol_is_the_benchmark_one_without_gradient_clipping():
+    """AutoDL's 200E config and training loop: SGD Nesterov 0.1 cosine to 0, wd 5e-4, batch 256, and no
+    clip_grad_norm (the space once inherited the DARTS-style default clip of 5)."""
+    cfg = prepare_train(TrainRequest(genotype=str(GENOTYPES / "nb201_best_cifar10.json"), params={"C": 4, "N": 1})).config
+    assert (cfg.epochs, cfg.batch, cfg.lr, cfg.lr_min, cfg.weight_decay, cfg.nesterov) == (200, 256, 0.1, 0.0, 5e-4, True)
+    assert cfg.clip == 0 and cfg.drop_path == 0 and cfg.aux_weight == 0 and cfg.cutout == 0
+
+
 def test_eval_network_has_the_published_size_for_cifar_inputs():
     job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "darts_v2.json"), input_shape=(3, 32, 32)))
     assert job.ir.meta["costs"]["total_without_aux"]["params"] == 3_349_342
