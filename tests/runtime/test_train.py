@@ -40,6 +40,15 @@ def test_nb201_protocol_is_the_benchmark_one_without_gradient_clipping():
     assert cfg.clip == 0 and cfg.drop_path == 0 and cfg.aux_weight == 0 and cfg.cutout == 0
 
 
+@pytest.mark.parametrize("space, batch, drop_path", [("darts", 96, 0.2), ("pcdarts", 96, 0.3), ("pdarts", 128, 0.3)])
+def test_each_method_trains_with_its_official_evaluation_settings(space, batch, drop_path):
+    """train.py of DARTS, PC-DARTS and train_cifar.py of P-DARTS: the same protocol but for batch and drop path
+    (PC-DARTS once inherited DARTS' 0.2)."""
+    cfg = prepare_train(TrainRequest(genotype=str(GENOTYPES / "pcdarts.json"), space=space, params=TINY)).config
+    assert (cfg.epochs, cfg.lr, cfg.weight_decay, cfg.clip) == (600, 0.025, 3e-4, 5)
+    assert (cfg.batch, cfg.drop_path) == (batch, drop_path)
+
+
 def test_eval_network_has_the_published_size_for_cifar_inputs():
     job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "darts_v2.json"), input_shape=(3, 32, 32)))
     assert job.ir.meta["costs"]["total_without_aux"]["params"] == 3_349_342
