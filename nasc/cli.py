@@ -519,8 +519,8 @@ def _print_dry_run(info: dict[str, Any], human) -> None:
 
 @app.command()
 def train(
-    genotype: Annotated[str, typer.Argument(help="A genotype file, run directory, DARTS Genotype(...) or "
-                                            "NAS-Bench-201 string.")],
+    genotype: Annotated[Optional[str], typer.Argument(help="A genotype file, run directory, DARTS Genotype(...) or "
+                                                      "NAS-Bench-201 string (none with --resume).")] = None,
     space: Annotated[Optional[str], typer.Option("--space", help="The space the genotype belongs to "
                                                  "(default: from the genotype or run).")] = None,
     set_: SetOpt = None,
@@ -545,9 +545,13 @@ def train(
     from nasc.runtime import train as T
 
     _distributed_entry(nproc, dry_run)
+    if genotype is None and not resume:
+        # optional only so that `nasc train --resume RUN`, the command a Ctrl-C names, needs no genotype
+        raise typer.BadParameter("a genotype is required (a file, run directory or genotype string), "
+                                 "unless --resume RUN_DIR continues a training run")
     _resume_notes(resume, "train", dry_run, {
-        "--space": space, "--set": set_, "--epochs": epochs, "--batch": batch, "--seed": seed, "--data": data,
-        "--data-dir": data_dir, "--device": device, "--opt": opt, "--run-dir": run_dir, "--input": input_shape})
+        "GENOTYPE": genotype, "--space": space, "--set": set_, "--epochs": epochs, "--batch": batch, "--seed": seed,
+        "--data": data, "--data-dir": data_dir, "--device": device, "--opt": opt, "--run-dir": run_dir, "--input": input_shape})
 
     overrides = parse_assignments(opt, "--opt")
     for key, value in (("epochs", epochs), ("batch", batch), ("seed", seed), ("dataset", data),

@@ -492,11 +492,21 @@ def run_search(job: Job, run_path: str | Path, *, on_event: Callable[[Event], No
     return SearchResult(genotype=genotype, run_dir=run.path, final=final)
 
 
+def _search_config(run: RunDir) -> dict[str, Any]:
+    """The run's config, refusing a `nasc train` run up front: its checkpoint would otherwise fail the
+    fingerprint check, reported as if the space file had changed."""
+    config = run.read_config("space_file")
+    if config.get("kind") == "train":
+        raise SearchError(f"{run.path} is a training run, not a search",
+                          hint="continue it with `nasc train --resume`; `nasc export` / `nasc viz` read it too")
+    return config
+
+
 def resume(run_path: str | Path, *, on_event: Callable[[Event], None] | None = None,
            stop_after: int | None = None) -> SearchResult:
     """Continue an interrupted run from its last checkpoint, with the settings it started with."""
     run = RunDir(run_path)
-    config = run.read_config("space_file")
+    config = _search_config(run)
     req = config.get("request") or {}
     request = Request(space=config["space_file"], params=req.get("params") or {}, relax=req.get("relax"),
                       relax_options=req.get("relax_options") or {}, select=req.get("select"),
@@ -515,7 +525,7 @@ def reselect(run_path: str | Path, select: str, select_options: Mapping[str, Any
              on_event: Callable[[Event], None] | None = None) -> tuple[G.Genotype, Path]:
     """Run a selector again on a run's last checkpoint; writes genotype-<selector>.json beside the original."""
     run = RunDir(run_path)
-    config = run.read_config("space_file")
+    config = _search_config(run)
     req = config.get("request") or {}
     request = Request(space=config["space_file"], params=req.get("params") or {}, relax=req.get("relax"),
                       relax_options=req.get("relax_options") or {}, select=select,

@@ -13,3 +13,7 @@ search:
     lr_schedule = cosine(min = 0.0)
     arch = adam(lr = 6e-4, betas = (0.5, 0.999), weight_decay = 1e-3)
     arch_start = 15
+
+# training the derived network: PC-DARTS train.py (drop-path 0.3), otherwise as DARTS
+train:
+    drop_path = 0.3

@@ -99,6 +99,22 @@ def test_resume_an_interrupted_run(tmp_path, _one_thread_module):
     assert epochs == [0, 1]
 
 
+def test_search_resume_and_select_refuse_a_training_run_by_name(tmp_path, _one_thread_module):
+    """They once reported the train run's checkpoint as 'belongs to another space' (the space file changed)."""
+    from nasc.runtime.train import TrainRequest, prepare_train, run_train
+
+    request = TrainRequest(genotype=NB201, params={"C": 4, "N": 1}, overrides={"epochs": 2, "batch": 256})
+    with pytest.raises(KeyboardInterrupt):
+        run_train(prepare_train(request), tmp_path / "cut", stop_after=1)
+    for args in (["search", "--resume", "cut"], ["select", "cut", "--select", "magnitude"]):
+        result = runner.invoke(app, args)
+        text = " ".join(result.output.split())
+        assert result.exit_code == 1, result.output
+        assert "is a training run, not a search" in text and "nasc train --resume" in text
+        assert "another space" not in text
+        _no_traceback(result)
+
+
 def test_ctrl_c_exits_130_with_a_resume_hint(tmp_path, monkeypatch, _one_thread_module):
     import nasc.runtime.search as S
 

@@ -32,6 +32,23 @@ def test_protocol_comes_from_the_train_block_and_the_command_line_wins():
     assert "aux_weight 0.4 set to 0: the auxiliary head was dropped at this input size" in warnings
 
 
+def test_nb201_protocol_is_the_benchmark_one_without_gradient_clipping():
+    """AutoDL's 200E config and training loop: SGD Nesterov 0.1 cosine to 0, wd 5e-4, batch 256, and no
+    clip_grad_norm (the space once inherited the DARTS-style default clip of 5)."""
+    cfg = prepare_train(TrainRequest(genotype=str(GENOTYPES / "nb201_best_cifar10.json"), params={"C": 4, "N": 1})).config
+    assert (cfg.epochs, cfg.batch, cfg.lr, cfg.lr_min, cfg.weight_decay, cfg.nesterov) == (200, 256, 0.1, 0.0, 5e-4, True)
+    assert cfg.clip == 0 and cfg.drop_path == 0 and cfg.aux_weight == 0 and cfg.cutout == 0
+
+
+@pytest.mark.parametrize("space, batch, drop_path", [("darts", 96, 0.2), ("pcdarts", 96, 0.3), ("pdarts", 128, 0.3)])
+def test_each_method_trains_with_its_official_evaluation_settings(space, batch, drop_path):
+    """train.py of DARTS, PC-DARTS and train_cifar.py of P-DARTS: the same protocol but for batch and drop path
+    (PC-DARTS once inherited DARTS' 0.2)."""
+    cfg = prepare_train(TrainRequest(genotype=str(GENOTYPES / "pcdarts.json"), space=space, params=TINY)).config
+    assert (cfg.epochs, cfg.lr, cfg.weight_decay, cfg.clip) == (600, 0.025, 3e-4, 5)
+    assert (cfg.batch, cfg.drop_path) == (batch, drop_path)
+
+
 def test_eval_network_has_the_published_size_for_cifar_inputs():
     job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "darts_v2.json"), input_shape=(3, 32, 32)))
     assert job.ir.meta["costs"]["total_without_aux"]["params"] == 3_349_342
@@ -66,6 +83,19 @@ def test_resume_ends_like_an_uninterrupted_run(tmp_path):
     a = torch.load(tmp_path / "straight" / "weights.pt")
     b = torch.load(tmp_path / "resumed" / "weights.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_resumes_a_training_run_with_the_command_a_ctrl_c_names(tmp_path):
+    """`nasc train --resume RUN` (what the interrupt message says) once failed: "Missing argument 'genotype'"."""
+    request = TrainRequest(genotype=str(GENOTYPES / "nb201_best_cifar10.json"), params={"C": 4, "N": 1},
+                           overrides={"epochs": 2, "batch": 256})
+    with pytest.raises(KeyboardInterrupt):
+        run_train(prepare_train(request), tmp_path / "cut", stop_after=1)
+    result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "cut")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cut" / "result.json").is_file()
+    missing = CliRunner().invoke(app, ["train", "--epochs", "1"])
+    assert missing.exit_code == 2 and "a genotype is required" in " ".join(missing.output.split())
 
 
 def test_genotype_errors_are_clear(tmp_path):
