@@ -72,7 +72,7 @@ from nasc.errors import BuildError, SearchError, did_you_mean
 from nasc.runtime.config import SearchConfig
 from nasc.runtime.rundir import RunDir
 from nasc.runtime.selectors import Selector, derive, strengths
-from nasc.runtime.supernet import Network
+from nasc.runtime.supernet import Cell, Network
 
 SKIP_OP = "skip_connect"
 SKIP_DECAY = 0.2  # `scale_factor` in train_search.py
@@ -138,12 +138,15 @@ def skip_dropout_rate(rate: float, epoch: int, epochs: int, arch_start: int) -> 
     return rate * math.exp(-(epoch - arch_start) * SKIP_DECAY)
 
 
-class SkipDropout(nn.Module):
-    """An identity candidate followed by Dropout(p); `p` is set per epoch (model_search.py `update_p`)."""
+class SkipDropout(nn.Dropout):
+    """An identity candidate followed by Dropout(p); `p` is set per epoch (model_search.py `update_p`).
+
+    A subclass of nn.Dropout so that everything that keeps random candidates out of its way (fused
+    edge groups, CUDA graphs) sees it as the dropout it is.
+    """
 
     def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
+        super().__init__(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.dropout(x, self.p, self.training) if self.p > 0 else x
@@ -163,6 +166,9 @@ def install_skip_dropout(net: Network, op: str = SKIP_OP) -> list[SkipDropout]:
             if name == op and type(candidates[i]) is nn.Identity:
                 candidates[i] = SkipDropout()
                 installed.append(candidates[i])
+    for module in net.modules():  # fused edge groups were planned on the identities: plan them again
+        if isinstance(module, Cell) and module.groups:
+            module.fuse(True)
     return installed
 
 

@@ -160,6 +160,20 @@ def test_skip_dropout_wraps_only_identity_skip_candidates(tiny_ir, tiny_net):
     tiny_net(torch.randn(2, 1, 8, 8)).sum().backward()  # the supernet still runs
 
 
+def test_skip_dropout_runs_in_fused_edge_groups(tiny_net):
+    """On a GPU edges are fused by default (fuse_edges); the groups must not keep running the bare identities."""
+    tiny_net.set_memory("plain", fuse=True)
+    assert any(cell.groups for cell in tiny_net.modules() if hasattr(cell, "groups"))
+    installed = P.install_skip_dropout(tiny_net)
+    P.set_skip_dropout(installed, 0.5)
+    ran = set()
+    for m in installed:
+        m.register_forward_hook(lambda mod, inp, out: ran.add(id(mod)))
+    tiny_net.train()
+    tiny_net(torch.randn(2, 1, 8, 8))
+    assert len(ran) == len(installed)
+
+
 # ---- the final rule ----
 
 
