@@ -476,6 +476,8 @@ def search(
                                 relax_options=parse_assignments(relax_opt, "--relax-opt"), select=select,
                                 select_options=parse_assignments(select_opt, "--select-opt"), overrides=overrides)
             job = S.prepare(request)
+            for w in job.notes:
+                err_console.print(f"[yellow]warning:[/yellow] {_escape(w)}")
             info = S.describe(job)
             if dry_run:
                 _print_dry_run(info, human)

@@ -66,6 +66,7 @@ class Job:
     net: Network
     device: torch.device
     space_path: str
+    notes: tuple[str, ...] = ()  # warnings about this search's settings (also in ir.meta["warnings"])
 
 
 @attrs.frozen(kw_only=True)
@@ -176,10 +177,14 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     selector = load_selector(select_name, select_opts)
     selector.check(ir)  # before training: a bad option used to surface only after the whole search
     config = base
+    notes: list[str] = []  # what the user should hear before the search starts
     if config.cutout > dataset.shape[1] // 2:
-        ir.meta.setdefault("warnings", []).append(
-            f"cutout {config.cutout} capped at {dataset.shape[1] // 2} for {dataset.shape[1]}px images")
+        notes.append(f"cutout {config.cutout} capped at {dataset.shape[1] // 2} for {dataset.shape[1]}px images")
         config = attrs.evolve(config, cutout=dataset.shape[1] // 2)
+    if config.arch_start >= config.epochs and not config.fix_alpha:
+        notes.append(f"α is never trained: arch_start = {config.arch_start} is not below epochs = {config.epochs}, "
+                     "so the genotype comes from the random initial α (lower it, e.g. --opt arch_start=0)")
+    ir.meta["warnings"] = ir.meta.get("warnings", []) + notes
     seed_everything(config.seed, config.deterministic)
     generator = torch.Generator().manual_seed(config.seed)
     net = build_supernet(ir, relax, generator=generator)
@@ -202,7 +207,7 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     ir.meta["torch_compile"] = {"used": held is None, "reason": held or "each cell compiled, then checked against a "
                                                                         "float64 copy on the step's shapes"}
     return Job(request=request, ir=ir, config=config, dataset=dataset, relax=relax, selector=selector,
-               net=net.to(device), device=device, space_path=str(Path(decl.path).resolve()))
+               net=net.to(device), device=device, space_path=str(Path(decl.path).resolve()), notes=tuple(notes))
 
 
 def _beside_preset(decl, settings: Mapping[str, Any], preset_settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -61,6 +61,20 @@ def test_dry_run_prints_the_supernet_and_writes_nothing(tmp_path, _one_thread_mo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_search_says_when_its_settings_are_changed_or_useless(_one_thread_module):
+    """A capped cutout and an α that never trains are said before the search, not found in config.json."""
+    result = runner.invoke(app, ["search", "--set", "C=4", "--set", "layers=3", "--epochs", "2",
+                                 "--opt", "cutout=16", "--opt", "arch_start=2", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "warning: cutout 16 capped at 4 for 8px images" in text
+    assert "warning: α is never trained: arch_start = 2 is not below epochs = 2" in text
+    assert "auxiliary head" not in text  # a compile warning about training, not about this search
+    quiet = runner.invoke(app, ["search", "--set", "C=4", "--set", "layers=3", "--epochs", "2",
+                                "--opt", "arch_start=1", "--dry-run"])
+    assert quiet.exit_code == 0 and "warning" not in quiet.output
+
+
 def test_search_writes_a_run(finished_run):
     run, result = finished_run
     assert result.exit_code == 0, result.output
