@@ -713,3 +713,14 @@ def test_an_aux_head_must_give_as_many_scores_as_the_head(semantic_error):
     err = semantic_error(space(extra="    aux relu > global_avg_pool > linear(7) after 1\n"))
     assert err.message == "the auxiliary head gives 7 scores but the head gives 10"
     assert where(err) == (17, 5) and err.hint == "end both with `linear(classes)`"
+
+
+@pytest.mark.parametrize("old, new, shown", [
+    ("out = 3 * C", "out = int(3 * C)", "conv: 'out' must be an integer, got int(48)"),
+    ("stack 3 x", "stack round(3) x", "a cell count must be an integer ≥ 1, got round(3)"),
+])
+def test_a_call_where_a_number_belongs_is_shown_as_written_with_a_hint(semantic_error, old, new, shown):
+    # the language has no int()/round(): a call is a value only for settings such as sgd(...)
+    err = semantic_error(space().replace(old, new))
+    assert err.message.startswith(shown), err.message
+    assert "not a function" in err.hint and "//" in err.hint
