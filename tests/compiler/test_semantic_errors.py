@@ -378,6 +378,13 @@ def test_missing_file_on_the_command_line():
         resolve_path("/nonexistent/dir/x.nas")
 
 
+def test_a_directory_on_the_command_line_is_not_called_missing(tmp_path):
+    (tmp_path / "mine.nas").write_text("")
+    with pytest.raises(NasSyntaxError, match="it is a directory") as info:
+        resolve_path(tmp_path)
+    assert "mine.nas" in info.value.hint
+
+
 def test_circular_extends(tmp_path):
     (tmp_path / "a.nas").write_text('space a extends "b.nas"\n')
     (tmp_path / "b.nas").write_text('# b\nspace b extends "a.nas"\n')
