@@ -731,3 +731,9 @@ def test_a_call_where_a_number_belongs_is_shown_as_written_with_a_hint(semantic_
     err = semantic_error(space().replace(old, new))
     assert err.message.startswith(shown), err.message
     assert "not a function" in err.hint and "//" in err.hint
+
+
+def test_a_cell_edge_that_pools_to_a_vector_is_named_at_the_edge(semantic_error):
+    err = semantic_error(space("[skip_connect, global_avg_pool]"))
+    assert err.message.startswith("op 'global_avg_pool' on edge n0<-s0 turns the feature map into a vector"), err.message
+    assert "None" not in err.message and where(err)[0] == 9 and "head" in err.hint
