@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 import networkx as nx
 
-from nasc.compiler.expr import as_int, bind, evaluate, is_sym
+from nasc.compiler.expr import as_int, bind, call_hint, evaluate, is_sym
 from nasc.compiler.ir import CellEdge, Layer, Method, Output, SpaceIR, Step
 from nasc.compiler.ops import OpResolver
 from nasc.compiler.primitives import PRIMITIVES
@@ -89,7 +89,8 @@ MAX_REPEAT = 10_000  # cells per `stack`, blocks per `choice`: a typo such as `s
 def _int(value: Any, what: str, span: SourceSpan | None, minimum: int = 0, maximum: int | None = None) -> int:
     n = as_int(value)
     if n is None or n < minimum:
-        raise NasSemanticError(f"{what} must be an integer ≥ {minimum}, got {value!r}", span=span)
+        raise NasSemanticError(f"{what} must be an integer ≥ {minimum}, got {value!r}", span=span,
+                               hint=call_hint(value))
     if maximum is not None and n > maximum:
         raise NasSemanticError(f"{what} must be at most {maximum}, got {n}", span=span)
     return n

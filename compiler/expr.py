@@ -38,7 +38,7 @@ def _too_large_error(expr: A.Expr) -> NasSemanticError:
                             hint="integers are limited to 64 bits (about ±9.2e18); floats to about 1.8e308")
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class CallValue:
     """A call written as a value, e.g. `sgd(lr = 0.025)` in a search block."""
 
@@ -46,9 +46,22 @@ class CallValue:
     args: tuple
     kwargs: tuple[tuple[str, Any], ...]
 
+    def __repr__(self) -> str:
+        """As written (`int(24.0)`), since error messages show the value a user wrote where a number belongs."""
+        parts = [repr(a) for a in self.args] + [f"{k} = {v!r}" for k, v in self.kwargs]
+        return f"{self.name}({', '.join(parts)})"
+
     def to_json(self) -> dict:
         return {"call": self.name, "args": [to_json(a) for a in self.args],
                 "kwargs": {k: to_json(v) for k, v in self.kwargs}}
+
+
+def call_hint(value: Any) -> str | None:
+    """Why a call is not a number: the language has no functions, a call is a value only for settings."""
+    if not isinstance(value, CallValue):
+        return None
+    return (f"`{value.name}(...)` is not a function: a call is only a value for settings such as "
+            "`sgd(lr = 0.025)`; round with `//` (e.g. `C * 3 // 2`)")
 
 
 @attrs.frozen

@@ -77,6 +77,10 @@ def _cell_shapes(ir: SpaceIR, layer: Layer, c_in: list[int], h_in: list[int | No
                 placed = _place(ir, ir.impl(op, e.stride), c_in=c, c=width, h=h, searching=searching, affine=affine,
                                where=f" (op {op!r} on edge {e.key} in {layer.id}, cell {layer.cell!r})")
                 shapes[(src, op)] = output_shape(placed, c, h)
+                if shapes[(src, op)][1] is None:  # said here, at the edge, not as `NonexNone` or at the next cell
+                    raise NasSemanticError(f"op {op!r} on edge {e.key} turns the feature map into a vector{where}",
+                                           span=e.span, hint="cell edges must output feature maps: pooling to a "
+                                           "vector (global_avg_pool, flatten, linear) belongs in the head")
         distinct = set(shapes.values())
         if not distinct:  # a constant-zero node: the shape its removed zero edges would have given
             for src, op, stride in ir.meta.get("zero_sources", {}).get(layer.cell, {}).get(node, ()):

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from nasc.compiler.expr import CONTEXT_VARS, evaluate, is_sym
+from nasc.compiler.expr import CONTEXT_VARS, call_hint, evaluate, is_sym
 from nasc.compiler.ir import OpTemplate, Step
 from nasc.compiler.primitives import PRIMITIVES
 from nasc.compiler.resolve import SpaceDecl
@@ -298,7 +298,8 @@ class OpResolver:
                 raise NasSemanticError(f"{prim}: {p.name!r} must be true or false, got {value!r}", span=call.span)
             if p.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
                 if not (isinstance(value, float) and value.is_integer()):
-                    raise NasSemanticError(f"{prim}: {p.name!r} must be an integer, got {value!r}", span=call.span)
+                    raise NasSemanticError(f"{prim}: {p.name!r} must be an integer, got {value!r}", span=call.span,
+                                           hint=call_hint(value))
                 args[p.name] = int(value)
             if p.kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise NasSemanticError(f"{prim}: {p.name!r} must be a number, got {value!r}", span=call.span)

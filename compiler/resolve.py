@@ -185,6 +185,12 @@ def resolve_path(path: str | Path) -> SpaceDecl:
     if not _is_file(p):
         if p.suffix in ("", ".nas") and len(p.parts) == 1:
             p = find_file(str(path), None)
+        elif p.is_dir():  # `nasc check spaces/` is not "no such file": say what it is and what is in it
+            found = sorted(f.name for f in p.glob("*.nas"))
+            raise NasSyntaxError(f"cannot read {path}: it is a directory, not a .nas file",
+                                 hint=f"name the files in it: {', '.join(found[:8])}{', …' * (len(found) > 8)}"
+                                 if found
+                                 else "name a .nas file")
         elif (bundled_dir() / p.name).is_file():  # `spaces/darts.nas` from outside the repository
             raise NasSyntaxError(f"cannot read {path}: no such file",
                                  hint=f"{p.name!r} is a bundled space: name it as `{p.stem}`")

@@ -16,10 +16,15 @@ def describe_macro(ir: SpaceIR) -> str:
 
     def flush() -> None:
         if run:
-            reduce = [i for i, c in enumerate(run) if c != run[0]]
+            # each other cell type is named with its own positions: two stacks of different cells
+            # (normal, reduce, then a stack of `light`) must not read as reductions at light's place
+            others: dict[str, list[int]] = {}
+            for i, c in enumerate(run):
+                if c != run[0]:
+                    others.setdefault(c, []).append(i)
             desc = f"{len(run)} x {run[0]}"
-            if reduce:
-                desc += f" ({run[reduce[0]]} at {', '.join(str(i) for i in reduce)})"
+            if others:
+                desc += " (" + "; ".join(f"{c} at {', '.join(map(str, pos))}" for c, pos in others.items()) + ")"
             parts.append(desc)
             run.clear()
 

@@ -529,7 +529,7 @@ def train(
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
     batch: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Dataset (default: the embedded digits).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset (default: a search run's, else the embedded digits).")] = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where datasets live.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
     opt: Annotated[Optional[list[str]], typer.Option("--opt", help="Any training setting NAME=VALUE "

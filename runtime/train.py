@@ -140,6 +140,15 @@ def guess_space(genotype: G.Genotype, run_config: Mapping[str, Any] | None) -> s
     raise GenotypeError("cannot tell which space this genotype belongs to", hint="pass --space FILE")
 
 
+def searched_data(run_config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The dataset a search run searched on, so that `nasc train RUN` trains on it too (a run searched on
+    CIFAR-10 or a plugin's data was otherwise trained on the digits, with the head fitted to them)."""
+    search = run_config.get("search") if run_config else None
+    if not isinstance(search, dict) or not search.get("dataset"):
+        return {}
+    return {"dataset": search["dataset"], "data_dir": search.get("data_dir")}
+
+
 def fit_to_dataset(config, shape: tuple[int, int, int]):
     """Cap a cutout written for 32x32 CIFAR at half the image side (a 16-pixel hole erases an 8x8 digit)."""
     side = shape[1]
@@ -196,7 +205,7 @@ def _prepare_train(request: TrainRequest, genotype: G.Genotype, run_config: Mapp
     params = {k: v for k, v in train_settings.items() if k in decl.params}
     settings = {k: v for k, v in train_settings.items() if k not in decl.params}
     params.update(request.params)
-    config = train_config(settings, request.overrides)
+    config = train_config(settings, {**searched_data(run_config), **request.overrides})
     dataset = _dist.main_first(load_dataset, config.dataset, config.data_dir)  # distributed: one download per machine
     config, notes = fit_to_dataset(config, request.input_shape or dataset.shape)
     # the head fits the dataset, except in a dry run counted for another input (`--input`) without a

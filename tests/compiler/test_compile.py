@@ -189,3 +189,13 @@ def test_reduction_cell_and_strided_preprocess(compile_text):
     assert ir.meta["costs"]["total"]["params"] == 232 + 64 + 96 + 128 + 96 + 90 == 706
     assert ir.meta["shapes"]["cell2"]["pre"] == [2, 1]
     assert ir.impls["skip@2"][0].prim == "factorized_reduce"
+
+
+def test_summary_names_each_cell_type_at_its_positions(compile_text):
+    # a stack of a third cell type after normal/reduce cells is not a reduction at its position
+    text = REDUCING.replace("cell reduce =", "cell light = c\ncell reduce =").replace(
+        "    head", "    stack 1 x light\n    head")
+    ir = compile_text(text)
+    assert [l.cell for l in ir.layers() if l.kind == "cell"] == ["c", "reduce", "c", "light"]
+    assert summarise(ir)["network"] == "stem > 4 x c (reduce at 1; light at 3) > head"
+    assert summarise(compile_text(REDUCING))["network"] == "stem > 3 x c (reduce at 1) > head"

@@ -388,6 +388,13 @@ def test_missing_file_on_the_command_line():
         resolve_path("/nonexistent/dir/x.nas")
 
 
+def test_a_directory_on_the_command_line_is_not_called_missing(tmp_path):
+    (tmp_path / "mine.nas").write_text("")
+    with pytest.raises(NasSyntaxError, match="it is a directory") as info:
+        resolve_path(tmp_path)
+    assert "mine.nas" in info.value.hint
+
+
 def test_circular_extends(tmp_path):
     (tmp_path / "a.nas").write_text('space a extends "b.nas"\n')
     (tmp_path / "b.nas").write_text('# b\nspace b extends "a.nas"\n')
@@ -723,3 +730,20 @@ def test_an_aux_head_must_give_as_many_scores_as_the_head(semantic_error):
     err = semantic_error(space(extra="    aux relu > global_avg_pool > linear(7) after 1\n"))
     assert err.message == "the auxiliary head gives 7 scores but the head gives 10"
     assert where(err) == (17, 5) and err.hint == "end both with `linear(classes)`"
+
+
+@pytest.mark.parametrize("old, new, shown", [
+    ("out = 3 * C", "out = int(3 * C)", "conv: 'out' must be an integer, got int(48)"),
+    ("stack 3 x", "stack round(3) x", "a cell count must be an integer ≥ 1, got round(3)"),
+])
+def test_a_call_where_a_number_belongs_is_shown_as_written_with_a_hint(semantic_error, old, new, shown):
+    # the language has no int()/round(): a call is a value only for settings such as sgd(...)
+    err = semantic_error(space().replace(old, new))
+    assert err.message.startswith(shown), err.message
+    assert "not a function" in err.hint and "//" in err.hint
+
+
+def test_a_cell_edge_that_pools_to_a_vector_is_named_at_the_edge(semantic_error):
+    err = semantic_error(space("[skip_connect, global_avg_pool]"))
+    assert err.message.startswith("op 'global_avg_pool' on edge n0<-s0 turns the feature map into a vector"), err.message
+    assert "None" not in err.message and where(err)[0] == 9 and "head" in err.hint

@@ -276,3 +276,27 @@ def test_step_schedule_settings_are_read_and_checked():
     assert (cfg.schedule, cfg.schedule_gamma, cfg.schedule_every) == ("step", 0.5, 2)
     with pytest.raises(SearchError, match="every at least 1"):
         train_config({"lr_schedule": CallValue(name="step", args=(), kwargs=(("every", 0),))}, {})
+
+
+def test_a_search_run_is_trained_on_the_data_it_was_searched_on_unless_told_otherwise(tmp_path):
+    import attrs
+
+    from nasc.runtime.data import DATASETS, ImageSet, load_dataset
+
+    if "digits3" not in DATASETS:
+        @DATASETS.register("digits3")
+        def _digits3(data_dir, download):  # 3 classes of the digits: a dataset that is not the default
+            d = load_dataset("digits")
+            keep = [s for s in (d.train, d.test)]
+            sets = [ImageSet(images=s.images[s.labels < 3], labels=s.labels[s.labels < 3]) for s in keep]
+            return attrs.evolve(d, name="digits3", train=sets[0], test=sets[1], classes=3)
+
+    run = tmp_path / "search"
+    run.mkdir()
+    (run / "genotype.json").write_text((GENOTYPES / "darts_v2.json").read_text())
+    (run / "config.json").write_text(json.dumps({"space": "darts", "search": {"dataset": "digits3", "data_dir": None}}))
+    job = prepare_train(TrainRequest(genotype=str(run), params=TINY))
+    assert job.dataset.name == "digits3" and job.config.dataset == "digits3"
+    assert job.ir.params["classes"] == 3
+    job = prepare_train(TrainRequest(genotype=str(run), params=TINY, overrides={"dataset": "digits"}))
+    assert job.dataset.name == "digits" and job.ir.params["classes"] == 10
