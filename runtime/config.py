@@ -10,6 +10,7 @@ import functools
 import re
 import types
 import typing
+from pathlib import Path
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,6 +24,14 @@ from nasc.runtime.schedules import SCHEDULES
 def positive(instance, attribute, value) -> None:
     if value is None or value <= 0:
         raise SearchError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def absolute_dir(path: str | None) -> str | None:
+    """A data directory as an absolute path: the run records it, and `nasc train RUN` or `--resume`
+    from another folder must find the same data."""
+    if not isinstance(path, (str, Path)):
+        return path  # the type check reports it
+    return str(Path(path).expanduser().resolve())
 
 
 def non_negative(instance, attribute, value) -> None:
@@ -106,7 +115,7 @@ class SearchConfig:
     seed: int = attrs.field(default=0, validator=non_negative)
     deterministic: bool = True
     dataset: str = "digits"
-    data_dir: str | None = None
+    data_dir: str | None = attrs.field(default=None, converter=absolute_dir)
     device: str = "auto"
     # progressive search (P-DARTS; runtime/progressive.py): empty `stages` is a plain one-stage search
     stages: tuple[dict[str, Any], ...] = attrs.field(default=(), converter=_stages)

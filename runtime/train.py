@@ -31,7 +31,7 @@ from nasc.compiler.resolve import resolve_path
 from nasc.errors import GenotypeError, NasSemanticError, SearchError, did_you_mean
 from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
-from nasc.runtime.config import check_types, fraction, from_space, non_negative, positive
+from nasc.runtime.config import absolute_dir, check_types, fraction, from_space, non_negative, positive
 from nasc.runtime.data import Batches, Dataset, load_dataset
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.rundir import RunDir, default_run_path, environment
@@ -65,7 +65,7 @@ class TrainConfig:
     deterministic: bool = True
     channels_last: bool = True  # NHWC tensors, as in search: faster on a GPU and on a CPU
     dataset: str = "digits"
-    data_dir: str | None = None
+    data_dir: str | None = attrs.field(default=None, converter=absolute_dir)
     device: str = "auto"
 
     def __attrs_post_init__(self) -> None:

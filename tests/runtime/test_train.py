@@ -300,3 +300,13 @@ def test_a_search_run_is_trained_on_the_data_it_was_searched_on_unless_told_othe
     assert job.ir.params["classes"] == 3
     job = prepare_train(TrainRequest(genotype=str(run), params=TINY, overrides={"dataset": "digits"}))
     assert job.dataset.name == "digits" and job.ir.params["classes"] == 10
+
+
+def test_data_dirs_are_recorded_absolute_so_other_folders_find_the_data(tmp_path, monkeypatch):
+    """`--data-dir data` typed in one folder must still mean that folder to `nasc train RUN` run elsewhere."""
+    from nasc.runtime.config import SearchConfig
+
+    monkeypatch.chdir(tmp_path)
+    assert SearchConfig(data_dir="data").data_dir == str(tmp_path.resolve() / "data")
+    assert train_config({}, {"data_dir": "~/d"}).data_dir == str(Path("~/d").expanduser().resolve())
+    assert SearchConfig().data_dir is None and train_config({}, {}).data_dir is None
