@@ -111,7 +111,7 @@ class SearchConfig:
     fix_alpha: bool = False  # α stays uniform (zero) during search; pair with the perturbation selector
     affine: bool = False
     cutout: int = attrs.field(default=0, validator=non_negative)
-    drop_path: float = 0.0
+    drop_path: float = attrs.field(default=0.0, validator=fraction)  # rises 0 -> this over the epochs (RobustDARTS)
     seed: int = attrs.field(default=0, validator=non_negative)
     deterministic: bool = True
     dataset: str = "digits"
@@ -173,6 +173,9 @@ def from_space(settings: Mapping[str, Any]) -> dict[str, Any]:
         elif key in ("stages", "skip_limit", "carry_alpha"):  # progressive search
             out[key] = value
         elif key == "drop_path":
+            if isinstance(value, Ramp) and value.start != 0:
+                raise SearchError(f"drop_path = {value.start} -> {value.end}: the search's drop path always rises "
+                                  "from 0", hint=f"write drop_path = {value.end} (it rises linearly from 0 to it)")
             out["drop_path"] = value.end if isinstance(value, Ramp) else value
         elif key == "weights":
             _, kw = _call_kwargs(value, key)
@@ -315,9 +318,6 @@ def make_config(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> Se
                               f"options: {', '.join(FIELDS)}")
         values[key] = value
     check_types(SearchConfig, values, "search")
-    if values.get("drop_path"):  # a setting for later; the step's graph_blocker already knows it
-        raise SearchError("drop_path during search is not supported yet",
-                          hint="set drop_path = 0 (drop path in training the derived network is `train:`'s)")
     try:
         return SearchConfig(**values)
     except (TypeError, ValueError) as e:

@@ -380,6 +380,7 @@ class Trainer:
         for g in self.w_opt.param_groups:
             g["lr"] = lr
         job.relax.set_progress(epoch, cfg.epochs)
+        net.drop_path_prob = search_drop_path(cfg.drop_path, epoch, cfg.epochs)
         update_arch = epoch >= cfg.arch_start and not cfg.fix_alpha
         net.train()
         self.sync.begin_epoch(epoch)  # distributed hook
@@ -416,7 +417,8 @@ class Trainer:
         val_loss, val_acc = self.evaluate()
         self.epoch += 1
         genotype = self.magnitude.select(net, job.ir)  # cheap per-epoch view; the final selector runs at the end
-        return {"type": "epoch", "epoch": epoch, "lr": lr, "train_loss": tot_loss / max(tot_n, 1),
+        extra = {"drop_path": net.drop_path_prob} if cfg.drop_path else {}
+        return {"type": "epoch", "epoch": epoch, "lr": lr, **extra, "train_loss": tot_loss / max(tot_n, 1),
                 "train_acc": tot_correct / max(tot_n, 1), "val_loss": val_loss, "val_acc": val_acc,
                 "arch_updates": bool(update_arch), "alpha": alpha_table(net), "genotype": G.canonical_str(genotype),
                 "_genotype": genotype}
@@ -436,6 +438,12 @@ class Trainer:
             n += y.numel()
         net.train()
         return loss / max(n, 1), correct / max(n, 1)
+
+
+def search_drop_path(p: float, epoch: int, epochs: int) -> float:
+    """RobustDARTS' search-time drop path: rises linearly from 0 at the first epoch to `p` at the last
+    (`p · epoch / (epochs − 1)`, src/search/train_search.py), on every mixed edge's output."""
+    return p * epoch / (epochs - 1) if p and epochs > 1 else p
 
 
 def _emit_to(run: RunDir, on_event: Callable[[Event], None] | None) -> Callable[[Event], None]:

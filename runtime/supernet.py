@@ -168,6 +168,8 @@ class Cell(nn.Module):
                     out = call_edge(edge, states[src], w.ops[row], active, self.recompute)
                     if w.edges is not None:
                         out = out * w.edges[row]
+                if row >= 0 and drop_prob > 0:  # search-time drop path on the whole mixture (RobustDARTS)
+                    out = drop_path(out, drop_prob)
                 parts.append(out)
             if not parts:  # every input edge was removed: a constant zero state
                 ref = states[0]
@@ -219,7 +221,7 @@ class Network(nn.Module):
         self.schedule: list[tuple[str, str, list[str], str | None]] = []
         self.aux_ids: list[str] = []
         self.aux_weight = 0.0
-        self.drop_path_prob = 0.0  # set per epoch by `nasc train`; applied only in training mode
+        self.drop_path_prob = 0.0  # set per epoch by `nasc train` and `nasc search`; applied only in training mode
         # selectors that edit the mixture (DARTS-PT projects decided edges) install a function here
         self.weight_transform = None
         shapes = ir.meta["shapes"]

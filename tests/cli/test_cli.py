@@ -128,11 +128,15 @@ def test_check_and_compile_report_an_unknown_relaxation_option_at_the_relax_line
         assert "hint: options: tau" in result.output and "Traceback" not in result.output
 
 
-def test_drop_path_during_search_is_refused_at_its_line(tmp_path):
+def test_a_search_drop_path_it_cannot_run_is_refused_at_its_line(tmp_path):
     (tmp_path / "s.nas").write_text('space s extends "darts.nas"\nsearch:\n    drop_path = 0.2\n')
-    result = runner.invoke(app, ["check", "s.nas"])
-    assert result.exit_code == 1
-    assert "s.nas:3:5: error: drop_path during search is not supported yet" in result.output
+    assert runner.invoke(app, ["check", "s.nas"]).exit_code == 0
+    for value, message in (("1.5", "drop_path must lie in [0, 1), got 1.5"),
+                           ("0.1 -> 0.2", "drop_path = 0.1 -> 0.2: the search's drop path always rises")):
+        (tmp_path / "s.nas").write_text(f'space s extends "darts.nas"\nsearch:\n    drop_path = {value}\n')
+        result = runner.invoke(app, ["check", "s.nas"])
+        assert result.exit_code == 1
+        assert f"s.nas:3:5: error: {message}" in " ".join(result.output.split())
 
 
 def test_check_mixed_files_exit_1(tmp_path, spaces_dir):

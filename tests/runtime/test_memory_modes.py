@@ -33,12 +33,13 @@ def _available():
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/runtime/conftest.py
 
 
-def _step(ir, relax_name, phase, mode, share, fuse=False, channels_last=False):
+def _step(ir, relax_name, phase, mode, share, fuse=False, channels_last=False, drop_path=0.0):
     torch.manual_seed(0)
     relax = load_relaxation(relax_name)
     net = build_supernet(ir, relax, generator=torch.Generator().manual_seed(0))
     relax.setup(ir, net)
     net.set_memory(mode, share=share, fuse=fuse)
+    net.drop_path_prob = drop_path
     relax.set_phase(phase)
     torch.manual_seed(1)
     x = torch.randn(4, 1, 8, 8)
@@ -51,6 +52,21 @@ def _step(ir, relax_name, phase, mode, share, fuse=False, channels_last=False):
     grads = {n: (p.grad.clone() if p.grad is not None else None) for n, p in net.named_parameters()}
     stats = {n: b.clone() for n, b in net.named_buffers() if "running" in n}
     return float(loss.detach()), grads, stats
+
+
+@pytest.mark.parametrize("relax_name", ["softmax", "gumbel"])
+def test_search_drop_path_is_applied_and_the_same_in_every_lowering(relax_name):
+    """Drop path on mixed edges (RobustDARTS) samples its masks outside the recomputed and fused parts,
+    so every lowering drops the same samples of the same edges."""
+    ir = compile_space("spaces/darts.nas", params={"C": 4, "layers": 3}, input_shape=(1, 8, 8))
+    plain = _step(ir, relax_name, "weights", "plain", False, drop_path=0.4)
+    assert plain[0] != pytest.approx(_step(ir, relax_name, "weights", "plain", False)[0], rel=1e-3)
+    for mode, fuse in (("recompute", False), ("plain", True), ("recompute", True)):
+        other = _step(ir, relax_name, "weights", mode, True, fuse, drop_path=0.4)
+        assert other[0] == pytest.approx(plain[0], rel=1e-6, abs=1e-6), (mode, fuse)
+        for name, g in plain[1].items():
+            if g is not None:
+                torch.testing.assert_close(other[1][name], g, rtol=1e-5, atol=1e-6, msg=f"{name} {mode} {fuse}")
 
 
 @pytest.mark.parametrize("relax_name", _available())

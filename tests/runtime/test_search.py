@@ -250,6 +250,17 @@ def test_resume_after_a_crash_mid_epoch_drops_the_partial_records(tmp_path, nb20
 # ------------------------------------------------------------------ variants
 
 
+def test_search_drop_path_rises_from_zero_to_its_value(tmp_path, nb201_two_epochs):
+    """RobustDARTS' schedule, p·epoch/(epochs − 1): the first epoch runs without drop path, the last with p."""
+    _search(tmp_path / "run", epochs=2, drop_path=0.3)
+    epochs = [r for r in _records(tmp_path / "run") if r["type"] == "epoch"]
+    assert [r["drop_path"] for r in epochs] == [0.0, 0.3]
+    plain = [r for r in _records(nb201_two_epochs) if r["type"] == "epoch"]
+    assert epochs[0]["train_loss"] == plain[0]["train_loss"]  # nothing dropped yet: the same run
+    assert epochs[1]["train_loss"] != plain[1]["train_loss"]
+    assert "drop_path" not in plain[0]
+
+
 def test_second_order_search(tmp_path):
     job, result = _search(tmp_path / "run", order=2)
     assert job.config.order == 2
