@@ -40,11 +40,14 @@ def _copy_into(params: list[nn.Parameter], values: list[torch.Tensor]) -> None:
 def second_order(loss_fn: LossFn, weights: list[nn.Parameter], arch: list[nn.Parameter],
                  optimizer: torch.optim.Optimizer, lr: float, x_train: torch.Tensor, y_train: torch.Tensor,
                  x_val: torch.Tensor, y_val: torch.Tensor,
-                 buffers: list[torch.Tensor] | None = None) -> torch.Tensor:
+                 buffers: Callable[[], list[torch.Tensor]] | None = None) -> torch.Tensor:
     """The unrolled DARTS gradient into α.grad; weights are left exactly as they were.
 
-    `buffers` (BN running statistics) are restored after the forward at the virtual
+    `buffers()` (BN running statistics) are restored after the forward at the virtual
     weights w', which the official code runs on a throw-away copy of the network.
+    They are looked up only after the first forward: fused edge groups (runtime/fuse.py)
+    replace their BNs' buffers by views of one tensor during a pass, so a list taken
+    before it would restore tensors the network no longer uses.
     """
     group = optimizer.param_groups[0]
     momentum, decay = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
@@ -62,11 +65,12 @@ def second_order(loss_fn: LossFn, weights: list[nn.Parameter], arch: list[nn.Par
             w.copy_(w0 - lr * d)
 
     # ∇_α L_val(w') and v = ∇_{w'} L_val(w')
-    kept = [b.detach().clone() for b in buffers] if buffers else []
+    live = buffers() if buffers is not None else []
+    kept = [b.detach().clone() for b in live]
     val_loss = loss_fn(x_val, y_val)
     g_all = torch.autograd.grad(val_loss, arch + weights, allow_unused=True)
     with torch.no_grad():  # after the backward: autograd checks the versions of the buffers BN saved
-        for b, k in zip(buffers or [], kept):
+        for b, k in zip(live, kept):
             b.copy_(k)
     d_alpha = [torch.zeros_like(a) if g is None else g for a, g in zip(arch, g_all[: len(arch)])]
     vector = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, g_all[len(arch):])]

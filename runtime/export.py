@@ -207,7 +207,8 @@ class Noise(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.stride
-        return torch.randn_like(x[:, :, ::s, ::s])
+        like = x[:, :, ::s, ::s]  # drawn in NCHW order, returned in the input's layout
+        return torch.empty_like(like).copy_(torch.randn(like.shape, dtype=x.dtype, device=x.device))
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}"

@@ -92,7 +92,12 @@ class Zero(nn.Module):
 
 
 class Noise(nn.Module):
-    """RobustDARTS `NoiseOp`: N(0, 1) noise shaped like the strided input, from the global RNG."""
+    """RobustDARTS `NoiseOp`: N(0, 1) noise shaped like the strided input, from the global RNG.
+
+    The noise is drawn in NCHW order whatever the input's layout (`randn_like` would follow a
+    channels-last input's strides and give each element another draw), so a seeded search
+    sees the same noise with `channels_last` on or off.
+    """
 
     def __init__(self, stride: int):
         super().__init__()
@@ -100,7 +105,9 @@ class Noise(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.stride
-        return torch.randn_like(x[:, :, ::s, ::s])  # (B, C, ceil(H/s), ceil(W/s)); no gradient, by design
+        like = x[:, :, ::s, ::s]  # (B, C, ceil(H/s), ceil(W/s))
+        # drawn in NCHW order, returned in the input's layout; no gradient, by design
+        return torch.empty_like(like).copy_(torch.randn(like.shape, dtype=x.dtype, device=x.device))
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}"

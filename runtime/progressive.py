@@ -142,14 +142,18 @@ class SkipDropout(nn.Dropout):
     """An identity candidate followed by Dropout(p); `p` is set per epoch (model_search.py `update_p`).
 
     A subclass of nn.Dropout so that everything that keeps random candidates out of its way (fused
-    edge groups, CUDA graphs) sees it as the dropout it is.
+    edge groups, CUDA graphs) sees it as the dropout it is. The mask is drawn in NCHW order (dropout
+    draws in memory order), so a seeded search drops the same elements with `channels_last` on or off.
     """
 
     def __init__(self, p: float = 0.0):
         super().__init__(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.dropout(x, self.p, self.training) if self.p > 0 else x
+        if self.p <= 0 or not self.training:
+            return x
+        out = F.dropout(x.contiguous(), self.p, True)
+        return out if x.is_contiguous() else torch.empty_like(x).copy_(out)  # back in the input's layout
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -121,7 +121,7 @@ class SearchStep:
             relax.set_phase("arch")
             if cfg.order == 2:
                 arch_loss = second_order(self.arch_loss, self.weights, self.arch, self.w_opt, lr, x, y, xv, yv,
-                                         buffers=list(net.buffers()))
+                                         buffers=lambda: list(net.buffers()))
             else:
                 arch_loss = first_order(self.arch_loss, self.arch, xv, yv)
             self._average(self.arch)

@@ -231,3 +231,26 @@ def test_a_search_asked_to_fuse_runs_fused_and_records_it(tmp_path):
     run_search(job, tmp_path / "run")
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["fuse_edges"] == {"used": True, "reason": "asked for (true)"}
+
+
+def test_a_second_order_step_restores_the_fused_statistics_from_the_first_step(supernet, assert_same_training):
+    """The unrolled step puts back the BN statistics its forward at w' moved. Fused groups link their BNs'
+    buffers to one tensor during their first pass, so the buffers to restore are read after that pass."""
+    from nasc.runtime.config import make_config
+    from nasc.runtime.step import SearchStep
+
+    ir = compile_space("spaces/darts.nas", params=SMALL, input_shape=SHAPE)
+    cfg = make_config({}, {"order": 2, "batch": 4, "cuda_graphs": False})
+    results = []
+    for fuse in (False, True):
+        net = supernet(ir, fuse=fuse)
+        w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9)
+        a_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4)
+        step = SearchStep(net, net.relax, cfg, w_opt, a_opt, device=torch.device("cpu"))
+        torch.manual_seed(1)
+        x, xv = torch.randn(4, *SHAPE), torch.randn(4, *SHAPE)
+        y, yv = torch.randint(0, 10, (4,)), torch.randint(0, 10, (4,))
+        out = step(x, y, xv, yv, lr=0.1, arch_step=True)
+        grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+        results.append(([float(out.loss), float(out.arch_loss)], grads, {n: b.clone() for n, b in net.named_buffers()}))
+    assert_same_training(*results)

@@ -96,6 +96,16 @@ def test_recompute_and_shared_work_are_exact(relax_name, phase):
             torch.testing.assert_close(other[2][name], s, rtol=1e-5, atol=1e-6, msg=f"{name} {what}")
 
 
+
+def test_noise_candidates_draw_the_same_noise_in_channels_last():
+    """RobustDARTS S4's noise op draws from the global RNG: the layout must not decide which element gets which draw."""
+    ir = compile_space("spaces/darts_s4.nas", params={"C": 4, "layers": 3}, input_shape=(1, 8, 8))
+    nchw = _step(ir, "softmax", "weights", "plain", True)
+    nhwc = _step(ir, "softmax", "weights", "plain", True, channels_last=True)
+    assert nhwc[0] == pytest.approx(nchw[0], rel=1e-6, abs=1e-6)
+    for name, g in nchw[1].items():
+        torch.testing.assert_close(nhwc[1][name], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()), msg=name)
+
 def test_recompute_keeps_far_less_for_backward():
     ir = compile_space("spaces/darts.nas", params={"C": 8, "layers": 5}, input_shape=(3, 16, 16))
 

@@ -174,6 +174,18 @@ def test_skip_dropout_runs_in_fused_edge_groups(tiny_net):
     assert len(ran) == len(installed)
 
 
+
+def test_skip_dropout_drops_the_same_elements_in_channels_last():
+    """A search runs channels-last by default; the seeded mask must not depend on the layout."""
+    drop = P.SkipDropout(0.5).train()
+    x = torch.randn(2, 4, 5, 5)
+    torch.manual_seed(0)
+    nchw = drop(x)
+    torch.manual_seed(0)
+    nhwc = drop(x.contiguous(memory_format=torch.channels_last))
+    assert nhwc.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(nhwc, nchw)
+
 # ---- the final rule ----
 
 
