@@ -603,8 +603,9 @@ def relaxation_rows() -> list[dict[str, Any]]:
             continue
         entry = RELAXATIONS.entry(name)
         own = getattr(cls, "presets", None) or {}
+        # a preset named like its relaxation (rome, parsec) is listed too: `--relax rome` applies its settings
         presets = {p: tuple(dict(x) for x in own.get(p, ({}, {})))
-                   for p, target in sorted(catalog.PRESETS.items()) if target == name and p != name}
+                   for p, target in sorted(catalog.PRESETS.items()) if target == name}
         rows.append({"name": name, "doc": entry.doc, "defaults": dict(getattr(cls, "defaults", None) or {}),
                      "presets": presets,
                      "origin": _short_origin(entry.origin)})

@@ -526,6 +526,7 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     if is_distributed() or "LOCAL_RANK" in os.environ:
         raise SearchError("--nproc inside a torchrun worker", hint="use either torchrun or --nproc, not both")
     from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     args = ["--standalone", "--nproc-per-node", str(nproc), "--module", "nasc", *strip_option(argv, "--nproc")]
@@ -534,6 +535,8 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     except ChildFailedError as e:
         codes = [f.exitcode for f in e.failures.values() if isinstance(f.exitcode, int) and f.exitcode > 0]
         return codes[0] if codes else 1
+    except SignalException as e:  # Ctrl-C (or a kill) reached the launcher: it stopped the workers, which said so
+        return 128 + int(e.sigval)
     return 0
 
 

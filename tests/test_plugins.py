@@ -488,6 +488,18 @@ def test_relaxation_plugin_is_listed_with_origin_presets_and_usable_from_nas(tmp
     assert result.exit_code == 0 and "dirichlet" in result.output and "drnas" in result.output
 
 
+def test_presets_named_like_their_relaxation_are_listed_with_their_search_settings():
+    """`--relax rome` applies the rome preset's settings (lr 0.05), so `nasc relaxations` must show them."""
+    from nasc.runtime.relaxations.base import preset
+
+    rows = {r["name"]: r for r in P.relaxation_rows()}
+    for name in ("rome", "parsec"):
+        assert rows[name]["presets"][name] == tuple(preset(name))
+    assert rows["rome"]["presets"]["rome"][1]["lr"] == 0.05
+    result = runner.invoke(app, ["relaxations"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "epochs=50, lr=0.05" in result.output
+
+
 def test_dirichlet_weights_are_samples_on_the_simplex_with_gradients():
     P.load_plugins([str(DIRICHLET)], entry_points=False)
     from nasc.runtime.relaxations.base import load_relaxation

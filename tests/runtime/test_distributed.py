@@ -330,6 +330,45 @@ def test_nproc_launcher_through_the_command_line(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["distributed"]["world_size"] == 2
 
 
+def test_a_signal_to_the_nproc_launcher_is_an_interruption_not_an_internal_error(monkeypatch):
+    """Ctrl-C reaches the launcher as torchelastic's SignalException after it has stopped the workers."""
+    import signal
+
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from nasc.runtime import distributed as D
+
+    def interrupted(args):
+        raise SignalException("Process 1 got signal: 2", sigval=signal.SIGINT)
+
+    monkeypatch.setattr(torchrun, "main", interrupted)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert D.launch(2, ["search", "--nproc", "2"]) == 130
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_nproc_says_how_to_resume(tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it, once the first epoch is saved."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "nasc", "search", "darts", "--set", "C=4", "--set", "layers=3",
+           "--opt", "train_portion=0.2", "--batch", "16", "--epochs", "20", "--device", "cpu",
+           "--nproc", "2", "--run-dir", str(run)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (run / "timing.jsonl").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    assert "resume with nasc search --resume" in " ".join(out.split())
+    assert "internal error" not in out and (run / "checkpoint.pt").exists()
+
+
 def test_batch_must_divide_over_the_ranks(tmp_path):
     """Refused on every rank before anything is written."""
     cmd = ["-m", "nasc", "search", "darts", "--set", "C=4", "--set", "layers=3", "--batch", "15",
