@@ -145,7 +145,7 @@ def module_code(m: nn.Module, ch: Callable[[int], str] = str, indent: int = 0) -
         return f"nn.Linear({ch(m.in_features)}, {ch(m.out_features)}" + _kw([("bias", m.bias is not None, True)]) + ")"
     if type(m) in (nn.ReLU, nn.ReLU6):
         return f"nn.{type(m).__name__}(" + ("inplace=True" if m.inplace else "") + ")"
-    if type(m) is nn.Dropout:
+    if type(m) in (nn.Dropout, O.Dropout):
         return f"nn.Dropout(p={m.p!r}" + (", inplace=True" if m.inplace else "") + ")"
     if type(m) is nn.Flatten:
         return "nn.Flatten(" + ("" if (m.start_dim, m.end_dim) == (1, -1) else f"{m.start_dim}, {m.end_dim}") + ")"

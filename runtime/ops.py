@@ -113,6 +113,21 @@ class Noise(nn.Module):
         return f"stride={self.stride}"
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout whose mask is drawn in NCHW order whatever the input's layout.
+
+    Dropout draws in memory order, so on channels-last maps (a search's default) each element
+    would get another draw than in NCHW and a seeded run would depend on `channels_last`. Still
+    an nn.Dropout, so fused groups, CUDA graphs and torch.compile see the random op it is.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.is_contiguous():
+            return super().forward(x)
+        out = F.dropout(x.contiguous(), self.p, True)
+        return torch.empty_like(x).copy_(out)  # back in the input's layout
+
+
 class FactorizedReduce(nn.Module):
     """DARTS `FactorizedReduce`: two stride-2 1x1 convs, one shifted by a pixel, concatenated, then BN."""
 
@@ -279,8 +294,8 @@ def build_flatten(c_in: int, c_out: int, args: Args, *, affine: bool) -> nn.Modu
 
 @OPS.register("dropout")
 def build_dropout(c_in: int, c_out: int, args: Args, *, affine: bool) -> nn.Module:
-    """Dropout with probability p."""
-    return nn.Dropout(resolve("dropout", args)["p"])
+    """Dropout with probability p, the same elements dropped in NCHW and channels-last tensors."""
+    return Dropout(resolve("dropout", args)["p"])
 
 
 @OPS.register("linear")

@@ -62,7 +62,6 @@ from typing import Any
 
 import attrs
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nasc.compiler import genotype as G
@@ -70,6 +69,7 @@ from nasc.compiler.count import selection_rule
 from nasc.compiler.ir import SpaceIR, to_json_dict
 from nasc.errors import BuildError, SearchError, did_you_mean
 from nasc.runtime.config import SearchConfig
+from nasc.runtime.ops import Dropout
 from nasc.runtime.rundir import RunDir
 from nasc.runtime.selectors import Selector, derive, strengths
 from nasc.runtime.supernet import Cell, Network
@@ -138,22 +138,19 @@ def skip_dropout_rate(rate: float, epoch: int, epochs: int, arch_start: int) -> 
     return rate * math.exp(-(epoch - arch_start) * SKIP_DECAY)
 
 
-class SkipDropout(nn.Dropout):
+class SkipDropout(Dropout):
     """An identity candidate followed by Dropout(p); `p` is set per epoch (model_search.py `update_p`).
 
     A subclass of nn.Dropout so that everything that keeps random candidates out of its way (fused
-    edge groups, CUDA graphs) sees it as the dropout it is. The mask is drawn in NCHW order (dropout
-    draws in memory order), so a seeded search drops the same elements with `channels_last` on or off.
+    edge groups, CUDA graphs) sees it as the dropout it is; the mask is drawn in NCHW order, so a
+    seeded search drops the same elements with `channels_last` on or off (runtime/ops.py `Dropout`).
     """
 
     def __init__(self, p: float = 0.0):
         super().__init__(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p <= 0 or not self.training:
-            return x
-        out = F.dropout(x.contiguous(), self.p, True)
-        return out if x.is_contiguous() else torch.empty_like(x).copy_(out)  # back in the input's layout
+        return super().forward(x) if self.p > 0 else x
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
