@@ -31,7 +31,8 @@ SEARCH_SETTINGS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | None, str]]
     "fix_alpha": ((bool,), None, "keep α uniform during search (DARTS-PT's fixed-α variant)"),
     "affine": ((bool,), None, "learnable BN affine parameters inside cells during search (default false)"),
     "cutout": ((int,), None, "cutout square side during search (0: off)"),
-    "drop_path": (NUMBER + (Ramp,), None, "drop path on each mixed edge's output during search, rising linearly from 0 (RobustDARTS)"),
+    "drop_path": (NUMBER + (Ramp,), None,
+                  "drop path on each mixed edge's output during search, rising linearly from 0 (RobustDARTS)"),
     "seed": ((int,), None, "default random seed"),
     "precision": ((str,), None, '"fp32" or "bf16" (autocast; α and its softmax stay fp32)'),
     "memory": ((str,), None, 'supernet memory mode: "plain", "recompute" (keep only edge inputs for backward) '

@@ -529,7 +529,8 @@ def train(
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
     batch: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Dataset (default: a search run's, else the embedded digits).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Dataset (default: a search run's, else the "
+                                                "embedded digits).")] = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where datasets live.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
     opt: Annotated[Optional[list[str]], typer.Option("--opt", help="Any training setting NAME=VALUE "
@@ -553,7 +554,8 @@ def train(
                                  "unless --resume RUN_DIR continues a training run")
     _resume_notes(resume, "train", dry_run, {
         "GENOTYPE": genotype, "--space": space, "--set": set_, "--epochs": epochs, "--batch": batch, "--seed": seed,
-        "--data": data, "--data-dir": data_dir, "--device": device, "--opt": opt, "--run-dir": run_dir, "--input": input_shape})
+        "--data": data, "--data-dir": data_dir, "--device": device, "--opt": opt, "--run-dir": run_dir,
+        "--input": input_shape})
 
     overrides = parse_assignments(opt, "--opt")
     for key, value in (("epochs", epochs), ("batch", batch), ("seed", seed), ("dataset", data),
