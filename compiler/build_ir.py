@@ -317,7 +317,9 @@ def build_macro(decl: SpaceDecl, ops: OpResolver, cells: dict[str, nx.DiGraph], 
     preprocess = None
     if net is None:
         raise NasSemanticError(f"space {decl.name!r} has no `network:` block", span=decl.span,
-                               hint="add `network:` with a stem, stacked cells and a head")
+                               hint="add `network:` with a stem, stacked cells and a head" if decl.headed else
+                               "a file of definitions alone is a library: `import` it from a space that "
+                               "declares `network:` and check that space")
     producers: list[str] = []  # layers whose outputs later cells may read, in order
     c = params.get("C")
     width = c if isinstance(c, int) and not isinstance(c, bool) and c >= 1 else None

@@ -42,6 +42,7 @@ class SpaceDecl:
     # parameters of imported files, which `import` does not bring in: name -> file (for a hint)
     imported_params: dict[str, str] = attrs.field(factory=dict)
     span: SourceSpan | None = None  # the space header of the file compiled (else its first line)
+    headed: bool = False  # the compiled file opens with `space ...`; a headless one is a library to import
 
 
 def bundled_dir() -> Path:
@@ -169,6 +170,7 @@ def _resolve_file(tree: A.SpaceFile, stack: tuple[str, ...]) -> SpaceDecl:
             seen[param.name] = param
             decl.params[param.name] = param
     decl.path = here
+    decl.headed = header is not None
     decl.span = header.span if header else SourceSpan(file=here, line=1, col=1)
     _add_definitions(decl, tree.statements, definitions_only=False, file=here)
     return decl

@@ -261,6 +261,14 @@ def test_two_heads(semantic_error):
 def test_network_missing(semantic_error):
     err = semantic_error("space t(C = 8)\ncell c(x):\n    nodes a\n    edge x -> a: [identity]\n")
     assert err.message == "space 't' has no `network:` block"
+    assert "add `network:`" in err.hint
+
+
+def test_library_file_checked_alone_is_pointed_at_import(semantic_error):
+    """A headless file of ops is meant for `import`: asking it for a network would mislead."""
+    err = semantic_error("op conv_bn = relu > conv(3) > bn\nops mine = [conv_bn, identity]\n")
+    assert "has no `network:` block" in err.message
+    assert "`import` it from a space" in err.hint
 
 
 def test_head_that_does_not_classify(semantic_error):
