@@ -18,6 +18,7 @@ from nasc.compiler.ir import CellEdge, Layer, Method, Output, SpaceIR, Step
 from nasc.compiler.ops import OpResolver
 from nasc.compiler.primitives import PRIMITIVES
 from nasc.compiler.resolve import SpaceDecl
+from nasc.compiler.settings import takes_string
 from nasc.errors import NascError, NasSemanticError, SourceSpan, did_you_mean
 from nasc.grammar import ast as A
 
@@ -480,6 +481,15 @@ def _preprocess_template(ops: OpResolver, stmt: A.PreprocessStmt, params):
 
 
 # ---- methods and settings -------------------------------------------------------------------
+def evaluate_setting(block: str, name: str, setting: A.Setting, params: Mapping[str, Any]) -> Any:
+    """A bare word where a setting takes a string (`memory = recompute`) is missing its quotes: saying
+    "unknown name" and listing the parameters would send the user looking in the wrong place."""
+    value = setting.value
+    if isinstance(value, A.Name) and value.id not in params and takes_string(block, name):
+        raise NasSemanticError(f"{block} setting {name!r} takes a string, not the name {value.id!r}",
+                               span=value.span, hint=f'quote it: {name} = "{value.id}"')
+    return evaluate(value, params)
+
 
 def build_method(stmt: A.MethodStmt | None, default: str, params) -> Method:
     if stmt is None:
@@ -571,12 +581,9 @@ def build_ir(decl: SpaceDecl, overrides: Mapping[str, Any] | None = None) -> Spa
         errs.run(check_per_layer, decl.select, macro[0])
     errs.check()
     g, input_shape, preprocess = macro
-    search: dict[str, Any] = {}
-    for name, setting in decl.search.items():
-        search[name] = errs.run(evaluate, setting.value, params)
-    train: dict[str, Any] = {}
-    for name, setting in decl.train.items():
-        train[name] = errs.run(evaluate, setting.value, params)
+    search = {name: errs.run(evaluate_setting, "search", name, setting, params)
+              for name, setting in decl.search.items()}
+    train = {name: errs.run(evaluate_setting, "train", name, setting, params) for name, setting in decl.train.items()}
     errs.check()
     ir = SpaceIR(
         name=decl.name,

@@ -71,6 +71,11 @@ TRAIN_SETTINGS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | None, str]] 
 }
 
 
+def takes_string(block: str, name: str) -> bool:
+    schema = SEARCH_SETTINGS if block == "search" else TRAIN_SETTINGS
+    return name in schema and schema[name][0] == (str,)
+
+
 def check_settings(ir: SpaceIR) -> None:
     """Unknown names, wrong types and unknown optimiser/schedule calls, at the setting's line."""
     errors: list[NascError] = []
@@ -97,7 +102,7 @@ def _check_block(ir: SpaceIR, block: str, values: dict, schema: dict) -> list[Na
         types, calls, meaning = schema[name]
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if not ok:
-            errors.append(NasSemanticError(f"search setting {name!r} has the wrong type ({_kind(value)})",
+            errors.append(NasSemanticError(f"{block} setting {name!r} has the wrong type ({_kind(value)})",
                                            span=span, hint=meaning))
         elif name == "memory" and value not in ("plain", "recompute", "auto"):
             errors.append(NasSemanticError(f"memory = {value!r} is not a memory mode", span=span,

@@ -365,6 +365,21 @@ def test_wrong_search_setting_type(semantic_error):
                                                "weights = adamw(...) is not supported"]
 
 
+def test_wrong_train_setting_type_names_the_train_block(semantic_error):
+    err = semantic_error(space(extra='train:\n    cutout = "16"\n'))
+    assert err.message == "train setting 'cutout' has the wrong type (str)"
+
+
+def test_a_bare_word_for_a_string_setting_asks_for_quotes(semantic_error):
+    """`memory = recompute` is a missing pair of quotes, not an unknown parameter."""
+    err = semantic_error(space(extra="search:\n    memory = recompute\n    precision = bf16\n"))
+    assert [e.message for e in err.errors] == [
+        "search setting 'memory' takes a string, not the name 'recompute'",
+        "search setting 'precision' takes a string, not the name 'bf16'"]
+    assert err.hint == 'quote it: memory = "recompute"'
+    assert where(err) == (18, 14)
+
+
 def test_runaway_counts(semantic_error):
     err = semantic_error(space(stack="normal").replace("stack 3 x", "stack 99999999999 x"))
     assert err.message == "a cell count must be at most 10000, got 99999999999"
