@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from nasc.compiler.expr import CallValue, Ramp
+from nasc.compiler.settings import SEARCH_SETTINGS, TRAIN_SETTINGS
 from nasc.errors import NascError, NasSemanticError, SearchError, SourceSpan, did_you_mean
 from nasc.runtime.schedules import SCHEDULES
 
@@ -232,7 +233,7 @@ def _expected(kind: Any) -> tuple[str, Callable[[Any], bool]] | None:
     if kind is float:
         return "a number", _is_number
     if kind is str:
-        return "a name", lambda v: isinstance(v, str)
+        return "a string", lambda v: isinstance(v, str)
     if typing.get_origin(kind) is tuple and args and Ellipsis not in args and all(a is float for a in args):
         return (f"{len(args)} numbers, e.g. ({', '.join(['0.5'] * len(args))})",
                 lambda v: isinstance(v, (tuple, list)) and len(v) == len(args) and all(map(_is_number, v)))
@@ -252,10 +253,12 @@ def check_types(cls: type, values: Mapping[str, Any], what: str) -> None:
     `--opt lr=abc` says which setting wants what instead of failing inside a validator.
     """
     hints = _type_hints(cls)
+    meanings = SEARCH_SETTINGS if what == "search" else TRAIN_SETTINGS
     for key, value in values.items():
         expected = _expected(hints.get(key))
         if expected is not None and not expected[1](value):
-            raise SearchError(f"{what} setting {key} must be {expected[0]}, got {value!r}")
+            raise SearchError(f"{what} setting {key} must be {expected[0]}, got {value!r}",
+                              hint=meanings[key][2] if key in meanings else None)
 
 
 def check_search_block(settings: Mapping[str, Any], spans: Mapping[str, SourceSpan | None]) -> None:

@@ -212,7 +212,7 @@ def test_cli_trains_a_published_genotype_for_one_epoch_and_resume_refuses_a_fini
     ({"epochs": 1.5}, "setting epochs must be an integer, got 1.5"),
     ({"momentum": True}, "setting momentum must be a number, got True"),
     ({"nesterov": 1}, "setting nesterov must be true or false, got 1"),
-    ({"dataset": 3}, "setting dataset must be a name, got 3"),
+    ({"dataset": 3}, "setting dataset must be a string, got 3"),
 ])
 def test_settings_are_type_checked_by_name_in_search_and_training(overrides, message):
     """One mechanism (runtime/config.check_types) for `--opt` in `nasc search` and `nasc train`."""
@@ -226,6 +226,19 @@ def test_settings_are_type_checked_by_name_in_search_and_training(overrides, mes
     assert make_config({}, {"arch_betas": (0.5, 0.9), "cuda_graphs": None, "lr": 1}).lr == 1  # an int is a number
     with pytest.raises(SearchError, match="arch_betas must be 2 numbers"):
         make_config({}, {"arch_betas": (0.5,)})
+
+
+def test_a_setting_of_the_wrong_type_is_explained_as_in_a_space_file():
+    """`--opt memory=3` gets the meaning that `memory = 3` in a file gets, so the user learns the choices."""
+    from nasc.errors import SearchError
+    from nasc.runtime.config import make_config
+
+    with pytest.raises(SearchError) as info:
+        make_config({}, {"memory": 3})
+    assert '"recompute"' in info.value.hint
+    with pytest.raises(SearchError) as info:
+        train_config({}, {"cutout": "abc"})
+    assert info.value.hint == "cutout square side (0: off)"
 
 
 def test_cli_train_bad_setting_type_names_the_setting():
