@@ -11,7 +11,8 @@ more than k inputs) of every cell type, then tunes 5 epochs, except after the
 last step, whose tuning could no longer change the genotype; tuning uses a
 fresh SGD (no momentum from the search) at a constant lr/10 (the official
 code makes a cosine scheduler there but never steps it), with α still
-updated; selection is by accuracy on the whole validation split.
+updated; selection is by accuracy on the whole validation split, with BN on
+batch statistics (the official code scores projections in training mode).
 
 The projection works on the relaxation's per-pass weights through
 `Network.weight_transform`, so it applies to any relaxation whose edges are
@@ -21,7 +22,8 @@ weighted mixtures.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -207,22 +209,45 @@ class Perturbation(Selector):
         return out
 
 
+@contextmanager
+def batch_statistics(net: torch.nn.Module) -> Iterator[None]:
+    """BN normalises with each batch's own statistics; the running statistics are left as they were.
+
+    DARTS-PT scores a projection with `infer(..., _eval=False)`, i.e. `model.train()` ("disable running
+    stats for projection"): running statistics gathered with every op in place would misjudge a supernet
+    with one op (or edge) removed. Unlike the official code, the scoring passes do not update them.
+    """
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.training, {k: b.clone() for k, b in m.named_buffers(recurse=False)}) for m in bns]
+    for m in bns:
+        m.train()
+    try:
+        yield
+    finally:
+        for m, training, buffers in saved:
+            for k, b in buffers.items():
+                getattr(m, k).copy_(b)
+            m.train(training)
+
+
 @torch.no_grad()
 def evaluate_limited(trainer, max_batches: int = 0) -> tuple[float, float]:
-    """Supernet loss and accuracy on the validation split (all of it unless `max_batches`)."""
+    """Supernet loss and accuracy on the validation split (all of it unless `max_batches`), with BN on
+    batch statistics as DARTS-PT scores projections (see `batch_statistics`)."""
     import torch.nn.functional as F
 
     net = trainer.job.net
     net.eval()
     trainer.job.relax.set_phase("eval")
     loss = correct = n = 0.0
-    for i, (xb, yb) in enumerate(trainer.val_eval.epoch(0)):
-        if max_batches and i >= max_batches:
-            break
-        x, y = trainer._batch(xb, yb, trainer.plain)
-        logits = net(x)
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-        n += y.numel()
+    with batch_statistics(net):
+        for i, (xb, yb) in enumerate(trainer.val_eval.epoch(0)):
+            if max_batches and i >= max_batches:
+                break
+            x, y = trainer._batch(xb, yb, trainer.plain)
+            logits = net(x)
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            n += y.numel()
     net.train()
     return loss / max(n, 1), correct / max(n, 1)

@@ -123,3 +123,43 @@ def test_each_step_decides_for_normal_and_reduce_then_tunes_once_with_fresh_mome
     assert all(0 < r[g] < 6 for r in removed for g in r) and all(removed[0][g] < removed[1][g] for g in removed[0])
     assert sum(d["stage"] == "topology" for d in decisions) == 2 * (1 + 2 + 3)
     assert all(len(genotype.cells[c].edges) == 8 for c in ("normal", "reduce"))
+
+
+def test_projections_are_scored_with_batch_statistics_and_leave_running_statistics_alone(trained):
+    """darts-pt scores a projection with `infer(..., _eval=False)`, i.e. in training mode: BN normalises
+    with the batch's statistics, not running statistics gathered with every op in place."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from nasc.runtime.perturbation import evaluate_limited
+
+    job, trainer = trained
+    bns = [m for m in job.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    saved = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
+    try:
+        for m in bns:  # running statistics far from any batch's: an eval-mode pass would be ruined by them
+            m.running_mean.fill_(50.0)
+            m.running_var.fill_(1e-4)
+        reference = copy.deepcopy(job.net).eval()
+        for m in reference.modules():  # the official code's model.train(); the noise op stays off
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.train()
+        loss = correct = n = 0
+        torch.manual_seed(0)  # the same noise in both passes
+        with torch.no_grad():
+            for xb, yb in trainer.val_eval.epoch(0):
+                x, y = trainer._batch(xb, yb, trainer.plain)
+                logits = reference(x)
+                loss += float(F.cross_entropy(logits, y, reduction="sum"))
+                correct += int((logits.argmax(1) == y).sum())
+                n += y.numel()
+        torch.manual_seed(0)
+        assert evaluate_limited(trainer) == pytest.approx((loss / n, correct / n), rel=1e-5)
+        assert all(bool((m.running_mean == 50.0).all() and (m.running_var == m.running_var[0]).all()) for m in bns)
+        assert job.net.training
+    finally:
+        with torch.no_grad():
+            for m, (mean, var) in zip(bns, saved):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
