@@ -169,7 +169,8 @@ class Perturbation(Selector):
             rng.shuffle(nodes)
             order[g] = []
             for node in nodes:
-                rows = [row_of[cell.edges[u, node]["edge"].key] for u in cell.predecessors(node)
+                inputs = sorted(cell.predecessors(node), key=lambda u: cell.nodes[u]["index"])  # as darts-pt's eids
+                rows = [row_of[cell.edges[u, node]["edge"].key] for u in inputs
                         if cell.edges[u, node]["edge"].key in row_of]
                 if len(rows) > k:  # a node already at k inputs needs no decision (nor tuning after it)
                     order[g].append((node, rows))
@@ -186,7 +187,8 @@ class Perturbation(Selector):
                     proj.masked_row = (g, r)
                     scores[r] = self._score(trainer)
                 proj.masked_row = None
-                drop = max(left, key=lambda r: (scores[r], -r))  # removal hurts least
+                # removal hurts least; on a tie the later input goes, as darts-pt's `not compare(crit, extrema)`
+                drop = max(reversed(left), key=lambda r: scores[r])
                 proj.removed[g].add(drop)
                 left.remove(drop)
                 emit({"type": "select", "selector": self.name, "stage": "topology", "group": g, "node": node,

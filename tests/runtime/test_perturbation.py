@@ -163,3 +163,17 @@ def test_projections_are_scored_with_batch_statistics_and_leave_running_statisti
             for m, (mean, var) in zip(bns, saved):
                 m.running_mean.copy_(mean)
                 m.running_var.copy_(var)
+
+
+def test_topology_ties_drop_the_later_input_as_darts_pt(monkeypatch):
+    """darts-pt's project_edge keeps the last edge of a tie as the one to delete (`not compare(crit,
+    crit_extrema)`, i.e. ≥): with every score equal, each node keeps its two earliest inputs."""
+    from nasc.runtime.perturbation import Perturbation
+
+    job = prepare(Request(space="darts", params={"C": 4, "layers": 3}, overrides={"batch": 16, "epochs": 1}))
+    monkeypatch.setattr(Perturbation, "_tune", lambda self, trainer, emit: None)
+    monkeypatch.setattr(Perturbation, "_score", lambda self, trainer: 0.5)
+    genotype = load_selector("perturbation").select(job.net, job.ir, trainer=Trainer(job))
+    for cell in genotype.cells.values():
+        assert sorted((e.node, e.input) for e in cell.edges) == [(n, i) for n in range(2, 6) for i in (0, 1)]
+        assert {e.op for e in cell.edges} == {"max_pool_3x3"}  # op ties: the first allowed op, as project_op
