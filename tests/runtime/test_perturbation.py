@@ -53,7 +53,7 @@ def test_magnitude_and_perturbation_disagree_and_pt_keeps_the_convolution(traine
     pt = load_selector("perturbation", {"tune_epochs": 0}).select(job.net, job.ir, trainer=trainer,
                                                                   emit=decisions.append)
     assert [e.op for e in pt.cells["c"].edges] == ["nor_conv_3x3"]
-    (decision,) = [d for d in decisions if d["stage"] == "op"]
+    (decision,) = [d for d in decisions if d.get("stage") == "op"]
     # removing the convolution leaves only noise: accuracy collapses; removing the noise does not hurt
     assert decision["without"]["nor_conv_3x3"] < decision["without"]["noise"]
     assert decision["chosen"] == "nor_conv_3x3" and decision["edge"] == "x1<-x0"
@@ -121,7 +121,11 @@ def test_each_step_decides_for_normal_and_reduce_then_tunes_once_with_fresh_mome
                                                                                             "reduce": 14}] * 2
     removed = [r for _, r, _ in seen[14:]]  # each group's nodes in its own random order: 1, 2 or 3 edges each
     assert all(0 < r[g] < 6 for r in removed for g in r) and all(removed[0][g] < removed[1][g] for g in removed[0])
-    assert sum(d["stage"] == "topology" for d in decisions) == 2 * (1 + 2 + 3)
+    assert sum(d.get("stage") == "topology" for d in decisions) == 2 * (1 + 2 + 3)
+    # the plan, up front: 2 x 14 edges x 8 ops, then 2 x (3 + (4 + 3) + (5 + 4 + 3)) edge removals scored
+    (plan,) = [d for d in decisions if d.get("stage") == "plan"]
+    assert (plan["decisions"], plan["evaluations"], plan["tune_epochs"]) == (17, 2 * 14 * 8 + 2 * 22, 16 * 5)
+    assert decisions[0] is plan
     assert all(len(genotype.cells[c].edges) == 8 for c in ("normal", "reduce"))
 
 
@@ -177,3 +181,33 @@ def test_topology_ties_drop_the_later_input_as_darts_pt(monkeypatch):
     for cell in genotype.cells.values():
         assert sorted((e.node, e.input) for e in cell.edges) == [(n, i) for n in range(2, 6) for i in (0, 1)]
         assert {e.op for e in cell.edges} == {"max_pool_3x3"}  # op ties: the first allowed op, as project_op
+
+
+def test_the_selection_says_its_cost_and_how_to_shorten_it_then_counts_down(monkeypatch):
+    """DARTS-PT's tuning makes it take ~(edges + nodes) x 5 search epochs: say so before the first
+    decision, name the options that shorten it, and estimate the time left once both kinds are timed."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from nasc.progress import SelectionDisplay
+
+    job = prepare(Request(space="darts", params={"C": 4, "layers": 3}, overrides={"batch": 16, "epochs": 1}))
+    trainer = Trainer(job)
+    monkeypatch.setattr(trainer, "run_epoch", lambda emit, lr=None: {"val_acc": 0.5, "val_loss": 1.0})
+    from nasc.runtime.perturbation import Perturbation
+
+    monkeypatch.setattr(Perturbation, "_score", lambda self, trainer: 0.5)
+    events = []
+    load_selector("perturbation", {"tune_epochs": 1}).select(job.net, job.ir, trainer=trainer, emit=events.append)
+    progress = [e for e in events if e["type"] == "progress"]
+    assert [e["done"] for e in progress] == list(range(1, 268 + 16 + 1)) and progress[-1]["total"] == 268 + 16
+    first_tune = next(i for i, e in enumerate(progress) if e["tune_epochs"])
+    assert all(e["seconds_left"] is None for e in progress[:first_tune])  # no guess before a tuning is timed
+    assert all(e["seconds_left"] is not None for e in progress[first_tune:]) and progress[-1]["seconds_left"] == 0
+    console = Console(record=True, width=200)
+    show = SelectionDisplay(console, Progress(console=console))
+    for e in events:
+        show(e)
+    text = console.export_text()
+    assert "17 decisions, 268 supernet evaluations" in text and "16 tuning epochs" in text
+    assert "--select-opt tune_epochs=N" in text and "eval_batches=N" in text
