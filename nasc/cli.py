@@ -420,7 +420,9 @@ def search(
                                                  "(overrides the file), e.g. darts.")] = None,
     relax_opt: Annotated[Optional[list[str]], typer.Option("--relax-opt", help="Relaxation option NAME=VALUE.")] = None,
     select: Annotated[Optional[str], typer.Option("--select", help="Selector (overrides the file).")] = None,
-    select_opt: Annotated[Optional[list[str]], typer.Option("--select-opt", help="Selector option NAME=VALUE.")] = None,
+    select_opt: Annotated[Optional[list[str]], typer.Option("--select-opt", help="Selector option NAME=VALUE "
+                                                            "(`nasc selectors` lists them; perturbation: "
+                                                            "tune_epochs=0 and eval_batches=N shorten it).")] = None,
     set_: SetOpt = None,
     epochs: Annotated[Optional[int], typer.Option(help="Search epochs.")] = None,
     batch: Annotated[Optional[int], typer.Option(help="Batch size.")] = None,
@@ -606,23 +608,22 @@ def select_cmd(
     run_dir: Annotated[str, typer.Argument(help="A search run directory (its last checkpoint is used).")],
     select: Annotated[str, typer.Option("--select", help="Selector: magnitude or perturbation.")] = "perturbation",
     select_opt: Annotated[Optional[list[str]], typer.Option("--select-opt", help="Selector option NAME=VALUE "
-                                                            "(perturbation: tune_epochs, crit, eval_batches, seed).")] = None,
+                                                            "(perturbation: tune_epochs, crit, eval_batches, seed; tune_epochs=0 "
+                                                            "and eval_batches=N shorten it).")] = None,
 ) -> None:
     """Derive a genotype again from a finished (or interrupted) search, without searching again."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from nasc.compiler import genotype as G
+    from nasc.progress import SelectionDisplay
     from nasc.runtime import search as S
 
-    def show(event: dict) -> None:
-        if event.get("stage") == "op":
-            console.print(f"  {event['group']} {event['edge']}: keep [bold]{event['chosen']}[/bold]  "
-                          + " ".join(f"{k}:{v:.3f}" for k, v in event["without"].items()))
-        elif event.get("stage") == "topology":
-            console.print(f"  {event['group']} node {event['node']}: drop edge {event['removed']}")
-        elif event.get("stage") == "tune":
-            console.print(f"  [dim]tuned: val acc {event['val_acc']:.3f}[/dim]")
-
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console)
     try:
-        genotype, path = S.reselect(run_dir, select, parse_assignments(select_opt, "--select-opt"), on_event=show)
+        with progress:
+            genotype, path = S.reselect(run_dir, select, parse_assignments(select_opt, "--select-opt"),
+                                        on_event=SelectionDisplay(console, progress))
     except NascError as e:
         fail(e)
     console.print(f"[bold green]genotype[/bold green] ({select}) written to {path}:")

@@ -30,6 +30,7 @@ class SearchDisplay:
         self.t0 = time.perf_counter()
         self.seen = 0
         self.history: list[dict[str, Any]] = []
+        self.selection: SelectionDisplay | None = None
 
     def __enter__(self) -> "SearchDisplay":
         self.progress.__enter__()
@@ -69,6 +70,11 @@ class SearchDisplay:
             self.progress.update(self.epoch_task, completed=event["epoch"] + 1,
                                  info=f"val acc {event['val_acc']:.3f} val loss {event['val_loss']:.3f}")
             self.progress.reset(self.step_task)
+        elif kind in ("select", "progress"):
+            if self.selection is None:
+                self.progress.update(self.step_task, visible=False)
+                self.selection = SelectionDisplay(self.console, self.progress, decisions=False)
+            self.selection(event)
         elif kind == "end":
             self.progress.update(self.step_task, visible=False)
 
@@ -80,3 +86,47 @@ class SearchDisplay:
             table.add_row(str(e["epoch"] + 1), f"{e['lr']:.4f}", f"{e['train_loss']:.4f}", f"{e['train_acc']:.3f}",
                           f"{e['val_loss']:.4f}", f"{e['val_acc']:.3f}")
         return table
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class SelectionDisplay:
+    """A selector's plan, a bar over its work with the selector's own estimate of the time left, and
+    (with `decisions`) each decision it makes.
+
+    DARTS-PT's cost is mostly tuning: the plan says how much there is and which options shorten it
+    before the first result could.
+    """
+
+    def __init__(self, console: Console, progress: Progress, *, decisions: bool = True):
+        self.console, self.progress, self.decisions = console, progress, decisions
+        self.task = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        stage = event.get("stage")
+        if event["type"] == "progress" and self.task is not None:
+            left = event.get("seconds_left")
+            self.progress.update(self.task, completed=event["done"], total=event["total"],
+                                 info=f"about {_duration(left)} left" if left is not None else "timing...")
+        elif stage == "plan":
+            tune = event["tune_epochs"]
+            self.console.print(
+                f"[bold]{event['selector']}[/bold] selection: {event['decisions']} decisions, "
+                f"{event['evaluations']} supernet evaluations of {event['eval_batches']} validation batches each"
+                + (f", {tune} tuning epochs of {event['tune_batches']} steps each (each about a search epoch)"
+                   if tune else ", no tuning")
+                + ". Shorter: --select-opt tune_epochs=N (DARTS-PT: 5; 0 skips tuning), eval_batches=N "
+                  "(0: the whole validation split).")
+            self.task = self.progress.add_task("selection", total=event["evaluations"] + tune, info="timing...")
+        elif not self.decisions:
+            return
+        elif stage == "op":
+            self.console.print(f"  {event['group']} {event['edge']}: keep [bold]{event['chosen']}[/bold]  "
+                               + " ".join(f"{k}:{v:.3f}" for k, v in event["without"].items()))
+        elif stage == "topology":
+            self.console.print(f"  {event['group']} node {event['node']}: drop edge {event['removed']}")
+        elif stage == "tune":
+            self.console.print(f"  [dim]tuned: val acc {event['val_acc']:.3f}[/dim]")

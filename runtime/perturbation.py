@@ -11,7 +11,8 @@ more than k inputs) of every cell type, then tunes 5 epochs, except after the
 last step, whose tuning could no longer change the genotype; tuning uses a
 fresh SGD (no momentum from the search) at a constant lr/10 (the official
 code makes a cosine scheduler there but never steps it), with α still
-updated; selection is by accuracy on the whole validation split.
+updated; selection is by accuracy on the whole validation split, with BN on
+batch statistics (the official code scores projections in training mode).
 
 The projection works on the relaxation's per-pass weights through
 `Network.weight_transform`, so it applies to any relaxation whose edges are
@@ -21,7 +22,9 @@ weighted mixtures.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -66,7 +69,11 @@ class Projection:
 
 @SELECTORS.register("perturbation")
 class Perturbation(Selector):
-    """DARTS-PT: keep the op (and edges) whose removal costs the most validation accuracy."""
+    """DARTS-PT: keep the op (edges) whose removal hurts val accuracy most; slow: tune_epochs=0 shortens it.
+
+    It tunes the supernet tune_epochs after each decision (DARTS space: 16 x 5 epochs, about as many search
+    epochs); eval_batches=N scores each projection on N validation batches instead of all of them.
+    """
 
     name = "perturbation"
     defaults = {"tune_epochs": 5, "tune_lr_factor": 0.1, "crit": "acc", "eval_batches": 0, "seed": 0,
@@ -104,6 +111,14 @@ class Perturbation(Selector):
             steps = self._op_steps(net, rng, exclude)
             if self.options["topology"] and per == "node":
                 steps += self._topology_steps(net, ir, rng, k)
+            self._clock = Clock(sum(d.evaluations for step in steps for d in step),
+                                max(len(steps) - 1, 0) * int(self.options["tune_epochs"]), emit)
+            eval_batches = len(trainer.val_eval)
+            if self.options["eval_batches"]:
+                eval_batches = min(eval_batches, int(self.options["eval_batches"]))
+            emit({"type": "select", "selector": self.name, "stage": "plan", "decisions": len(steps),
+                  "evaluations": self._clock.total["eval"], "eval_batches": eval_batches,
+                  "tune_epochs": self._clock.total["tune"], "tune_batches": len(trainer.train)})
             for i, step in enumerate(steps):
                 for decide in step:
                     decide(proj, trainer, emit)
@@ -122,10 +137,19 @@ class Perturbation(Selector):
         loss, acc = evaluate_limited(trainer, int(self.options["eval_batches"]))
         return acc if self.options["crit"] == "acc" else -loss
 
+    def _measure(self, trainer) -> float:
+        """`_score`, timed for the progress report."""
+        t0 = time.perf_counter()
+        score = self._score(trainer)
+        self._clock.done("eval", time.perf_counter() - t0)
+        return score
+
     def _tune(self, trainer, emit) -> None:
         for _ in range(int(self.options["tune_epochs"])):
+            t0 = time.perf_counter()
             record = trainer.run_epoch(lambda e: None, lr=self.tune_lr)
             trainer.epoch -= 1  # tuning epochs do not advance the search schedule
+            self._clock.done("tune", time.perf_counter() - t0)
             emit({"type": "select", "selector": self.name, "stage": "tune", "val_acc": record["val_acc"],
                   "val_loss": record["val_loss"]})
 
@@ -144,7 +168,7 @@ class Perturbation(Selector):
             scores = []
             for op in range(len(net.group_ops[g][row])):
                 proj.masked_op = (g, row, op)
-                scores.append(self._score(trainer))
+                scores.append(self._measure(trainer))
             proj.masked_op = None
             names = net.group_ops[g][row]
             allowed = [i for i, n in enumerate(names) if n not in exclude] or list(range(len(names)))
@@ -153,6 +177,7 @@ class Perturbation(Selector):
             emit({"type": "select", "selector": self.name, "stage": "op", "group": g,
                   "edge": net.group_rows[g][row], "chosen": names[chosen],
                   "without": {names[i]: scores[i] for i in range(len(names))}})
+        decide.evaluations = len(net.group_ops[g][row])
         return decide
 
     def _topology_steps(self, net: Network, ir: SpaceIR, rng: random.Random, k: int) -> list[list[Callable]]:
@@ -167,7 +192,8 @@ class Perturbation(Selector):
             rng.shuffle(nodes)
             order[g] = []
             for node in nodes:
-                rows = [row_of[cell.edges[u, node]["edge"].key] for u in cell.predecessors(node)
+                inputs = sorted(cell.predecessors(node), key=lambda u: cell.nodes[u]["index"])  # as darts-pt's eids
+                rows = [row_of[cell.edges[u, node]["edge"].key] for u in inputs
                         if cell.edges[u, node]["edge"].key in row_of]
                 if len(rows) > k:  # a node already at k inputs needs no decision (nor tuning after it)
                     order[g].append((node, rows))
@@ -182,14 +208,16 @@ class Perturbation(Selector):
                 scores = {}
                 for r in left:
                     proj.masked_row = (g, r)
-                    scores[r] = self._score(trainer)
+                    scores[r] = self._measure(trainer)
                 proj.masked_row = None
-                drop = max(left, key=lambda r: (scores[r], -r))  # removal hurts least
+                # removal hurts least; on a tie the later input goes, as darts-pt's `not compare(crit, extrema)`
+                drop = max(reversed(left), key=lambda r: scores[r])
                 proj.removed[g].add(drop)
                 left.remove(drop)
                 emit({"type": "select", "selector": self.name, "stage": "topology", "group": g, "node": node,
                       "removed": net.group_rows[g][drop],
                       "without": {net.group_rows[g][r]: sc for r, sc in scores.items()}})
+        decide.evaluations = sum(range(k + 1, len(rows) + 1))  # each removal scores every edge still in
         return decide
 
     @staticmethod
@@ -207,22 +235,73 @@ class Perturbation(Selector):
         return out
 
 
+class Clock:
+    """Counts a selection's supernet evaluations and tuning epochs against its plan and emits progress.
+
+    The time left is the remaining work at the mean measured seconds of each kind; it stays None until
+    both kinds still to come have been timed once (an evaluation and a tuning epoch differ ~10x).
+    """
+
+    def __init__(self, evaluations: int, tune_epochs: int, emit: Callable):
+        self.total = {"eval": evaluations, "tune": tune_epochs}
+        self.count = {"eval": 0, "tune": 0}
+        self.seconds = {"eval": 0.0, "tune": 0.0}
+        self.emit = emit
+
+    def done(self, kind: str, seconds: float) -> None:
+        self.count[kind] += 1
+        self.seconds[kind] += seconds
+        left = 0.0
+        for k, total in self.total.items():
+            if total > self.count[k]:
+                if not self.count[k]:
+                    left = None
+                    break
+                left += (total - self.count[k]) * self.seconds[k] / self.count[k]
+        self.emit({"type": "progress", "selector": "perturbation", "done": sum(self.count.values()),
+                   "total": sum(self.total.values()), "evaluations": self.count["eval"],
+                   "tune_epochs": self.count["tune"], "seconds_left": left})
+
+
+@contextmanager
+def batch_statistics(net: torch.nn.Module) -> Iterator[None]:
+    """BN normalises with each batch's own statistics; the running statistics are left as they were.
+
+    DARTS-PT scores a projection with `infer(..., _eval=False)`, i.e. `model.train()` ("disable running
+    stats for projection"): running statistics gathered with every op in place would misjudge a supernet
+    with one op (or edge) removed. Unlike the official code, the scoring passes do not update them.
+    """
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.training, {k: b.clone() for k, b in m.named_buffers(recurse=False)}) for m in bns]
+    for m in bns:
+        m.train()
+    try:
+        yield
+    finally:
+        for m, training, buffers in saved:
+            for k, b in buffers.items():
+                getattr(m, k).copy_(b)
+            m.train(training)
+
+
 @torch.no_grad()
 def evaluate_limited(trainer, max_batches: int = 0) -> tuple[float, float]:
-    """Supernet loss and accuracy on the validation split (all of it unless `max_batches`)."""
+    """Supernet loss and accuracy on the validation split (all of it unless `max_batches`), with BN on
+    batch statistics as DARTS-PT scores projections (see `batch_statistics`)."""
     import torch.nn.functional as F
 
     net = trainer.job.net
     net.eval()
     trainer.job.relax.set_phase("eval")
     loss = correct = n = 0.0
-    for i, (xb, yb) in enumerate(trainer.val_eval.epoch(0)):
-        if max_batches and i >= max_batches:
-            break
-        x, y = trainer._batch(xb, yb, trainer.plain)
-        logits = net(x)
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-        n += y.numel()
+    with batch_statistics(net):
+        for i, (xb, yb) in enumerate(trainer.val_eval.epoch(0)):
+            if max_batches and i >= max_batches:
+                break
+            x, y = trainer._batch(xb, yb, trainer.plain)
+            logits = net(x)
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            n += y.numel()
     net.train()
     return loss / max(n, 1), correct / max(n, 1)

@@ -53,7 +53,7 @@ def test_magnitude_and_perturbation_disagree_and_pt_keeps_the_convolution(traine
     pt = load_selector("perturbation", {"tune_epochs": 0}).select(job.net, job.ir, trainer=trainer,
                                                                   emit=decisions.append)
     assert [e.op for e in pt.cells["c"].edges] == ["nor_conv_3x3"]
-    (decision,) = [d for d in decisions if d["stage"] == "op"]
+    (decision,) = [d for d in decisions if d.get("stage") == "op"]
     # removing the convolution leaves only noise: accuracy collapses; removing the noise does not hurt
     assert decision["without"]["nor_conv_3x3"] < decision["without"]["noise"]
     assert decision["chosen"] == "nor_conv_3x3" and decision["edge"] == "x1<-x0"
@@ -121,5 +121,93 @@ def test_each_step_decides_for_normal_and_reduce_then_tunes_once_with_fresh_mome
                                                                                             "reduce": 14}] * 2
     removed = [r for _, r, _ in seen[14:]]  # each group's nodes in its own random order: 1, 2 or 3 edges each
     assert all(0 < r[g] < 6 for r in removed for g in r) and all(removed[0][g] < removed[1][g] for g in removed[0])
-    assert sum(d["stage"] == "topology" for d in decisions) == 2 * (1 + 2 + 3)
+    assert sum(d.get("stage") == "topology" for d in decisions) == 2 * (1 + 2 + 3)
+    # the plan, up front: 2 x 14 edges x 8 ops, then 2 x (3 + (4 + 3) + (5 + 4 + 3)) edge removals scored
+    (plan,) = [d for d in decisions if d.get("stage") == "plan"]
+    assert (plan["decisions"], plan["evaluations"], plan["tune_epochs"]) == (17, 2 * 14 * 8 + 2 * 22, 16 * 5)
+    assert decisions[0] is plan
     assert all(len(genotype.cells[c].edges) == 8 for c in ("normal", "reduce"))
+
+
+def test_projections_are_scored_with_batch_statistics_and_leave_running_statistics_alone(trained):
+    """darts-pt scores a projection with `infer(..., _eval=False)`, i.e. in training mode: BN normalises
+    with the batch's statistics, not running statistics gathered with every op in place."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from nasc.runtime.perturbation import evaluate_limited
+
+    job, trainer = trained
+    bns = [m for m in job.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    saved = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
+    try:
+        for m in bns:  # running statistics far from any batch's: an eval-mode pass would be ruined by them
+            m.running_mean.fill_(50.0)
+            m.running_var.fill_(1e-4)
+        reference = copy.deepcopy(job.net).eval()
+        for m in reference.modules():  # the official code's model.train(); the noise op stays off
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.train()
+        loss = correct = n = 0
+        torch.manual_seed(0)  # the same noise in both passes
+        with torch.no_grad():
+            for xb, yb in trainer.val_eval.epoch(0):
+                x, y = trainer._batch(xb, yb, trainer.plain)
+                logits = reference(x)
+                loss += float(F.cross_entropy(logits, y, reduction="sum"))
+                correct += int((logits.argmax(1) == y).sum())
+                n += y.numel()
+        torch.manual_seed(0)
+        assert evaluate_limited(trainer) == pytest.approx((loss / n, correct / n), rel=1e-5)
+        assert all(bool((m.running_mean == 50.0).all() and (m.running_var == m.running_var[0]).all()) for m in bns)
+        assert job.net.training
+    finally:
+        with torch.no_grad():
+            for m, (mean, var) in zip(bns, saved):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+
+
+def test_topology_ties_drop_the_later_input_as_darts_pt(monkeypatch):
+    """darts-pt's project_edge keeps the last edge of a tie as the one to delete (`not compare(crit,
+    crit_extrema)`, i.e. ≥): with every score equal, each node keeps its two earliest inputs."""
+    from nasc.runtime.perturbation import Perturbation
+
+    job = prepare(Request(space="darts", params={"C": 4, "layers": 3}, overrides={"batch": 16, "epochs": 1}))
+    monkeypatch.setattr(Perturbation, "_tune", lambda self, trainer, emit: None)
+    monkeypatch.setattr(Perturbation, "_score", lambda self, trainer: 0.5)
+    genotype = load_selector("perturbation").select(job.net, job.ir, trainer=Trainer(job))
+    for cell in genotype.cells.values():
+        assert sorted((e.node, e.input) for e in cell.edges) == [(n, i) for n in range(2, 6) for i in (0, 1)]
+        assert {e.op for e in cell.edges} == {"max_pool_3x3"}  # op ties: the first allowed op, as project_op
+
+
+def test_the_selection_says_its_cost_and_how_to_shorten_it_then_counts_down(monkeypatch):
+    """DARTS-PT's tuning makes it take ~(edges + nodes) x 5 search epochs: say so before the first
+    decision, name the options that shorten it, and estimate the time left once both kinds are timed."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from nasc.progress import SelectionDisplay
+
+    job = prepare(Request(space="darts", params={"C": 4, "layers": 3}, overrides={"batch": 16, "epochs": 1}))
+    trainer = Trainer(job)
+    monkeypatch.setattr(trainer, "run_epoch", lambda emit, lr=None: {"val_acc": 0.5, "val_loss": 1.0})
+    from nasc.runtime.perturbation import Perturbation
+
+    monkeypatch.setattr(Perturbation, "_score", lambda self, trainer: 0.5)
+    events = []
+    load_selector("perturbation", {"tune_epochs": 1}).select(job.net, job.ir, trainer=trainer, emit=events.append)
+    progress = [e for e in events if e["type"] == "progress"]
+    assert [e["done"] for e in progress] == list(range(1, 268 + 16 + 1)) and progress[-1]["total"] == 268 + 16
+    first_tune = next(i for i, e in enumerate(progress) if e["tune_epochs"])
+    assert all(e["seconds_left"] is None for e in progress[:first_tune])  # no guess before a tuning is timed
+    assert all(e["seconds_left"] is not None for e in progress[first_tune:]) and progress[-1]["seconds_left"] == 0
+    console = Console(record=True, width=200)
+    show = SelectionDisplay(console, Progress(console=console))
+    for e in events:
+        show(e)
+    text = console.export_text()
+    assert "17 decisions, 268 supernet evaluations" in text and "16 tuning epochs" in text
+    assert "--select-opt tune_epochs=N" in text and "eval_batches=N" in text
