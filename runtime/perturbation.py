@@ -164,20 +164,22 @@ class Perturbation(Selector):
                 for i in range(n)]
 
     def _decide_op(self, net: Network, g: str, row: int, exclude) -> Callable:
+        names = net.group_ops[g][row]
+        # an excluded op can never be chosen, so its removal is not worth a pass over the validation data
+        allowed = [i for i, n in enumerate(names) if n not in exclude] or list(range(len(names)))
+
         def decide(proj: Projection, trainer, emit) -> None:
-            scores = []
-            for op in range(len(net.group_ops[g][row])):
+            scores = {}
+            for op in allowed:
                 proj.masked_op = (g, row, op)
-                scores.append(self._measure(trainer))
+                scores[op] = self._measure(trainer)
             proj.masked_op = None
-            names = net.group_ops[g][row]
-            allowed = [i for i, n in enumerate(names) if n not in exclude] or list(range(len(names)))
             chosen = min(allowed, key=lambda i: (scores[i], i))  # removal hurts most
             proj.decided[g][row] = chosen
             emit({"type": "select", "selector": self.name, "stage": "op", "group": g,
                   "edge": net.group_rows[g][row], "chosen": names[chosen],
-                  "without": {names[i]: scores[i] for i in range(len(names))}})
-        decide.evaluations = len(net.group_ops[g][row])
+                  "without": {names[i]: scores[i] for i in allowed}})
+        decide.evaluations = len(allowed)
         return decide
 
     def _topology_steps(self, net: Network, ir: SpaceIR, rng: random.Random, k: int) -> list[list[Callable]]:

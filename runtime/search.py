@@ -442,8 +442,9 @@ class Trainer:
 
 def search_drop_path(p: float, epoch: int, epochs: int) -> float:
     """RobustDARTS' search-time drop path: rises linearly from 0 at the first epoch to `p` at the last
-    (`p · epoch / (epochs − 1)`, src/search/train_search.py), on every mixed edge's output."""
-    return p * epoch / (epochs - 1) if p and epochs > 1 else p
+    (`p · epoch / (epochs − 1)`, src/search/train_search.py), on every mixed edge's output. Epochs past
+    the last (DARTS-PT's tuning after the search) keep `p`."""
+    return p * min(epoch, epochs - 1) / (epochs - 1) if p and epochs > 1 else p
 
 
 def _emit_to(run: RunDir, on_event: Callable[[Event], None] | None) -> Callable[[Event], None]:

@@ -60,6 +60,18 @@ def test_magnitude_and_perturbation_disagree_and_pt_keeps_the_convolution(traine
     assert job.net.weight_transform is None  # the projection is removed afterwards
 
 
+def test_an_excluded_op_is_neither_scored_nor_chosen(trained):
+    """Removing an op that can never be kept says nothing: DARTS' `none` would cost 1/8 of the passes."""
+    job, trainer = trained
+    decisions = []
+    pt = load_selector("perturbation", {"tune_epochs": 0, "exclude": ["nor_conv_3x3"]}).select(
+        job.net, job.ir, trainer=trainer, emit=decisions.append)
+    assert [e.op for e in pt.cells["c"].edges] == ["noise"]
+    plan, = [d for d in decisions if d.get("stage") == "plan"]
+    op, = [d for d in decisions if d.get("stage") == "op"]
+    assert plan["evaluations"] == 1 and list(op["without"]) == ["noise"]
+
+
 def test_perturbation_needs_the_trainer(trained):
     from nasc.errors import BuildError
 

@@ -261,6 +261,14 @@ def test_search_drop_path_rises_from_zero_to_its_value(tmp_path, nb201_two_epoch
     assert "drop_path" not in plain[0]
 
 
+def test_search_drop_path_stays_at_its_value_after_the_search():
+    """DARTS-PT tunes after the last epoch: the rate must not climb past the p the user asked for."""
+    from nasc.runtime.search import search_drop_path
+
+    assert [search_drop_path(0.3, e, 3) for e in range(5)] == [0.0, 0.15, 0.3, 0.3, 0.3]
+    assert search_drop_path(0.2, 0, 1) == 0.2 and search_drop_path(0.0, 4, 3) == 0.0
+
+
 def test_second_order_search(tmp_path):
     job, result = _search(tmp_path / "run", order=2)
     assert job.config.order == 2
