@@ -42,6 +42,10 @@ AUTODL_ALIASES = {
 }
 # SNAS "edge_all" lists every incoming edge of the 4 DARTS nodes: 2+3+4+5 entries.
 _EDGE_ALL_COUNTS = (2, 3, 4, 5)
+# sharpDARTS' Genotype has a `layout` field, and its train.py builds every layout='cell' genotype with its own
+# OPS (ahundt/sharpDARTS cnn/operations.py), where dil_conv is a doubled SharpSepConv, not DARTS' DilConv: such
+# a genotype belongs to spaces/sharpdarts.nas. layout='raw_weights' entries hold α weights, not a genotype.
+SHARPDARTS_SPACE = "sharpdarts"
 _NB201_ENTRY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)~([0-9]+)")
 
 
@@ -433,6 +437,14 @@ def from_darts(text: str, *, space: str | None = None) -> Genotype:
         if (not key.endswith("_concat") and key + "_concat" not in fields and isinstance(value, (list, tuple))
                 and value and isinstance(value[0], (list, tuple))):
             raise _derr(f"missing field '{key}_concat' (the states cell {key!r} concatenates, e.g. [2, 3, 4, 5])")
+    layout = fields.pop("layout", None)
+    if layout is not None and layout != "cell":
+        raise GenotypeError(f"invalid DARTS genotype: sharpDARTS layout={layout!r} holds architecture weights, "
+                            "not a genotype (only layout='cell' lists (op, input) pairs)",
+                            hint="paste the layout='cell' genotype of the same search (e.g. SHARPER_MAX_W, "
+                                 "not SHARPER_MAX_W_WEIGHTS)")
+    if layout == "cell" and space is None:
+        space = SHARPDARTS_SPACE  # sharpDARTS' ops, not DARTS': its dil_conv differs (see SHARPDARTS_SPACE)
     names = [k for k in fields if not k.endswith("_concat") and k + "_concat" in fields]
     if not names:
         raise _derr("no cell found; expected fields like normal=[(op, input), ...], normal_concat=[2, 3, 4, 5]")

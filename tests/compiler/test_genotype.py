@@ -164,6 +164,21 @@ def test_alternate_encodings_of_darts_v2(text):
     assert g.cells["reduce"].concat == (2, 3, 4, 5)
 
 
+def test_sharpdarts_layout_names_the_sharpdarts_space():
+    """sharpDARTS builds layout='cell' genotypes with its own ops (dil_conv is a doubled SharpSepConv)."""
+    assert G.from_darts(SHARP).space == "sharpdarts"
+    assert G.from_darts(SHARP, space="darts").space == "darts"  # an explicit space still wins
+    assert G.from_darts(SHARP.replace(", layout='cell'", "")).space is None
+
+
+def test_sharpdarts_raw_weights_are_refused_as_weights():
+    text = ("Genotype(normal=[[0.1108, 0.0556], [0.2, 0.3]], normal_concat=[], reduce=[[0.1, 0.2]], "
+            "reduce_concat=[], layout='raw_weights')")
+    with pytest.raises(GenotypeError, match="layout='raw_weights' holds architecture weights") as e:
+        G.from_darts(text)
+    assert "layout='cell'" in e.value.hint
+
+
 def test_snas_edge_all_assigns_2_3_4_5_entries_to_nodes():
     g = G.from_darts(SNAS)
     normal = g.cells["normal"]
