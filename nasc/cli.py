@@ -597,7 +597,8 @@ def train(
         _interrupted("train", target)
     console.print(display.summary())
     epochs = f"{result['epochs']} epoch" + ("s" if result["epochs"] != 1 else "")
-    console.print(f"[bold green]test accuracy[/bold green] {result['test_acc']:.4f} after {epochs} "
+    top5 = f", top-5 {result['test_top5']:.4f}" if result.get("test_top5") is not None else ""
+    console.print(f"[bold green]test accuracy[/bold green] {result['test_acc']:.4f}{top5} after {epochs} "
                   f"({result['params']:,} parameters)")
 
 

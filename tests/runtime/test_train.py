@@ -71,6 +71,23 @@ def test_drop_path_rises_linearly_and_only_in_training(tmp_path):
         assert (tmp_path / "run" / name).is_file(), name
 
 
+def test_evaluation_reports_top5_accuracy_as_imagenet_papers_do(tmp_path):
+    """DARTS' train_imagenet.py reports top-1 and top-5; the test accuracy had only top-1."""
+    from nasc.runtime.augment import Augment
+
+    job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "nb201_best_cifar10.json"), params={"C": 4, "N": 1},
+                                     overrides={"epochs": 1, "batch": 256}))
+    result = run_train(job, tmp_path / "run")
+    test, net = job.dataset.test, job.net.eval()
+    with torch.no_grad():
+        logits = net(Augment(job.dataset, train=False)(test.images).contiguous(memory_format=torch.channels_last))
+    ranks = (logits > logits.gather(1, test.labels[:, None])).sum(1)  # how many classes score above the label
+    assert result["test_top5"] == pytest.approx(float((ranks < 5).float().mean()))
+    assert result["test_acc"] <= result["test_top5"] < 1
+    epoch = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert epoch["val_top5"] == result["test_top5"]
+
+
 def test_resume_ends_like_an_uninterrupted_run(tmp_path):
     request = TrainRequest(genotype=str(GENOTYPES / "nb201_best_cifar10.json"), params={"C": 4, "N": 1},
                            overrides={"epochs": 2, "batch": 128})
