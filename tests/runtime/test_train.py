@@ -49,6 +49,16 @@ def test_each_method_trains_with_its_official_evaluation_settings(space, batch, 
     assert (cfg.batch, cfg.drop_path) == (batch, drop_path)
 
 
+def test_sharpdarts_trains_with_its_readme_protocol():
+    """sharpDARTS' cnn/train.py and README: 2000 epochs, batch 64, cosine power annealing 0.025 -> 1e-8 with
+    5 warm-up epochs; the space once inherited DARTS' 600 epochs, batch 96 and plain cosine to 0."""
+    cfg = prepare_train(TrainRequest(genotype=str(GENOTYPES / "darts_v2.json"), space="sharpdarts",
+                                     params=TINY)).config
+    assert (cfg.epochs, cfg.batch, cfg.lr, cfg.schedule) == (2000, 64, 0.025, "cosine_power")
+    assert (cfg.lr_min, cfg.schedule_exponent, cfg.warmup) == (1e-8, 2, 5)
+    assert (cfg.weight_decay, cfg.clip, cfg.drop_path) == (3e-4, 5, 0.2)
+
+
 def test_eval_network_has_the_published_size_for_cifar_inputs():
     job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "darts_v2.json"), input_shape=(3, 32, 32)))
     assert job.ir.meta["costs"]["total_without_aux"]["params"] == 3_349_342
