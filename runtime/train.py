@@ -35,7 +35,7 @@ from nasc.runtime.config import absolute_dir, check_types, fraction, from_space,
 from nasc.runtime.data import Batches, Dataset, load_dataset
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.rundir import RunDir, default_run_path, environment
-from nasc.runtime.schedules import learning_rate
+from nasc.runtime.schedules import SCHEDULES, learning_rate
 from nasc.runtime.search import pick_device, seed_everything
 from nasc.runtime.supernet import Network, build_network
 
@@ -69,8 +69,12 @@ class TrainConfig:
     device: str = "auto"
 
     def __attrs_post_init__(self) -> None:
-        if self.epochs < 1 or self.batch < 1 or self.lr <= 0:
+        if self.epochs < 1 or self.batch < 1 or not self.lr > 0:  # `not >`: lr = nan too
             raise SearchError("epochs, batch and lr must be positive")
+        if self.schedule not in SCHEDULES:  # before the run directory is made (it failed at the first epoch)
+            raise SearchError(f"unknown learning-rate schedule {self.schedule!r}",
+                              hint=did_you_mean(self.schedule, SCHEDULES.names())
+                                   or f"registered: {', '.join(sorted(SCHEDULES.names()))}")
         if self.channels_last not in (True, False):
             raise SearchError(f"channels_last must be true or false, got {self.channels_last!r}")
         if self.schedule_gamma <= 0 or self.schedule_every < 1:

@@ -255,6 +255,27 @@ def test_settings_are_type_checked_by_name_in_search_and_training(overrides, mes
         make_config({}, {"arch_betas": (0.5,)})
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"schedule": "cosin"}, "unknown learning-rate schedule 'cosin'"),
+    ({"lr": float("nan")}, "lr must be positive"),
+    ({"weight_decay": float("nan")}, "weight_decay must be ≥ 0, got nan"),
+    ({"momentum": float("nan")}, "momentum must be ≥ 0, got nan"),
+])
+def test_bad_training_values_are_refused_before_the_run_starts(overrides, message, tmp_path):
+    """An unknown schedule once passed --dry-run and failed only in the first epoch, after the run directory
+    was made; NaN passed every `must be positive` check and trained until the loss became nan."""
+    with pytest.raises(SearchError, match=re.escape(message)):
+        train_config({}, overrides)
+    with pytest.raises(SearchError, match=re.escape(message)):
+        from nasc.runtime.config import make_config
+        make_config({}, overrides)
+    result = CliRunner().invoke(app, ["train", str(GENOTYPES / "darts_v2.json"), "--set", "C=4", "--set", "layers=3",
+                                      "--opt", f"{next(iter(overrides))}={next(iter(overrides.values()))}",
+                                      "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 1 and message in " ".join(result.output.split())
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_train_bad_setting_type_names_the_setting():
     result = CliRunner().invoke(app, ["train", str(GENOTYPES / "darts_v2.json"), "--opt", "lr=abc", "--dry-run"])
     assert result.exit_code == 1
