@@ -371,8 +371,9 @@ def _genotype_fields(text: str) -> dict[str, Any]:
         if isinstance(arg, ast.Starred):
             raise _derr(f"unsupported *{_snippet(arg.value)}")
         fields[key] = _literal(arg)
-    for arg in call.args[4:]:
-        _literal(arg)
+    extra = [_literal(arg) for arg in call.args[4:]]
+    if len(extra) == 1 and isinstance(extra[0], str):  # sharpDARTS' fifth field, layout, given positionally
+        fields["layout"] = extra[0]
     for kw in call.keywords:
         if kw.arg is None:
             raise _derr(f"unsupported **{_snippet(kw.value)}")

@@ -169,6 +169,8 @@ def test_sharpdarts_layout_names_the_sharpdarts_space():
     assert G.from_darts(SHARP).space == "sharpdarts"
     assert G.from_darts(SHARP, space="darts").space == "darts"  # an explicit space still wins
     assert G.from_darts(SHARP.replace(", layout='cell'", "")).space is None
+    positional = "Genotype([('a', 0), ('b', 1)], [2], [('c', 1), ('d', 0)], [2], 'cell')"  # sharpDARTS' field order
+    assert G.from_darts(positional).space == "sharpdarts"
 
 
 def test_sharpdarts_raw_weights_are_refused_as_weights():
