@@ -302,15 +302,16 @@ def save(g: Genotype, path: str | os.PathLike) -> None:
         raise GenotypeError(f"cannot write genotype to {path}: {e.strerror or e}") from e
 
 
-def load(path: str | os.PathLike) -> Genotype:
-    """Read a genotype file in any supported format (JSON, NB201 string, DARTS notation)."""
+def load(path: str | os.PathLike, name: str | None = None) -> Genotype:
+    """Read a genotype file in any supported format (JSON, NB201 string, DARTS notation), or the genotype
+    assigned to `name` in a file of DARTS-notation genotypes (an official genotypes.py)."""
     try:
         # utf-8-sig drops a byte-order mark (editors on Windows write one), as .nas files do
         text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise GenotypeError(f"cannot read genotype file {path}: {getattr(e, 'strerror', None) or e}") from e
     try:
-        return parse_any(text)
+        return parse_any(text) if name is None else from_darts(text, name=name)
     except GenotypeError as e:
         raise GenotypeError(f"{path}: {e.message}", hint=e.hint) from None
 
@@ -346,14 +347,43 @@ def _literal(node: ast.AST) -> Any:
                 "(only strings, numbers, lists, tuples and range(a, b) are read)")
 
 
-def _genotype_fields(text: str) -> dict[str, Any]:
-    """The keyword fields of the single `Genotype(...)` call in `text`, as literal values."""
+def _is_genotype_call(node: ast.AST) -> bool:
+    func = getattr(node, "func", None)
+    return isinstance(node, ast.Call) and ((isinstance(func, ast.Name) and func.id == "Genotype")
+                                           or (isinstance(func, ast.Attribute) and func.attr == "Genotype"))
+
+
+def _named_statement(tree: ast.Module, name: str) -> ast.Assign:
+    """The statement `name = Genotype(...)` of a file of several (an official genotypes.py), following
+    aliases such as DARTS' `DARTS = DARTS_V2`; the last assignment wins, as when Python runs the file."""
+    assigned = {t.id: s for s in tree.body if isinstance(s, ast.Assign) for t in s.targets if isinstance(t, ast.Name)}
+    seen = set()
+    while name in assigned and isinstance(assigned[name].value, ast.Name) and name not in seen:
+        seen.add(name)
+        name = assigned[name].value.id
+    if name not in assigned or not _is_genotype_call(assigned[name].value):
+        names = [n for n, s in assigned.items() if _is_genotype_call(s.value)]
+        raise GenotypeError(f"invalid DARTS genotype: no Genotype(...) named {name!r}",
+                            hint=did_you_mean(name, names) or f"genotypes here: {', '.join(names) or 'none'}")
+    return assigned[name]
+
+
+def _genotype_fields(text: str, name: str | None = None) -> dict[str, Any]:
+    """The keyword fields of the single `Genotype(...)` call in `text` (or of the one assigned to `name`),
+    as literal values."""
     try:
         tree = ast.parse(text.strip(), mode="exec")
     except SyntaxError as e:
         raise _derr(f"cannot parse: {e.msg} (line {e.lineno}, col {e.offset})") from None
+    if name is not None:
+        tree.body = [_named_statement(tree, name)]
     if len(tree.body) != 1:
-        raise _derr(f"expected one Genotype(...) expression, found {len(tree.body)} statements")
+        names = [t.id for s in tree.body if isinstance(s, ast.Assign) and _is_genotype_call(s.value)
+                 for t in s.targets if isinstance(t, ast.Name)]
+        raise GenotypeError(f"invalid DARTS genotype: expected one Genotype(...) expression, found {len(tree.body)} "
+                            "statements", hint=f"name one of a file's genotypes as FILE:NAME, NAME one of "
+                                               f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''}"
+                                               if names else None)
     stmt = tree.body[0]
     if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
         call = stmt.value
@@ -426,10 +456,11 @@ def _darts_cell(name: str, value: Any, concat: Any) -> GenoCell:
                       edges=edges, concat=concat)
 
 
-def from_darts(text: str, *, space: str | None = None) -> Genotype:
-    """Read DARTS-family notation (DARTS, pt.darts/DropNAS, AutoDL, sharpDARTS, SNAS edge_all)."""
+def from_darts(text: str, *, space: str | None = None, name: str | None = None) -> Genotype:
+    """Read DARTS-family notation (DARTS, pt.darts/DropNAS, AutoDL, sharpDARTS, SNAS edge_all); `name` picks
+    `name = Genotype(...)` from a file of several, such as an official genotypes.py."""
     try:
-        fields = _genotype_fields(text)
+        fields = _genotype_fields(text, name)
     except (MemoryError, RecursionError):  # how CPython's parser and the AST walk give up on deep nesting
         raise _derr("cannot parse: the text is nested too deeply") from None
     for key, value in fields.items():
@@ -712,6 +743,10 @@ def read_source(source: str) -> tuple[Genotype, dict | None]:
         return load(gfile), config
     if path is not None:
         return load(path), None
+    file, _, name = source.rpartition(":")  # FILE:NAME, one genotype of a genotypes.py
+    named = _existing(file) if file and name.isidentifier() else None
+    if named is not None and named.is_file():
+        return load(named, name), None
     text = source.strip()
     if text.startswith(("|", "{")) or "Genotype(" in text:
         return parse_any(text), None

@@ -181,6 +181,32 @@ def test_sharpdarts_raw_weights_are_refused_as_weights():
     assert "layout='cell'" in e.value.hint
 
 
+GENOTYPES_PY = """from collections import namedtuple
+Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat')
+PRIMITIVES = ['none', 'skip_connect']
+DARTS_V1 = Genotype(normal=[('a', 0), ('b', 1)], normal_concat=[2], reduce=[('c', 0), ('d', 1)], reduce_concat=[2])
+DARTS_V2 = Genotype(normal=[('e', 0), ('f', 1)], normal_concat=[2], reduce=[('g', 0), ('h', 1)], reduce_concat=[2])
+DARTS = DARTS_V2
+"""
+
+
+def test_one_genotype_of_an_official_genotypes_py_is_read_by_name(tmp_path):
+    """An official genotypes.py holds many genotypes and their namedtuple; FILE:NAME picks one (aliases too)."""
+    path = tmp_path / "genotypes.py"
+    path.write_text(GENOTYPES_PY)
+    g, _ = G.read_source(f"{path}:DARTS")
+    assert triples(g.cells["normal"]) == [(2, 0, "e"), (2, 1, "f")]
+    assert triples(G.read_source(f"{path}:DARTS_V1")[0].cells["reduce"]) == [(2, 0, "c"), (2, 1, "d")]
+    with pytest.raises(GenotypeError, match="no Genotype.* named 'DARTS_V3'") as e:
+        G.read_source(f"{path}:DARTS_V3")
+    assert "did you mean" in e.value.hint
+    with pytest.raises(GenotypeError, match="named 'PRIMITIVES'"):
+        G.read_source(f"{path}:PRIMITIVES")
+    with pytest.raises(GenotypeError, match="found 6 statements") as e:
+        G.read_source(str(path))
+    assert "FILE:NAME" in e.value.hint and "DARTS_V1, DARTS_V2" in e.value.hint
+
+
 def test_snas_edge_all_assigns_2_3_4_5_entries_to_nodes():
     g = G.from_darts(SNAS)
     normal = g.cells["normal"]
