@@ -46,6 +46,7 @@ _EDGE_ALL_COUNTS = (2, 3, 4, 5)
 # OPS (ahundt/sharpDARTS cnn/operations.py), where dil_conv is a doubled SharpSepConv, not DARTS' DilConv: such
 # a genotype belongs to spaces/sharpdarts.nas. layout='raw_weights' entries hold α weights, not a genotype.
 SHARPDARTS_SPACE = "sharpdarts"
+_NUMPY_FLOATS = ("float16", "float32", "float64")
 _NB201_ENTRY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)~([0-9]+)")
 
 
@@ -338,6 +339,12 @@ def _literal(node: ast.AST) -> Any:
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
         if isinstance(node.operand.value, (int, float)):
             return -node.operand.value
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _NUMPY_FLOATS
+            and isinstance(node.func.value, ast.Name) and node.func.value.id in ("np", "numpy")
+            and len(node.args) == 1 and not node.keywords):  # numpy 2 prints an edge weight as np.float32(0.25)
+        value = _literal(node.args[0])
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
     if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range"
             and not node.keywords and 1 <= len(node.args) <= 2):
         bounds = [_literal(a) for a in node.args]
@@ -391,6 +398,10 @@ def _genotype_fields(text: str, name: str | None = None) -> dict[str, Any]:
         call = stmt.value
     else:
         raise _derr(f"expected Genotype(...) or NAME = Genotype(...), got {_snippet(stmt)!r}")
+    if isinstance(call, ast.Dict) and call.keys and all(isinstance(k, ast.Constant) and isinstance(k.value, str)
+                                                        for k in call.keys):
+        # AutoDL's NASNet-space searches (GDAS, SETN, DARTS) return and log a dict, {'normal': [...], ...}
+        return {k.value: _literal(v) for k, v in zip(call.keys, call.values)}
     func = getattr(call, "func", None)
     name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
     if not isinstance(call, ast.Call) or name != "Genotype":
@@ -612,6 +623,8 @@ def parse_any(text: str, *, space: str | None = None) -> Genotype:
         try:
             data = json.loads(s)
         except json.JSONDecodeError as e:
+            with contextlib.suppress(GenotypeError):  # a Python dict, as AutoDL's NASNet-space searches log it
+                return from_darts(s, space=space)
             raise GenotypeError(f"invalid genotype JSON: {e.msg} (line {e.lineno}, col {e.colno})") from None
         except ValueError:  # the one other ValueError: an integer longer than Python converts
             raise GenotypeError(f"invalid genotype JSON: a number has more than {sys.get_int_max_str_digits():,} "

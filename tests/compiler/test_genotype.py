@@ -156,9 +156,19 @@ SNAS = """Genotype(
     reduce_concat=range(2, 6))"""
 
 
-@pytest.mark.parametrize("text", [PT_DARTS, AUTODL, SHARP])
+# AutoDL's NASNet-space searches (search_model_gdas_nasnet.py and its siblings) return a dict of per-node
+# (op, input, weight) tuples, and numpy 2 prints the weights as np.float32(...)
+AUTODL_DICT = ("{'normal': [(('sep_conv_3x3', 0, np.float32(0.3)), ('sep_conv_3x3', 1, np.float32(0.25))), "
+               "(('sep_conv_3x3', 0, 0.3), ('sep_conv_3x3', 1, 0.2)), (('sep_conv_3x3', 1, 0.3), ('skip_connect', 0, 0.2)), "
+               "(('skip_connect', 0, 0.3), ('dil_conv_3x3', 2, 0.2))], 'normal_concat': [2, 3, 4, 5], "
+               "'reduce': [(('max_pool_3x3', 0, 0.3), ('max_pool_3x3', 1, 0.2)), (('skip_connect', 2, 0.3), "
+               "('max_pool_3x3', 1, 0.2)), (('max_pool_3x3', 0, 0.3), ('skip_connect', 2, 0.2)), "
+               "(('skip_connect', 2, 0.3), ('max_pool_3x3', 1, numpy.float64(0.2)))], 'reduce_concat': [2, 3, 4, 5]}")
+
+
+@pytest.mark.parametrize("text", [PT_DARTS, AUTODL, SHARP, AUTODL_DICT])
 def test_alternate_encodings_of_darts_v2(text):
-    g = G.from_darts(text)
+    g = G.parse_any(text)
     assert triples(g.cells["normal"]) == V2_NORMAL
     assert triples(g.cells["reduce"]) == V2_REDUCE
     assert g.cells["reduce"].concat == (2, 3, 4, 5)
