@@ -42,6 +42,11 @@ AUTODL_ALIASES = {
 }
 # SNAS "edge_all" lists every incoming edge of the 4 DARTS nodes: 2+3+4+5 entries.
 _EDGE_ALL_COUNTS = (2, 3, 4, 5)
+# sharpDARTS' Genotype has a `layout` field, and its train.py builds every layout='cell' genotype with its own
+# OPS (ahundt/sharpDARTS cnn/operations.py), where dil_conv is a doubled SharpSepConv, not DARTS' DilConv: such
+# a genotype belongs to spaces/sharpdarts.nas. layout='raw_weights' entries hold α weights, not a genotype.
+SHARPDARTS_SPACE = "sharpdarts"
+_NUMPY_FLOATS = ("float16", "float32", "float64")
 _NB201_ENTRY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)~([0-9]+)")
 
 
@@ -298,15 +303,16 @@ def save(g: Genotype, path: str | os.PathLike) -> None:
         raise GenotypeError(f"cannot write genotype to {path}: {e.strerror or e}") from e
 
 
-def load(path: str | os.PathLike) -> Genotype:
-    """Read a genotype file in any supported format (JSON, NB201 string, DARTS notation)."""
+def load(path: str | os.PathLike, name: str | None = None) -> Genotype:
+    """Read a genotype file in any supported format (JSON, NB201 string, DARTS notation), or the genotype
+    assigned to `name` in a file of DARTS-notation genotypes (an official genotypes.py)."""
     try:
         # utf-8-sig drops a byte-order mark (editors on Windows write one), as .nas files do
         text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise GenotypeError(f"cannot read genotype file {path}: {getattr(e, 'strerror', None) or e}") from e
     try:
-        return parse_any(text)
+        return parse_any(text) if name is None else from_darts(text, name=name)
     except GenotypeError as e:
         raise GenotypeError(f"{path}: {e.message}", hint=e.hint) from None
 
@@ -333,6 +339,12 @@ def _literal(node: ast.AST) -> Any:
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
         if isinstance(node.operand.value, (int, float)):
             return -node.operand.value
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _NUMPY_FLOATS
+            and isinstance(node.func.value, ast.Name) and node.func.value.id in ("np", "numpy")
+            and len(node.args) == 1 and not node.keywords):  # numpy 2 prints an edge weight as np.float32(0.25)
+        value = _literal(node.args[0])
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
     if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range"
             and not node.keywords and 1 <= len(node.args) <= 2):
         bounds = [_literal(a) for a in node.args]
@@ -342,14 +354,43 @@ def _literal(node: ast.AST) -> Any:
                 "(only strings, numbers, lists, tuples and range(a, b) are read)")
 
 
-def _genotype_fields(text: str) -> dict[str, Any]:
-    """The keyword fields of the single `Genotype(...)` call in `text`, as literal values."""
+def _is_genotype_call(node: ast.AST) -> bool:
+    func = getattr(node, "func", None)
+    return isinstance(node, ast.Call) and ((isinstance(func, ast.Name) and func.id == "Genotype")
+                                           or (isinstance(func, ast.Attribute) and func.attr == "Genotype"))
+
+
+def _named_statement(tree: ast.Module, name: str) -> ast.Assign:
+    """The statement `name = Genotype(...)` of a file of several (an official genotypes.py), following
+    aliases such as DARTS' `DARTS = DARTS_V2`; the last assignment wins, as when Python runs the file."""
+    assigned = {t.id: s for s in tree.body if isinstance(s, ast.Assign) for t in s.targets if isinstance(t, ast.Name)}
+    seen = set()
+    while name in assigned and isinstance(assigned[name].value, ast.Name) and name not in seen:
+        seen.add(name)
+        name = assigned[name].value.id
+    if name not in assigned or not _is_genotype_call(assigned[name].value):
+        names = [n for n, s in assigned.items() if _is_genotype_call(s.value)]
+        raise GenotypeError(f"invalid DARTS genotype: no Genotype(...) named {name!r}",
+                            hint=did_you_mean(name, names) or f"genotypes here: {', '.join(names) or 'none'}")
+    return assigned[name]
+
+
+def _genotype_fields(text: str, name: str | None = None) -> dict[str, Any]:
+    """The keyword fields of the single `Genotype(...)` call in `text` (or of the one assigned to `name`),
+    as literal values."""
     try:
         tree = ast.parse(text.strip(), mode="exec")
     except SyntaxError as e:
         raise _derr(f"cannot parse: {e.msg} (line {e.lineno}, col {e.offset})") from None
+    if name is not None:
+        tree.body = [_named_statement(tree, name)]
     if len(tree.body) != 1:
-        raise _derr(f"expected one Genotype(...) expression, found {len(tree.body)} statements")
+        names = [t.id for s in tree.body if isinstance(s, ast.Assign) and _is_genotype_call(s.value)
+                 for t in s.targets if isinstance(t, ast.Name)]
+        raise GenotypeError(f"invalid DARTS genotype: expected one Genotype(...) expression, found {len(tree.body)} "
+                            "statements", hint=f"name one of a file's genotypes as FILE:NAME, NAME one of "
+                                               f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''}"
+                                               if names else None)
     stmt = tree.body[0]
     if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
         call = stmt.value
@@ -357,6 +398,10 @@ def _genotype_fields(text: str) -> dict[str, Any]:
         call = stmt.value
     else:
         raise _derr(f"expected Genotype(...) or NAME = Genotype(...), got {_snippet(stmt)!r}")
+    if isinstance(call, ast.Dict) and call.keys and all(isinstance(k, ast.Constant) and isinstance(k.value, str)
+                                                        for k in call.keys):
+        # AutoDL's NASNet-space searches (GDAS, SETN, DARTS) return and log a dict, {'normal': [...], ...}
+        return {k.value: _literal(v) for k, v in zip(call.keys, call.values)}
     func = getattr(call, "func", None)
     name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
     if not isinstance(call, ast.Call) or name != "Genotype":
@@ -367,8 +412,9 @@ def _genotype_fields(text: str) -> dict[str, Any]:
         if isinstance(arg, ast.Starred):
             raise _derr(f"unsupported *{_snippet(arg.value)}")
         fields[key] = _literal(arg)
-    for arg in call.args[4:]:
-        _literal(arg)
+    extra = [_literal(arg) for arg in call.args[4:]]
+    if len(extra) == 1 and isinstance(extra[0], str):  # sharpDARTS' fifth field, layout, given positionally
+        fields["layout"] = extra[0]
     for kw in call.keywords:
         if kw.arg is None:
             raise _derr(f"unsupported **{_snippet(kw.value)}")
@@ -421,10 +467,11 @@ def _darts_cell(name: str, value: Any, concat: Any) -> GenoCell:
                       edges=edges, concat=concat)
 
 
-def from_darts(text: str, *, space: str | None = None) -> Genotype:
-    """Read DARTS-family notation (DARTS, pt.darts/DropNAS, AutoDL, sharpDARTS, SNAS edge_all)."""
+def from_darts(text: str, *, space: str | None = None, name: str | None = None) -> Genotype:
+    """Read DARTS-family notation (DARTS, pt.darts/DropNAS, AutoDL, sharpDARTS, SNAS edge_all); `name` picks
+    `name = Genotype(...)` from a file of several, such as an official genotypes.py."""
     try:
-        fields = _genotype_fields(text)
+        fields = _genotype_fields(text, name)
     except (MemoryError, RecursionError):  # how CPython's parser and the AST walk give up on deep nesting
         raise _derr("cannot parse: the text is nested too deeply") from None
     for key, value in fields.items():
@@ -433,6 +480,14 @@ def from_darts(text: str, *, space: str | None = None) -> Genotype:
         if (not key.endswith("_concat") and key + "_concat" not in fields and isinstance(value, (list, tuple))
                 and value and isinstance(value[0], (list, tuple))):
             raise _derr(f"missing field '{key}_concat' (the states cell {key!r} concatenates, e.g. [2, 3, 4, 5])")
+    layout = fields.pop("layout", None)
+    if layout is not None and layout != "cell":
+        raise GenotypeError(f"invalid DARTS genotype: sharpDARTS layout={layout!r} holds architecture weights, "
+                            "not a genotype (only layout='cell' lists (op, input) pairs)",
+                            hint="paste the layout='cell' genotype of the same search (e.g. SHARPER_MAX_W, "
+                                 "not SHARPER_MAX_W_WEIGHTS)")
+    if layout == "cell" and space is None:
+        space = SHARPDARTS_SPACE  # sharpDARTS' ops, not DARTS': its dil_conv differs (see SHARPDARTS_SPACE)
     names = [k for k in fields if not k.endswith("_concat") and k + "_concat" in fields]
     if not names:
         raise _derr("no cell found; expected fields like normal=[(op, input), ...], normal_concat=[2, 3, 4, 5]")
@@ -568,6 +623,8 @@ def parse_any(text: str, *, space: str | None = None) -> Genotype:
         try:
             data = json.loads(s)
         except json.JSONDecodeError as e:
+            with contextlib.suppress(GenotypeError):  # a Python dict, as AutoDL's NASNet-space searches log it
+                return from_darts(s, space=space)
             raise GenotypeError(f"invalid genotype JSON: {e.msg} (line {e.lineno}, col {e.colno})") from None
         except ValueError:  # the one other ValueError: an integer longer than Python converts
             raise GenotypeError(f"invalid genotype JSON: a number has more than {sys.get_int_max_str_digits():,} "
@@ -699,6 +756,10 @@ def read_source(source: str) -> tuple[Genotype, dict | None]:
         return load(gfile), config
     if path is not None:
         return load(path), None
+    file, _, name = source.rpartition(":")  # FILE:NAME, one genotype of a genotypes.py
+    named = _existing(file) if file and name.isidentifier() else None
+    if named is not None and named.is_file():
+        return load(named, name), None
     text = source.strip()
     if text.startswith(("|", "{")) or "Genotype(" in text:
         return parse_any(text), None

@@ -319,6 +319,7 @@ class TrainResult:
 
     run_dir: Path
     test_acc: float
+    test_top5: float | None  # top-5 accuracy; None with 5 classes or fewer
     test_loss: float
     params: int  # weights, without the auxiliary head
     madds: int  # multiply-adds per sample
@@ -364,7 +365,8 @@ def train(genotype: Genotype | SearchResult | str | Path, *, space: str | Path |
     job = T.prepare_train(request)
     target = run_dir if run_dir is not None else T.default_train_dir(job.ir.name, job.config.seed)
     result = T.run_train(job, target, on_event=on_event)
-    return TrainResult(run_dir=Path(target), test_acc=result["test_acc"], test_loss=result["test_loss"],
+    return TrainResult(run_dir=Path(target), test_acc=result["test_acc"], test_top5=result["test_top5"],
+                       test_loss=result["test_loss"],
                        params=result["params"], madds=result["madds"], epochs=result["epochs"], net=job.net,
                        ir=job.ir, genotype=job.genotype)
 

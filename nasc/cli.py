@@ -523,7 +523,8 @@ def _print_dry_run(info: dict[str, Any], human) -> None:
 
 @app.command()
 def train(
-    genotype: Annotated[Optional[str], typer.Argument(help="A genotype file, run directory, DARTS Genotype(...) or "
+    genotype: Annotated[Optional[str], typer.Argument(help="A genotype file (FILE:NAME for one of an official "
+                                                      "genotypes.py), run directory, DARTS Genotype(...) or "
                                                       "NAS-Bench-201 string (none with --resume).")] = None,
     space: Annotated[Optional[str], typer.Option("--space", help="The space the genotype belongs to "
                                                  "(default: from the genotype or run).")] = None,
@@ -599,7 +600,8 @@ def train(
         _interrupted("train", target)
     console.print(display.summary())
     epochs = f"{result['epochs']} epoch" + ("s" if result["epochs"] != 1 else "")
-    console.print(f"[bold green]test accuracy[/bold green] {result['test_acc']:.4f} after {epochs} "
+    top5 = f", top-5 {result['test_top5']:.4f}" if result.get("test_top5") is not None else ""
+    console.print(f"[bold green]test accuracy[/bold green] {result['test_acc']:.4f}{top5} after {epochs} "
                   f"({result['params']:,} parameters)")
 
 
@@ -726,8 +728,8 @@ def _run_dir(source: str) -> Path | None:
 
 @app.command("viz")
 def viz_cmd(
-    source: Annotated[str, typer.Argument(help="A genotype file, a DARTS Genotype(...) or NB201 string, "
-                                          "or a run directory.")],
+    source: Annotated[str, typer.Argument(help="A genotype file (FILE:NAME for one of a genotypes.py), a DARTS "
+                                          "Genotype(...) or NB201 string, or a run directory.")],
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Drawing to write: .png, .svg, .pdf "
                                                   "or .dot (default genotype.png; in the run directory for a run).")]
     = None,

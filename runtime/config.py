@@ -23,7 +23,7 @@ from nasc.runtime.schedules import SCHEDULES
 
 
 def positive(instance, attribute, value) -> None:
-    if value is None or value <= 0:
+    if value is None or not value > 0:  # `not >`: NaN (--opt lr=nan) is refused too
         raise SearchError(f"{attribute.name} must be positive, got {value!r}")
 
 
@@ -36,7 +36,7 @@ def absolute_dir(path: str | None) -> str | None:
 
 
 def non_negative(instance, attribute, value) -> None:
-    if value is None or value < 0:
+    if value is None or not value >= 0:  # `not >=`: NaN is refused too
         raise SearchError(f"{attribute.name} must be ≥ 0, got {value!r}")
 
 
@@ -134,7 +134,8 @@ class SearchConfig:
                                    "(--opt levels=2) to search bi-level, or search first-order")
         if self.schedule not in SCHEDULES:  # plugins may register more
             raise SearchError(f"unknown learning-rate schedule {self.schedule!r}",
-                              hint=did_you_mean(self.schedule, SCHEDULES.names()))
+                              hint=did_you_mean(self.schedule, SCHEDULES.names())
+                                   or f"registered: {', '.join(sorted(SCHEDULES.names()))}")
         if self.precision not in ("fp32", "bf16"):
             raise SearchError(f"unknown precision {self.precision!r}", hint="fp32 or bf16")
         if self.channels_last not in (True, False):

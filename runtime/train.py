@@ -35,7 +35,7 @@ from nasc.runtime.config import absolute_dir, check_types, fraction, from_space,
 from nasc.runtime.data import Batches, Dataset, load_dataset
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.rundir import RunDir, default_run_path, environment
-from nasc.runtime.schedules import learning_rate
+from nasc.runtime.schedules import SCHEDULES, learning_rate
 from nasc.runtime.search import pick_device, seed_everything
 from nasc.runtime.supernet import Network, build_network
 
@@ -69,8 +69,12 @@ class TrainConfig:
     device: str = "auto"
 
     def __attrs_post_init__(self) -> None:
-        if self.epochs < 1 or self.batch < 1 or self.lr <= 0:
+        if self.epochs < 1 or self.batch < 1 or not self.lr > 0:  # `not >`: lr = nan too
             raise SearchError("epochs, batch and lr must be positive")
+        if self.schedule not in SCHEDULES:  # before the run directory is made (it failed at the first epoch)
+            raise SearchError(f"unknown learning-rate schedule {self.schedule!r}",
+                              hint=did_you_mean(self.schedule, SCHEDULES.names())
+                                   or f"registered: {', '.join(sorted(SCHEDULES.names()))}")
         if self.channels_last not in (True, False):
             raise SearchError(f"channels_last must be true or false, got {self.channels_last!r}")
         if self.schedule_gamma <= 0 or self.schedule_every < 1:
@@ -319,28 +323,34 @@ class Fitter:
             tot["n"] += y.numel()
             emit({"type": "step", "epoch": epoch, "step": step, "steps": steps, "loss": value,
                   "acc": correct / y.numel(), "lr": lr})
-        test_loss, test_acc = self.evaluate()
+        test_loss, test_acc, test_top5 = self.evaluate()
         self.epoch += 1
         return {"type": "epoch", "epoch": epoch, "lr": lr, "drop_path": net.drop_path_prob,
                 "train_loss": tot["loss"] / max(tot["n"], 1), "train_acc": tot["correct"] / max(tot["n"], 1),
-                "val_loss": test_loss, "val_acc": test_acc}
+                "val_loss": test_loss, "val_acc": test_acc, "val_top5": test_top5}
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
+    def evaluate(self) -> tuple[float, float, float | None]:
+        """Test loss, top-1 and top-5 accuracy (papers report both on ImageNet, as DARTS' train_imagenet.py
+        does); top-5 is None with 5 classes or fewer, where every label is among the top 5."""
         if self.test is None:
-            return float("nan"), float("nan")
+            return float("nan"), float("nan"), None
         net = self.job.net
         self.sync.before_eval()  # distributed hook: average BN statistics over ranks
         net.eval()
-        loss = correct = n = 0.0
+        loss = correct = top5 = n = 0.0
         for xb, yb in self.test.epoch(0):
             x = self.plain(xb.to(self.job.device)).to(self.job.device).contiguous(memory_format=self.layout)
             y = yb.to(self.job.device)
             logits = net(x)
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
+            if logits.shape[1] > 5:
+                top5 += int((logits.topk(5, dim=1).indices == y[:, None]).any(1).sum())
+            else:
+                top5 = None
             n += y.numel()
-        return loss / max(n, 1), correct / max(n, 1)
+        return loss / max(n, 1), correct / max(n, 1), None if top5 is None else top5 / max(n, 1)
 
 
 def run_train(job: TrainJob, run_path: str | Path, *, on_event: Callable[[Event], None] | None = None,
@@ -384,7 +394,8 @@ def run_train(job: TrainJob, run_path: str | Path, *, on_event: Callable[[Event]
     if _dist.is_main():  # distributed hook: rank 0 writes
         torch.save(job.net.state_dict(), run.path / ".weights.pt.tmp")
         (run.path / ".weights.pt.tmp").replace(run.path / "weights.pt")
-    result = {"test_acc": final.get("val_acc"), "test_loss": final.get("val_loss"), **counts(job),
+    result = {"test_acc": final.get("val_acc"), "test_top5": final.get("val_top5"), "test_loss": final.get("val_loss"),
+              **counts(job),
               "epochs": cfg.epochs}
     run.write("result.json", result)
     emit({"type": "end", "final": result, "run_dir": str(run.path)})

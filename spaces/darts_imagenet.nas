@@ -4,6 +4,10 @@
 # The parameters are a search-sized network (C = 16, 8 cells, like darts.nas; the search
 # settings are darts.nas' CIFAR ones); `train:` sets the evaluation network, C = 48 and
 # 14 cells: DARTS V2 has 4,718,752 weights there (the paper's 4.7M; aux head excluded).
+# Multiply-adds count convolutions and linear layers: 529,911,552 for DARTS V2, equal to hooks on the
+# official NetworkImageNet. The paper's 574M is not reproduced by any convention (adding BN, ReLU and
+# pooling gives 541M); its counter was never released (quark0/darts issue #46, where others measured
+# 523M and 545M). P-DARTS' 557M and PC-DARTS' 597M exceed the same count by 14-15M.
 space darts_imagenet(C = 16, layers = 8, classes = 1000) extends "darts.nas"
 
 network:

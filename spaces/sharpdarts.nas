@@ -25,3 +25,12 @@ search:
     weights = sgd(lr = 0.025, momentum = 0.9, weight_decay = 3e-4)
     lr_schedule = cosine_power(min = 1e-4, exponent = 2, warmup = 5)
     cutout = 16
+
+# training the derived network: the README's SharpSepConvDARTS command with cnn/train.py's defaults
+# (2000 epochs, batch 64, lr 0.025 to 1e-8 by cosine power annealing with 5 warm-up epochs, --auxiliary
+# --cutout); C = 36, 20 cells, drop path 0.2, clip 5 and weight decay 3e-4 are DARTS' and come from darts.nas.
+# AutoAugment (--autoaugment) is not implemented.
+train:
+    epochs = 2000
+    batch = 64
+    lr_schedule = cosine_power(min = 1e-8, exponent = 2, warmup = 5)

@@ -106,6 +106,7 @@ def test_train_viz_and_export(searched, tmp_path):
     trained = nasc.train(run, params={"C": 4, "N": 1}, epochs=1, run_dir=tmp_path / "train")
     assert isinstance(trained, nasc.TrainResult) and trained.epochs == 1
     assert (trained.run_dir / "weights.pt").is_file() and 0.0 <= trained.test_acc <= 1.0
+    assert trained.test_acc <= trained.test_top5 <= 1.0  # 10 classes: top-5 is reported
     assert trained.params == sum(p.numel() for p in trained.net.parameters())
     drawn = nasc.viz(run, tmp_path / "g.dot")
     assert drawn[0].read_text().startswith("digraph") and drawn[1].name == "g_alpha.png"

@@ -156,12 +156,65 @@ SNAS = """Genotype(
     reduce_concat=range(2, 6))"""
 
 
-@pytest.mark.parametrize("text", [PT_DARTS, AUTODL, SHARP])
+# AutoDL's NASNet-space searches (search_model_gdas_nasnet.py and its siblings) return a dict of per-node
+# (op, input, weight) tuples, and numpy 2 prints the weights as np.float32(...)
+AUTODL_DICT = ("{'normal': [(('sep_conv_3x3', 0, np.float32(0.3)), ('sep_conv_3x3', 1, np.float32(0.25))), "
+               "(('sep_conv_3x3', 0, 0.3), ('sep_conv_3x3', 1, 0.2)), (('sep_conv_3x3', 1, 0.3), ('skip_connect', 0, 0.2)), "
+               "(('skip_connect', 0, 0.3), ('dil_conv_3x3', 2, 0.2))], 'normal_concat': [2, 3, 4, 5], "
+               "'reduce': [(('max_pool_3x3', 0, 0.3), ('max_pool_3x3', 1, 0.2)), (('skip_connect', 2, 0.3), "
+               "('max_pool_3x3', 1, 0.2)), (('max_pool_3x3', 0, 0.3), ('skip_connect', 2, 0.2)), "
+               "(('skip_connect', 2, 0.3), ('max_pool_3x3', 1, numpy.float64(0.2)))], 'reduce_concat': [2, 3, 4, 5]}")
+
+
+@pytest.mark.parametrize("text", [PT_DARTS, AUTODL, SHARP, AUTODL_DICT])
 def test_alternate_encodings_of_darts_v2(text):
-    g = G.from_darts(text)
+    g = G.parse_any(text)
     assert triples(g.cells["normal"]) == V2_NORMAL
     assert triples(g.cells["reduce"]) == V2_REDUCE
     assert g.cells["reduce"].concat == (2, 3, 4, 5)
+
+
+def test_sharpdarts_layout_names_the_sharpdarts_space():
+    """sharpDARTS builds layout='cell' genotypes with its own ops (dil_conv is a doubled SharpSepConv)."""
+    assert G.from_darts(SHARP).space == "sharpdarts"
+    assert G.from_darts(SHARP, space="darts").space == "darts"  # an explicit space still wins
+    assert G.from_darts(SHARP.replace(", layout='cell'", "")).space is None
+    positional = "Genotype([('a', 0), ('b', 1)], [2], [('c', 1), ('d', 0)], [2], 'cell')"  # sharpDARTS' field order
+    assert G.from_darts(positional).space == "sharpdarts"
+
+
+def test_sharpdarts_raw_weights_are_refused_as_weights():
+    text = ("Genotype(normal=[[0.1108, 0.0556], [0.2, 0.3]], normal_concat=[], reduce=[[0.1, 0.2]], "
+            "reduce_concat=[], layout='raw_weights')")
+    with pytest.raises(GenotypeError, match="layout='raw_weights' holds architecture weights") as e:
+        G.from_darts(text)
+    assert "layout='cell'" in e.value.hint
+
+
+GENOTYPES_PY = """from collections import namedtuple
+Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat')
+PRIMITIVES = ['none', 'skip_connect']
+DARTS_V1 = Genotype(normal=[('a', 0), ('b', 1)], normal_concat=[2], reduce=[('c', 0), ('d', 1)], reduce_concat=[2])
+DARTS_V2 = Genotype(normal=[('e', 0), ('f', 1)], normal_concat=[2], reduce=[('g', 0), ('h', 1)], reduce_concat=[2])
+DARTS = DARTS_V2
+"""
+
+
+def test_one_genotype_of_an_official_genotypes_py_is_read_by_name(tmp_path):
+    """An official genotypes.py holds many genotypes and their namedtuple; FILE:NAME picks one (aliases too)."""
+    path = tmp_path / "genotypes.py"
+    path.write_text(GENOTYPES_PY)
+    g, _ = G.read_source(f"{path}:DARTS")
+    assert triples(g.cells["normal"]) == [(2, 0, "e"), (2, 1, "f")]
+    assert triples(G.read_source(f"{path}:DARTS_V1")[0].cells["reduce"]) == [(2, 0, "c"), (2, 1, "d")]
+    with pytest.raises(GenotypeError, match="no Genotype.* named 'DARTS_V3'") as e:
+        G.read_source(f"{path}:DARTS_V3")
+    assert "did you mean" in e.value.hint
+    with pytest.raises(GenotypeError, match="named 'PRIMITIVES'"):
+        G.read_source(f"{path}:PRIMITIVES")
+    with pytest.raises(GenotypeError, match="found 6 statements") as e:
+        G.read_source(str(path))
+    assert "FILE:NAME" in e.value.hint and "DARTS_V1, DARTS_V2" in e.value.hint
 
 
 def test_snas_edge_all_assigns_2_3_4_5_entries_to_nodes():

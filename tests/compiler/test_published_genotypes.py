@@ -44,6 +44,24 @@ def test_published_parameter_counts(name, darts_eval_ir):
     assert costs["total"]["params"] > exact  # the auxiliary head exists and is counted separately
 
 
+# ahundt/sharpDARTS cnn/genotypes.py, pasted as published; its NetworkCIFAR (C = 36, 20 cells, OPS) has
+# 3,546,550 weights without the auxiliary head. Read as DARTS ops (DilConv) it would count 2,926,630.
+SHARPSEPCONV_DARTS_MAX_W = (
+    "SHARPSEPCONV_DARTS_MAX_W = Genotype(normal=[('dil_conv_3x3', 0), ('dil_conv_5x5', 1), ('sep_conv_3x3', 2), "
+    "('dil_conv_5x5', 1), ('avg_pool_3x3', 2), ('sep_conv_3x3', 0), ('avg_pool_3x3', 4), ('max_pool_3x3', 3)], "
+    "normal_concat=range(2, 6), reduce=[('max_pool_3x3', 0), ('skip_connect', 1), ('sep_conv_5x5', 0), "
+    "('skip_connect', 2), ('sep_conv_5x5', 0), ('dil_conv_5x5', 3), ('sep_conv_5x5', 4), ('skip_connect', 3)], "
+    "reduce_concat=range(2, 6), layout='cell')")
+
+
+def test_sharpdarts_genotype_counts_as_the_official_code_builds_it():
+    g = G.from_darts(SHARPSEPCONV_DARTS_MAX_W)
+    ir = compile_space(g.space, params={"C": 36, "layers": 20})
+    costs = specialise_to_genotype(ir, g).meta["costs"]
+    assert costs["total_without_aux"]["params"] == 3_546_550
+    assert costs["total"]["params"] == 4_022_976  # with AuxiliaryHeadCIFAR, as the official code counts it
+
+
 def test_nb201_best_cell():
     ir = compile_space("spaces/nb201.nas")
     derived = specialise_to_genotype(ir, G.load(GENOTYPES / "nb201_best_cifar10.json"))

@@ -49,6 +49,16 @@ def test_each_method_trains_with_its_official_evaluation_settings(space, batch, 
     assert (cfg.batch, cfg.drop_path) == (batch, drop_path)
 
 
+def test_sharpdarts_trains_with_its_readme_protocol():
+    """sharpDARTS' cnn/train.py and README: 2000 epochs, batch 64, cosine power annealing 0.025 -> 1e-8 with
+    5 warm-up epochs; the space once inherited DARTS' 600 epochs, batch 96 and plain cosine to 0."""
+    cfg = prepare_train(TrainRequest(genotype=str(GENOTYPES / "darts_v2.json"), space="sharpdarts",
+                                     params=TINY)).config
+    assert (cfg.epochs, cfg.batch, cfg.lr, cfg.schedule) == (2000, 64, 0.025, "cosine_power")
+    assert (cfg.lr_min, cfg.schedule_exponent, cfg.warmup) == (1e-8, 2, 5)
+    assert (cfg.weight_decay, cfg.clip, cfg.drop_path) == (3e-4, 5, 0.2)
+
+
 def test_eval_network_has_the_published_size_for_cifar_inputs():
     job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "darts_v2.json"), input_shape=(3, 32, 32)))
     assert job.ir.meta["costs"]["total_without_aux"]["params"] == 3_349_342
@@ -69,6 +79,23 @@ def test_drop_path_rises_linearly_and_only_in_training(tmp_path):
     assert 0 <= result["test_acc"] <= 1 and result["params"] == job.ir.meta["costs"]["total_without_aux"]["params"]
     for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "weights.pt", "genotype.json", "network.ir.json"):
         assert (tmp_path / "run" / name).is_file(), name
+
+
+def test_evaluation_reports_top5_accuracy_as_imagenet_papers_do(tmp_path):
+    """DARTS' train_imagenet.py reports top-1 and top-5; the test accuracy had only top-1."""
+    from nasc.runtime.augment import Augment
+
+    job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "nb201_best_cifar10.json"), params={"C": 4, "N": 1},
+                                     overrides={"epochs": 1, "batch": 256}))
+    result = run_train(job, tmp_path / "run")
+    test, net = job.dataset.test, job.net.eval()
+    with torch.no_grad():
+        logits = net(Augment(job.dataset, train=False)(test.images).contiguous(memory_format=torch.channels_last))
+    ranks = (logits > logits.gather(1, test.labels[:, None])).sum(1)  # how many classes score above the label
+    assert result["test_top5"] == pytest.approx(float((ranks < 5).float().mean()))
+    assert result["test_acc"] <= result["test_top5"] < 1
+    epoch = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert epoch["val_top5"] == result["test_top5"]
 
 
 def test_resume_ends_like_an_uninterrupted_run(tmp_path):
@@ -239,6 +266,27 @@ def test_a_setting_of_the_wrong_type_is_explained_as_in_a_space_file():
     with pytest.raises(SearchError) as info:
         train_config({}, {"cutout": "abc"})
     assert info.value.hint == "cutout square side (0: off)"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"schedule": "cosin"}, "unknown learning-rate schedule 'cosin'"),
+    ({"lr": float("nan")}, "lr must be positive"),
+    ({"weight_decay": float("nan")}, "weight_decay must be ≥ 0, got nan"),
+    ({"momentum": float("nan")}, "momentum must be ≥ 0, got nan"),
+])
+def test_bad_training_values_are_refused_before_the_run_starts(overrides, message, tmp_path):
+    """An unknown schedule once passed --dry-run and failed only in the first epoch, after the run directory
+    was made; NaN passed every `must be positive` check and trained until the loss became nan."""
+    with pytest.raises(SearchError, match=re.escape(message)):
+        train_config({}, overrides)
+    with pytest.raises(SearchError, match=re.escape(message)):
+        from nasc.runtime.config import make_config
+        make_config({}, overrides)
+    result = CliRunner().invoke(app, ["train", str(GENOTYPES / "darts_v2.json"), "--set", "C=4", "--set", "layers=3",
+                                      "--opt", f"{next(iter(overrides))}={next(iter(overrides.values()))}",
+                                      "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 1 and message in " ".join(result.output.split())
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_train_bad_setting_type_names_the_setting():
