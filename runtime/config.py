@@ -7,6 +7,7 @@ Everything a run depends on lives here, so that the run directory's
 from __future__ import annotations
 
 import functools
+import math
 import re
 import types
 import typing
@@ -21,7 +22,15 @@ from nasc.errors import NascError, NasSemanticError, SearchError, SourceSpan, di
 from nasc.runtime.schedules import SCHEDULES
 
 
+def finite(instance, attribute, value) -> None:
+    """NaN compares false both ways, so the range checks below let it (and inf) through to torch
+    (Adam: "internal error: ValueError: Invalid learning rate: nan"; a GDAS step redrew its sample forever)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SearchError(f"{attribute.name} must be a finite number, got {value!r}")
+
+
 def positive(instance, attribute, value) -> None:
+    finite(instance, attribute, value)
     if value is None or value <= 0:
         raise SearchError(f"{attribute.name} must be positive, got {value!r}")
 
@@ -35,6 +44,7 @@ def absolute_dir(path: str | None) -> str | None:
 
 
 def non_negative(instance, attribute, value) -> None:
+    finite(instance, attribute, value)
     if value is None or value < 0:
         raise SearchError(f"{attribute.name} must be ≥ 0, got {value!r}")
 

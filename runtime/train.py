@@ -69,7 +69,7 @@ class TrainConfig:
     device: str = "auto"
 
     def __attrs_post_init__(self) -> None:
-        if self.epochs < 1 or self.batch < 1 or self.lr <= 0:
+        if self.epochs < 1 or self.batch < 1 or not self.lr > 0 or math.isinf(self.lr):  # `not >`: NaN
             raise SearchError("epochs, batch and lr must be positive")
         if self.channels_last not in (True, False):
             raise SearchError(f"channels_last must be true or false, got {self.channels_last!r}")

@@ -470,6 +470,23 @@ def test_out_of_range_settings_are_refused_before_a_search(setting, value, messa
         make_config({}, {setting: value})
 
 
+@pytest.mark.parametrize("setting, value", [
+    ("arch_lr", float("nan")), ("arch_weight_decay", float("nan")), ("lr", float("inf")),
+    ("lr", float("nan")), ("clip", float("nan")), ("weight_decay", float("-inf")),
+])
+def test_non_finite_settings_are_refused_before_a_search(setting, value):
+    """NaN passed `value < 0` checks: `--opt arch_lr=nan` ended in 'internal error: ValueError: Invalid
+    learning rate: nan' from torch's Adam, and a NaN α made a GDAS step redraw its sample forever."""
+    from nasc.runtime.config import make_config
+    from nasc.runtime.train import train_config
+
+    with pytest.raises(SearchError, match=f"{setting} must be a finite number"):
+        make_config({}, {setting: value})
+    if not setting.startswith("arch"):
+        with pytest.raises(SearchError, match=setting):
+            train_config({}, {setting: value})
+
+
 def test_out_of_range_training_settings_are_refused():
     from nasc.runtime.train import train_config
 
