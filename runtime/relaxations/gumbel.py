@@ -63,7 +63,7 @@ import torch
 from torch import nn
 
 from nasc.compiler.expr import Ramp
-from nasc.errors import BuildError
+from nasc.errors import BuildError, SearchError
 from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, MixedEdge, Relaxation, masked_softmax
 
 
@@ -117,8 +117,9 @@ class AnnealedTemperature:
 
     def _init_temperature(self, what: str) -> None:
         self.tau_start, self.tau_end = parse_schedule(self.options["tau"], f"{what} option tau")
-        if self.tau_start <= 0 or self.tau_end <= 0:
-            raise BuildError(f"{what} option tau must be positive, got {self.options['tau']!r}")
+        # `not > 0` and isfinite: a NaN τ passed `<= 0` and made every sample NaN, redrawn forever
+        if not (self.tau_start > 0 and self.tau_end > 0 and math.isfinite(self.tau_start + self.tau_end)):
+            raise BuildError(f"{what} option tau must be positive and finite, got {self.options['tau']!r}")
         # options stay JSON-able (config.json records them); a ramp is kept as {"from", "to"}
         self.options["tau"] = (self.tau_start if self.tau_start == self.tau_end
                                else {"from": self.tau_start, "to": self.tau_end})
@@ -145,6 +146,23 @@ class AnnealedTemperature:
 def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
     """Gumbel(0, 1) noise −log E, E ~ Exp(1), from the global RNG of `like`'s device."""
     return -torch.empty_like(like).exponential_().log()
+
+
+MAX_DRAWS = 100  # a finite α gives a finite sample with probability ~1 per draw; 100 misses mean it never will
+
+
+def check_redraw(params: torch.Tensor, draws: int, tau: float, what: str) -> None:
+    """After a non-finite sample (AutoDL redraws it): stop where redrawing cannot help, instead of looping forever.
+
+    A NaN/inf α or β (a diverged search: the weights went NaN, then the validation loss and α's gradient)
+    makes every sample NaN; so does a τ small enough that (log p + g)/τ overflows.
+    """
+    if not bool(torch.isfinite(params).all()):
+        raise SearchError(f"{what}: the architecture parameters became NaN or infinite, so no Gumbel sample "
+                          "of them is finite", hint="lower the learning rate (lr, arch_lr) or check the data")
+    if draws >= MAX_DRAWS:
+        raise SearchError(f"{what}: {MAX_DRAWS} Gumbel samples in a row were not finite at tau = {tau:g}",
+                          hint="raise tau (--relax-opt tau=...)")
 
 
 class GumbelEdge(MixedEdge):
@@ -206,11 +224,14 @@ class Gumbel(AnnealedTemperature, Relaxation):
     def sample(self, alpha: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(h, g): the relaxed sample softmax((log_softmax(α) + g)/τ) and its noise, redrawn until finite."""
         logp = torch.log_softmax(alpha.masked_fill(~mask, float("-inf")), dim=-1)
+        draws = 0
         while True:
             g = gumbel_noise(alpha)
             h = torch.softmax((logp + g) / self.tau, dim=-1)
             if bool(torch.isfinite(g[mask]).all()) and bool(torch.isfinite(h).all()):
                 return h, g
+            draws += 1
+            check_redraw(alpha, draws, self.tau, "gumbel")
 
     def group_weights(self, alpha: torch.Tensor, mask: torch.Tensor, extras: Mapping[str, torch.Tensor],
                       node_of_row: list[int]) -> GroupWeights:
