@@ -49,6 +49,13 @@ def non_negative(instance, attribute, value) -> None:
         raise SearchError(f"{attribute.name} must be ≥ 0, got {value!r}")
 
 
+def seed_value(instance, attribute, value) -> None:
+    """torch.manual_seed takes at most 64 bits, and the data and augmentation streams use seed + 1, + 2."""
+    non_negative(instance, attribute, value)
+    if value >= 2**63:
+        raise SearchError(f"{attribute.name} must be below 2^63, got {value!r}")
+
+
 def none_or_non_negative(instance, attribute, value) -> None:
     if value is not None:
         non_negative(instance, attribute, value)
@@ -122,7 +129,7 @@ class SearchConfig:
     affine: bool = False
     cutout: int = attrs.field(default=0, validator=non_negative)
     drop_path: float = attrs.field(default=0.0, validator=fraction)  # rises 0 -> this over the epochs (RobustDARTS)
-    seed: int = attrs.field(default=0, validator=non_negative)
+    seed: int = attrs.field(default=0, validator=seed_value)
     deterministic: bool = True
     dataset: str = "digits"
     data_dir: str | None = attrs.field(default=None, converter=absolute_dir)

@@ -459,6 +459,7 @@ def test_search_derive_and_train_beats_chance(tmp_path):
     ("warmup", -1, "warmup must be ≥ 0"),
     ("skip_limit", -1, "skip_limit must be ≥ 0"),
     ("seed", -1, "seed must be ≥ 0"),
+    ("seed", 2**64, "seed must be below 2^63"),  # was 'internal error: ValueError: Overflow when unpacking long long'
     ("arch_betas", (0.5, 1.5), "arch_betas must both lie in [0, 1)"),
     ("schedule_exponent", 0, "schedule_exponent must be positive"),
 ])
@@ -490,6 +491,6 @@ def test_non_finite_settings_are_refused_before_a_search(setting, value):
 def test_out_of_range_training_settings_are_refused():
     from nasc.runtime.train import train_config
 
-    for setting, value in (("label_smoothing", 1.5), ("aux_weight", -0.4), ("momentum", -1)):
+    for setting, value in (("label_smoothing", 1.5), ("aux_weight", -0.4), ("momentum", -1), ("seed", 2**64)):
         with pytest.raises(SearchError, match=setting):
             train_config({}, {setting: value})
