@@ -64,7 +64,7 @@ from torch import nn
 
 from nasc.compiler.expr import Ramp
 from nasc.errors import BuildError, SearchError
-from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, MixedEdge, Relaxation, masked_softmax
+from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, MixedEdge, Relaxation, diverged, masked_softmax
 
 
 def parse_schedule(value: Any, what: str) -> tuple[float, float]:
@@ -158,8 +158,7 @@ def check_redraw(params: torch.Tensor, draws: int, tau: float, what: str) -> Non
     makes every sample NaN; so does a τ small enough that (log p + g)/τ overflows.
     """
     if not bool(torch.isfinite(params).all()):
-        raise SearchError(f"{what}: the architecture parameters became NaN or infinite, so no Gumbel sample "
-                          "of them is finite", hint="lower the learning rate (lr, arch_lr) or check the data")
+        raise diverged(what)
     if draws >= MAX_DRAWS:
         raise SearchError(f"{what}: {MAX_DRAWS} Gumbel samples in a row were not finite at tau = {tau:g}",
                           hint="raise tau (--relax-opt tau=...)")
