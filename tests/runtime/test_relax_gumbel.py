@@ -209,6 +209,18 @@ def test_a_sample_that_can_never_be_finite_stops_the_search(monkeypatch):
             Gumbel({"tau": bad})
 
 
+@pytest.mark.parametrize("relax", ["gdas", "snas"])
+def test_second_order_is_refused(relax):
+    """It ran: each of the unrolled step's forward passes drew its own sample, so the finite-difference
+    Hessian term differenced two architectures' gradients (noise far above the first-order term)."""
+    from nasc.runtime.search import Request, prepare
+
+    request = Request(space="spaces/nb201.nas", params={"C": 2, "N": 1}, relax=relax,
+                      overrides={"epochs": 1, "levels": 2, "order": 2})
+    with pytest.raises(SearchError, match="gumbel has no second-order step"):
+        prepare(request)
+
+
 def test_eval_phase_is_deterministic():
     alpha = torch.tensor([[0.1, 0.9, -0.3], [2.0, 0.0, 1.0]])
     mask = torch.ones(2, 3, dtype=torch.bool)
