@@ -7,6 +7,7 @@ Everything a run depends on lives here, so that the run directory's
 from __future__ import annotations
 
 import functools
+import math
 import re
 import types
 import typing
@@ -22,8 +23,16 @@ from nasc.errors import NascError, NasSemanticError, SearchError, SourceSpan, di
 from nasc.runtime.schedules import SCHEDULES
 
 
+def finite(instance, attribute, value) -> None:
+    """NaN compares false both ways, so the range checks below let it (and inf) through to torch
+    (Adam: "internal error: ValueError: Invalid learning rate: nan"; a GDAS step redrew its sample forever)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SearchError(f"{attribute.name} must be a finite number, got {value!r}")
+
+
 def positive(instance, attribute, value) -> None:
-    if value is None or not value > 0:  # `not >`: NaN (--opt lr=nan) is refused too
+    finite(instance, attribute, value)
+    if value is None or value <= 0:
         raise SearchError(f"{attribute.name} must be positive, got {value!r}")
 
 
@@ -36,8 +45,16 @@ def absolute_dir(path: str | None) -> str | None:
 
 
 def non_negative(instance, attribute, value) -> None:
-    if value is None or not value >= 0:  # `not >=`: NaN is refused too
+    finite(instance, attribute, value)
+    if value is None or value < 0:
         raise SearchError(f"{attribute.name} must be ≥ 0, got {value!r}")
+
+
+def seed_value(instance, attribute, value) -> None:
+    """torch.manual_seed takes at most 64 bits, and the data and augmentation streams use seed + 1, + 2."""
+    non_negative(instance, attribute, value)
+    if value >= 2**63:
+        raise SearchError(f"{attribute.name} must be below 2^63, got {value!r}")
 
 
 def none_or_non_negative(instance, attribute, value) -> None:
@@ -113,7 +130,7 @@ class SearchConfig:
     affine: bool = False
     cutout: int = attrs.field(default=0, validator=non_negative)
     drop_path: float = attrs.field(default=0.0, validator=fraction)  # rises 0 -> this over the epochs (RobustDARTS)
-    seed: int = attrs.field(default=0, validator=non_negative)
+    seed: int = attrs.field(default=0, validator=seed_value)
     deterministic: bool = True
     dataset: str = "digits"
     data_dir: str | None = attrs.field(default=None, converter=absolute_dir)

@@ -1,6 +1,8 @@
 """Learning-rate schedules, as pure functions of the epoch.
 
-`cosine` is DARTS' CosineAnnealingLR stepped once per epoch;
+`cosine` is DARTS' CosineAnnealingLR stepped once per epoch (so is AutoDL's NAS-Bench-201
+search and training: its scheduler is updated every iteration but uses the iteration only in
+warm-up, which every NB201 config sets to 0);
 `cosine_power` is sharpDARTS' cosine power annealing (Hundt et al. 2019,
 cnn/cosine_power_annealing.py): with c_i = (1 + cos(π i / T)) / 2 and
 P_i = e^(c_i + 1), the rate is min + (max − min)(P_i − min_j P_j)/(max_j P_j − min_j P_j),

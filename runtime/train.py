@@ -31,7 +31,8 @@ from nasc.compiler.resolve import resolve_path
 from nasc.errors import GenotypeError, NasSemanticError, SearchError, did_you_mean
 from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
-from nasc.runtime.config import absolute_dir, check_types, fraction, from_space, non_negative, positive
+from nasc.runtime.config import (absolute_dir, check_types, fraction, from_space, non_negative, positive,
+                                 seed_value)
 from nasc.runtime.data import Batches, Dataset, load_dataset
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.rundir import RunDir, default_run_path, environment
@@ -46,7 +47,7 @@ Event = dict[str, Any]
 class TrainConfig:
     epochs: int = 600
     batch: int = 96
-    lr: float = 0.025
+    lr: float = attrs.field(default=0.025, validator=positive)
     momentum: float = attrs.field(default=0.9, validator=non_negative)
     weight_decay: float = attrs.field(default=3e-4, validator=non_negative)
     nesterov: bool = False
@@ -61,7 +62,7 @@ class TrainConfig:
     cutout: int = attrs.field(default=0, validator=non_negative)
     aux_weight: float = attrs.field(default=0.0, validator=non_negative)
     label_smoothing: float = attrs.field(default=0.0, validator=fraction)
-    seed: int = attrs.field(default=0, validator=non_negative)
+    seed: int = attrs.field(default=0, validator=seed_value)
     deterministic: bool = True
     channels_last: bool = True  # NHWC tensors, as in search: faster on a GPU and on a CPU
     dataset: str = "digits"
@@ -69,7 +70,7 @@ class TrainConfig:
     device: str = "auto"
 
     def __attrs_post_init__(self) -> None:
-        if self.epochs < 1 or self.batch < 1 or not self.lr > 0:  # `not >`: lr = nan too
+        if self.epochs < 1 or self.batch < 1 or not self.lr > 0 or math.isinf(self.lr):  # `not >`: NaN
             raise SearchError("epochs, batch and lr must be positive")
         if self.schedule not in SCHEDULES:  # before the run directory is made (it failed at the first epoch)
             raise SearchError(f"unknown learning-rate schedule {self.schedule!r}",

@@ -40,6 +40,12 @@ search:
     clip = 5
     arch = adam(lr = 3e-4, betas = (0.5, 0.999), weight_decay = 1e-3)
     order = 1
+    # AutoDL's configs/nas-benchmark/algos/DARTS.config and scripts-search/NAS-Bench-201-algos.
+    # Its cosine is per epoch too (the per-iteration update only matters in warm-up, 0 here).
+    # Not reproduced: its DARTS-V1 and GDAS step the weights before α (nasc steps α first, as
+    # DARTS and AutoDL's DARTS-V2 do), and its clip_grad_norm_(network.parameters(), 5) also
+    # counts α's gradient, so its clipping scales the weights' gradient slightly more.
+    # GDAS as AutoDL ran it: --relax gdas --relax-opt scalar_others=true --opt batch=64
 
 # training a derived cell (`nasc train`): NAS-Bench-201's 200-epoch protocol
 # (AutoDL-Projects configs/nas-benchmark/hyper-opts/200E.config)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from nasc.catalog import BUILTIN_RELAXATIONS, PRESETS, relaxation_names
-from nasc.errors import BuildError
+from nasc.errors import BuildError, SearchError
 from nasc.runtime.registry import Registry, hook_problem
 
 RELAXATIONS: Registry[type["Relaxation"]] = Registry(
@@ -234,6 +234,16 @@ class Relaxation:
     def describe(self) -> str:
         opts = ", ".join(f"{k} = {v}" for k, v in self.options.items())
         return f"{self.name}({opts})" if opts else self.name
+
+
+def diverged(what: str) -> SearchError:
+    """The error for NaN/inf architecture parameters, which no sample can be drawn from.
+
+    A search diverges weights first (NaN weights, then a NaN validation loss and α gradient); a
+    softmax search then stops on its NaN loss, but a sampling relaxation must stop before it samples.
+    """
+    return SearchError(f"{what}: the architecture parameters became NaN or infinite, so no sample of them "
+                       "can be drawn", hint="lower the learning rate (lr, arch_lr) or check the data")
 
 
 def masked_softmax(alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

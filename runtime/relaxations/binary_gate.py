@@ -50,6 +50,7 @@ other paths than the ones the α step freezes and rescales.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,7 +59,7 @@ from torch import nn
 
 from nasc.errors import BuildError, SearchError
 from nasc.runtime.ops import Zero
-from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, MixedEdge, Relaxation, masked_softmax
+from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, MixedEdge, Relaxation, diverged, masked_softmax
 
 
 class BinaryGateEdge(MixedEdge):
@@ -114,10 +115,10 @@ class BinaryGate(Relaxation):
         if o["form"] != "add":
             raise BuildError(f"binary-gate option form must be \"add\", got {o['form']!r}")
         lam = o["lambda"]
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0 <= lam < math.inf:  # NaN too
             raise BuildError(f"binary-gate option lambda must be a number ≥ 0, got {lam!r}")
         ref = o["ref"]
-        if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (int, float)) or ref <= 0):
+        if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (int, float)) or not 0 < ref < math.inf):
             raise BuildError(f"binary-gate option ref must be a positive number, got {ref!r}")
         self._samples: dict[int, _Sample] = {}  # id(α parameter) -> last sample
         self._snapshot: dict[int, torch.Tensor] = {}
@@ -178,6 +179,8 @@ class BinaryGate(Relaxation):
                       node_of_row: list[int]) -> GroupWeights:
         rows, cols = alpha.shape
         probs = masked_softmax(alpha.detach(), mask).cpu()  # sampled on the CPU RNG: same on every device
+        if not bool(torch.isfinite(probs).all()):  # torch.multinomial would fail with an internal error
+            raise diverged("binary-gate")
         if self.phase == "eval":
             best = probs.argmax(1).tolist()
             return GroupWeights(self._onehot(best, alpha), active=[[i] for i in best])

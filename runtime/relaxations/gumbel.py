@@ -63,8 +63,8 @@ import torch
 from torch import nn
 
 from nasc.compiler.expr import Ramp
-from nasc.errors import BuildError
-from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, MixedEdge, Relaxation, masked_softmax
+from nasc.errors import BuildError, SearchError
+from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, MixedEdge, Relaxation, diverged, masked_softmax
 
 
 def parse_schedule(value: Any, what: str) -> tuple[float, float]:
@@ -117,8 +117,9 @@ class AnnealedTemperature:
 
     def _init_temperature(self, what: str) -> None:
         self.tau_start, self.tau_end = parse_schedule(self.options["tau"], f"{what} option tau")
-        if self.tau_start <= 0 or self.tau_end <= 0:
-            raise BuildError(f"{what} option tau must be positive, got {self.options['tau']!r}")
+        # `not > 0` and isfinite: a NaN τ passed `<= 0` and made every sample NaN, redrawn forever
+        if not (self.tau_start > 0 and self.tau_end > 0 and math.isfinite(self.tau_start + self.tau_end)):
+            raise BuildError(f"{what} option tau must be positive and finite, got {self.options['tau']!r}")
         # options stay JSON-able (config.json records them); a ramp is kept as {"from", "to"}
         self.options["tau"] = (self.tau_start if self.tau_start == self.tau_end
                                else {"from": self.tau_start, "to": self.tau_end})
@@ -145,6 +146,22 @@ class AnnealedTemperature:
 def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
     """Gumbel(0, 1) noise −log E, E ~ Exp(1), from the global RNG of `like`'s device."""
     return -torch.empty_like(like).exponential_().log()
+
+
+MAX_DRAWS = 100  # a finite α gives a finite sample with probability ~1 per draw; 100 misses mean it never will
+
+
+def check_redraw(params: torch.Tensor, draws: int, tau: float, what: str) -> None:
+    """After a non-finite sample (AutoDL redraws it): stop where redrawing cannot help, instead of looping forever.
+
+    A NaN/inf α or β (a diverged search: the weights went NaN, then the validation loss and α's gradient)
+    makes every sample NaN; so does a τ small enough that (log p + g)/τ overflows.
+    """
+    if not bool(torch.isfinite(params).all()):
+        raise diverged(what)
+    if draws >= MAX_DRAWS:
+        raise SearchError(f"{what}: {MAX_DRAWS} Gumbel samples in a row were not finite at tau = {tau:g}",
+                          hint="raise tau (--relax-opt tau=...)")
 
 
 class GumbelEdge(MixedEdge):
@@ -192,6 +209,16 @@ class Gumbel(AnnealedTemperature, Relaxation):
         self.options["hard"], self.options["scalar_others"] = self.hard, self.scalar_others
 
     # ---- construction ----
+    def check_config(self, config: Any) -> None:
+        # The unrolled step runs four forward passes, each with its own sample: its finite-difference
+        # Hessian term (g(w⁺) − g(w⁻))/2ε then differences two architectures' gradients: noise, several
+        # times the same-sample term and far above the first-order one in a small NB201 check.
+        # GDAS and SNAS are first-order methods.
+        if config.order != 1:
+            raise SearchError("gumbel has no second-order step: each forward pass of the unrolled gradient "
+                              "draws its own Gumbel sample, so its finite-difference term compares the "
+                              "gradients of different architectures", hint="search first-order (--first-order)")
+
     def make_edge(self, candidates: list[nn.Module], names: list[str], *, channels: int, stride: int) -> nn.Module:
         if self.scalar_others:
             return GumbelEdge(candidates, names, scalar_others=True)
@@ -206,11 +233,14 @@ class Gumbel(AnnealedTemperature, Relaxation):
     def sample(self, alpha: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(h, g): the relaxed sample softmax((log_softmax(α) + g)/τ) and its noise, redrawn until finite."""
         logp = torch.log_softmax(alpha.masked_fill(~mask, float("-inf")), dim=-1)
+        draws = 0
         while True:
             g = gumbel_noise(alpha)
             h = torch.softmax((logp + g) / self.tau, dim=-1)
             if bool(torch.isfinite(g[mask]).all()) and bool(torch.isfinite(h).all()):
                 return h, g
+            draws += 1
+            check_redraw(alpha, draws, self.tau, "gumbel")
 
     def group_weights(self, alpha: torch.Tensor, mask: torch.Tensor, extras: Mapping[str, torch.Tensor],
                       node_of_row: list[int]) -> GroupWeights:

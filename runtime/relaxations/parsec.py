@@ -81,7 +81,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasc.errors import BuildError, SearchError
-from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, MixedEdge, Relaxation, masked_softmax
+from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, MixedEdge, Relaxation, diverged, masked_softmax
 
 _MAX_PERMUTATIONS = 720  # m! orderings per node for the exact subset probability (m ≤ 6)
 _MAX_ENUMERATION = 20000  # subsets × orderings for exact inclusion probabilities (else softmax(β))
@@ -244,6 +244,8 @@ class Parsec(Relaxation):
     def sample(self, alpha: torch.Tensor, mask: torch.Tensor, extras: Mapping[str, torch.Tensor]) -> Sample:
         """One architecture of a group, drawn on the CPU RNG (the same on every device)."""
         probs = masked_softmax(alpha.detach(), mask).cpu()
+        if not bool(torch.isfinite(probs).all()):  # torch.multinomial would fail with an internal error
+            raise diverged("parsec")
         ops = torch.multinomial(probs, 1).squeeze(1).tolist()
         on = [True] * alpha.shape[0]
         sets: list[list[int]] = []
@@ -252,6 +254,8 @@ class Parsec(Relaxation):
             for r in plan.off:
                 on[r] = False
             beta = extras["beta"].detach().cpu()
+            if not bool(torch.isfinite(beta).all()):
+                raise diverged("parsec")
             for node in plan.nodes:
                 q = torch.softmax(beta[node.rows], dim=0)
                 chosen = sorted(torch.multinomial(q, node.m, replacement=False).tolist())

@@ -69,7 +69,7 @@ from torch import nn
 from nasc.compiler.expr import Ramp
 from nasc.errors import BuildError
 from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, MixedEdge, Relaxation, masked_softmax
-from nasc.runtime.relaxations.gumbel import AnnealedTemperature, flag, gumbel_noise
+from nasc.runtime.relaxations.gumbel import AnnealedTemperature, check_redraw, flag, gumbel_noise
 
 
 def node_members(node_of_row: list[int], device: torch.device | None = None) -> torch.Tensor:
@@ -156,12 +156,15 @@ class Rome(AnnealedTemperature, Relaxation):
         """(B, selected): Gumbel-Top-k per node, B straight-through (rows,), selected 0/1 (rows,)."""
         member = self.members(node_of_row, beta.device)
         logp = node_log_softmax(beta, member)  # (nodes, rows)
+        draws = 0
         while True:
             g = gumbel_noise(beta)  # (rows,): one draw per edge
             scores = (logp + g.unsqueeze(0)) / self.tau
             soft = torch.softmax(scores, dim=1)  # B̃ per node; exactly 0 off the node
             if bool(torch.isfinite(g).all()) and bool(torch.isfinite(soft).all()):
                 break
+            draws += 1
+            check_redraw(beta, draws, self.tau, "rome")
         hard = top_per_node(scores.detach(), member, self.top)
         b = (hard - soft.detach() + soft).sum(0)  # each row sits in exactly one node
         return b, hard.sum(0)
@@ -169,11 +172,14 @@ class Rome(AnnealedTemperature, Relaxation):
     def sample_ops(self, alpha: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         """GDAS: (one-hot weights with softmax backward, sampled index per row)."""
         logp = torch.log_softmax(alpha.masked_fill(~mask, float("-inf")), dim=-1)
+        draws = 0
         while True:
             g = gumbel_noise(alpha)
             h = torch.softmax((logp + g) / self.tau, dim=-1)
             if bool(torch.isfinite(g[mask]).all()) and bool(torch.isfinite(h).all()):
                 break
+            draws += 1
+            check_redraw(alpha, draws, self.tau, "rome")
         index = h.detach().argmax(-1, keepdim=True)
         one_hot = torch.zeros_like(h).scatter_(-1, index, 1.0)
         return one_hot - h.detach() + h, index.squeeze(-1).tolist()

@@ -283,6 +283,20 @@ def test_options():
         BinaryGate({"lambda": -1})
     with pytest.raises(BuildError):
         BinaryGate({"ref": 0})
+    for bad in ({"lambda": float("nan")}, {"ref": float("nan")}, {"ref": float("inf")}):  # NaN passed `< 0`
+        with pytest.raises(BuildError):
+            BinaryGate(bad)
+
+
+@pytest.mark.parametrize("phase", ["weights", "arch"])
+def test_a_diverged_search_stops_with_an_error(phase):
+    """NaN α (the weights diverged, then the validation loss and α's gradient) ended the search with
+    'internal error: RuntimeError: probability tensor contains either inf, nan or element < 0'."""
+    relax = BinaryGate()
+    relax.set_phase(phase)
+    alpha = torch.tensor([[0.1, float("nan"), 0.2], [0.0, 0.0, 0.0]])
+    with pytest.raises(SearchError, match="became NaN or infinite"):
+        relax.group_weights(alpha, torch.ones(2, 3, dtype=torch.bool), {}, [0, 0])
 
 
 def test_preset_loads():

@@ -9,7 +9,7 @@ import torch
 
 from nasc.compiler.expr import Ramp
 from nasc.compiler.pipeline import compile_space
-from nasc.errors import BuildError
+from nasc.errors import BuildError, SearchError
 from nasc.runtime.config import make_config
 from nasc.runtime.relaxations import gumbel as gumbel_mod
 from nasc.runtime.relaxations.base import MixedEdge, load_relaxation, preset
@@ -184,6 +184,41 @@ def test_redraws_non_finite_samples(monkeypatch):
     w = relax.group_weights(alpha, torch.ones(2, 3, dtype=torch.bool), {}, [0, 0])
     assert len(calls) == 2
     assert bool(torch.isfinite(w.ops).all())
+
+
+def test_a_sample_that_can_never_be_finite_stops_the_search(monkeypatch):
+    """It used to be redrawn forever: a diverged GDAS search (NaN weights, then NaN α) hung instead of
+    stopping, as a softmax search does, with 'the training loss became nan'; so did tau = nan."""
+    real, calls = gumbel_mod.gumbel_noise, []
+
+    def bounded(like):  # fail, rather than hang, where the redraw loop has no end
+        calls.append(1)
+        assert len(calls) < 10_000, "redrawn forever"
+        return real(like)
+
+    monkeypatch.setattr(gumbel_mod, "gumbel_noise", bounded)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    relax = Gumbel({"hard": True, "tau": 1.0})
+    with pytest.raises(SearchError, match="became NaN or infinite"):
+        relax.group_weights(torch.tensor([[0.0, math.nan, 0.0], [0.0, 0.0, 0.0]]), mask, {}, [0, 0])
+    relax.tau = 1e-320  # finite and positive, but (log p + g)/τ overflows on every draw
+    with pytest.raises(SearchError, match="samples in a row were not finite"):
+        relax.group_weights(torch.randn(2, 3), mask, {}, [0, 0])
+    for bad in (math.nan, math.inf, "nan", "10 -> nan"):
+        with pytest.raises(BuildError, match="positive and finite"):
+            Gumbel({"tau": bad})
+
+
+@pytest.mark.parametrize("relax", ["gdas", "snas"])
+def test_second_order_is_refused(relax):
+    """It ran: each of the unrolled step's forward passes drew its own sample, so the finite-difference
+    Hessian term differenced two architectures' gradients (noise far above the first-order term)."""
+    from nasc.runtime.search import Request, prepare
+
+    request = Request(space="spaces/nb201.nas", params={"C": 2, "N": 1}, relax=relax,
+                      overrides={"epochs": 1, "levels": 2, "order": 2})
+    with pytest.raises(SearchError, match="gumbel has no second-order step"):
+        prepare(request)
 
 
 def test_eval_phase_is_deterministic():

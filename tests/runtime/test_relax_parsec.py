@@ -159,6 +159,20 @@ def test_eval_runs_the_most_probable_architecture():
                 assert got == (int(alpha[r].argmax()) if r in top else None)
 
 
+@pytest.mark.parametrize("which", ["alpha", "beta"])
+def test_a_diverged_search_stops_with_an_error(which):
+    """NaN α or β (the weights diverged first) ended the search with 'internal error: RuntimeError:
+    probability tensor contains either inf, nan or element < 0' from torch.multinomial."""
+    ir, relax, net = _darts()
+    group = next(iter(ir.alpha_groups))
+    param = net.alphas[group] if which == "alpha" else net.arch_extras[f"{group}__beta"]
+    with torch.no_grad():
+        param.view(-1)[0] = float("nan")
+    relax.set_phase("weights")
+    with pytest.raises(SearchError, match="became NaN or infinite"):
+        net(torch.randn(2, 1, 8, 8))
+
+
 def test_genotype_is_the_mode_top_inputs_by_beta_and_best_op():
     torch.manual_seed(2)
     ir, relax, net = _darts()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import json
 from collections import Counter
 
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from nasc.compiler.pipeline import compile_space
-from nasc.errors import BuildError
+from nasc.errors import BuildError, SearchError
 from nasc.runtime.config import make_config
 from nasc.runtime.relaxations import rome as rome_mod
 from nasc.runtime.relaxations.base import RELAXATIONS, MixedEdge, load_relaxation, preset
@@ -108,6 +109,23 @@ def test_pair_frequencies_match_sampling_without_replacement():
     for pair, q in expected.items():
         se = (q * (1 - q) / n) ** 0.5
         assert abs(counts[pair] / n - q) < 4 * se + 1e-3, (sorted(pair), counts[pair] / n, q)
+
+
+def test_a_diverged_search_stops_instead_of_redrawing_forever(monkeypatch):
+    """A NaN β or α makes every Gumbel sample NaN; the redraw loops used to spin forever."""
+    real, calls = rome_mod.gumbel_noise, []
+
+    def bounded(like):  # fail, rather than hang, where the redraw loop has no end
+        calls.append(1)
+        assert len(calls) < 10_000, "redrawn forever"
+        return real(like)
+
+    monkeypatch.setattr(rome_mod, "gumbel_noise", bounded)
+    relax = Rome({"tau": 1.0})
+    with pytest.raises(SearchError, match="became NaN or infinite"):
+        relax.sample_edges(torch.tensor([0.3, math.nan, 0.5, 0.1]), [0, 0, 0, 0])
+    with pytest.raises(SearchError, match="became NaN or infinite"):
+        relax.sample_ops(torch.tensor([[0.0, math.inf], [0.0, 0.0]]), torch.ones(2, 2, dtype=torch.bool))
 
 
 def test_edge_weights_are_straight_through():
@@ -324,7 +342,7 @@ def test_temperature_ramp_state_and_options():
     other.load_state_dict(relax.state_dict())
     assert other.tau == pytest.approx(0.1)
     assert Rome({"tau": "5->1", "top": "3"}).top == 3
-    for bad in ({"top": 0}, {"samples": 1.5}, {"tau": -1}, {"accumulate": "maybe"}, {"k": 4}):
+    for bad in ({"top": 0}, {"samples": 1.5}, {"tau": -1}, {"tau": "nan"}, {"accumulate": "maybe"}, {"k": 4}):
         with pytest.raises(BuildError):
             Rome(bad)
 

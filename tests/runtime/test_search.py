@@ -467,6 +467,7 @@ def test_search_derive_and_train_beats_chance(tmp_path):
     ("warmup", -1, "warmup must be ≥ 0"),
     ("skip_limit", -1, "skip_limit must be ≥ 0"),
     ("seed", -1, "seed must be ≥ 0"),
+    ("seed", 2**64, "seed must be below 2^63"),  # was 'internal error: ValueError: Overflow when unpacking long long'
     ("arch_betas", (0.5, 1.5), "arch_betas must both lie in [0, 1)"),
     ("schedule_exponent", 0, "schedule_exponent must be positive"),
 ])
@@ -478,9 +479,26 @@ def test_out_of_range_settings_are_refused_before_a_search(setting, value, messa
         make_config({}, {setting: value})
 
 
+@pytest.mark.parametrize("setting, value", [
+    ("arch_lr", float("nan")), ("arch_weight_decay", float("nan")), ("lr", float("inf")),
+    ("lr", float("nan")), ("clip", float("nan")), ("weight_decay", float("-inf")),
+])
+def test_non_finite_settings_are_refused_before_a_search(setting, value):
+    """NaN passed `value < 0` checks: `--opt arch_lr=nan` ended in 'internal error: ValueError: Invalid
+    learning rate: nan' from torch's Adam, and a NaN α made a GDAS step redraw its sample forever."""
+    from nasc.runtime.config import make_config
+    from nasc.runtime.train import train_config
+
+    with pytest.raises(SearchError, match=f"{setting} must be a finite number"):
+        make_config({}, {setting: value})
+    if not setting.startswith("arch"):
+        with pytest.raises(SearchError, match=setting):
+            train_config({}, {setting: value})
+
+
 def test_out_of_range_training_settings_are_refused():
     from nasc.runtime.train import train_config
 
-    for setting, value in (("label_smoothing", 1.5), ("aux_weight", -0.4), ("momentum", -1)):
+    for setting, value in (("label_smoothing", 1.5), ("aux_weight", -0.4), ("momentum", -1), ("seed", 2**64)):
         with pytest.raises(SearchError, match=setting):
             train_config({}, {setting: value})

@@ -270,9 +270,9 @@ def test_a_setting_of_the_wrong_type_is_explained_as_in_a_space_file():
 
 @pytest.mark.parametrize("overrides, message", [
     ({"schedule": "cosin"}, "unknown learning-rate schedule 'cosin'"),
-    ({"lr": float("nan")}, "lr must be positive"),
-    ({"weight_decay": float("nan")}, "weight_decay must be ≥ 0, got nan"),
-    ({"momentum": float("nan")}, "momentum must be ≥ 0, got nan"),
+    ({"lr": float("nan")}, "lr must be a finite number, got nan"),
+    ({"weight_decay": float("nan")}, "weight_decay must be a finite number, got nan"),
+    ({"momentum": float("nan")}, "momentum must be a finite number, got nan"),
 ])
 def test_bad_training_values_are_refused_before_the_run_starts(overrides, message, tmp_path):
     """An unknown schedule once passed --dry-run and failed only in the first epoch, after the run directory
