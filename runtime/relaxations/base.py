@@ -236,6 +236,20 @@ class Relaxation:
         return f"{self.name}({opts})" if opts else self.name
 
 
+def first_order_only(name: str, config: Any, sample: str) -> None:
+    """Refuse the unrolled (second-order) step for a relaxation that draws `sample` on every forward pass.
+
+    The unrolled step runs four forward passes, each with its own draw: its finite-difference Hessian term
+    (g(w⁺) − g(w⁻))/2ε then differences two architectures' gradients. That is noise, several times the
+    same-sample term and far above the first-order gradient in a small NB201 check (GDAS); GDAS, SNAS,
+    ROME and DropNAS are first-order methods.
+    """
+    if config.order != 1:
+        raise SearchError(f"{name} has no second-order step: each forward pass of the unrolled gradient "
+                          f"draws its own {sample}, so its finite-difference term compares the gradients of "
+                          "different architectures", hint="search first-order (--first-order)")
+
+
 def diverged(what: str) -> SearchError:
     """The error for NaN/inf architecture parameters, which no sample can be drawn from.
 

@@ -38,8 +38,8 @@ a second optimiser step per iteration (so SGD momentum and Adam moments are
 stepped twice, and the loss wd·‖w‖² has gradient 2·wd·w, twice this decay),
 and lets Adam's momentum still move dropped α slightly; here one step decays
 only kept ops and dropped α do not move at all (the paper's "receive no
-gradient"). With `order = 2` the unrolled step runs several
-forward passes; the α-adjust uses the mask of the last one.
+gradient"). The search is first-order: each forward pass of an unrolled step
+would drop its own groups.
 
 Evaluation (phase "eval"): plain softmax over all ops, every op computed.
 Selection is the space's selector on softmax(α) (the paper's rule; the
@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from nasc.errors import BuildError, did_you_mean
-from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, Relaxation, masked_softmax
+from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, Relaxation, first_order_only, masked_softmax
 
 PARAM, FREE, PAD = 0, 1, -1
 
@@ -112,6 +112,9 @@ class DropoutGroup(Relaxation):
         self._before: dict[str, torch.Tensor] = {}  # α snapshot taken in before_arch_step
 
     # ---- construction ----
+    def check_config(self, config: Any) -> None:
+        first_order_only("dropout-group", config, "dropout mask")
+
     def setup(self, ir: Any, net: nn.Module) -> None:
         if self.free_ops is not None:  # a misspelt name would silently leave its op in the parameterised group
             known = {op for ops in net.group_ops.values() for row in ops for op in row}

@@ -64,7 +64,8 @@ from torch import nn
 
 from nasc.compiler.expr import Ramp
 from nasc.errors import BuildError, SearchError
-from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, MixedEdge, Relaxation, diverged, masked_softmax
+from nasc.runtime.relaxations.base import (RELAXATIONS, GroupWeights, MixedEdge, Relaxation, diverged, first_order_only,
+                                          masked_softmax)
 
 
 def parse_schedule(value: Any, what: str) -> tuple[float, float]:
@@ -210,14 +211,7 @@ class Gumbel(AnnealedTemperature, Relaxation):
 
     # ---- construction ----
     def check_config(self, config: Any) -> None:
-        # The unrolled step runs four forward passes, each with its own sample: its finite-difference
-        # Hessian term (g(w⁺) − g(w⁻))/2ε then differences two architectures' gradients: noise, several
-        # times the same-sample term and far above the first-order one in a small NB201 check.
-        # GDAS and SNAS are first-order methods.
-        if config.order != 1:
-            raise SearchError("gumbel has no second-order step: each forward pass of the unrolled gradient "
-                              "draws its own Gumbel sample, so its finite-difference term compares the "
-                              "gradients of different architectures", hint="search first-order (--first-order)")
+        first_order_only("gumbel", config, "Gumbel sample")
 
     def make_edge(self, candidates: list[nn.Module], names: list[str], *, channels: int, stride: int) -> nn.Module:
         if self.scalar_others:

@@ -32,8 +32,8 @@ edges of each destination node (`node_of_row`). Per forward pass and group
   linear surrogate Σ_p ⟨p, ḡ_p⟩ carries the accumulated gradient, so memory is
   one path's, as the paper's GA intends; `accumulate = false` keeps the K
   graphs and differentiates their mean/sum (same gradient, K× memory). The
-  surrogate is linear in the parameters, so it serves first-order steps and
-  the finite-difference second-order step (which only takes first derivatives).
+  surrogate is linear in the parameters. The search is first-order: each forward
+  pass of an unrolled step would draw its own edges and ops.
   Algorithm 1 steps α/β first, then w, as nasc's loop does.
 
 Temperature: `tau` is a number or a ramp, annealed linearly per epoch like
@@ -68,7 +68,8 @@ from torch import nn
 
 from nasc.compiler.expr import Ramp
 from nasc.errors import BuildError
-from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, MixedEdge, Relaxation, masked_softmax
+from nasc.runtime.relaxations.base import (RELAXATIONS, GroupWeights, MixedEdge, Relaxation, first_order_only,
+                                          masked_softmax)
 from nasc.runtime.relaxations.gumbel import AnnealedTemperature, check_redraw, flag, gumbel_noise
 
 
@@ -135,6 +136,9 @@ class Rome(AnnealedTemperature, Relaxation):
         self._members: dict[tuple[tuple[int, ...], str], torch.Tensor] = {}
 
     # ---- construction ----
+    def check_config(self, config: Any) -> None:
+        first_order_only("rome", config, "sample of edges and ops")
+
     def make_edge(self, candidates: list[nn.Module], names: list[str], *, channels: int, stride: int) -> nn.Module:
         return RomeEdge(candidates, names)
 
