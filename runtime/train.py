@@ -28,10 +28,11 @@ from nasc.compiler.expr import CallValue, evaluate
 from nasc.compiler.ir import SpaceIR, to_json_dict
 from nasc.compiler.pipeline import compile_decl
 from nasc.compiler.resolve import resolve_path
-from nasc.errors import GenotypeError, NasSemanticError, SearchError, did_you_mean
+from nasc.errors import GenotypeError, NasSemanticError, SearchError
 from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
-from nasc.runtime.config import absolute_dir, check_types, fraction, from_space, non_negative, positive
+from nasc.runtime.config import (absolute_dir, check_types, fraction, from_space, non_negative, positive,
+                                 unknown_option_hint)
 from nasc.runtime.data import Batches, Dataset, load_dataset
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.rundir import RunDir, default_run_path, environment
@@ -91,8 +92,7 @@ def train_config(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> T
         if value is None:
             continue
         if key not in FIELDS:
-            raise SearchError(f"unknown training option {key!r}",
-                              hint=did_you_mean(key, FIELDS) or f"options: {', '.join(FIELDS)}")
+            raise SearchError(f"unknown training option {key!r}", hint=unknown_option_hint(key, FIELDS))
         values[key] = value
     check_types(TrainConfig, values, "training")
     try:
