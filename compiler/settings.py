@@ -97,7 +97,7 @@ def _check_block(ir: SpaceIR, block: str, values: dict, schema: dict) -> list[Na
         types, calls, meaning = schema[name]
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if not ok:
-            errors.append(NasSemanticError(f"search setting {name!r} has the wrong type ({_kind(value)})",
+            errors.append(NasSemanticError(f"{block} setting {name!r} has the wrong type ({_kind(value)})",
                                            span=span, hint=meaning))
         elif name == "memory" and value not in ("plain", "recompute", "auto"):
             errors.append(NasSemanticError(f"memory = {value!r} is not a memory mode", span=span,

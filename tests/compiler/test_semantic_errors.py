@@ -357,6 +357,12 @@ def test_wrong_search_setting_type(semantic_error):
                                                "weights = adamw(...) is not supported"]
 
 
+def test_wrong_train_setting_type_names_the_train_block(semantic_error):
+    """A `train:` value of the wrong type was reported as a 'search setting'."""
+    err = semantic_error(space(extra="train:\n    drop_path = 0 -> 0.2\n"))
+    assert err.message == "train setting 'drop_path' has the wrong type (Ramp)"
+
+
 def test_runaway_counts(semantic_error):
     err = semantic_error(space(stack="normal").replace("stack 3 x", "stack 99999999999 x"))
     assert err.message == "a cell count must be at most 10000, got 99999999999"
