@@ -315,3 +315,24 @@ def test_every_cli_option_is_documented():
                 yield f"{path} {opts[0]}"
 
     assert list(undocumented(typer.main.get_command(app), "nasc")) == []
+
+
+def test_every_builtin_relaxation_and_selector_option_is_documented():
+    """docs/relaxations.md's option column and docs/methods.md's selectors left out init, accumulate,
+    r_param, tune_lr_factor, crit, eval_batches, ... which only `nasc relaxations` showed."""
+    import re
+    from pathlib import Path
+
+    import nasc.runtime.perturbation  # noqa: F401  registers the perturbation selector
+    from nasc.runtime.registry import is_builtin
+    from nasc.runtime.relaxations.base import RELAXATIONS
+    from nasc.runtime.selectors import SELECTORS
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    text = (docs / "relaxations.md").read_text(encoding="utf-8") + (docs / "methods.md").read_text(encoding="utf-8")
+    missing = [f"{kind} {name}: {option}"
+               for kind, registry in (("relaxation", RELAXATIONS), ("selector", SELECTORS))
+               for name in registry.names() if is_builtin(registry.entry(name).origin)  # not other tests' plugins
+               for option in registry.get(name).defaults
+               if not re.search(rf"`{re.escape(option)}\b", text)]
+    assert missing == []
