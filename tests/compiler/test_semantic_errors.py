@@ -331,6 +331,15 @@ def test_aux_weight_must_be_a_number(semantic_error):
     assert where(err) == (17, 59)
 
 
+def test_aux_weight_must_not_be_negative(semantic_error):
+    """`weight -1` compiled and checked clean, then `nasc train` stopped with 'aux_weight must be ≥ 0' at no line."""
+    err = semantic_error(space().replace("    head global_avg_pool > linear(classes)\n",
+                                         "    head global_avg_pool > linear(classes)\n"
+                                         "    aux global_avg_pool > linear(classes) after 1, weight -1\n"))
+    assert err.message == "the aux weight must be a finite number ≥ 0, got -1"
+    assert where(err) == (17, 59)
+
+
 def test_context_arithmetic_that_fails_on_an_edge(semantic_error):
     err = semantic_error(space("[dw_half]", extra="op dw_half = dw_conv(3, stride, pad = 2 // (stride - 1))\n"))
     assert err.message == "dw_conv: its arguments cannot be computed at stride 1 (integer division or modulo by zero)"
