@@ -455,6 +455,9 @@ def build_macro(decl: SpaceDecl, ops: OpResolver, cells: dict[str, nx.DiGraph], 
             weight = evaluate(stmt.weight, params) if stmt.weight is not None else 0.4
             if isinstance(weight, bool) or not isinstance(weight, (int, float)):
                 raise NasSemanticError(f"the aux weight must be a number, got {weight!r}", span=stmt.weight.span)
+            if not 0 <= weight < float("inf"):  # else `nasc train` fails later, at no line (aux_weight ≥ 0)
+                raise NasSemanticError(f"the aux weight must be a finite number ≥ 0, got {weight!r}",
+                                       span=stmt.weight.span, hint="0 keeps the head untrained; DARTS uses 0.4")
             layer = add("aux", steps=steps, weight=float(weight), span=stmt.span)
             g.add_edge(f"cell{after}", layer.id, slot=0)
     if not head_seen:

@@ -133,4 +133,8 @@ def edge_channel_divisor(ir: SpaceIR) -> int:
     if entry is None:
         return 1
     option, default = entry
-    return int(ir.relax.option(option, default))
+    k = ir.relax.option(option, default)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:  # the costs divide by it before the runtime checks it
+        raise NasSemanticError(f"{ir.relax.name} option {option} must be a positive integer, got {k!r}",
+                               span=ir.spans.get("relax"))
+    return k

@@ -230,6 +230,21 @@ def from_space(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 FIELDS = tuple(f.name for f in attrs.fields(SearchConfig))
 
+# A `.nas` block's call settings and the flat fields their options become (see from_space): `--opt`
+# takes the fields, so `--opt weights=...` must point there rather than at the nearest spelling.
+CALL_SETTINGS = {
+    "weights": ("lr", "momentum", "weight_decay", "nesterov"),
+    "lr_schedule": ("schedule", "lr_min", "schedule_exponent", "warmup", "schedule_gamma", "schedule_every"),
+    "arch": ("arch_optimizer", "arch_lr", "arch_betas", "arch_weight_decay", "arch_momentum"),
+}
+
+
+def unknown_option_hint(key: str, fields: tuple[str, ...]) -> str:
+    """The hint for an unknown `--opt` name: a call setting's own fields, else the nearest field."""
+    if key in CALL_SETTINGS and all(f in fields for f in CALL_SETTINGS[key]):
+        return f"--opt takes the options of {key} one by one: {', '.join(CALL_SETTINGS[key])}"
+    return did_you_mean(key, fields) or f"options: {', '.join(fields)}"
+
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -335,8 +350,7 @@ def make_config(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> Se
         if value is None:
             continue
         if key not in FIELDS:
-            raise SearchError(f"unknown search option {key!r}", hint=did_you_mean(key, FIELDS) or
-                              f"options: {', '.join(FIELDS)}")
+            raise SearchError(f"unknown search option {key!r}", hint=unknown_option_hint(key, FIELDS))
         values[key] = value
     check_types(SearchConfig, values, "search")
     try:

@@ -404,8 +404,10 @@ def _find_idx(root: Path, subdirs: tuple[str, ...]) -> list[Path] | None:
 
 def _load_idx(name: str, data_dir: Path | None, subdirs: tuple[str, ...], mean: float, std: float) -> Dataset:
     root = _data_root(data_dir)
-    if not root.is_dir():
-        raise DataError(f"{name}: data dir {root} does not exist")
+    if not root.is_dir():  # the default ~/.cache/nasc/data too: say what to put where, not only that it is missing
+        raise DataError(f"{name}: data dir {root} does not exist",
+                        hint=f"nasc does not download {name}; put its four IDX files ({', '.join(_IDX)}, "
+                             f"each optionally .gz) in {root} or name their folder with --data-dir")
     paths = _find_idx(root, subdirs)
     if paths is None:
         where = ", ".join(str(root / s) for s in (*subdirs, "."))

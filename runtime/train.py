@@ -32,7 +32,7 @@ from nasc.errors import GenotypeError, NasSemanticError, SearchError, did_you_me
 from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
 from nasc.runtime.config import (absolute_dir, check_types, fraction, from_space, non_negative, positive,
-                                 seed_value)
+                                 seed_value, unknown_option_hint)
 from nasc.runtime.data import Batches, Dataset, load_dataset
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.rundir import RunDir, default_run_path, environment
@@ -96,8 +96,7 @@ def train_config(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> T
         if value is None:
             continue
         if key not in FIELDS:
-            raise SearchError(f"unknown training option {key!r}",
-                              hint=did_you_mean(key, FIELDS) or f"options: {', '.join(FIELDS)}")
+            raise SearchError(f"unknown training option {key!r}", hint=unknown_option_hint(key, FIELDS))
         values[key] = value
     check_types(TrainConfig, values, "training")
     try:

@@ -48,9 +48,10 @@ Presets:
   instead: `--opt arch_optimizer=adam --opt arch_weight_decay=1e-3`.
   Not reproduced: SNAS' τ schedule divides by a hard-coded 150 epochs and is
   stepped once before the first epoch (so epoch e trains at the value for
-  e + 1); the search-time drop-path 0.3 (nasc's search loop has no drop-path);
-  and the optional resource constraint (a λ·Σ Z·cost penalty on FLOPs, MAC
-  and parameter size; the README's 8-cell run uses λ = 1e-2 on its log).
+  e + 1); the search-time drop-path 0.3, which the preset leaves out
+  (`--opt drop_path=0.3` adds it, rising from 0 as in RobustDARTS); and the
+  optional resource constraint (a λ·Σ Z·cost penalty on FLOPs, MAC and
+  parameter size; the README's 8-cell run uses λ = 1e-2 on its log).
 """
 
 from __future__ import annotations

@@ -289,3 +289,50 @@ def test_readme_lists_every_bundled_space():
     missing = [p.name for p in bundled_dir().glob("*.nas")
                if f"`{p.name}`" not in readme and not p.name.startswith("darts_s")]
     assert missing == []
+
+
+def test_every_cli_option_is_documented():
+    """A newcomer learns the options from README.md and docs/; --first-order, export's --checkpoint,
+    compile's --json and check's --quiet were only in --help."""
+    import re
+    from pathlib import Path
+
+    import typer
+
+    from nasc.cli import app
+
+    root = Path(__file__).resolve().parents[2]
+    docs = "\n".join(p.read_text(encoding="utf-8") for p in
+                     [root / "README.md", *(root / "docs").glob("*.md"), *(root / "examples").rglob("README.md")])
+    generic = {"--help", "--version", "--install-completion", "--show-completion"}
+
+    def undocumented(command, path):
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from undocumented(sub, f"{path} {name}")
+        for param in command.params:
+            opts = [o for o in param.opts if o.startswith("-") and o not in generic]
+            if opts and not any(re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", docs) for o in opts):
+                yield f"{path} {opts[0]}"
+
+    assert list(undocumented(typer.main.get_command(app), "nasc")) == []
+
+
+def test_every_builtin_relaxation_and_selector_option_is_documented():
+    """docs/relaxations.md's option column and docs/methods.md's selectors left out init, accumulate,
+    r_param, tune_lr_factor, crit, eval_batches, ... which only `nasc relaxations` showed."""
+    import re
+    from pathlib import Path
+
+    import nasc.runtime.perturbation  # noqa: F401  registers the perturbation selector
+    from nasc.runtime.registry import is_builtin
+    from nasc.runtime.relaxations.base import RELAXATIONS
+    from nasc.runtime.selectors import SELECTORS
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    text = (docs / "relaxations.md").read_text(encoding="utf-8") + (docs / "methods.md").read_text(encoding="utf-8")
+    missing = [f"{kind} {name}: {option}"
+               for kind, registry in (("relaxation", RELAXATIONS), ("selector", SELECTORS))
+               for name in registry.names() if is_builtin(registry.entry(name).origin)  # not other tests' plugins
+               for option in registry.get(name).defaults
+               if not re.search(rf"`{re.escape(option)}\b", text)]
+    assert missing == []

@@ -331,11 +331,28 @@ def test_bad_selection_rule(semantic_error, select, message):
     assert where(err) == (17, 1)
 
 
+@pytest.mark.parametrize("k", ["0", "2.5", "true"])
+def test_partial_channel_k_that_the_costs_cannot_divide_by(semantic_error, k):
+    """`relax partial-channel(k = 0)` in a file was an internal ZeroDivisionError in compute_costs."""
+    err = semantic_error(space(extra=f"relax partial-channel(k = {k})\n"))
+    assert err.message.startswith("partial-channel option k must be a positive integer, got ")
+    assert where(err) == (17, 1)
+
+
 def test_aux_weight_must_be_a_number(semantic_error):
     err = semantic_error(space().replace("    head global_avg_pool > linear(classes)\n",
                                          "    head global_avg_pool > linear(classes)\n"
                                          '    aux global_avg_pool > linear(classes) after 1, weight "high"\n'))
     assert err.message == "the aux weight must be a number, got 'high'"
+    assert where(err) == (17, 59)
+
+
+def test_aux_weight_must_not_be_negative(semantic_error):
+    """`weight -1` compiled and checked clean, then `nasc train` stopped with 'aux_weight must be ≥ 0' at no line."""
+    err = semantic_error(space().replace("    head global_avg_pool > linear(classes)\n",
+                                         "    head global_avg_pool > linear(classes)\n"
+                                         "    aux global_avg_pool > linear(classes) after 1, weight -1\n"))
+    assert err.message == "the aux weight must be a finite number ≥ 0, got -1"
     assert where(err) == (17, 59)
 
 

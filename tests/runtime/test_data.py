@@ -192,8 +192,10 @@ def test_corrupt_mnist_names_file(tmp_path, corrupt):
 
 
 def test_mnist_missing(tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist") as info:
         load_dataset("mnist", tmp_path / "nope")
+    # a newcomer's `--data mnist` lands here (no ~/.cache/nasc/data): the hint says nasc will not download it
+    assert "does not download" in info.value.hint and "train-images-idx3-ubyte" in info.value.hint
     with pytest.raises(DataError, match="train-images-idx3-ubyte"):
         load_dataset("fashion_mnist", tmp_path)
 

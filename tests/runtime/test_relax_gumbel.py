@@ -291,10 +291,13 @@ def test_presets():
 
 def test_a_preset_the_space_names_keeps_the_settings_written_beside_it(tmp_path):
     # `relax gdas` in a file: GDAS' settings replace what darts.nas declares, not the file's own
-    # `batch = 32`; a command-line --relax gdas still replaces the whole search block
+    # `batch = 32`; a command-line --relax gdas overrides the block where the preset sets a value
+    # (docs/methods.md), and keeps the block's other settings (gd.nas: lr = 0.05)
     from nasc.runtime.search import Request, prepare
 
     (tmp_path / "gd.nas").write_text('space gd extends "darts.nas"\nrelax gdas\nsearch:\n    batch = 32\n')
+    (tmp_path / "lr.nas").write_text('space lr extends "darts.nas"\nsearch:\n    batch = 32\n'
+                                     '    weights = sgd(lr = 0.05)\n')
     (tmp_path / "more.nas").write_text('space more extends "gd.nas"\nsearch:\n    epochs = 3\n')
     small = {"C": 4, "layers": 3}
     cfg = prepare(Request(space=str(tmp_path / "gd.nas"), params=small)).config
@@ -303,6 +306,8 @@ def test_a_preset_the_space_names_keeps_the_settings_written_beside_it(tmp_path)
     assert (cfg.batch, cfg.epochs) == (32, 3)
     cfg = prepare(Request(space="spaces/darts.nas", params=small, relax="gdas")).config
     assert (cfg.batch, cfg.epochs) == (256, 250)
+    cfg = prepare(Request(space=str(tmp_path / "lr.nas"), params=small, relax="gdas")).config
+    assert (cfg.batch, cfg.epochs, cfg.lr) == (256, 250, 0.05)
 
 
 @pytest.mark.slow

@@ -502,3 +502,23 @@ def test_out_of_range_training_settings_are_refused():
     for setting, value in (("label_smoothing", 1.5), ("aux_weight", -0.4), ("momentum", -1), ("seed", 2**64)):
         with pytest.raises(SearchError, match=setting):
             train_config({}, {setting: value})
+
+
+@pytest.mark.parametrize("kind", ["search", "train"])
+def test_opt_with_a_block_call_setting_names_its_own_fields(kind):
+    """`--opt weights=...` (the `.nas` spelling) used to hint 'did you mean weight_decay?'; --opt takes
+    the call's options one by one, and the hint must name them."""
+    from nasc.runtime.config import make_config
+    from nasc.runtime.train import train_config
+
+    build = make_config if kind == "search" else train_config
+    with pytest.raises(SearchError) as info:
+        build({}, {"weights": "sgd(lr=0.1)"})
+    assert "lr, momentum, weight_decay, nesterov" in info.value.hint
+    with pytest.raises(SearchError) as info:
+        build({}, {"lr_schedule": "cosine(min=0)"})
+    assert "lr_min" in info.value.hint and "schedule" in info.value.hint
+    if kind == "search":
+        with pytest.raises(SearchError) as info:
+            build({}, {"arch": "adam(lr=1e-3)"})
+        assert "arch_lr" in info.value.hint and "arch_betas" in info.value.hint
