@@ -147,8 +147,8 @@ class SearchConfig:
             raise SearchError(f"order must be 1 (first-order) or 2 (second-order), got {self.order}")
         if self.order == 2 and self.levels == 1:
             raise SearchError("second-order DARTS needs bi-level search (levels = 2)",
-                              hint="single-level methods (SNAS, DropNAS) set levels = 1: set levels = 2 "
-                                   "(--opt levels=2) to search bi-level, or search first-order")
+                              hint="set levels = 2 (--opt levels=2) to search bi-level, or search first-order "
+                                   "(--first-order)")
         if self.schedule not in SCHEDULES:  # plugins may register more
             raise SearchError(f"unknown learning-rate schedule {self.schedule!r}",
                               hint=did_you_mean(self.schedule, SCHEDULES.names())

@@ -110,13 +110,16 @@ def test_check_reports_a_rule_between_two_settings_at_the_setting_it_names(tmp_p
     assert "s.nas:5:5: error: second-order DARTS needs bi-level search (levels = 2)" in result.output
 
 
-def test_second_order_with_a_single_level_method_says_how_to_make_it_bi_level():
-    result = runner.invoke(app, ["search", "--relax", "dropnas", "--second-order", "--dry-run"])
+def test_second_order_with_a_single_level_search_says_how_to_make_it_bi_level():
+    result = runner.invoke(app, ["search", "--opt", "levels=1", "--second-order", "--dry-run"])
     out = " ".join(result.output.split())
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert "set levels = 1" in out and "--opt levels=2" in out
-    assert runner.invoke(app, ["search", "--relax", "dropnas", "--second-order", "--opt", "levels=2",
+    assert "needs bi-level search" in out and "--opt levels=2" in out
+    assert runner.invoke(app, ["search", "--opt", "levels=1", "--second-order", "--opt", "levels=2",
                                "--dry-run"]).exit_code == 0
+    # DropNAS (single-level) samples every forward pass: bi-level or not, it searches first-order only
+    result = runner.invoke(app, ["search", "--relax", "dropnas", "--second-order", "--opt", "levels=2", "--dry-run"])
+    assert result.exit_code == 1 and "no second-order step" in " ".join(result.output.split())
 
 
 def test_check_and_compile_report_an_unknown_relaxation_option_at_the_relax_line(tmp_path):
