@@ -134,9 +134,10 @@ def test_each_step_decides_for_normal_and_reduce_then_tunes_once_with_fresh_mome
     removed = [r for _, r, _ in seen[14:]]  # each group's nodes in its own random order: 1, 2 or 3 edges each
     assert all(0 < r[g] < 6 for r in removed for g in r) and all(removed[0][g] < removed[1][g] for g in removed[0])
     assert sum(d.get("stage") == "topology" for d in decisions) == 2 * (1 + 2 + 3)
-    # the plan, up front: 2 x 14 edges x 8 ops, then 2 x (3 + (4 + 3) + (5 + 4 + 3)) edge removals scored
+    # the plan, up front: 2 x 14 edges x 7 ops (`none` is excluded, so not scored), then
+    # 2 x (3 + (4 + 3) + (5 + 4 + 3)) edge removals scored
     (plan,) = [d for d in decisions if d.get("stage") == "plan"]
-    assert (plan["decisions"], plan["evaluations"], plan["tune_epochs"]) == (17, 2 * 14 * 8 + 2 * 22, 16 * 5)
+    assert (plan["decisions"], plan["evaluations"], plan["tune_epochs"]) == (17, 2 * 14 * 7 + 2 * 22, 16 * 5)
     assert decisions[0] is plan
     assert all(len(genotype.cells[c].edges) == 8 for c in ("normal", "reduce"))
 
@@ -212,7 +213,7 @@ def test_the_selection_says_its_cost_and_how_to_shorten_it_then_counts_down(monk
     events = []
     load_selector("perturbation", {"tune_epochs": 1}).select(job.net, job.ir, trainer=trainer, emit=events.append)
     progress = [e for e in events if e["type"] == "progress"]
-    assert [e["done"] for e in progress] == list(range(1, 268 + 16 + 1)) and progress[-1]["total"] == 268 + 16
+    assert [e["done"] for e in progress] == list(range(1, 240 + 16 + 1)) and progress[-1]["total"] == 240 + 16
     first_tune = next(i for i, e in enumerate(progress) if e["tune_epochs"])
     assert all(e["seconds_left"] is None for e in progress[:first_tune])  # no guess before a tuning is timed
     assert all(e["seconds_left"] is not None for e in progress[first_tune:]) and progress[-1]["seconds_left"] == 0
@@ -221,5 +222,5 @@ def test_the_selection_says_its_cost_and_how_to_shorten_it_then_counts_down(monk
     for e in events:
         show(e)
     text = console.export_text()
-    assert "17 decisions, 268 supernet evaluations" in text and "16 tuning epochs" in text
+    assert "17 decisions, 240 supernet evaluations" in text and "16 tuning epochs" in text
     assert "--select-opt tune_epochs=N" in text and "eval_batches=N" in text
