@@ -58,6 +58,11 @@ def compute_costs(ir: SpaceIR) -> SpaceIR:
             for e in out.cell_edges(layer.cell):
                 c, h = s["states"][e.src]
                 d = divisor if len(e.candidates) > 1 else 1  # PC-DARTS: candidates see C/k channels
+                if c % d or s["width"] % d:  # else an op of C // k channels fails first, far from the cause
+                    option = out.relax.name
+                    raise NasSemanticError(f"{option} with k = {d} needs edge channels divisible by {d}, got "
+                                           f"{c if c % d else s['width']} on edge {e.key} of {layer.id}",
+                                           span=out.spans.get("relax"), hint="change C or k")
                 ops = {}
                 for op in e.candidates:
                     cost = _cost(place(out.impl(op, e.stride), c_in=c // d, c=s["width"] // d, h=h,

@@ -339,6 +339,13 @@ def test_partial_channel_k_that_the_costs_cannot_divide_by(semantic_error, k):
     assert where(err) == (17, 1)
 
 
+def test_partial_channel_k_that_does_not_divide_the_channels_is_reported_at_the_relax_line(semantic_error):
+    """It was 'factorized_reduce needs an even channel count, got 21' inside darts.nas, which never names k."""
+    err = semantic_error('space p(C = 16) extends "pcdarts.nas"\nrelax partial-channel(k = 3)\n')
+    assert err.message.startswith("partial-channel with k = 3 needs edge channels divisible by 3, got 16 on edge ")
+    assert where(err) == (2, 1) and err.hint == "change C or k"
+
+
 def test_aux_weight_must_be_a_number(semantic_error):
     err = semantic_error(space().replace("    head global_avg_pool > linear(classes)\n",
                                          "    head global_avg_pool > linear(classes)\n"
