@@ -131,9 +131,11 @@ def choose_fusion(config: SearchConfig, device: torch.device) -> tuple[bool, str
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed and set deterministic kernels both ways: these are process-wide, so a run in a process (a
+    notebook, the Python API) must not inherit the last run's choice."""
     torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
 
 

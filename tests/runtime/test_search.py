@@ -522,3 +522,17 @@ def test_opt_with_a_block_call_setting_names_its_own_fields(kind):
         with pytest.raises(SearchError) as info:
             build({}, {"arch": "adam(lr=1e-3)"})
         assert "arch_lr" in info.value.hint and "arch_betas" in info.value.hint
+
+
+def test_deterministic_kernels_follow_each_run_not_the_last_one_in_the_process():
+    """A notebook's second run with deterministic = false kept the first run's deterministic kernels."""
+    from nasc.runtime.search import seed_everything
+
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        seed_everything(0, True)
+        assert torch.are_deterministic_algorithms_enabled()
+        seed_everything(0, False)
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=True)
