@@ -15,7 +15,7 @@ import networkx as nx
 
 from nasc.compiler.expr import as_int, bind, call_hint, evaluate, is_sym
 from nasc.compiler.ir import CellEdge, Layer, Method, Output, SpaceIR, Step
-from nasc.compiler.ops import OpResolver
+from nasc.compiler.ops import OpResolver, check_alternatives
 from nasc.compiler.primitives import PRIMITIVES
 from nasc.compiler.resolve import SpaceDecl
 from nasc.errors import NascError, NasSemanticError, SourceSpan, did_you_mean
@@ -467,6 +467,7 @@ def build_macro(decl: SpaceDecl, ops: OpResolver, cells: dict[str, nx.DiGraph], 
 def _preprocess_template(ops: OpResolver, stmt: A.PreprocessStmt, params):
     from nasc.compiler.ir import OpTemplate
 
+    check_alternatives(stmt.body)
     steps, guards = ops.pipeline(stmt.body.pipeline, params, params)
     alts, alt_guards = [], []
     for alt in stmt.body.alternatives:

@@ -103,6 +103,17 @@ def test_op_defined_in_terms_of_itself(semantic_error):
     assert err.message == "op 'a' is defined in terms of itself (a -> b -> a)"
 
 
+
+def test_a_stride_alternative_given_twice(semantic_error):
+    """The second `on stride 2:` was silently ignored, in an op and in `preprocess` alike."""
+    err = semantic_error(space("[c3]", extra="op c3 = conv(3, stride) | on stride 2: identity | on stride 2: zero(2)\n"))
+    assert err.message == "a second `on stride 2:` alternative"
+    assert where(err) == (17, 49)
+    assert err.hint == "only the first, at 17:25, would be used; keep one"
+    err = semantic_error(space().replace("on stride 2: factorized_reduce\n    stack",
+                                         "on stride 2: factorized_reduce | on stride 1: bn | on stride 2: bn\n    stack"))
+    assert (err.message, where(err)) == ("a second `on stride 2:` alternative", (14, 87))
+
 # ---- arity and types ----------------------------------------------------------------------
 
 def test_op_missing_argument(semantic_error):
