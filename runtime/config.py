@@ -284,13 +284,18 @@ def check_search_block(settings: Mapping[str, Any], spans: Mapping[str, SourceSp
 
 
 def check_space_settings(ir: Any) -> None:
-    """What a search would refuse in a compiled space's own text: its search values, relax and select options.
+    """What a search or training would refuse in a compiled space's own text: its search and train values, relax
+    and select options.
 
     For `nasc check` and `nasc compile`, which otherwise stop at names and types. Relaxation and
     selector options are known only to their classes, so a space that sets some costs the torch
     import here.
     """
     check_search_block(ir.search, {k: ir.spans.get(f"search.{k}") for k in ir.search})
+    from nasc.runtime.train_config import check_train_block  # torch-free, as this module
+
+    trained = {k: v for k, v in ir.train.items() if k not in ir.params}  # the rest are space parameters
+    check_train_block(trained, {k: ir.spans.get(f"train.{k}") for k in trained})
     if ir.relax.options:
         from nasc.runtime.relaxations.base import load_relaxation
 

@@ -101,6 +101,20 @@ def test_check_reports_search_values_and_options_at_their_lines(tmp_path):
                       "s.nas:5:5: error: train_portion must lie strictly between 0 and 1, got 1.5"]
     assert "hint: options: min, exponent, warmup" in result.output
 
+def test_check_reports_train_values_at_their_lines(tmp_path, repo):
+    """A `train:` value `nasc train` would refuse fails `nasc check` at its line (it said ok, and `nasc train`
+    then said 'drop_path must lie in [0, 1)' with no file or line)."""
+    (tmp_path / "s.nas").write_text('space s extends "darts.nas"\ntrain:\n    layers = 5\n    drop_path = 1.5\n'
+                                    '    label_smoothing = 2\n')
+    result = runner.invoke(app, ["check", "s.nas"])
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if ": error: " in line]
+    assert errors == ["s.nas:4:5: error: drop_path must lie in [0, 1), got 1.5",
+                      "s.nas:5:5: error: label_smoothing must lie in [0, 1), got 2"]
+    result = runner.invoke(app, ["train", str(repo / "examples/genotypes/darts_v2.json"), "--space", "s.nas",
+                                 "--dry-run"])
+    assert result.exit_code == 1 and "s.nas:4:5: error: drop_path must lie in [0, 1), got 1.5" in result.output
+
 
 def test_check_reports_a_rule_between_two_settings_at_the_setting_it_names(tmp_path):
     (tmp_path / "s.nas").write_text('space s extends "darts.nas"\nsearch:\n    epochs = 3\n    levels = 1\n'
