@@ -40,6 +40,24 @@ def test_compile_of_the_darts_space_does_not_import_torch(tmp_path):
     assert (tmp_path / "x.json").is_file(), out.stderr
     assert out.stdout.split()[-1] == "False"
 
+def test_compile_summarises_a_space_with_more_architectures_than_a_float_holds(tmp_path):
+    """A dense 45-node cell with two ops per edge has 2^1035 architectures: the summary crashed with an internal
+    OverflowError (int too large to convert to float); at 170 nodes --json could not write the count's digits."""
+    def dense(nodes: int) -> str:
+        return (f"space big(C = 4)\ncell c(x):\n    nodes n0..n{nodes - 1}\n    edges dense: [zero, identity]\n"
+                f"    output n{nodes - 1}\nnetwork:\n    input 3 x 8 x 8\n    stem conv(3, out = C) > bn\n"
+                "    stack 1 x c\n    head global_avg_pool > linear(10)\n")
+    (tmp_path / "big.nas").write_text(dense(45))
+    result = runner.invoke(app, ["compile", "big.nas", "-o", "big.ir.json"])
+    assert result.exit_code == 0, result.output
+    assert [line.split() for line in result.output.splitlines() if line.startswith("architectures")] == [
+        ["architectures", "3.682e+311"]]
+    (tmp_path / "big.nas").write_text(dense(170))
+    result = runner.invoke(app, ["compile", "big.nas", "-o", "big.ir.json", "--json"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.stdout.splitlines() if '"architectures"' in line)
+    assert len(line.split(":")[1].strip(" ,")) == 4376  # 2^(170 * 171 / 2) = 2^14535
+
 
 def test_compile_default_output_name(tmp_path):
     result = runner.invoke(app, ["compile", "nb201"])
