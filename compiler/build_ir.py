@@ -172,6 +172,8 @@ def _apply_cell_stmts(g: nx.DiGraph, stmts, ops: OpResolver, cell: str, errs: Co
                 if g.nodes[dst]["kind"] != "node":
                     continue
                 for src in states:
+                    if derived and not g.has_edge(src, dst):
+                        continue  # a derived cell changes the edges it has, as `edge` there does; it adds none
                     if g.nodes[src]["index"] < g.nodes[dst]["index"]:
                         _set_edge(g, src, dst, cands, stmt.span)
         elif isinstance(stmt, A.EdgeStmt):

@@ -472,6 +472,32 @@ def test_derived_cell_overrides_existing_edges_only(compile_text):
         compile_text(space().replace("cell reduce = normal with stride 2 on inputs",
                                      "cell reduce = normal with stride 2 on inputs:\n    edge n1 -> n0: [none]"))
 
+SPARSE = """space sparse(C = 4, classes = 10)
+op skip = identity | on stride 2: factorized_reduce
+op c3 = relu > conv(3, stride) > bn
+cell normal(s0, s1):
+    nodes n0, n1
+    edge s0 -> n0: [skip, c3]
+    edge s1, n0 -> n1: [skip, c3]
+    output concat
+cell reduce = normal with stride 2 on inputs:
+    edges dense: [c3, skip]
+network:
+    stem conv(3, out = 2 * C) > bn
+    preprocess relu > conv(1) > bn | on stride 2: factorized_reduce
+    stack 3 x normal, reduce at [1], widen 2 at reduce
+    head global_avg_pool > linear(classes)
+"""
+
+
+def test_edges_dense_in_a_derived_cell_changes_its_edges_and_adds_none(compile_text):
+    """It added s1 -> n0 and s0 -> n1, which the base cell lacks and `edge s1 -> n0: ...` may not add."""
+    ir = compile_text(SPARSE)
+    edges = {c: [(e.src, e.dst, e.candidates) for e in ir.cell_edges(c)] for c in ("normal", "reduce")}
+    assert [(s, d) for s, d, _ in edges["reduce"]] == [(s, d) for s, d, _ in edges["normal"]] == [
+        ("s0", "n0"), ("s1", "n1"), ("n0", "n1")]
+    assert {c for _, _, c in edges["reduce"]} == {("c3", "skip")}
+
 
 # ---- input shapes ---------------------------------------------------------------------------
 
