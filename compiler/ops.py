@@ -193,6 +193,10 @@ class OpResolver:
         if len(call.args) > len(formals):
             raise NasSemanticError(f"op {d.name!r} takes {len(formals)} argument(s), got {len(call.args)}",
                                    span=call.span, hint=f"defined at line {d.span.line}")
+        clash = [f for f in formals if f in bound]
+        if clash:  # `op x_{k}(k)`: the argument silently won, so `x_3(5)` was a 5x5 op named 3
+            raise NasSemanticError(f"op {d.name!r}: parameter {clash[0]!r} has the name of a family variable",
+                                   span=d.span, hint=f"rename the parameter or the {{{clash[0]}}} in the op's name")
         values = dict(bound)
         for f, a in zip(formals, call.args):
             values[f] = evaluate(a, env, _SYMS)

@@ -121,6 +121,12 @@ def test_op_missing_argument(semantic_error):
     assert err.message == "op 'dw' needs argument(s) k"
     assert where(err) == (9, LIST_COL)
 
+def test_an_op_parameter_named_like_its_family_variable(semantic_error):
+    """`pool_3(5)` was a 5x5 pool: the argument silently overrode the k its name binds."""
+    err = semantic_error(space("[pool_3(5)]", extra="op pool_{k}(k) = max_pool(k, stride)\n"))
+    assert err.message == "op 'pool_{k}': parameter 'k' has the name of a family variable"
+    assert where(err) == (17, 1)
+
 
 def test_primitive_missing_argument(semantic_error):
     err = semantic_error(space("[dw_conv()]"))
