@@ -398,6 +398,9 @@ def test_unusable_file_names(semantic_error):
     err = semantic_error('space t extends "' + "a" * 5000 + '.nas"\n')
     assert err.message.startswith("cannot find 'aaaa")
     assert where(err) == (1, 1)
+    # an empty name is a missing file, as in `import ""`; `extends ""` was silently no base at all
+    err = semantic_error('space t extends ""\n')
+    assert (err.message, where(err)) == ("cannot find ''", (1, 1))
 
 
 def test_missing_file_on_the_command_line():
