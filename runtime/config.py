@@ -201,8 +201,9 @@ def from_space(settings: Mapping[str, Any]) -> dict[str, Any]:
             out["arch_optimizer"] = name
             for src, dst in (("lr", "arch_lr"), ("betas", "arch_betas"), ("weight_decay", "arch_weight_decay"),
                              ("momentum", "arch_momentum")):
-                if src in kw:
-                    out[dst] = tuple(kw.pop(src)) if src == "betas" else kw.pop(src)
+                if src in kw:  # betas as a tuple, if it is a sequence at all (check_types says what else it must be)
+                    value = kw.pop(src)
+                    out[dst] = tuple(value) if src == "betas" and isinstance(value, (list, tuple)) else value
             if kw:
                 raise SearchError(f"{name}() has no option {next(iter(kw))!r}",
                                   hint="options: lr, betas, weight_decay, momentum")

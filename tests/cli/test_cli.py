@@ -133,6 +133,14 @@ def test_check_reports_train_values_at_their_lines(tmp_path, repo):
                                  "--dry-run"])
     assert result.exit_code == 1 and "s.nas:4:5: error: drop_path must lie in [0, 1), got 1.5" in result.output
 
+def test_check_reports_betas_that_are_not_two_numbers(tmp_path):
+    """`betas = 0.5` or `betas = true` in adam(...) was an internal error ('float' object is not iterable)."""
+    for betas in ("0.5", "true"):
+        (tmp_path / "s.nas").write_text(f'space s extends "darts.nas"\nsearch:\n    arch = adam(betas = {betas})\n')
+        result = runner.invoke(app, ["check", "s.nas"])
+        assert result.exit_code == 1 and "internal error" not in result.output
+        assert "s.nas:3:5: error: search setting arch_betas must be 2 numbers" in " ".join(result.output.split())
+
 
 def test_check_reports_a_rule_between_two_settings_at_the_setting_it_names(tmp_path):
     (tmp_path / "s.nas").write_text('space s extends "darts.nas"\nsearch:\n    epochs = 3\n    levels = 1\n'
