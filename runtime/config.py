@@ -11,7 +11,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -259,7 +259,8 @@ def check_types(cls: type, values: Mapping[str, Any], what: str) -> None:
             raise SearchError(f"{what} setting {key} must be {expected[0]}, got {value!r}")
 
 
-def check_search_block(settings: Mapping[str, Any], spans: Mapping[str, SourceSpan | None]) -> None:
+def check_search_block(settings: Mapping[str, Any], spans: Mapping[str, SourceSpan | None],
+                       param_names: Iterable[str] = ()) -> None:
     """A space's `search:` values and call options, each at its own line (`nasc check` and every search).
 
     The compiler checks names and types; what a value may be (a positive batch, a known option of
@@ -279,6 +280,14 @@ def check_search_block(settings: Mapping[str, Any], spans: Mapping[str, SourceSp
         except SearchError as e:  # at a setting the message names, else the block's first
             named = [spans.get(k) for k in settings if re.search(rf"\b{k}\b", e.message)] + list(spans.values())
             errors.append(NasSemanticError(e.message, span=next((s for s in named if s), None), hint=e.hint))
+    if not errors and "stages" in settings:  # a progressive search's stage() options and parameters
+        from nasc.runtime.stages import parse_stages
+
+        try:
+            parse_stages(make_config(settings, {}), param_names)
+        except SearchError as e:
+            key = "skip_limit" if e.message.startswith("skip_limit") else "stages"
+            errors.append(NasSemanticError(e.message, span=spans.get(key), hint=e.hint))
     if errors:
         errors.sort(key=lambda e: (e.span.file, e.span.line, e.span.col) if e.span else ("", 0, 0))
         raise NasSemanticError(errors[0].message, span=errors[0].span, hint=errors[0].hint, errors=errors)
@@ -292,7 +301,7 @@ def check_space_settings(ir: Any) -> None:
     selector options are known only to their classes, so a space that sets some costs the torch
     import here.
     """
-    check_search_block(ir.search, {k: ir.spans.get(f"search.{k}") for k in ir.search})
+    check_search_block(ir.search, {k: ir.spans.get(f"search.{k}") for k in ir.search}, ir.params)
     from nasc.runtime.train_config import check_train_block  # torch-free, as this module
 
     trained = {k: v for k, v in ir.train.items() if k not in ir.params}  # the rest are space parameters

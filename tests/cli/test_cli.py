@@ -141,6 +141,16 @@ def test_check_reports_betas_that_are_not_two_numbers(tmp_path):
         assert result.exit_code == 1 and "internal error" not in result.output
         assert "s.nas:3:5: error: search setting arch_betas must be 2 numbers" in " ".join(result.output.split())
 
+def test_check_reports_stage_options_at_the_stages_line(tmp_path):
+    """`nasc check` said ok; the search then said 'stages[0]: ...' with no file or line."""
+    (tmp_path / "s.nas").write_text('space s extends "darts.nas"\nsearch:\n    epochs = 2\n'
+                                    '    stages = [stage(keep = 2, layres = 5)]\n')
+    for command in (["check", "s.nas"], ["search", "s.nas", "--dry-run"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1
+        assert "s.nas:4:5: error: stages[0]: stage() has no option 'layres'" in result.output
+        assert "did you mean 'layers'?" in result.output
+
 
 def test_check_reports_a_rule_between_two_settings_at_the_setting_it_names(tmp_path):
     (tmp_path / "s.nas").write_text('space s extends "darts.nas"\nsearch:\n    epochs = 3\n    levels = 1\n'
