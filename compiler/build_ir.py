@@ -15,7 +15,7 @@ import networkx as nx
 
 from nasc.compiler.expr import as_int, bind, call_hint, evaluate, is_sym
 from nasc.compiler.ir import CellEdge, Layer, Method, Output, SpaceIR, Step
-from nasc.compiler.ops import OpResolver
+from nasc.compiler.ops import OpResolver, check_alternatives
 from nasc.compiler.primitives import PRIMITIVES
 from nasc.compiler.resolve import SpaceDecl
 from nasc.compiler.settings import takes_string
@@ -173,6 +173,8 @@ def _apply_cell_stmts(g: nx.DiGraph, stmts, ops: OpResolver, cell: str, errs: Co
                 if g.nodes[dst]["kind"] != "node":
                     continue
                 for src in states:
+                    if derived and not g.has_edge(src, dst):
+                        continue  # a derived cell changes the edges it has, as `edge` there does; it adds none
                     if g.nodes[src]["index"] < g.nodes[dst]["index"]:
                         _set_edge(g, src, dst, cands, stmt.span)
         elif isinstance(stmt, A.EdgeStmt):
@@ -473,6 +475,7 @@ def build_macro(decl: SpaceDecl, ops: OpResolver, cells: dict[str, nx.DiGraph], 
 def _preprocess_template(ops: OpResolver, stmt: A.PreprocessStmt, params):
     from nasc.compiler.ir import OpTemplate
 
+    check_alternatives(stmt.body)
     steps, guards = ops.pipeline(stmt.body.pipeline, params, params)
     alts, alt_guards = [], []
     for alt in stmt.body.alternatives:

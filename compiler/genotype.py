@@ -47,6 +47,7 @@ _EDGE_ALL_COUNTS = (2, 3, 4, 5)
 # a genotype belongs to spaces/sharpdarts.nas. layout='raw_weights' entries hold α weights, not a genotype.
 SHARPDARTS_SPACE = "sharpdarts"
 _NUMPY_FLOATS = ("float16", "float32", "float64")
+MAX_RANGE = 10_000  # states in a `range(a, b)` of DARTS notation: a cell with more is a typo
 _NB201_ENTRY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)~([0-9]+)")
 
 
@@ -349,6 +350,9 @@ def _literal(node: ast.AST) -> Any:
             and not node.keywords and 1 <= len(node.args) <= 2):
         bounds = [_literal(a) for a in node.args]
         if all(_is_int(b) for b in bounds):
+            if len(range(*bounds)) > MAX_RANGE:  # `range(2, 10**9)` written out must not hang building the list
+                raise _derr(f"line {node.lineno}, col {node.col_offset + 1}: {_snippet(node)!r} names more than "
+                            f"{MAX_RANGE:,} states")
             return list(range(*bounds))
     raise _derr(f"line {node.lineno}, col {node.col_offset + 1}: {_snippet(node)!r} is not a literal "
                 "(only strings, numbers, lists, tuples and range(a, b) are read)")

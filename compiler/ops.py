@@ -193,6 +193,10 @@ class OpResolver:
         if len(call.args) > len(formals):
             raise NasSemanticError(f"op {d.name!r} takes {len(formals)} argument(s), got {len(call.args)}",
                                    span=call.span, hint=f"defined at line {d.span.line}")
+        clash = [f for f in formals if f in bound]
+        if clash:  # `op x_{k}(k)`: the argument silently won, so `x_3(5)` was a 5x5 op named 3
+            raise NasSemanticError(f"op {d.name!r}: parameter {clash[0]!r} has the name of a family variable",
+                                   span=d.span, hint=f"rename the parameter or the {{{clash[0]}}} in the op's name")
         values = dict(bound)
         for f, a in zip(formals, call.args):
             values[f] = evaluate(a, env, _SYMS)
@@ -217,9 +221,8 @@ class OpResolver:
             env = {**self.params, **self._bind(d, call, bound, self.params)}
             steps, guards = self.pipeline(d.body.pipeline, env)
             alts, alt_guards = [], []
+            check_alternatives(d.body)
             for alt in d.body.alternatives:
-                if alt.stride < 1:
-                    raise NasSemanticError("a stride must be at least 1", span=alt.span)
                 s, g = self.pipeline(alt.pipeline, env)
                 alts.append((alt.stride, s))
                 alt_guards.append(g)
@@ -309,6 +312,19 @@ class OpResolver:
         if problem:
             raise NasSemanticError(f"{prim}: {problem[0]}", span=call.span, hint=problem[1])
         return Step(prim=prim, args=tuple(sorted(args.items())), span=call.span)
+
+
+def check_alternatives(body: A.OpBody) -> None:
+    """Each `on stride N:` names a stride of at least 1, once: a second one for the same stride was never used."""
+    seen: dict[int, A.Alternative] = {}
+    for alt in body.alternatives:
+        if alt.stride < 1:
+            raise NasSemanticError("a stride must be at least 1", span=alt.span)
+        if alt.stride in seen:
+            raise NasSemanticError(f"a second `on stride {alt.stride}:` alternative", span=alt.span,
+                                   hint=f"only the first, at {seen[alt.stride].span.line}:{seen[alt.stride].span.col}, "
+                                        "would be used; keep one")
+        seen[alt.stride] = alt
 
 
 def _and(a: Any, b: Any) -> Any:

@@ -2,7 +2,8 @@
 
 A searchable edge always keeps its row of α, but an edge whose *only*
 candidate is a zero op (as in a derived NAS-Bench-201 cell with `none`
-chosen) adds nothing to its node, so the network need not compute it. A node
+chosen) adds nothing to its node, so the network need not compute it. Into a
+`mean` node it still counts: (x + 0) / 2 is not x / 1, so those edges stay. A node
 whose every incoming edge was dropped is a constant zero: it is kept as a
 state (its channels still count in a concat) and marked `zero` in
 `ir.meta["zero_nodes"]` so the runtime emits zeros without computing. The
@@ -32,6 +33,8 @@ def remove_dead_nodes(ir: SpaceIR) -> SpaceIR:
     sources: dict[str, dict[str, list[list]]] = {}
     for name, g in out.cells.items():
         for e in out.cell_edges(name):
+            if g.nodes[e.dst].get("combine") == "mean":
+                continue
             if len(e.candidates) == 1 and _is_zero(out, e.candidates[0], e.stride):
                 g.remove_edge(e.src, e.dst)
                 removed.setdefault(name, []).append(e.key)

@@ -141,7 +141,7 @@ def _resolve_file(tree: A.SpaceFile, stack: tuple[str, ...]) -> SpaceDecl:
     key = str(Path(here).resolve()) if here != "<string>" else here
     stack = stack + (key,)
     header = tree.header
-    if header and header.extends:
+    if header and header.extends is not None:  # `extends ""` is a missing file, not no base
         base_path = find_file(header.extends, here, header.span)
         base_tree = _load(base_path, stack, header.span)
         decl = _resolve_file(base_tree, stack)

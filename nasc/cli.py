@@ -204,7 +204,12 @@ def compile_cmd(
     except NascError as e:
         fail(e)
     if as_json:
-        sys.stdout.write(json.dumps(summary, indent=1) + "\n")
+        digits = sys.get_int_max_str_digits()
+        sys.set_int_max_str_digits(0)  # a large cell's architecture count may have more than the 4,300 allowed
+        try:
+            sys.stdout.write(json.dumps(summary, indent=1) + "\n")
+        finally:
+            sys.set_int_max_str_digits(digits)
     else:
         console.print(compile_summary(summary, files=[_short(f) for f in ir.files], out=target))
 

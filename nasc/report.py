@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from rich.console import Group
@@ -23,7 +24,13 @@ def human(n: float, unit: str = "") -> str:
 
 
 def architectures(n: int) -> str:
-    return f"{n:,}" if n < 10**9 else f"{n:.3e} ({n:,})"
+    """15,625, or 1.077e+18 (1,076,746,950,455,072,400); beyond 60 digits the scientific form alone.
+
+    Through Decimal, not float: a large cell has more than 10^308 architectures, which no float holds.
+    """
+    if n < 10**9:
+        return f"{n:,}"
+    return f"{Decimal(n):.3e}" + (f" ({n:,})" if n < 10**60 else "")
 
 
 def compile_summary(s: dict[str, Any], *, files: list[str], out: str | None) -> Group:

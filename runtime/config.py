@@ -12,7 +12,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -220,8 +220,9 @@ def from_space(settings: Mapping[str, Any]) -> dict[str, Any]:
             out["arch_optimizer"] = name
             for src, dst in (("lr", "arch_lr"), ("betas", "arch_betas"), ("weight_decay", "arch_weight_decay"),
                              ("momentum", "arch_momentum")):
-                if src in kw:
-                    out[dst] = tuple(kw.pop(src)) if src == "betas" else kw.pop(src)
+                if src in kw:  # betas as a tuple, if it is a sequence at all (check_types says what else it must be)
+                    value = kw.pop(src)
+                    out[dst] = tuple(value) if src == "betas" and isinstance(value, (list, tuple)) else value
             if kw:
                 raise SearchError(f"{name}() has no option {next(iter(kw))!r}",
                                   hint="options: lr, betas, weight_decay, momentum")
@@ -294,7 +295,8 @@ def check_types(cls: type, values: Mapping[str, Any], what: str) -> None:
                               hint=meanings[key][2] if key in meanings else None)
 
 
-def check_search_block(settings: Mapping[str, Any], spans: Mapping[str, SourceSpan | None]) -> None:
+def check_search_block(settings: Mapping[str, Any], spans: Mapping[str, SourceSpan | None],
+                       param_names: Iterable[str] = ()) -> None:
     """A space's `search:` values and call options, each at its own line (`nasc check` and every search).
 
     The compiler checks names and types; what a value may be (a positive batch, a known option of
@@ -314,19 +316,32 @@ def check_search_block(settings: Mapping[str, Any], spans: Mapping[str, SourceSp
         except SearchError as e:  # at a setting the message names, else the block's first
             named = [spans.get(k) for k in settings if re.search(rf"\b{k}\b", e.message)] + list(spans.values())
             errors.append(NasSemanticError(e.message, span=next((s for s in named if s), None), hint=e.hint))
+    if not errors and "stages" in settings:  # a progressive search's stage() options and parameters
+        from nasc.runtime.stages import parse_stages
+
+        try:
+            parse_stages(make_config(settings, {}), param_names)
+        except SearchError as e:
+            key = "skip_limit" if e.message.startswith("skip_limit") else "stages"
+            errors.append(NasSemanticError(e.message, span=spans.get(key), hint=e.hint))
     if errors:
         errors.sort(key=lambda e: (e.span.file, e.span.line, e.span.col) if e.span else ("", 0, 0))
         raise NasSemanticError(errors[0].message, span=errors[0].span, hint=errors[0].hint, errors=errors)
 
 
 def check_space_settings(ir: Any) -> None:
-    """What a search would refuse in a compiled space's own text: its search values, relax and select options.
+    """What a search or training would refuse in a compiled space's own text: its search and train values, relax
+    and select options.
 
     For `nasc check` and `nasc compile`, which otherwise stop at names and types. Relaxation and
     selector options are known only to their classes, so a space that sets some costs the torch
     import here.
     """
-    check_search_block(ir.search, {k: ir.spans.get(f"search.{k}") for k in ir.search})
+    check_search_block(ir.search, {k: ir.spans.get(f"search.{k}") for k in ir.search}, ir.params)
+    from nasc.runtime.train_config import check_train_block  # torch-free, as this module
+
+    trained = {k: v for k, v in ir.train.items() if k not in ir.params}  # the rest are space parameters
+    check_train_block(trained, {k: ir.spans.get(f"train.{k}") for k in trained})
     if ir.relax.options:
         from nasc.runtime.relaxations.base import load_relaxation
 

@@ -149,7 +149,7 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     declared = decl.relax.name if decl.relax else "softmax"
     preset_settings = preset(request.relax or declared)[1]
     settings = _evaluated_search(decl)
-    check_search_block(settings, {k: s.span for k, s in decl.search.items()})
+    check_search_block(settings, {k: s.span for k, s in decl.search.items()}, decl.params)
     if request.relax is None and decl.relax is not None:
         preset_settings = _beside_preset(decl, settings, preset_settings)
     base = make_config(settings, {**preset_settings, **request.overrides})

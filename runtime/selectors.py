@@ -83,6 +83,10 @@ def magnitude_rule(options: Mapping[str, Any], ir: SpaceIR) -> tuple[str, int, f
     declared = exclude
     if options.get("per") is not None:
         per = options["per"]
+        if per == "layer" and not any(info["kind"] == "choice" for info in ir.alpha_groups.values()):
+            # as the compiler refuses `select argmax per layer` here: per layer would keep every edge of every cell
+            raise BuildError(f"selection per layer, but space {ir.name!r} has no `choice` layers",
+                             hint="cells are selected per edge (per=edge) or per node (per=node, k=2)")
     if options.get("k") is not None:
         k = options["k"]
     if options.get("exclude") is not None:

@@ -24,85 +24,22 @@ import torch.nn.functional as F
 from nasc.compiler import genotype as G
 from nasc.compiler.build_ir import eval_params
 from nasc.compiler.derive import specialise_to_genotype
-from nasc.compiler.expr import CallValue, evaluate
+from nasc.compiler.expr import evaluate
 from nasc.compiler.ir import SpaceIR, to_json_dict
 from nasc.compiler.pipeline import compile_decl
 from nasc.compiler.resolve import resolve_path
-from nasc.errors import GenotypeError, NasSemanticError, SearchError, did_you_mean
+from nasc.errors import GenotypeError, NasSemanticError, SearchError
 from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
-from nasc.runtime.config import (absolute_dir, check_types, fraction, from_space, non_negative, positive,
-                                 seed_value, unknown_option_hint)
 from nasc.runtime.data import Batches, Dataset, load_dataset
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.rundir import RunDir, default_run_path, environment
-from nasc.runtime.schedules import SCHEDULES, learning_rate
+from nasc.runtime.schedules import learning_rate
 from nasc.runtime.search import pick_device, seed_everything
 from nasc.runtime.supernet import Network, build_network
+from nasc.runtime.train_config import TrainConfig, check_train_block, train_config
 
 Event = dict[str, Any]
-
-
-@attrs.frozen(kw_only=True)
-class TrainConfig:
-    epochs: int = 600
-    batch: int = 96
-    lr: float = attrs.field(default=0.025, validator=positive)
-    momentum: float = attrs.field(default=0.9, validator=non_negative)
-    weight_decay: float = attrs.field(default=3e-4, validator=non_negative)
-    nesterov: bool = False
-    schedule: str = "cosine"
-    lr_min: float = attrs.field(default=0.0, validator=non_negative)
-    schedule_exponent: float = attrs.field(default=2.0, validator=positive)
-    warmup: int = attrs.field(default=0, validator=non_negative)
-    schedule_gamma: float = 0.97  # step: the factor ...
-    schedule_every: int = 1  # ... applied every this many epochs
-    clip: float = attrs.field(default=5.0, validator=non_negative)  # 0: no clipping
-    drop_path: float = 0.0
-    cutout: int = attrs.field(default=0, validator=non_negative)
-    aux_weight: float = attrs.field(default=0.0, validator=non_negative)
-    label_smoothing: float = attrs.field(default=0.0, validator=fraction)
-    seed: int = attrs.field(default=0, validator=seed_value)
-    deterministic: bool = True
-    channels_last: bool = True  # NHWC tensors, as in search: faster on a GPU and on a CPU
-    dataset: str = "digits"
-    data_dir: str | None = attrs.field(default=None, converter=absolute_dir)
-    device: str = "auto"
-
-    def __attrs_post_init__(self) -> None:
-        if self.epochs < 1 or self.batch < 1 or not self.lr > 0 or math.isinf(self.lr):  # `not >`: NaN
-            raise SearchError("epochs, batch and lr must be positive")
-        if self.schedule not in SCHEDULES:  # before the run directory is made (it failed at the first epoch)
-            raise SearchError(f"unknown learning-rate schedule {self.schedule!r}",
-                              hint=did_you_mean(self.schedule, SCHEDULES.names())
-                                   or f"registered: {', '.join(sorted(SCHEDULES.names()))}")
-        if self.channels_last not in (True, False):
-            raise SearchError(f"channels_last must be true or false, got {self.channels_last!r}")
-        if self.schedule_gamma <= 0 or self.schedule_every < 1:
-            raise SearchError(f"step(): gamma must be positive and every at least 1, got gamma = "
-                              f"{self.schedule_gamma}, every = {self.schedule_every}")
-        if not 0 <= self.drop_path < 1:
-            raise SearchError(f"drop_path must lie in [0, 1), got {self.drop_path}")
-
-
-FIELDS = tuple(f.name for f in attrs.fields(TrainConfig))
-
-
-def train_config(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> TrainConfig:
-    """A `train:` block (optimiser and schedule calls read as in search settings), then overrides."""
-    values = {k: v for k, v in from_space(settings).items() if k in FIELDS}
-    values.update({k: v for k, v in settings.items() if k in FIELDS and not isinstance(v, CallValue)})
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key not in FIELDS:
-            raise SearchError(f"unknown training option {key!r}", hint=unknown_option_hint(key, FIELDS))
-        values[key] = value
-    check_types(TrainConfig, values, "training")
-    try:
-        return TrainConfig(**values)
-    except (TypeError, ValueError) as e:
-        raise SearchError(f"invalid training settings: {e}") from None
 
 
 @attrs.frozen(kw_only=True)
@@ -209,6 +146,7 @@ def _prepare_train(request: TrainRequest, genotype: G.Genotype, run_config: Mapp
     params = {k: v for k, v in train_settings.items() if k in decl.params}
     settings = {k: v for k, v in train_settings.items() if k not in decl.params}
     params.update(request.params)
+    check_train_block(settings, {k: decl.train[k].span for k in settings})
     config = train_config(settings, {**searched_data(run_config), **request.overrides})
     dataset = _dist.main_first(load_dataset, config.dataset, config.data_dir)  # distributed: one download per machine
     config, notes = fit_to_dataset(config, request.input_shape or dataset.shape)

@@ -40,6 +40,24 @@ def test_compile_of_the_darts_space_does_not_import_torch(tmp_path):
     assert (tmp_path / "x.json").is_file(), out.stderr
     assert out.stdout.split()[-1] == "False"
 
+def test_compile_summarises_a_space_with_more_architectures_than_a_float_holds(tmp_path):
+    """A dense 45-node cell with two ops per edge has 2^1035 architectures: the summary crashed with an internal
+    OverflowError (int too large to convert to float); at 170 nodes --json could not write the count's digits."""
+    def dense(nodes: int) -> str:
+        return (f"space big(C = 4)\ncell c(x):\n    nodes n0..n{nodes - 1}\n    edges dense: [zero, identity]\n"
+                f"    output n{nodes - 1}\nnetwork:\n    input 3 x 8 x 8\n    stem conv(3, out = C) > bn\n"
+                "    stack 1 x c\n    head global_avg_pool > linear(10)\n")
+    (tmp_path / "big.nas").write_text(dense(45))
+    result = runner.invoke(app, ["compile", "big.nas", "-o", "big.ir.json"])
+    assert result.exit_code == 0, result.output
+    assert [line.split() for line in result.output.splitlines() if line.startswith("architectures")] == [
+        ["architectures", "3.682e+311"]]
+    (tmp_path / "big.nas").write_text(dense(170))
+    result = runner.invoke(app, ["compile", "big.nas", "-o", "big.ir.json", "--json"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.stdout.splitlines() if '"architectures"' in line)
+    assert len(line.split(":")[1].strip(" ,")) == 4376  # 2^(170 * 171 / 2) = 2^14535
+
 
 def test_compile_default_output_name(tmp_path):
     result = runner.invoke(app, ["compile", "nb201"])
@@ -100,6 +118,38 @@ def test_check_reports_search_values_and_options_at_their_lines(tmp_path):
                       "s.nas:4:5: error: batch must be positive, got -5",
                       "s.nas:5:5: error: train_portion must lie strictly between 0 and 1, got 1.5"]
     assert "hint: options: min, exponent, warmup" in result.output
+
+def test_check_reports_train_values_at_their_lines(tmp_path, repo):
+    """A `train:` value `nasc train` would refuse fails `nasc check` at its line (it said ok, and `nasc train`
+    then said 'drop_path must lie in [0, 1)' with no file or line)."""
+    (tmp_path / "s.nas").write_text('space s extends "darts.nas"\ntrain:\n    layers = 5\n    drop_path = 1.5\n'
+                                    '    label_smoothing = 2\n')
+    result = runner.invoke(app, ["check", "s.nas"])
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if ": error: " in line]
+    assert errors == ["s.nas:4:5: error: drop_path must lie in [0, 1), got 1.5",
+                      "s.nas:5:5: error: label_smoothing must lie in [0, 1), got 2"]
+    result = runner.invoke(app, ["train", str(repo / "examples/genotypes/darts_v2.json"), "--space", "s.nas",
+                                 "--dry-run"])
+    assert result.exit_code == 1 and "s.nas:4:5: error: drop_path must lie in [0, 1), got 1.5" in result.output
+
+def test_check_reports_betas_that_are_not_two_numbers(tmp_path):
+    """`betas = 0.5` or `betas = true` in adam(...) was an internal error ('float' object is not iterable)."""
+    for betas in ("0.5", "true"):
+        (tmp_path / "s.nas").write_text(f'space s extends "darts.nas"\nsearch:\n    arch = adam(betas = {betas})\n')
+        result = runner.invoke(app, ["check", "s.nas"])
+        assert result.exit_code == 1 and "internal error" not in result.output
+        assert "s.nas:3:5: error: search setting arch_betas must be 2 numbers" in " ".join(result.output.split())
+
+def test_check_reports_stage_options_at_the_stages_line(tmp_path):
+    """`nasc check` said ok; the search then said 'stages[0]: ...' with no file or line."""
+    (tmp_path / "s.nas").write_text('space s extends "darts.nas"\nsearch:\n    epochs = 2\n'
+                                    '    stages = [stage(keep = 2, layres = 5)]\n')
+    for command in (["check", "s.nas"], ["search", "s.nas", "--dry-run"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1
+        assert "s.nas:4:5: error: stages[0]: stage() has no option 'layres'" in result.output
+        assert "did you mean 'layers'?" in result.output
 
 
 def test_check_reports_a_rule_between_two_settings_at_the_setting_it_names(tmp_path):

@@ -19,6 +19,28 @@ def test_every_bundled_space_compiles(bundled_space, spaces_dir):
     summary = summarise(ir)
     assert summary["supernet_params"] > 0
 
+def test_subset_products_is_the_sum_over_k_subsets_of_their_products():
+    from itertools import combinations
+    from math import prod
+
+    from nasc.compiler.count import subset_products
+
+    xs = [3, 1, 4, 1, 5, 9, 2]
+    for k in range(len(xs) + 1):
+        assert subset_products(xs, k) == sum(prod(s) for s in combinations(xs, k))
+
+
+def test_top_k_of_a_large_cell_is_counted_without_listing_the_subsets(compile_text):
+    """`select top 12 per node` on a 40-node cell listed C(41, 12) = 7e9 subsets: the compiler hung."""
+    from math import comb, prod
+
+    ir = compile_text("space big(C = 4)\nop none = zero(stride)\ncell c(s0, s1):\n    nodes n0..n39\n"
+                      "    edges dense: [none, identity, max_pool(3)]\n    output n39\nnetwork:\n    input 3 x 8 x 8\n"
+                      "    stem conv(3, out = C) > bn\n    stack 1 x c\n    head global_avg_pool > linear(10)\n"
+                      "select top 12 per node excluding none\n")
+    # node i reads 2 + i states; it keeps min(12, 2 + i) of those edges, with one of 2 ops on each
+    assert count_architectures(ir) == prod(comb(2 + i, min(12, 2 + i)) * 2 ** min(12, 2 + i) for i in range(40))
+
 
 def test_bundled_name_resolves_without_a_path():
     assert compile_space("darts").name == "darts"

@@ -252,6 +252,9 @@ def test_positional_namedtuple_fields_are_read():
     ("Genotype(normal=[('a', 0), ('b', 1)], normal_concat='2345')", "field 'normal_concat'"),
     ("x = 1\ny = Genotype(normal=[('a', 0), ('b', 1)], normal_concat=[2])", "found 2 statements"),
     ("Genotype(normal=[('a', 0), ('b', 1)], normal_concat=[2], **extra)", "unsupported **extra"),
+    # once a minute's hang and gigabytes (10**12: 'nested too deeply'), building the list before any check
+    ("Genotype(normal=[('a', 0), ('b', 1)], normal_concat=range(2, 1000000000000))",
+     "col 53: 'range(2, 1000000000000)' names more than 10,000 states"),
 ])
 def test_malformed_darts_text(text, needle):
     with pytest.raises(GenotypeError) as info:

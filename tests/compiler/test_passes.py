@@ -74,6 +74,15 @@ def test_remove_dead_nodes(compile_text):
     assert ir.meta["shapes"]["cell0"]["c_out"] == 8
     assert [r["edge"] for r in ir.alpha_groups["c"]["rows"]] == ["b<-x", "b<-a"]
 
+def test_a_zero_edge_into_a_mean_node_stays(compile_text):
+    """It still counts in the mean: b = (x + 0) / 2, where dropping the edge made the network compute b = x / 1."""
+    text = DEAD.replace("edge x -> a: [none]", "edge x -> a: [identity]").replace("edge a -> b: [identity, none]",
+                                                                            "edge a -> b: none")
+    assert compile_text(text).meta["removed_edges"] == {"c": ["b<-a"]}  # summed: dropping it is exact
+    ir = compile_text(text.replace("nodes a, b", "nodes a, b = mean"))
+    assert "removed_edges" not in ir.meta and "zero_nodes" not in ir.meta
+    assert [e.key for e in ir.cell_edges("c")] == ["a<-x", "b<-x", "b<-a"]
+
 
 ZERO_IN_REDUCTION = """space d(C = 8, classes = 10)
 op skip = identity | on stride 2: factorized_reduce

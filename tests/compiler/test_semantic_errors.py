@@ -103,12 +103,29 @@ def test_op_defined_in_terms_of_itself(semantic_error):
     assert err.message == "op 'a' is defined in terms of itself (a -> b -> a)"
 
 
+
+def test_a_stride_alternative_given_twice(semantic_error):
+    """The second `on stride 2:` was silently ignored, in an op and in `preprocess` alike."""
+    err = semantic_error(space("[c3]", extra="op c3 = conv(3, stride) | on stride 2: identity | on stride 2: zero(2)\n"))
+    assert err.message == "a second `on stride 2:` alternative"
+    assert where(err) == (17, 49)
+    assert err.hint == "only the first, at 17:25, would be used; keep one"
+    err = semantic_error(space().replace("on stride 2: factorized_reduce\n    stack",
+                                         "on stride 2: factorized_reduce | on stride 1: bn | on stride 2: bn\n    stack"))
+    assert (err.message, where(err)) == ("a second `on stride 2:` alternative", (14, 87))
+
 # ---- arity and types ----------------------------------------------------------------------
 
 def test_op_missing_argument(semantic_error):
     err = semantic_error(space("[dw()]"))
     assert err.message == "op 'dw' needs argument(s) k"
     assert where(err) == (9, LIST_COL)
+
+def test_an_op_parameter_named_like_its_family_variable(semantic_error):
+    """`pool_3(5)` was a 5x5 pool: the argument silently overrode the k its name binds."""
+    err = semantic_error(space("[pool_3(5)]", extra="op pool_{k}(k) = max_pool(k, stride)\n"))
+    assert err.message == "op 'pool_{k}': parameter 'k' has the name of a family variable"
+    assert where(err) == (17, 1)
 
 
 def test_primitive_missing_argument(semantic_error):
@@ -428,6 +445,9 @@ def test_unusable_file_names(semantic_error):
     err = semantic_error('space t extends "' + "a" * 5000 + '.nas"\n')
     assert err.message.startswith("cannot find 'aaaa")
     assert where(err) == (1, 1)
+    # an empty name is a missing file, as in `import ""`; `extends ""` was silently no base at all
+    err = semantic_error('space t extends ""\n')
+    assert (err.message, where(err)) == ("cannot find ''", (1, 1))
 
 
 def test_missing_file_on_the_command_line():
@@ -507,6 +527,32 @@ def test_derived_cell_overrides_existing_edges_only(compile_text):
     with pytest.raises(NasSemanticError, match="derived cell 'reduce' has no edge n1 -> n0 to change"):
         compile_text(space().replace("cell reduce = normal with stride 2 on inputs",
                                      "cell reduce = normal with stride 2 on inputs:\n    edge n1 -> n0: [none]"))
+
+SPARSE = """space sparse(C = 4, classes = 10)
+op skip = identity | on stride 2: factorized_reduce
+op c3 = relu > conv(3, stride) > bn
+cell normal(s0, s1):
+    nodes n0, n1
+    edge s0 -> n0: [skip, c3]
+    edge s1, n0 -> n1: [skip, c3]
+    output concat
+cell reduce = normal with stride 2 on inputs:
+    edges dense: [c3, skip]
+network:
+    stem conv(3, out = 2 * C) > bn
+    preprocess relu > conv(1) > bn | on stride 2: factorized_reduce
+    stack 3 x normal, reduce at [1], widen 2 at reduce
+    head global_avg_pool > linear(classes)
+"""
+
+
+def test_edges_dense_in_a_derived_cell_changes_its_edges_and_adds_none(compile_text):
+    """It added s1 -> n0 and s0 -> n1, which the base cell lacks and `edge s1 -> n0: ...` may not add."""
+    ir = compile_text(SPARSE)
+    edges = {c: [(e.src, e.dst, e.candidates) for e in ir.cell_edges(c)] for c in ("normal", "reduce")}
+    assert [(s, d) for s, d, _ in edges["reduce"]] == [(s, d) for s, d, _ in edges["normal"]] == [
+        ("s0", "n0"), ("s1", "n1"), ("n0", "n1")]
+    assert {c for _, _, c in edges["reduce"]} == {("c3", "skip")}
 
 
 # ---- input shapes ---------------------------------------------------------------------------

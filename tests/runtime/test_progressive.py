@@ -15,7 +15,7 @@ from nasc.compiler import genotype as G
 from nasc.compiler.ir import lint
 from nasc.compiler.pipeline import compile_space
 from nasc.compiler.restrict import restrict_candidates
-from nasc.errors import NascError, SearchError
+from nasc.errors import NascError, NasSemanticError, SearchError
 from nasc.runtime import progressive as P
 from nasc.runtime.relaxations.base import load_relaxation
 from nasc.runtime.search import Request, prepare, resume, run_search
@@ -228,11 +228,12 @@ def test_final_rule_stops_when_no_skip_can_go(tiny_ir):
 def test_stage_settings_are_checked(space_file, tmp_path):
     bad = tmp_path / "bad.nas"
     bad.write_text(TINY.replace("keep = 4,", "kept = 4,"))
-    with pytest.raises(SearchError, match="no option 'kept'") as info:
+    with pytest.raises(NasSemanticError, match="no option 'kept'") as info:  # at the `stages` line
         prepare(Request(space=str(bad), overrides=OVERRIDES))
     assert "keep" in (info.value.hint or "")
+    assert info.value.span.file == str(bad) and "stages" in bad.read_text().splitlines()[info.value.span.line - 1]
     bad.write_text(TINY.replace("keep = 2", "keep = 1"))
-    with pytest.raises(SearchError, match="keep must be an integer ≥ 2"):
+    with pytest.raises(NasSemanticError, match="keep must be an integer ≥ 2"):
         prepare(Request(space=str(bad), overrides=OVERRIDES))
     with pytest.raises(SearchError, match="conflicts with the stages"):
         prepare(Request(space=str(space_file), params={"layers": 8}, overrides=OVERRIDES))

@@ -229,6 +229,8 @@ def test_selector_options_and_errors():
         (2, 1, "dil_conv_5x5"), (3, 2, "avg_pool_3x3"), (4, 2, "dil_conv_3x3"), (5, 4, "sep_conv_3x3")]
     with pytest.raises(BuildError, match="no option"):
         load_selector("magnitude", {"top": 3})
+    with pytest.raises(BuildError, match="per layer, but space 'darts' has no `choice` layers"):
+        load_selector("magnitude", {"per": "layer"}).check(ir)  # it would keep all 14 edges of each cell
     with pytest.raises(RegistryError) as info:
         load_selector("magnitdue")
     assert info.value.hint == "did you mean 'magnitude'?"

@@ -1,0 +1,104 @@
+"""The settings of training a derived network: `train:` blocks and `nasc train` options.
+
+Apart from runtime/train.py (which needs torch) so that `nasc check` and `nasc compile` can check a
+space's `train:` values at their lines without importing torch, as they check its `search:` values.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from nasc.compiler.expr import CallValue
+from nasc.errors import NascError, NasSemanticError, SearchError, SourceSpan, did_you_mean
+from nasc.runtime.config import (absolute_dir, check_types, fraction, from_space, non_negative, positive,
+                                 seed_value, unknown_option_hint)
+from nasc.runtime.schedules import SCHEDULES
+
+
+@attrs.frozen(kw_only=True)
+class TrainConfig:
+    epochs: int = 600
+    batch: int = 96
+    lr: float = attrs.field(default=0.025, validator=positive)
+    momentum: float = attrs.field(default=0.9, validator=non_negative)
+    weight_decay: float = attrs.field(default=3e-4, validator=non_negative)
+    nesterov: bool = False
+    schedule: str = "cosine"
+    lr_min: float = attrs.field(default=0.0, validator=non_negative)
+    schedule_exponent: float = attrs.field(default=2.0, validator=positive)
+    warmup: int = attrs.field(default=0, validator=non_negative)
+    schedule_gamma: float = 0.97  # step: the factor ...
+    schedule_every: int = 1  # ... applied every this many epochs
+    clip: float = attrs.field(default=5.0, validator=non_negative)  # 0: no clipping
+    drop_path: float = 0.0
+    cutout: int = attrs.field(default=0, validator=non_negative)
+    aux_weight: float = attrs.field(default=0.0, validator=non_negative)
+    label_smoothing: float = attrs.field(default=0.0, validator=fraction)
+    seed: int = attrs.field(default=0, validator=seed_value)
+    deterministic: bool = True
+    channels_last: bool = True  # NHWC tensors, as in search: faster on a GPU and on a CPU
+    dataset: str = "digits"
+    data_dir: str | None = attrs.field(default=None, converter=absolute_dir)
+    device: str = "auto"
+
+    def __attrs_post_init__(self) -> None:
+        if self.epochs < 1 or self.batch < 1 or not self.lr > 0 or math.isinf(self.lr):  # `not >`: NaN
+            raise SearchError("epochs, batch and lr must be positive")
+        if self.schedule not in SCHEDULES:  # before the run directory is made (it failed at the first epoch)
+            raise SearchError(f"unknown learning-rate schedule {self.schedule!r}",
+                              hint=did_you_mean(self.schedule, SCHEDULES.names())
+                                   or f"registered: {', '.join(sorted(SCHEDULES.names()))}")
+        if self.channels_last not in (True, False):
+            raise SearchError(f"channels_last must be true or false, got {self.channels_last!r}")
+        if self.schedule_gamma <= 0 or self.schedule_every < 1:
+            raise SearchError(f"step(): gamma must be positive and every at least 1, got gamma = "
+                              f"{self.schedule_gamma}, every = {self.schedule_every}")
+        if not 0 <= self.drop_path < 1:
+            raise SearchError(f"drop_path must lie in [0, 1), got {self.drop_path}")
+
+
+FIELDS = tuple(f.name for f in attrs.fields(TrainConfig))
+
+
+def train_config(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> TrainConfig:
+    """A `train:` block (optimiser and schedule calls read as in search settings), then overrides."""
+    values = {k: v for k, v in from_space(settings).items() if k in FIELDS}
+    values.update({k: v for k, v in settings.items() if k in FIELDS and not isinstance(v, CallValue)})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in FIELDS:
+            raise SearchError(f"unknown training option {key!r}", hint=unknown_option_hint(key, FIELDS))
+        values[key] = value
+    check_types(TrainConfig, values, "training")
+    try:
+        return TrainConfig(**values)
+    except (TypeError, ValueError) as e:
+        raise SearchError(f"invalid training settings: {e}") from None
+
+
+def check_train_block(settings: Mapping[str, Any], spans: Mapping[str, SourceSpan | None]) -> None:
+    """A space's `train:` values, each at its own line, as `check_search_block` does for `search:`.
+
+    `settings` holds the training settings only (not the space parameters a `train:` block may set).
+    """
+    errors: list[NascError] = []
+    for key, value in settings.items():
+        try:
+            train_config({key: value}, {})
+        except SearchError as e:
+            errors.append(NasSemanticError(e.message, span=spans.get(key), hint=e.hint))
+    if not errors:
+        try:
+            train_config(settings, {})
+        except SearchError as e:  # at a setting the message names, else the block's first
+            named = [spans.get(k) for k in settings if re.search(rf"\b{k}\b", e.message)] + list(spans.values())
+            errors.append(NasSemanticError(e.message, span=next((s for s in named if s), None), hint=e.hint))
+    if errors:
+        errors.sort(key=lambda e: (e.span.file, e.span.line, e.span.col) if e.span else ("", 0, 0))
+        raise NasSemanticError(errors[0].message, span=errors[0].span, hint=errors[0].hint, errors=errors)
