@@ -82,6 +82,8 @@ def parse_schedule(value: Any, what: str) -> tuple[float, float]:
     else:
         start = end = value
     try:
+        if isinstance(start, bool) or isinstance(end, bool):  # float(True) is 1: a typo, not a temperature
+            raise TypeError
         start, end = float(start), float(end)
     except (TypeError, ValueError):
         raise BuildError(f"{what} must be a number or a ramp such as 10 -> 0.1, got {value!r}") from None

@@ -207,6 +207,9 @@ def test_a_sample_that_can_never_be_finite_stops_the_search(monkeypatch):
     for bad in (math.nan, math.inf, "nan", "10 -> nan"):
         with pytest.raises(BuildError, match="positive and finite"):
             Gumbel({"tau": bad})
+    for bad in (True, Ramp(10.0, False)):  # float(True) is 1: `tau = true` was a temperature of 1
+        with pytest.raises(BuildError, match="must be a number or a ramp"):
+            Gumbel({"tau": bad})
 
 
 @pytest.mark.parametrize("relax, name", [("gdas", "gumbel"), ("snas", "gumbel"), ("rome", "rome"),
