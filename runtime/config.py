@@ -295,27 +295,43 @@ def check_types(cls: type, values: Mapping[str, Any], what: str) -> None:
                               hint=meanings[key][2] if key in meanings else None)
 
 
+def setting_errors(settings: Mapping[str, Any], spans: Mapping[str, SourceSpan | None],
+                   build: Callable[[Mapping[str, Any]], Any]) -> list[NascError]:
+    """The errors `build` (settings -> config) finds in a block, each at its setting's line.
+
+    Each setting is tried alone, on the defaults, so that the error names its line; then all together,
+    for the rules that tie two settings (order 2 needs levels 2), reported at a setting the message
+    names, else at the block's first.
+    """
+    errors: list[NascError] = []
+    for key, value in settings.items():
+        try:
+            build({key: value})
+        except SearchError as e:
+            errors.append(NasSemanticError(e.message, span=spans.get(key), hint=e.hint))
+    if not errors:
+        try:
+            build(settings)
+        except SearchError as e:
+            named = [spans.get(k) for k in settings if re.search(rf"\b{k}\b", e.message)] + list(spans.values())
+            errors.append(NasSemanticError(e.message, span=next((s for s in named if s), None), hint=e.hint))
+    return errors
+
+
+def raise_in_file_order(errors: list[NascError]) -> None:
+    if errors:
+        errors.sort(key=lambda e: (e.span.file, e.span.line, e.span.col) if e.span else ("", 0, 0))
+        raise NasSemanticError(errors[0].message, span=errors[0].span, hint=errors[0].hint, errors=errors)
+
+
 def check_search_block(settings: Mapping[str, Any], spans: Mapping[str, SourceSpan | None],
                        param_names: Iterable[str] = ()) -> None:
     """A space's `search:` values and call options, each at its own line (`nasc check` and every search).
 
     The compiler checks names and types; what a value may be (a positive batch, a known option of
-    cosine(...)) is the config's to say. Each setting is tried alone, on the defaults, so that the
-    error names its line; then all together, for the rules that tie two settings (order 2 needs
-    levels 2), reported at the first of them.
+    cosine(...)) is the config's to say.
     """
-    errors: list[NascError] = []
-    for key, value in settings.items():
-        try:
-            make_config({key: value}, {})
-        except SearchError as e:
-            errors.append(NasSemanticError(e.message, span=spans.get(key), hint=e.hint))
-    if not errors:
-        try:
-            make_config(settings, {})
-        except SearchError as e:  # at a setting the message names, else the block's first
-            named = [spans.get(k) for k in settings if re.search(rf"\b{k}\b", e.message)] + list(spans.values())
-            errors.append(NasSemanticError(e.message, span=next((s for s in named if s), None), hint=e.hint))
+    errors = setting_errors(settings, spans, lambda values: make_config(values, {}))
     if not errors and "stages" in settings:  # a progressive search's stage() options and parameters
         from nasc.runtime.stages import parse_stages
 
@@ -324,9 +340,7 @@ def check_search_block(settings: Mapping[str, Any], spans: Mapping[str, SourceSp
         except SearchError as e:
             key = "skip_limit" if e.message.startswith("skip_limit") else "stages"
             errors.append(NasSemanticError(e.message, span=spans.get(key), hint=e.hint))
-    if errors:
-        errors.sort(key=lambda e: (e.span.file, e.span.line, e.span.col) if e.span else ("", 0, 0))
-        raise NasSemanticError(errors[0].message, span=errors[0].span, hint=errors[0].hint, errors=errors)
+    raise_in_file_order(errors)
 
 
 def check_space_settings(ir: Any) -> None:

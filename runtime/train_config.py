@@ -7,16 +7,15 @@ space's `train:` values at their lines without importing torch, as they check it
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from nasc.compiler.expr import CallValue
-from nasc.errors import NascError, NasSemanticError, SearchError, SourceSpan, did_you_mean
+from nasc.errors import SearchError, SourceSpan, did_you_mean
 from nasc.runtime.config import (absolute_dir, check_types, fraction, from_space, non_negative, positive,
-                                 seed_value, unknown_option_hint)
+                                 raise_in_file_order, seed_value, setting_errors, unknown_option_hint)
 from nasc.runtime.schedules import SCHEDULES
 
 
@@ -87,18 +86,4 @@ def check_train_block(settings: Mapping[str, Any], spans: Mapping[str, SourceSpa
 
     `settings` holds the training settings only (not the space parameters a `train:` block may set).
     """
-    errors: list[NascError] = []
-    for key, value in settings.items():
-        try:
-            train_config({key: value}, {})
-        except SearchError as e:
-            errors.append(NasSemanticError(e.message, span=spans.get(key), hint=e.hint))
-    if not errors:
-        try:
-            train_config(settings, {})
-        except SearchError as e:  # at a setting the message names, else the block's first
-            named = [spans.get(k) for k in settings if re.search(rf"\b{k}\b", e.message)] + list(spans.values())
-            errors.append(NasSemanticError(e.message, span=next((s for s in named if s), None), hint=e.hint))
-    if errors:
-        errors.sort(key=lambda e: (e.span.file, e.span.line, e.span.col) if e.span else ("", 0, 0))
-        raise NasSemanticError(errors[0].message, span=errors[0].span, hint=errors[0].hint, errors=errors)
+    raise_in_file_order(setting_errors(settings, spans, lambda values: train_config(values, {})))
