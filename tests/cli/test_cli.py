@@ -119,6 +119,7 @@ def test_check_reports_search_values_and_options_at_their_lines(tmp_path):
                       "s.nas:5:5: error: train_portion must lie strictly between 0 and 1, got 1.5"]
     assert "hint: options: min, exponent, warmup" in result.output
 
+
 def test_check_reports_train_values_at_their_lines(tmp_path, repo):
     """A `train:` value `nasc train` would refuse fails `nasc check` at its line (it said ok, and `nasc train`
     then said 'drop_path must lie in [0, 1)' with no file or line)."""
