@@ -216,6 +216,14 @@ def test_cli_viz_of_a_training_run_draws_the_genotype_without_an_alpha_plot(tmp_
     assert nasc.viz(str(run), tmp_path / "api.png") == [tmp_path / "api.png"]
 
 
+def test_cli_viz_prints_the_output_path_as_written(tmp_path):
+    """`-o 'a[/x].svg'` drew the file, then 'wrote a[/x].svg' was read as a rich closing tag: internal error."""
+    result = runner.invoke(app, ["viz", NB201, "-o", "a[/x].svg"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "a[" / "x].svg").stat().st_size > 0
+    assert "wrote a[/x].svg" in result.output
+
+
 @pytest.mark.parametrize("make_args, message", [
     (lambda p: ["Genotype(normal=[('sep_conv_3x3', 0)"], "invalid DARTS genotype"),
     (lambda p: ["|nor_conv_3x3~1|"], "invalid NB201"),
