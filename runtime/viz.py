@@ -360,13 +360,31 @@ def has_alpha(records: Sequence[dict[str, Any]]) -> bool:
     return any(isinstance(r.get("alpha"), dict) and r["alpha"] for r in records)
 
 
-def genotype_changes(records: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
-    """(epoch, genotype) for the first epoch and every epoch whose selected genotype differs from the last."""
-    out: list[tuple[int, str]] = []
+def run_epochs(records: Sequence[dict[str, Any]]) -> list[int]:
+    """Each epoch record's number in the whole run, from 1 as the search's epoch table counts.
+
+    metrics.jsonl counts `epoch` from 0, and a staged search (P-DARTS) starts again at 0 in every
+    stage (its records carry `stage`): the stages are numbered one after another, so that the α
+    history runs left to right instead of doubling back at each stage.
+    """
+    out: list[int] = []
+    offset, stage, last = 0, None, 0
     for r in records:
+        if r.get("stage") != stage:
+            offset, stage = offset + last, r.get("stage")
+        last = r["epoch"] + 1
+        out.append(offset + last)
+    return out
+
+
+def genotype_changes(records: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
+    """(epoch, genotype) for the first epoch and every epoch whose selected genotype differs from the last,
+    epochs numbered as `run_epochs` does."""
+    out: list[tuple[int, str]] = []
+    for r, epoch in zip(records, run_epochs(records)):
         g = r.get("genotype")
         if g is not None and (not out or out[-1][1] != g):
-            out.append((r.get("epoch"), g))
+            out.append((epoch, g))
     return out
 
 
@@ -383,14 +401,14 @@ def draw_alpha(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
     if path.suffix.lower() == ".dot":
         raise NascError("the α history is a plot; write it as .png, .svg or .pdf")
     series: dict[str, dict[str, dict[str, list[tuple[int, float]]]]] = {}
-    for r in records:
+    for r, epoch in zip(records, run_epochs(records)):
         alpha = r.get("alpha")
         if not isinstance(alpha, dict):
             continue
         for group, edges in alpha.items():
             for edge, probs in (edges or {}).items():
                 for op, p in (probs or {}).items():
-                    series.setdefault(group, {}).setdefault(edge, {}).setdefault(op, []).append((r["epoch"], p))
+                    series.setdefault(group, {}).setdefault(edge, {}).setdefault(op, []).append((epoch, p))
     if not series:
         raise NascError("the run's metrics hold no α (no epoch record with an `alpha` table yet)")
     Figure = _matplotlib()

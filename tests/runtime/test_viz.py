@@ -142,7 +142,7 @@ def make_run(path, genotypes=(DARTS_V2, DARTS_V2, NB201)):
     path.mkdir()
     edges = ["n0<-s0", "n0<-s1", "n1<-s0", "n1<-s1", "n1<-n0"]
     lines = []
-    for epoch, text in enumerate(genotypes, start=1):
+    for epoch, text in enumerate(genotypes):  # from 0, as a search writes them
         lines.append({"type": "step", "epoch": epoch, "step": 1, "loss": 2.0})
         alpha = {group: {e: {op: (1 + (k == 4) * epoch) / (len(OPS) + epoch) for k, op in enumerate(OPS)}
                          for e in edges} for group in ("normal", "reduce")}
@@ -156,12 +156,23 @@ def make_run(path, genotypes=(DARTS_V2, DARTS_V2, NB201)):
 def test_alpha_records_and_genotype_changes(tmp_path):
     run = make_run(tmp_path / "run")
     records = V.read_epochs(run)  # the half-written last line is ignored
-    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    # numbered from 1, as the search's epoch table shows them (the records count from 0)
     assert [epoch for epoch, _ in V.genotype_changes(records)] == [1, 3]
     out = V.draw_alpha(records, tmp_path / "alpha.png")
     assert out.stat().st_size > 10_000
     assert V.alpha_path(tmp_path / "g.dot") == tmp_path / "g_alpha.png"
     assert V.alpha_path(tmp_path / "g.svg") == tmp_path / "g_alpha.svg"
+
+
+def test_staged_runs_number_epochs_across_stages():
+    """P-DARTS restarts `epoch` at 0 in each stage: the α history doubled back and 'changed at epoch 0' was
+    ambiguous; the stages now follow one another."""
+    records = [{"type": "epoch", "stage": stage, "epoch": e, "genotype": f"g{stage}{e // 2}"}
+               for stage in range(3) for e in range(3)]
+    assert V.run_epochs(records) == list(range(1, 10))
+    assert [epoch for epoch, _ in V.genotype_changes(records)] == [1, 3, 4, 6, 7, 9]
+    assert V.run_epochs([{"epoch": 0}, {"epoch": 1}]) == [1, 2]
 
 
 def test_alpha_plot_needs_alpha(tmp_path):
