@@ -351,8 +351,32 @@ def read_epochs(run_dir: str | Path) -> list[dict[str, Any]]:
                 break  # the run was stopped mid-write
             raise NascError(f"{path}:{k + 1}: not a JSON record ({e.msg})") from None
         if isinstance(record, dict) and record.get("type") == "epoch":
+            problem = _epoch_problem(record)
+            if problem:
+                raise NascError(f"{path}:{k + 1}: {problem}",
+                                hint="metrics.jsonl is written by nasc search; was it edited or cut short?")
             records.append(record)
     return records
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _epoch_problem(record: dict[str, Any]) -> str | None:
+    """What makes an epoch record unusable for the drawing (its epoch, its α table), or None."""
+    epoch = record.get("epoch")
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
+        return f"an epoch record needs an integer 'epoch' >= 0, got {epoch!r}"
+    alpha = record.get("alpha")
+    if alpha is None:
+        return None
+    tables = alpha.values() if isinstance(alpha, dict) else [alpha]
+    for edges in tables:
+        probs = edges.values() if isinstance(edges, dict) else [edges]
+        if not all(isinstance(p, dict) and all(_is_number(v) for v in p.values()) for p in probs):
+            return "its 'alpha' is not {group: {edge: {op: probability}}}"
+    return None
 
 
 def has_alpha(records: Sequence[dict[str, Any]]) -> bool:

@@ -175,6 +175,22 @@ def test_staged_runs_number_epochs_across_stages():
     assert V.run_epochs([{"epoch": 0}, {"epoch": 1}]) == [1, 2]
 
 
+@pytest.mark.parametrize("record", [
+    {"type": "epoch", "alpha": {"normal": {"e": {"a": 0.5}}}},  # was internal error: KeyError: 'epoch'
+    {"type": "epoch", "epoch": "3"},  # TypeError
+    {"type": "epoch", "epoch": 1, "alpha": {"normal": [1, 2]}},  # AttributeError
+    {"type": "epoch", "epoch": 1, "alpha": {"normal": {"e": {"a": "x"}}}},
+])
+def test_cli_viz_edited_metrics_is_an_error_with_the_line(tmp_path, record):
+    run = make_run(tmp_path / "run")
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('"}\n' + json.dumps(record) + "\n")  # completes the half-written line, then the bad record
+    result = runner.invoke(app, ["viz", str(run), "-o", "out.png"])
+    assert result.exit_code == 1, result.output
+    flat = "".join(result.output.split())  # rich wraps the long path anywhere
+    assert "metrics.jsonl:8:" in flat and "internalerror" not in flat
+
+
 def test_alpha_plot_needs_alpha(tmp_path):
     with pytest.raises(NascError, match="no α"):
         V.draw_alpha([{"type": "epoch", "epoch": 1}], tmp_path / "a.png")
