@@ -540,6 +540,8 @@ def to_darts(g: Genotype) -> str:
         else:
             body = f"[{pairs([e for gr in groups for e in gr])}]"
         parts += [f"{name}={body}", f"{name}_concat={list(cell.concat)}"]
+    if g.space == SHARPDARTS_SPACE:  # as sharpDARTS writes it; without it the text reads back as DARTS' ops
+        parts.append("layout='cell'")
     return f"Genotype({', '.join(parts)})"
 
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import attrs
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -181,6 +182,16 @@ def test_sharpdarts_layout_names_the_sharpdarts_space():
     assert G.from_darts(SHARP.replace(", layout='cell'", "")).space is None
     positional = "Genotype([('a', 0), ('b', 1)], [2], [('c', 1), ('d', 0)], [2], 'cell')"  # sharpDARTS' field order
     assert G.from_darts(positional).space == "sharpdarts"
+
+
+def test_sharpdarts_genotype_keeps_its_space_through_darts_notation():
+    """to_darts dropped layout='cell': the converted text read back as a DARTS genotype and trained DARTS'
+    dil_conv (3,349,342 parameters) instead of sharpDARTS' (3,529,270)."""
+    g = G.from_darts(SHARP)
+    text = G.to_darts(g)
+    assert text.endswith(", layout='cell')")
+    assert G.from_darts(text) == g
+    assert "layout" not in G.to_darts(attrs.evolve(g, space="darts"))
 
 
 def test_sharpdarts_raw_weights_are_refused_as_weights():
