@@ -520,6 +520,10 @@ def to_darts(g: Genotype) -> str:
         if not name.isidentifier() or keyword.iskeyword(name):
             raise GenotypeError(f"cell name {name!r} cannot be a DARTS field name (DARTS notation is a Python "
                                 "call, whose keyword names must be identifiers and not Python keywords); write it as JSON")
+        if name.endswith("_concat") or name == "layout":  # a reader takes these fields for another cell's concat
+            raise GenotypeError(f"cell name {name!r} cannot be a DARTS field name: DARTS notation reads "
+                                "'<cell>_concat' as a cell's output states and 'layout' as sharpDARTS' layout; "
+                                "write it as JSON")
         if cell.n_inputs != 2:
             raise GenotypeError(f"cell {name!r} has {cell.n_inputs} input(s); DARTS notation assumes 2 "
                                 "(the two previous cells); write it as JSON, or as an NB201 string if it is one")

@@ -194,6 +194,16 @@ def test_sharpdarts_genotype_keeps_its_space_through_darts_notation():
     assert "layout" not in G.to_darts(attrs.evolve(g, space="darts"))
 
 
+@pytest.mark.parametrize("name", ["up_concat", "layout"])
+def test_darts_notation_refuses_cell_names_it_would_read_back_as_other_fields(name):
+    """Genotype(up_concat=[...], up_concat_concat=[2]) was written, then refused when read back."""
+    cell = GenoCell(n_inputs=2, n_nodes=1, edges=[GenoEdge(node=2, input=0, op="a"),
+                                                  GenoEdge(node=2, input=1, op="b")], concat=[2])
+    with pytest.raises(GenotypeError, match="cannot be a DARTS field name"):
+        G.to_darts(Genotype(cells={name: cell}))
+    assert G.to_text(Genotype(cells={name: cell})).startswith("{")  # show/select fall back to JSON
+
+
 def test_sharpdarts_raw_weights_are_refused_as_weights():
     text = ("Genotype(normal=[[0.1108, 0.0556], [0.2, 0.3]], normal_concat=[], reduce=[[0.1, 0.2]], "
             "reduce_concat=[], layout='raw_weights')")
