@@ -163,6 +163,16 @@ NODE_W, NODE_H = 0.42, 0.32
 LABEL_CHAR_W, LABEL_H = 0.052, 0.17
 
 
+def column_inches(cell: GenoCell) -> float:
+    """The width of one layout column: COL_IN, or more when an op's label would not fit between two boxes.
+
+    A label wider than the gap covered the boxes and arrows beside it (an 80-character op name hid
+    a whole edge to the output); the column grows instead, so every label fits on its own edge.
+    """
+    longest = max((len(e.op) for e in cell.edges), default=0)
+    return max(COL_IN, LABEL_CHAR_W * longest + 0.06 + 1.6 * NODE_W + 0.1)
+
+
 def _curve(p1, p2, rad: float, t: float) -> tuple[float, float]:
     """A point of matplotlib's `arc3,rad=…` quadratic Bézier (computed in inches, as arc3 does on screen)."""
     (x1, y1), (x2, y2) = p1, p2
@@ -310,7 +320,7 @@ def draw_genotype(g: Genotype, path: str | Path) -> Path:
     colors = op_colors(genotype_ops(g))
     layouts = {name: cell_layout(c) for name, c in g.cells.items()}
     per_row = min(len(g.layers), 7) if g.layers else 1
-    widths = [COL_IN * (lay.columns - 0.1) for lay in layouts.values()]
+    widths = [column_inches(g.cells[name]) * (lay.columns - 0.1) for name, lay in layouts.items()]
     cell_h = max((ROW_IN * (lay.rows + 0.2) + 0.4 for lay in layouts.values()), default=0.0)
     strip_h = 1.1 * math.ceil(len(g.layers) / per_row) + 0.8 if g.layers else 0.0
     width = max(sum(widths), 1.7 * per_row if g.layers else 0.0, 3.0)

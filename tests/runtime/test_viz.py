@@ -121,6 +121,18 @@ def test_names_with_dollar_signs_are_drawn_as_written(tmp_path):
     assert "a$b$" in svg and r"\frac{" in svg
 
 
+def test_long_op_names_widen_the_columns_instead_of_covering_edges(darts, tmp_path):
+    """An 80-character op label is wider than the gap between two columns: it covered the boxes beside it
+    and the whole arrow from the next node to the output."""
+    op = "x" * 80
+    cell = G.GenoCell(n_inputs=2, n_nodes=2, edges=[G.GenoEdge(node=2, input=0, op=op),
+                                                    G.GenoEdge(node=3, input=2, op="y" * 40),
+                                                    G.GenoEdge(node=3, input=1, op="z")], concat=[2, 3])
+    assert V.column_inches(cell) - 1.6 * V.NODE_W >= V.LABEL_CHAR_W * len(op)
+    assert {V.column_inches(c) for c in darts.cells.values()} == {V.COL_IN}  # DARTS' names fit as they were
+    assert V.draw_genotype(G.Genotype(cells={"normal": cell}), tmp_path / "long.png").stat().st_size > 0
+
+
 def test_unknown_extension_is_an_error(darts, tmp_path):
     with pytest.raises(NascError, match="format"):
         V.draw_genotype(darts, tmp_path / "cells.gif")
