@@ -204,6 +204,19 @@ def test_darts_notation_refuses_cell_names_it_would_read_back_as_other_fields(na
     assert G.to_text(Genotype(cells={name: cell})).startswith("{")  # show/select fall back to JSON
 
 
+@pytest.mark.parametrize("data", [
+    {"cells": {"normal": {"n_inputs": 1, "n_nodes": 1, "edges": [{"node": 1, "input": 0, "op": "a\u0001b"}],
+                          "concat": [1]}}},
+    {"cells": {"nor\nmal": {"n_inputs": 1, "n_nodes": 1, "edges": [{"node": 1, "input": 0, "op": "a"}],
+                            "concat": [1]}}},
+    {"layers": [{"layer": "l1", "op": "tab\there"}]},
+])
+def test_names_with_control_characters_are_refused(data):
+    """Names are free text, but a control character made `nasc viz -o x.svg` write an SVG no XML parser reads."""
+    with pytest.raises(GenotypeError, match="control character"):
+        G.from_json({"format": G.FORMAT, **data})
+
+
 def test_sharpdarts_raw_weights_are_refused_as_weights():
     text = ("Genotype(normal=[[0.1108, 0.0556], [0.2, 0.3]], normal_concat=[], reduce=[[0.1, 0.2]], "
             "reduce_concat=[], layout='raw_weights')")
