@@ -103,14 +103,15 @@ class Genotype:
 
     def __attrs_post_init__(self) -> None:
         for name, cell in self.cells.items():
-            if not isinstance(name, str) or not name:
-                raise GenotypeError(f"cell names must be non-empty strings, got {name!r}")
+            if not isinstance(name, str) or not name or not name.isprintable():
+                raise GenotypeError(f"cell names must be non-empty strings without control characters, got {name!r}")
             if not isinstance(cell, GenoCell):
                 raise GenotypeError(f"cell {name!r} must be a GenoCell, got {type(cell).__name__}")
         seen: set[str] = set()
         for item in self.layers:
-            if len(item) != 2 or not all(isinstance(s, str) and s for s in item):
-                raise GenotypeError(f"a layer choice is a (layer, op) pair of non-empty strings, got {item!r}")
+            if len(item) != 2 or not all(isinstance(s, str) and s and s.isprintable() for s in item):
+                raise GenotypeError(f"a layer choice is a (layer, op) pair of non-empty strings without control "
+                                    f"characters, got {item!r}")
             if item[0] in seen:
                 raise GenotypeError(f"layer {item[0]!r} is chosen twice")
             seen.add(item[0])
@@ -129,6 +130,8 @@ def _cell_problems(cell: GenoCell) -> list[str]:
             problems.append(f"edge {k} is not a GenoEdge: {e!r}")
         elif not isinstance(e.op, str) or not e.op:
             problems.append(f"edge {k}: op must be a non-empty string, got {e.op!r}")
+        elif not e.op.isprintable():  # a control character makes an invalid SVG drawing and breaks the text views
+            problems.append(f"edge {k}: op {e.op!r} holds a control character")
         elif not (_is_int(e.node) and lo <= e.node < hi):
             problems.append(f"edge {k}: node {e.node!r} is not an intermediate node (expected {lo}..{hi - 1})")
         elif not (_is_int(e.input) and 0 <= e.input < e.node):
@@ -524,6 +527,10 @@ def to_darts(g: Genotype) -> str:
         if not name.isidentifier() or keyword.iskeyword(name):
             raise GenotypeError(f"cell name {name!r} cannot be a DARTS field name (DARTS notation is a Python "
                                 "call, whose keyword names must be identifiers and not Python keywords); write it as JSON")
+        if name.endswith("_concat") or name == "layout":  # a reader takes these fields for another cell's concat
+            raise GenotypeError(f"cell name {name!r} cannot be a DARTS field name: DARTS notation reads "
+                                "'<cell>_concat' as a cell's output states and 'layout' as sharpDARTS' layout; "
+                                "write it as JSON")
         if cell.n_inputs != 2:
             raise GenotypeError(f"cell {name!r} has {cell.n_inputs} input(s); DARTS notation assumes 2 "
                                 "(the two previous cells); write it as JSON, or as an NB201 string if it is one")
@@ -544,6 +551,8 @@ def to_darts(g: Genotype) -> str:
         else:
             body = f"[{pairs([e for gr in groups for e in gr])}]"
         parts += [f"{name}={body}", f"{name}_concat={list(cell.concat)}"]
+    if g.space == SHARPDARTS_SPACE:  # as sharpDARTS writes it; without it the text reads back as DARTS' ops
+        parts.append("layout='cell'")
     return f"Genotype({', '.join(parts)})"
 
 

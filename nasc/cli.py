@@ -678,11 +678,13 @@ def genotype_show(source: Annotated[str, typer.Argument(help="A genotype file, s
     except NascError as e:
         fail(e)
     for name, cell in g.cells.items():
-        console.print(f"[bold]{name}[/bold] ({cell.n_inputs} inputs, {cell.n_nodes} nodes, output {list(cell.concat)})")
+        # cell, layer and op names come from the file as written: '[/x]' is text, not rich markup
+        console.print(f"[bold]{_escape(name)}[/bold] ({cell.n_inputs} inputs, {cell.n_nodes} nodes, "
+                      f"output {list(cell.concat)})")
         for e in cell.edges:
-            console.print(f"  {e.input} -> {e.node}: {e.op}")
+            console.print(f"  {e.input} -> {e.node}: {_escape(e.op)}")
     for layer, op in g.layers:
-        console.print(f"  {layer}: {op}")
+        console.print(f"  {_escape(layer)}: {_escape(op)}")
 
 
 def _read_source(source: str):
@@ -775,11 +777,11 @@ def viz_cmd(
         elif run is not None:
             why = ("a training run" if (run / "metrics.jsonl").is_file() and _run_kind(run) == "train"
                    else "its metrics hold no α yet" if (run / "metrics.jsonl").is_file() else "no metrics.jsonl")
-            console.print(f"[dim]no α plot for {run} ({why})[/dim]")
+            console.print(f"[dim]no α plot for {_escape(str(run))} ({why})[/dim]")
     except NascError as e:
         fail(e)
     for path in written:
-        console.print(f"[green]wrote[/green] {path}")
+        console.print(f"[green]wrote[/green] {_escape(str(path))}")
 
 
 @app.command("export")
@@ -840,10 +842,10 @@ def export_cmd(
     except NascError as e:
         fail(e)
     n_weights = sum(p.numel() for p in net.parameters())
-    console.print(f"[green]wrote[/green] {written[0]} ({to}, {n_weights:,} weights"
-                  + (", from " + weights if weights else ", untrained") + ")")
+    console.print(f"[green]wrote[/green] {_escape(str(written[0]))} ({to}, {n_weights:,} weights"
+                  + (", from " + _escape(str(weights)) if weights else ", untrained") + ")")
     for path in written[1:]:
-        console.print(f"[green]wrote[/green] {path} (its weights)")
+        console.print(f"[green]wrote[/green] {_escape(str(path))} (its weights)")
     if to == "pytorch":
         console.print("[dim]checked: it loads nasc's state dict strictly and computes the same output; "
                       f"use it with `from {out.stem} import build; net = build()`[/dim]")
@@ -895,7 +897,8 @@ def main() -> None:
         if blamed is not None:
             err_console.print(error_text(blamed.render()))
             sys.exit(1)
-        err_console.print(f"[bold red]internal error:[/bold red] {type(e).__name__}: {e}")
+        # the message may quote user input ('[/x]'), which must not be read as rich markup
+        err_console.print(f"[bold red]internal error:[/bold red] {type(e).__name__}: {_escape(str(e))}")
         # a plugin's module can fail inside nasc's own frames (an op whose output disagrees with its
         # channels or spatial rule fails where the cell adds its edges): name the plugins before blaming nasc
         plugins = [r.name for r in loaded_plugins() if r.ok and r.registered]

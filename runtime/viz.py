@@ -163,6 +163,16 @@ NODE_W, NODE_H = 0.42, 0.32
 LABEL_CHAR_W, LABEL_H = 0.052, 0.17
 
 
+def column_inches(cell: GenoCell) -> float:
+    """The width of one layout column: COL_IN, or more when an op's label would not fit between two boxes.
+
+    A label wider than the gap covered the boxes and arrows beside it (an 80-character op name hid
+    a whole edge to the output); the column grows instead, so every label fits on its own edge.
+    """
+    longest = max((len(e.op) for e in cell.edges), default=0)
+    return max(COL_IN, LABEL_CHAR_W * longest + 0.06 + 1.6 * NODE_W + 0.1)
+
+
 def _curve(p1, p2, rad: float, t: float) -> tuple[float, float]:
     """A point of matplotlib's `arc3,rad=…` quadratic Bézier (computed in inches, as arc3 does on screen)."""
     (x1, y1), (x2, y2) = p1, p2
@@ -310,7 +320,7 @@ def draw_genotype(g: Genotype, path: str | Path) -> Path:
     colors = op_colors(genotype_ops(g))
     layouts = {name: cell_layout(c) for name, c in g.cells.items()}
     per_row = min(len(g.layers), 7) if g.layers else 1
-    widths = [COL_IN * (lay.columns - 0.1) for lay in layouts.values()]
+    widths = [column_inches(g.cells[name]) * (lay.columns - 0.1) for name, lay in layouts.items()]
     cell_h = max((ROW_IN * (lay.rows + 0.2) + 0.4 for lay in layouts.values()), default=0.0)
     strip_h = 1.1 * math.ceil(len(g.layers) / per_row) + 0.8 if g.layers else 0.0
     width = max(sum(widths), 1.7 * per_row if g.layers else 0.0, 3.0)
@@ -351,8 +361,32 @@ def read_epochs(run_dir: str | Path) -> list[dict[str, Any]]:
                 break  # the run was stopped mid-write
             raise NascError(f"{path}:{k + 1}: not a JSON record ({e.msg})") from None
         if isinstance(record, dict) and record.get("type") == "epoch":
+            problem = _epoch_problem(record)
+            if problem:
+                raise NascError(f"{path}:{k + 1}: {problem}",
+                                hint="metrics.jsonl is written by nasc search; was it edited or cut short?")
             records.append(record)
     return records
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _epoch_problem(record: dict[str, Any]) -> str | None:
+    """What makes an epoch record unusable for the drawing (its epoch, its α table), or None."""
+    epoch = record.get("epoch")
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
+        return f"an epoch record needs an integer 'epoch' >= 0, got {epoch!r}"
+    alpha = record.get("alpha")
+    if alpha is None:
+        return None
+    tables = alpha.values() if isinstance(alpha, dict) else [alpha]
+    for edges in tables:
+        probs = edges.values() if isinstance(edges, dict) else [edges]
+        if not all(isinstance(p, dict) and all(_is_number(v) for v in p.values()) for p in probs):
+            return "its 'alpha' is not {group: {edge: {op: probability}}}"
+    return None
 
 
 def has_alpha(records: Sequence[dict[str, Any]]) -> bool:
@@ -360,13 +394,31 @@ def has_alpha(records: Sequence[dict[str, Any]]) -> bool:
     return any(isinstance(r.get("alpha"), dict) and r["alpha"] for r in records)
 
 
-def genotype_changes(records: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
-    """(epoch, genotype) for the first epoch and every epoch whose selected genotype differs from the last."""
-    out: list[tuple[int, str]] = []
+def run_epochs(records: Sequence[dict[str, Any]]) -> list[int]:
+    """Each epoch record's number in the whole run, from 1 as the search's epoch table counts.
+
+    metrics.jsonl counts `epoch` from 0, and a staged search (P-DARTS) starts again at 0 in every
+    stage (its records carry `stage`): the stages are numbered one after another, so that the α
+    history runs left to right instead of doubling back at each stage.
+    """
+    out: list[int] = []
+    offset, stage, last = 0, None, 0
     for r in records:
+        if r.get("stage") != stage:
+            offset, stage = offset + last, r.get("stage")
+        last = r["epoch"] + 1
+        out.append(offset + last)
+    return out
+
+
+def genotype_changes(records: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
+    """(epoch, genotype) for the first epoch and every epoch whose selected genotype differs from the last,
+    epochs numbered as `run_epochs` does."""
+    out: list[tuple[int, str]] = []
+    for r, epoch in zip(records, run_epochs(records)):
         g = r.get("genotype")
         if g is not None and (not out or out[-1][1] != g):
-            out.append((r.get("epoch"), g))
+            out.append((epoch, g))
     return out
 
 
@@ -383,14 +435,14 @@ def draw_alpha(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
     if path.suffix.lower() == ".dot":
         raise NascError("the α history is a plot; write it as .png, .svg or .pdf")
     series: dict[str, dict[str, dict[str, list[tuple[int, float]]]]] = {}
-    for r in records:
+    for r, epoch in zip(records, run_epochs(records)):
         alpha = r.get("alpha")
         if not isinstance(alpha, dict):
             continue
         for group, edges in alpha.items():
             for edge, probs in (edges or {}).items():
                 for op, p in (probs or {}).items():
-                    series.setdefault(group, {}).setdefault(edge, {}).setdefault(op, []).append((r["epoch"], p))
+                    series.setdefault(group, {}).setdefault(edge, {}).setdefault(op, []).append((epoch, p))
     if not series:
         raise NascError("the run's metrics hold no α (no epoch record with an `alpha` table yet)")
     Figure = _matplotlib()

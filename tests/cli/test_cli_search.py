@@ -291,6 +291,30 @@ def test_show_a_string():
     assert "0 -> 1: nor_conv_3x3" in result.output and "2 -> 3: skip_connect" in result.output
 
 
+def test_show_prints_names_as_written_not_as_rich_markup():
+    """An op or layer named '[/x]' (any string a genotype file holds) was read as a closing rich tag: a raw
+    MarkupError traceback, from `show` and then again from main's own 'internal error' line."""
+    text = json.dumps({"format": "nasc-genotype/1", "layers": [{"layer": "[/l]", "op": "[bold]x"}]})
+    result = runner.invoke(app, ["genotype", "show", text])
+    assert result.exit_code == 0, result.output
+    assert "[/l]: [bold]x" in result.output
+    _no_traceback(result)
+
+
+def test_internal_error_line_prints_the_message_as_written(monkeypatch, capsys):
+    import nasc.cli as cli
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("closing tag [/x] in a message")
+
+    monkeypatch.setattr(cli, "app", boom)
+    monkeypatch.delenv("NASC_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 3
+    assert "internal error: RuntimeError: closing tag [/x] in a message" in capsys.readouterr().err
+
+
 def test_resume_refuses_dry_run_and_names_the_flags_it_ignores(tmp_path):
     """--resume continues with the run's recorded settings; it once ignored --dry-run and started training."""
     result = runner.invoke(app, ["search", "--resume", "somerun", "--dry-run"])

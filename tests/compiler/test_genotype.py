@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import attrs
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -181,6 +182,39 @@ def test_sharpdarts_layout_names_the_sharpdarts_space():
     assert G.from_darts(SHARP.replace(", layout='cell'", "")).space is None
     positional = "Genotype([('a', 0), ('b', 1)], [2], [('c', 1), ('d', 0)], [2], 'cell')"  # sharpDARTS' field order
     assert G.from_darts(positional).space == "sharpdarts"
+
+
+def test_sharpdarts_genotype_keeps_its_space_through_darts_notation():
+    """to_darts dropped layout='cell': the converted text read back as a DARTS genotype and trained DARTS'
+    dil_conv (3,349,342 parameters) instead of sharpDARTS' (3,529,270)."""
+    g = G.from_darts(SHARP)
+    text = G.to_darts(g)
+    assert text.endswith(", layout='cell')")
+    assert G.from_darts(text) == g
+    assert "layout" not in G.to_darts(attrs.evolve(g, space="darts"))
+
+
+@pytest.mark.parametrize("name", ["up_concat", "layout"])
+def test_darts_notation_refuses_cell_names_it_would_read_back_as_other_fields(name):
+    """Genotype(up_concat=[...], up_concat_concat=[2]) was written, then refused when read back."""
+    cell = GenoCell(n_inputs=2, n_nodes=1, edges=[GenoEdge(node=2, input=0, op="a"),
+                                                  GenoEdge(node=2, input=1, op="b")], concat=[2])
+    with pytest.raises(GenotypeError, match="cannot be a DARTS field name"):
+        G.to_darts(Genotype(cells={name: cell}))
+    assert G.to_text(Genotype(cells={name: cell})).startswith("{")  # show/select fall back to JSON
+
+
+@pytest.mark.parametrize("data", [
+    {"cells": {"normal": {"n_inputs": 1, "n_nodes": 1, "edges": [{"node": 1, "input": 0, "op": "a\u0001b"}],
+                          "concat": [1]}}},
+    {"cells": {"nor\nmal": {"n_inputs": 1, "n_nodes": 1, "edges": [{"node": 1, "input": 0, "op": "a"}],
+                            "concat": [1]}}},
+    {"layers": [{"layer": "l1", "op": "tab\there"}]},
+])
+def test_names_with_control_characters_are_refused(data):
+    """Names are free text, but a control character made `nasc viz -o x.svg` write an SVG no XML parser reads."""
+    with pytest.raises(GenotypeError, match="control character"):
+        G.from_json({"format": G.FORMAT, **data})
 
 
 def test_sharpdarts_raw_weights_are_refused_as_weights():

@@ -121,6 +121,18 @@ def test_names_with_dollar_signs_are_drawn_as_written(tmp_path):
     assert "a$b$" in svg and r"\frac{" in svg
 
 
+def test_long_op_names_widen_the_columns_instead_of_covering_edges(darts, tmp_path):
+    """An 80-character op label is wider than the gap between two columns: it covered the boxes beside it
+    and the whole arrow from the next node to the output."""
+    op = "x" * 80
+    cell = G.GenoCell(n_inputs=2, n_nodes=2, edges=[G.GenoEdge(node=2, input=0, op=op),
+                                                    G.GenoEdge(node=3, input=2, op="y" * 40),
+                                                    G.GenoEdge(node=3, input=1, op="z")], concat=[2, 3])
+    assert V.column_inches(cell) - 1.6 * V.NODE_W >= V.LABEL_CHAR_W * len(op)
+    assert {V.column_inches(c) for c in darts.cells.values()} == {V.COL_IN}  # DARTS' names fit as they were
+    assert V.draw_genotype(G.Genotype(cells={"normal": cell}), tmp_path / "long.png").stat().st_size > 0
+
+
 def test_unknown_extension_is_an_error(darts, tmp_path):
     with pytest.raises(NascError, match="format"):
         V.draw_genotype(darts, tmp_path / "cells.gif")
@@ -142,7 +154,7 @@ def make_run(path, genotypes=(DARTS_V2, DARTS_V2, NB201)):
     path.mkdir()
     edges = ["n0<-s0", "n0<-s1", "n1<-s0", "n1<-s1", "n1<-n0"]
     lines = []
-    for epoch, text in enumerate(genotypes, start=1):
+    for epoch, text in enumerate(genotypes):  # from 0, as a search writes them
         lines.append({"type": "step", "epoch": epoch, "step": 1, "loss": 2.0})
         alpha = {group: {e: {op: (1 + (k == 4) * epoch) / (len(OPS) + epoch) for k, op in enumerate(OPS)}
                          for e in edges} for group in ("normal", "reduce")}
@@ -156,12 +168,39 @@ def make_run(path, genotypes=(DARTS_V2, DARTS_V2, NB201)):
 def test_alpha_records_and_genotype_changes(tmp_path):
     run = make_run(tmp_path / "run")
     records = V.read_epochs(run)  # the half-written last line is ignored
-    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    # numbered from 1, as the search's epoch table shows them (the records count from 0)
     assert [epoch for epoch, _ in V.genotype_changes(records)] == [1, 3]
     out = V.draw_alpha(records, tmp_path / "alpha.png")
     assert out.stat().st_size > 10_000
     assert V.alpha_path(tmp_path / "g.dot") == tmp_path / "g_alpha.png"
     assert V.alpha_path(tmp_path / "g.svg") == tmp_path / "g_alpha.svg"
+
+
+def test_staged_runs_number_epochs_across_stages():
+    """P-DARTS restarts `epoch` at 0 in each stage: the α history doubled back and 'changed at epoch 0' was
+    ambiguous; the stages now follow one another."""
+    records = [{"type": "epoch", "stage": stage, "epoch": e, "genotype": f"g{stage}{e // 2}"}
+               for stage in range(3) for e in range(3)]
+    assert V.run_epochs(records) == list(range(1, 10))
+    assert [epoch for epoch, _ in V.genotype_changes(records)] == [1, 3, 4, 6, 7, 9]
+    assert V.run_epochs([{"epoch": 0}, {"epoch": 1}]) == [1, 2]
+
+
+@pytest.mark.parametrize("record", [
+    {"type": "epoch", "alpha": {"normal": {"e": {"a": 0.5}}}},  # was internal error: KeyError: 'epoch'
+    {"type": "epoch", "epoch": "3"},  # TypeError
+    {"type": "epoch", "epoch": 1, "alpha": {"normal": [1, 2]}},  # AttributeError
+    {"type": "epoch", "epoch": 1, "alpha": {"normal": {"e": {"a": "x"}}}},
+])
+def test_cli_viz_edited_metrics_is_an_error_with_the_line(tmp_path, record):
+    run = make_run(tmp_path / "run")
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('"}\n' + json.dumps(record) + "\n")  # completes the half-written line, then the bad record
+    result = runner.invoke(app, ["viz", str(run), "-o", "out.png"])
+    assert result.exit_code == 1, result.output
+    flat = "".join(result.output.split())  # rich wraps the long path anywhere
+    assert "metrics.jsonl:8:" in flat and "internalerror" not in flat
 
 
 def test_alpha_plot_needs_alpha(tmp_path):
@@ -214,6 +253,14 @@ def test_cli_viz_of_a_training_run_draws_the_genotype_without_an_alpha_plot(tmp_
     import nasc
 
     assert nasc.viz(str(run), tmp_path / "api.png") == [tmp_path / "api.png"]
+
+
+def test_cli_viz_prints_the_output_path_as_written(tmp_path):
+    """`-o 'a[/x].svg'` drew the file, then 'wrote a[/x].svg' was read as a rich closing tag: internal error."""
+    result = runner.invoke(app, ["viz", NB201, "-o", "a[/x].svg"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "a[" / "x].svg").stat().st_size > 0
+    assert "wrote a[/x].svg" in result.output
 
 
 @pytest.mark.parametrize("make_args, message", [
