@@ -354,6 +354,27 @@ def test_replace_true_replaces_a_built_in_on_purpose(tmp_path):
     assert learning_rate("cosine", 5, 10, 0.1, 0.0) == 0.1 and SCHEDULES.entry("cosine").origin == str(path)
 
 
+@pytest.mark.parametrize("header, must", [
+    ('@RELAXATIONS.register("sigmoid")\nclass Sig(Relaxation):\n    presets = {"softmax": ({}, {})}',
+     "preset 'softmax', which is the name of a relaxation"),
+    ('@RELAXATIONS.register("sigmoid")\nclass Sig(Relaxation):\n    presets = {"gdas": ({}, {})}',
+     "preset 'gdas', which is already a preset of relaxation 'gumbel'"),
+    ('@RELAXATIONS.register("gdas")\nclass Sig(Relaxation):\n    pass',
+     "registers relaxation 'gdas', but 'gdas' is a preset of relaxation 'gumbel'"),
+])
+def test_a_relaxation_plugin_cannot_take_over_or_lose_a_name_through_presets(tmp_path, header, must):
+    """`--relax NAME` reads the presets first: a clash there would silently swap which relaxation runs."""
+    from nasc.catalog import PRESETS
+    from nasc.runtime.relaxations.base import relaxation_class
+
+    before = (relaxation_class("softmax"), relaxation_class("gdas"), dict(PRESETS))
+    path = tmp_path / "clash.py"
+    path.write_text("from nasc.runtime.relaxations.base import RELAXATIONS, Relaxation\n\n" + header + "\n")
+    [record] = P.load_plugins([str(path)], entry_points=False)
+    assert not record.ok and must in record.error.message
+    assert (relaxation_class("softmax"), relaxation_class("gdas"), dict(PRESETS)) == before
+
+
 def test_two_plugins_cannot_claim_the_same_name(tmp_path):
     code = """
         from nasc.runtime.relaxations.base import RELAXATIONS, Relaxation
