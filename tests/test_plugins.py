@@ -403,6 +403,23 @@ def test_python_registration_of_a_built_in_name_is_an_error_and_a_rerun_is_not()
     assert "rerun_op" in PRIMITIVES
 
 
+def test_a_relaxation_and_selector_registered_from_python_may_be_named_in_a_space():
+    """`@RELAXATIONS.register` in a notebook (no load_plugins) makes a name a search runs; a .nas file may name it."""
+    import re
+
+    import nasc
+    from nasc.runtime.relaxations.base import RELAXATIONS, Relaxation
+    from nasc.runtime.selectors import SELECTORS, Magnitude
+
+    RELAXATIONS.register("notebook_relax")(type("NotebookRelax", (Relaxation,), {"name": "notebook_relax"}))
+    SELECTORS.register("notebook_select")(type("NotebookSelect", (Magnitude,), {"name": "notebook_select"}))
+    text = (REPO / "spaces" / "nb201.nas").read_text()
+    text = re.sub(r"\nrelax .*", "\nrelax notebook_relax", text)
+    text = re.sub(r"\nselect .*", "\nselect notebook_select", text)
+    ir = nasc.compile_space("nb.nas", text=text, params={"C": 4, "N": 1})
+    assert (ir.relax.name, ir.select.name) == ("notebook_relax", "notebook_select")
+
+
 @pytest.mark.parametrize("what, code, must", [
     ("relaxation 'broken'", """
         from nasc.runtime.relaxations.base import RELAXATIONS
