@@ -375,6 +375,26 @@ def test_a_relaxation_plugin_cannot_take_over_or_lose_a_name_through_presets(tmp
     assert (relaxation_class("softmax"), relaxation_class("gdas"), dict(PRESETS)) == before
 
 
+@pytest.mark.parametrize("presets, must", [
+    ('{"p": {"epochs": 3}}', "its preset 'p' is {'epochs': 3}; presets maps a name to a pair"),
+    ('{"p": ({"y": 2}, {})}', "its preset 'p' sets option 'y', which is not in its defaults"),
+    ('{"p": ({"x": 2}, {"arch_lrr": 1e-3})}', "its preset 'p' sets 'arch_lrr', which is no search setting "
+                                              "(did you mean 'arch_lr'?)"),
+])
+def test_a_relaxation_with_a_malformed_preset_fails_to_load_naming_it(tmp_path, presets, must):
+    """Not an internal error at `--relax p` or an unknown option the user never typed, but at load."""
+    path = _write(tmp_path, "bad_preset.py", f"""
+        from nasc.runtime.relaxations.base import RELAXATIONS, Relaxation
+
+        @RELAXATIONS.register("with_preset")
+        class WithPreset(Relaxation):
+            defaults = {{"x": 1}}
+            presets = {presets}
+    """)
+    [record] = P.load_plugins([str(path)], entry_points=False)
+    assert not record.ok and must in record.error.message
+
+
 def test_two_plugins_cannot_claim_the_same_name(tmp_path):
     code = """
         from nasc.runtime.relaxations.base import RELAXATIONS, Relaxation
