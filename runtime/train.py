@@ -36,7 +36,7 @@ from nasc.runtime.config import (absolute_dir, check_types, fraction, from_space
 from nasc.runtime.data import Batches, Dataset, load_dataset
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.rundir import RunDir, default_run_path, environment
-from nasc.runtime.schedules import SCHEDULES, learning_rate
+from nasc.runtime.schedules import SCHEDULES, learning_rate, options_problem as schedule_options_problem
 from nasc.runtime.search import pick_device, seed_everything
 from nasc.runtime.supernet import Network, build_network
 
@@ -81,6 +81,10 @@ class TrainConfig:
         if self.schedule_gamma <= 0 or self.schedule_every < 1:
             raise SearchError(f"step(): gamma must be positive and every at least 1, got gamma = "
                               f"{self.schedule_gamma}, every = {self.schedule_every}")
+        problem = schedule_options_problem(self.schedule, self.schedule_gamma, self.schedule_every)
+        if problem is not None:
+            raise SearchError(problem, hint="gamma and every are step's options: drop them, or give the "
+                                           "schedule those keyword parameters")
         if not 0 <= self.drop_path < 1:
             raise SearchError(f"drop_path must lie in [0, 1), got {self.drop_path}")
 

@@ -640,6 +640,25 @@ def test_schedule_plugin_is_valid_in_settings_and_in_nas(tmp_path, compile_text)
     assert ir.search["lr_schedule"].name == "halving"
 
 
+def test_step_options_for_a_schedule_without_them_are_refused_before_the_run():
+    """schedule_gamma / schedule_every reach a schedule only when set: one without those parameters must
+    refuse them up front, not raise a TypeError from the plugin at the first epoch."""
+    from nasc.errors import SearchError
+    from nasc.runtime.config import make_config
+    from nasc.runtime.train import TrainConfig
+
+    nasc_register = __import__("nasc").register_schedule
+    nasc_register("linear_down")(lambda epoch, epochs, lr, lr_min, *, exponent, warmup: lr * (1 - epoch / epochs))
+    nasc_register("linear_down_kw")(lambda epoch, epochs, lr, lr_min, **kw: lr * (1 - epoch / epochs))
+    with pytest.raises(SearchError, match="schedule 'linear_down' takes no gamma"):
+        make_config({}, {"schedule": "linear_down", "schedule_gamma": 0.5})
+    with pytest.raises(SearchError, match="schedule 'linear_down' takes no every"):
+        TrainConfig(schedule="linear_down", schedule_every=3)
+    assert make_config({}, {"schedule": "linear_down_kw", "schedule_gamma": 0.5}).schedule_gamma == 0.5
+    assert make_config({}, {"schedule": "step", "schedule_gamma": 0.5}).schedule_gamma == 0.5
+    assert make_config({}, {"schedule": "linear_down"}).schedule == "linear_down"
+
+
 def test_unknown_schedule_is_a_registry_error():
     from nasc.runtime.schedules import learning_rate
 
