@@ -395,6 +395,30 @@ def test_a_relaxation_with_a_malformed_preset_fails_to_load_naming_it(tmp_path, 
     assert not record.ok and must in record.error.message
 
 
+@pytest.mark.parametrize("returned", ["masked_softmax(alpha, mask)", "GroupWeights(masked_softmax(alpha, mask).T)"])
+def test_group_weights_that_are_not_group_weights_of_alphas_shape_are_named(tmp_path, returned):
+    """A bare tensor (or a transposed one) from a plugin's group_weights fails naming the relaxation and
+    the fix, not as an AttributeError (or a silent mix-up) deep inside a cell."""
+    import nasc
+    from nasc.errors import BuildError
+
+    path = _write(tmp_path, "bare.py", f"""
+        from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, Relaxation, masked_softmax
+
+        @RELAXATIONS.register("bare")
+        class Bare(Relaxation):
+            name = "bare"
+
+            def group_weights(self, alpha, mask, extras, node_of_row):
+                return {returned}
+    """)
+    [record] = P.load_plugins([str(path)], entry_points=False)
+    assert record.ok
+    net = nasc.build_supernet("nb201", params={"C": 4, "N": 1}, input_shape=(1, 8, 8), relax="bare")
+    with pytest.raises(BuildError, match=r"relaxation 'bare': group_weights returned .* must return GroupWeights"):
+        net(torch.randn(2, 1, 8, 8))
+
+
 def test_two_plugins_cannot_claim_the_same_name(tmp_path):
     code = """
         from nasc.runtime.relaxations.base import RELAXATIONS, Relaxation
