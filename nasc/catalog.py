@@ -7,6 +7,7 @@ runtime imports an implementation only when a search needs it.
 
 from __future__ import annotations
 
+import sys
 from importlib import metadata
 
 # name -> module that registers it
@@ -53,11 +54,22 @@ def _entry_point_names(group: str) -> set[str]:
 PLUGIN_NAMES: dict[str, set[str]] = {"nasc.relaxations": set(), "nasc.selectors": set()}
 
 
+def _registered(module: str, var: str) -> frozenset[str]:
+    """Names in a runtime registry that is already imported, never importing it (it needs torch).
+
+    A relaxation or selector registered straight from Python (`@RELAXATIONS.register` in a notebook,
+    not through `load_plugins`) is in no list above, yet a search runs it: a space may name it too.
+    """
+    registry = getattr(sys.modules.get(module), var, None)
+    return frozenset(registry.names()) if registry is not None else frozenset()
+
+
 def relaxation_names() -> frozenset[str]:
     return (frozenset(BUILTIN_RELAXATIONS) | frozenset(PRESETS) | _entry_point_names("nasc.relaxations")
-            | frozenset(PLUGIN_NAMES["nasc.relaxations"]))
+            | frozenset(PLUGIN_NAMES["nasc.relaxations"])
+            | _registered("nasc.runtime.relaxations.base", "RELAXATIONS"))
 
 
 def selector_names() -> frozenset[str]:
     return (frozenset(BUILTIN_SELECTORS) | _entry_point_names("nasc.selectors")
-            | frozenset(PLUGIN_NAMES["nasc.selectors"]))
+            | frozenset(PLUGIN_NAMES["nasc.selectors"]) | _registered("nasc.runtime.selectors", "SELECTORS"))

@@ -265,6 +265,12 @@ def _run(*, name: str, origin: str, source: str, load: Callable[[], Any], group:
         error.__cause__ = e
         log.debug("%s", error.message)
         return LoadedPlugin(name=name, origin=origin, source=source, error=error)
+    clash = _preset_clash(before)
+    if clash is not None:
+        _restore(before)
+        error = PluginError(f"plugin {name!r} ({source}) {clash}",
+                            hint="pick another name; nasc's built-ins still work")
+        return LoadedPlugin(name=name, origin=origin, source=source, error=error)
     registered = _claim(before, origin)
     orphans = [n for n in _registries()["OPS"].names() if n not in PRIMITIVES]
     if orphans:
@@ -414,6 +420,38 @@ def _claim(before: Mapping[str, Any], origin: str) -> list[str]:
             elif var == "SCHEDULES":
                 _allow_schedule(name)
     return changed
+
+
+def _preset_clash(before: Mapping[str, Any]) -> str | None:
+    """Why a relaxation registered since `before` would silently lose or take over a name, or None.
+
+    `--relax NAME` looks a name up in the presets first (`relaxation_class`), so a relaxation named like
+    another relaxation's preset (`gdas`) is never reached, a preset named like a relaxation (`softmax`)
+    takes over every space and option that names it, and a preset another relaxation already has is
+    dropped; the registry's own duplicate check sees none of these (presets are not registry entries).
+    """
+    from nasc import catalog
+
+    registry = _registries()["RELAXATIONS"]
+    old, _ = before["registries"]["RELAXATIONS"]
+    for name, entry in registry._entries.items():
+        if old.get(name) is entry:
+            continue
+        target = catalog.PRESETS.get(name, name)
+        if target != name:
+            return (f"registers relaxation {name!r}, but {name!r} is a preset of relaxation {target!r}, "
+                    f"so --relax {name} would still mean {target!r}")
+        for preset in getattr(entry.value, "presets", None) or {}:
+            if preset == name:
+                continue
+            taken = catalog.PRESETS.get(preset)
+            if taken is not None and taken != name:
+                return (f"gives relaxation {name!r} a preset {preset!r}, which is already a preset of "
+                        f"relaxation {taken!r}")
+            if preset in registry._entries or preset in catalog.BUILTIN_RELAXATIONS:
+                return (f"gives relaxation {name!r} a preset {preset!r}, which is the name of a relaxation, "
+                        f"so --relax {preset} would silently mean {name!r}")
+    return None
 
 
 def origin_of(kind: str, name: str) -> str:

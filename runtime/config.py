@@ -20,7 +20,7 @@ import attrs
 from nasc.compiler.expr import CallValue, Ramp
 from nasc.compiler.settings import SEARCH_SETTINGS, TRAIN_SETTINGS
 from nasc.errors import NascError, NasSemanticError, SearchError, SourceSpan, did_you_mean
-from nasc.runtime.schedules import SCHEDULES
+from nasc.runtime.schedules import SCHEDULES, options_problem as schedule_options_problem
 
 
 def finite(instance, attribute, value) -> None:
@@ -153,6 +153,10 @@ class SearchConfig:
             raise SearchError(f"unknown learning-rate schedule {self.schedule!r}",
                               hint=did_you_mean(self.schedule, SCHEDULES.names())
                                    or f"registered: {', '.join(sorted(SCHEDULES.names()))}")
+        problem = schedule_options_problem(self.schedule, self.schedule_gamma, self.schedule_every)
+        if problem is not None:
+            raise SearchError(problem, hint="gamma and every are step's options: drop them, or give the "
+                                           "schedule those keyword parameters")
         if self.precision not in ("fp32", "bf16"):
             raise SearchError(f"unknown precision {self.precision!r}", hint="fp32 or bf16")
         if self.channels_last not in (True, False):

@@ -65,6 +65,21 @@ SCHEDULES.add("step", lambda epoch, epochs, lr, lr_min, *, gamma=0.97, every=1, 
 STEP_DEFAULTS = {"gamma": 0.97, "every": 1}
 
 
+def options_problem(name: str, gamma: float, every: int) -> str | None:
+    """Why schedule `name` cannot take the `step` options set here (`learning_rate` passes them only when set), or None.
+
+    A plugin schedule without `gamma`/`every` parameters would fail with a TypeError at the first epoch;
+    asked before anything runs, the search or training refuses the setting instead.
+    """
+    given = {k: v for k, v in (("gamma", gamma), ("every", every)) if v != STEP_DEFAULTS[k]}
+    if not given or name not in SCHEDULES:
+        return None
+    if call_problem(SCHEDULES.get(name), 0, 1, 0.1, 0.0, exponent=2.0, warmup=0, **given) is None:
+        return None
+    key = next(iter(given))
+    return f"learning-rate schedule {name!r} takes no {key} (schedule_{key} = {given[key]})"
+
+
 def learning_rate(name: str, epoch: int, epochs: int, lr: float, lr_min: float, *, exponent: float = 2.0,
                   warmup: int = 0, gamma: float = 0.97, every: int = 1) -> float:
     given = {k: v for k, v in (("gamma", gamma), ("every", every)) if v != STEP_DEFAULTS[k]}

@@ -359,8 +359,17 @@ class Network(nn.Module):
         """
         device_type = next(iter(self.alphas.values())).device.type
         with torch.autocast(device_type=device_type, enabled=False):
-            return {g: self.relax.group_weights(a, self.mask(g), self.extras(g), self.group_nodes[g])
-                    for g, a in self.alphas.items()}
+            weights = {g: self.relax.group_weights(a, self.mask(g), self.extras(g), self.group_nodes[g])
+                       for g, a in self.alphas.items()}
+        for g, w in weights.items():  # a plugin's slip would otherwise surface deep in a cell, as nasc's bug
+            shape = tuple(self.alphas[g].shape)
+            if not isinstance(w, GroupWeights) or not isinstance(w.ops, torch.Tensor) or tuple(w.ops.shape) != shape:
+                got = (f"GroupWeights with ops of shape {tuple(w.ops.shape)}" if isinstance(w, GroupWeights)
+                       and isinstance(w.ops, torch.Tensor) else type(w).__name__)
+                raise BuildError(f"relaxation {self.relax.name!r}: group_weights returned {got} for α group {g!r}; "
+                                 f"it must return GroupWeights(ops) with ops of α's shape {shape}",
+                                 hint="wrap the weights: GroupWeights(w) (nasc.runtime.relaxations.base)")
+        return weights
 
     # ---- forward ----
     def forward(self, x: torch.Tensor, *, weights: dict[str, GroupWeights] | None = None,

@@ -16,7 +16,7 @@ from nasc.compiler.expr import CallValue
 from nasc.errors import SearchError, SourceSpan, did_you_mean
 from nasc.runtime.config import (absolute_dir, check_types, fraction, from_space, non_negative, positive,
                                  raise_in_file_order, seed_value, setting_errors, unknown_option_hint)
-from nasc.runtime.schedules import SCHEDULES
+from nasc.runtime.schedules import SCHEDULES, options_problem as schedule_options_problem
 
 
 @attrs.frozen(kw_only=True)
@@ -57,6 +57,10 @@ class TrainConfig:
         if self.schedule_gamma <= 0 or self.schedule_every < 1:
             raise SearchError(f"step(): gamma must be positive and every at least 1, got gamma = "
                               f"{self.schedule_gamma}, every = {self.schedule_every}")
+        problem = schedule_options_problem(self.schedule, self.schedule_gamma, self.schedule_every)
+        if problem is not None:
+            raise SearchError(problem, hint="gamma and every are step's options: drop them, or give the "
+                                           "schedule those keyword parameters")
         if not 0 <= self.drop_path < 1:
             raise SearchError(f"drop_path must lie in [0, 1), got {self.drop_path}")
 

@@ -354,6 +354,71 @@ def test_replace_true_replaces_a_built_in_on_purpose(tmp_path):
     assert learning_rate("cosine", 5, 10, 0.1, 0.0) == 0.1 and SCHEDULES.entry("cosine").origin == str(path)
 
 
+@pytest.mark.parametrize("header, must", [
+    ('@RELAXATIONS.register("sigmoid")\nclass Sig(Relaxation):\n    presets = {"softmax": ({}, {})}',
+     "preset 'softmax', which is the name of a relaxation"),
+    ('@RELAXATIONS.register("sigmoid")\nclass Sig(Relaxation):\n    presets = {"gdas": ({}, {})}',
+     "preset 'gdas', which is already a preset of relaxation 'gumbel'"),
+    ('@RELAXATIONS.register("gdas")\nclass Sig(Relaxation):\n    pass',
+     "registers relaxation 'gdas', but 'gdas' is a preset of relaxation 'gumbel'"),
+])
+def test_a_relaxation_plugin_cannot_take_over_or_lose_a_name_through_presets(tmp_path, header, must):
+    """`--relax NAME` reads the presets first: a clash there would silently swap which relaxation runs."""
+    from nasc.catalog import PRESETS
+    from nasc.runtime.relaxations.base import relaxation_class
+
+    before = (relaxation_class("softmax"), relaxation_class("gdas"), dict(PRESETS))
+    path = tmp_path / "clash.py"
+    path.write_text("from nasc.runtime.relaxations.base import RELAXATIONS, Relaxation\n\n" + header + "\n")
+    [record] = P.load_plugins([str(path)], entry_points=False)
+    assert not record.ok and must in record.error.message
+    assert (relaxation_class("softmax"), relaxation_class("gdas"), dict(PRESETS)) == before
+
+
+@pytest.mark.parametrize("presets, must", [
+    ('{"p": {"epochs": 3}}', "its preset 'p' is {'epochs': 3}; presets maps a name to a pair"),
+    ('{"p": ({"y": 2}, {})}', "its preset 'p' sets option 'y', which is not in its defaults"),
+    ('{"p": ({"x": 2}, {"arch_lrr": 1e-3})}', "its preset 'p' sets 'arch_lrr', which is no search setting "
+                                              "(did you mean 'arch_lr'?)"),
+])
+def test_a_relaxation_with_a_malformed_preset_fails_to_load_naming_it(tmp_path, presets, must):
+    """Not an internal error at `--relax p` or an unknown option the user never typed, but at load."""
+    path = _write(tmp_path, "bad_preset.py", f"""
+        from nasc.runtime.relaxations.base import RELAXATIONS, Relaxation
+
+        @RELAXATIONS.register("with_preset")
+        class WithPreset(Relaxation):
+            defaults = {{"x": 1}}
+            presets = {presets}
+    """)
+    [record] = P.load_plugins([str(path)], entry_points=False)
+    assert not record.ok and must in record.error.message
+
+
+@pytest.mark.parametrize("returned", ["masked_softmax(alpha, mask)", "GroupWeights(masked_softmax(alpha, mask).T)"])
+def test_group_weights_that_are_not_group_weights_of_alphas_shape_are_named(tmp_path, returned):
+    """A bare tensor (or a transposed one) from a plugin's group_weights fails naming the relaxation and
+    the fix, not as an AttributeError (or a silent mix-up) deep inside a cell."""
+    import nasc
+    from nasc.errors import BuildError
+
+    path = _write(tmp_path, "bare.py", f"""
+        from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, Relaxation, masked_softmax
+
+        @RELAXATIONS.register("bare")
+        class Bare(Relaxation):
+            name = "bare"
+
+            def group_weights(self, alpha, mask, extras, node_of_row):
+                return {returned}
+    """)
+    [record] = P.load_plugins([str(path)], entry_points=False)
+    assert record.ok
+    net = nasc.build_supernet("nb201", params={"C": 4, "N": 1}, input_shape=(1, 8, 8), relax="bare")
+    with pytest.raises(BuildError, match=r"relaxation 'bare': group_weights returned .* must return GroupWeights"):
+        net(torch.randn(2, 1, 8, 8))
+
+
 def test_two_plugins_cannot_claim_the_same_name(tmp_path):
     code = """
         from nasc.runtime.relaxations.base import RELAXATIONS, Relaxation
@@ -380,6 +445,23 @@ def test_python_registration_of_a_built_in_name_is_an_error_and_a_rerun_is_not()
         nasc.register_schedule("rerun_schedule")(lambda *a, **k: 0.0)
         nasc.register_op("rerun_op")(lambda c_in, c_out, args, *, affine: nn.Identity())
     assert "rerun_op" in PRIMITIVES
+
+
+def test_a_relaxation_and_selector_registered_from_python_may_be_named_in_a_space():
+    """`@RELAXATIONS.register` in a notebook (no load_plugins) makes a name a search runs; a .nas file may name it."""
+    import re
+
+    import nasc
+    from nasc.runtime.relaxations.base import RELAXATIONS, Relaxation
+    from nasc.runtime.selectors import SELECTORS, Magnitude
+
+    RELAXATIONS.register("notebook_relax")(type("NotebookRelax", (Relaxation,), {"name": "notebook_relax"}))
+    SELECTORS.register("notebook_select")(type("NotebookSelect", (Magnitude,), {"name": "notebook_select"}))
+    text = (REPO / "spaces" / "nb201.nas").read_text()
+    text = re.sub(r"\nrelax .*", "\nrelax notebook_relax", text)
+    text = re.sub(r"\nselect .*", "\nselect notebook_select", text)
+    ir = nasc.compile_space("nb.nas", text=text, params={"C": 4, "N": 1})
+    assert (ir.relax.name, ir.select.name) == ("notebook_relax", "notebook_select")
 
 
 @pytest.mark.parametrize("what, code, must", [
@@ -580,6 +662,25 @@ def test_schedule_plugin_is_valid_in_settings_and_in_nas(tmp_path, compile_text)
     assert make_config({}, {"schedule": "halving"}).schedule == "halving"
     ir = compile_text('space h extends "nb201.nas"\nsearch:\n    lr_schedule = halving(min = 0.001)\n')
     assert ir.search["lr_schedule"].name == "halving"
+
+
+def test_step_options_for_a_schedule_without_them_are_refused_before_the_run():
+    """schedule_gamma / schedule_every reach a schedule only when set: one without those parameters must
+    refuse them up front, not raise a TypeError from the plugin at the first epoch."""
+    from nasc.errors import SearchError
+    from nasc.runtime.config import make_config
+    from nasc.runtime.train import TrainConfig
+
+    nasc_register = __import__("nasc").register_schedule
+    nasc_register("linear_down")(lambda epoch, epochs, lr, lr_min, *, exponent, warmup: lr * (1 - epoch / epochs))
+    nasc_register("linear_down_kw")(lambda epoch, epochs, lr, lr_min, **kw: lr * (1 - epoch / epochs))
+    with pytest.raises(SearchError, match="schedule 'linear_down' takes no gamma"):
+        make_config({}, {"schedule": "linear_down", "schedule_gamma": 0.5})
+    with pytest.raises(SearchError, match="schedule 'linear_down' takes no every"):
+        TrainConfig(schedule="linear_down", schedule_every=3)
+    assert make_config({}, {"schedule": "linear_down_kw", "schedule_gamma": 0.5}).schedule_gamma == 0.5
+    assert make_config({}, {"schedule": "step", "schedule_gamma": 0.5}).schedule_gamma == 0.5
+    assert make_config({}, {"schedule": "linear_down"}).schedule == "linear_down"
 
 
 def test_unknown_schedule_is_a_registry_error():

@@ -20,14 +20,41 @@ import torch
 from torch import nn
 
 from nasc.catalog import BUILTIN_RELAXATIONS, PRESETS, relaxation_names
-from nasc.errors import BuildError, SearchError
+from nasc.errors import BuildError, SearchError, did_you_mean
 from nasc.runtime.registry import Registry, hook_problem
 
 RELAXATIONS: Registry[type["Relaxation"]] = Registry(
     "relaxation", catalogue=relaxation_names,
     accepts=(lambda v: isinstance(v, type) and issubclass(v, Relaxation),
              "a subclass of nasc.runtime.relaxations.base.Relaxation"),
-    calls=lambda v: hook_problem(v, Relaxation))
+    calls=lambda v: hook_problem(v, Relaxation) or preset_problem(v))
+
+
+def preset_problem(cls: type["Relaxation"]) -> str | None:
+    """Why `--relax PRESET` could not use one of a relaxation's `presets`, or None.
+
+    Checked when the class is registered, so that a plugin's malformed or misspelt preset fails its load
+    naming the preset, not a later search with an internal error or an "unknown search option" the user
+    never typed.
+    """
+    from nasc.runtime.config import FIELDS  # local: config is not needed to define relaxations
+
+    shape = "presets maps a name to a pair (options, search settings) of dicts"
+    presets = cls.presets
+    if not isinstance(presets, Mapping):
+        return f"its presets are {presets!r}; {shape}"
+    for name, value in presets.items():
+        if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, Mapping) for v in value)):
+            return f"its preset {name!r} is {value!r}; {shape}"
+        options, settings = value
+        unknown = sorted(set(options) - set(cls.defaults))
+        if unknown:
+            return f"its preset {name!r} sets option {unknown[0]!r}, which is not in its defaults"
+        unknown = sorted(set(settings) - set(FIELDS))
+        if unknown:
+            near = did_you_mean(unknown[0], FIELDS)
+            return f"its preset {name!r} sets {unknown[0]!r}, which is no search setting" + (f" ({near})" if near else "")
+    return None
 
 
 class GroupWeights:
