@@ -318,9 +318,9 @@ class TrainResult:
     """A finished training run: its directory, test metrics, size, and the trained network."""
 
     run_dir: Path
-    test_acc: float
+    test_acc: float | None  # None for a dataset without a test split
     test_top5: float | None  # top-5 accuracy; None with 5 classes or fewer
-    test_loss: float
+    test_loss: float | None
     params: int  # weights, without the auxiliary head
     madds: int  # multiply-adds per sample
     epochs: int

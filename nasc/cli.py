@@ -606,8 +606,12 @@ def train(
     console.print(display.summary())
     epochs = f"{result['epochs']} epoch" + ("s" if result["epochs"] != 1 else "")
     top5 = f", top-5 {result['test_top5']:.4f}" if result.get("test_top5") is not None else ""
-    console.print(f"[bold green]test accuracy[/bold green] {result['test_acc']:.4f}{top5} after {epochs} "
-                  f"({result['params']:,} parameters)")
+    if result["test_acc"] is None:
+        console.print(f"[bold green]trained[/bold green] {epochs} ({result['params']:,} parameters); the dataset "
+                      "has no test split, so there is no test accuracy")
+    else:
+        console.print(f"[bold green]test accuracy[/bold green] {result['test_acc']:.4f}{top5} after {epochs} "
+                      f"({result['params']:,} parameters)")
 
 
 @app.command("select")

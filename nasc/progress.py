@@ -68,7 +68,8 @@ class SearchDisplay:
         elif kind == "epoch":
             self.history.append(event)
             self.progress.update(self.epoch_task, completed=event["epoch"] + 1,
-                                 info=f"val acc {event['val_acc']:.3f} val loss {event['val_loss']:.3f}")
+                                 info=f"val acc {_shown(event['val_acc'], '.3f')} "
+                                      f"val loss {_shown(event['val_loss'], '.3f')}")
             self.progress.reset(self.step_task)
         elif kind in ("select", "progress"):
             if self.selection is None:
@@ -84,8 +85,13 @@ class SearchDisplay:
             table.add_column(col, justify="right")
         for e in self.history[-10:]:
             table.add_row(str(e["epoch"] + 1), f"{e['lr']:.4f}", f"{e['train_loss']:.4f}", f"{e['train_acc']:.3f}",
-                          f"{e['val_loss']:.4f}", f"{e['val_acc']:.3f}")
+                          _shown(e["val_loss"], ".4f"), _shown(e["val_acc"], ".3f"))
         return table
+
+
+def _shown(value: float | None, spec: str) -> str:
+    """A metric, or a dash where there is none (training on a dataset without a test split)."""
+    return "-" if value is None else format(value, spec)
 
 
 def _duration(seconds: float) -> str:

@@ -268,11 +268,12 @@ class Fitter:
                 "val_loss": test_loss, "val_acc": test_acc, "val_top5": test_top5}
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float, float | None]:
+    def evaluate(self) -> tuple[float | None, float | None, float | None]:
         """Test loss, top-1 and top-5 accuracy (papers report both on ImageNet, as DARTS' train_imagenet.py
-        does); top-5 is None with 5 classes or fewer, where every label is among the top 5."""
+        does); top-5 is None with 5 classes or fewer, where every label is among the top 5. All three are
+        None for a dataset without a test split (a plugin's): NaN would not be valid JSON in the run files."""
         if self.test is None:
-            return float("nan"), float("nan"), None
+            return None, None, None
         net = self.job.net
         self.sync.before_eval()  # distributed hook: average BN statistics over ranks
         net.eval()

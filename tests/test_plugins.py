@@ -712,6 +712,35 @@ def test_dataset_plugin(tmp_path):
     assert load_dataset("noise").classes == 3 and DATASETS.entry("noise").origin == str(path)
 
 
+def test_training_on_a_dataset_without_a_test_split_says_so_and_writes_valid_json(tmp_path):
+    """It printed 'test accuracy nan' and wrote NaN, which strict JSON parsers refuse, into the run files."""
+    import json
+
+    path = _write(tmp_path, "no_test.py", """
+        import torch
+        from nasc.runtime.data import DATASETS, Dataset, ImageSet
+
+        @DATASETS.register("no_test")
+        def load(data_dir, download):
+            '''Random 3x8x8 images in 10 classes, and no test split.'''
+            g = torch.Generator().manual_seed(0)
+            split = ImageSet(images=torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, generator=g),
+                             labels=torch.arange(40) % 10)
+            return Dataset(name="no_test", train=split, test=None, classes=10, mean=(0.5,) * 3,
+                           std=(0.3,) * 3, flip=False, crop_pad=1)
+    """)
+    genotype = Path(__file__).parent.parent / "examples/genotypes/darts_v2.json"
+    result = runner.invoke(app, ["--plugin", str(path), "train", str(genotype), "--set", "C=4", "--set", "layers=3",
+                                 "--epochs", "1", "--data", "no_test", "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "no test split" in out and "nan" not in out
+    strict = {"parse_constant": lambda c: pytest.fail(f"{c} in a run file")}
+    assert json.loads((tmp_path / "run/result.json").read_text(), **strict)["test_acc"] is None
+    for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines():
+        json.loads(line, **strict)
+
+
 # ---------------------------------------------------------------- entry points
 
 
