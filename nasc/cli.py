@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -877,8 +878,15 @@ def plugins_first(args: list[str]) -> list[str]:
     return head + rest
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    """SIGTERM (`kill`, a batch scheduler's time limit) ends a command as Ctrl-C does: with what to do next
+    (`--resume RUN`), not silently. Nothing is lost either way: checkpoints and outputs are replaced atomically."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning unexpected failures into one clear line."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         app(args=plugins_first(sys.argv[1:]))
     except KeyboardInterrupt:

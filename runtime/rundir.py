@@ -15,9 +15,11 @@ file equals an uninterrupted run's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -114,24 +116,50 @@ class RunDir:
             raise SearchError(f"cannot write {self.path / name}: {e.strerror or e}") from None
 
     def append(self, target: Path, record: dict[str, Any]) -> None:
-        with open(target, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        try:
+            with open(target, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+        except OSError as e:  # a full disk, a folder made read-only mid-run: not an internal error
+            raise SearchError(f"cannot write {target}: {e.strerror or e}", hint=self._kept_hint()) from None
 
     def metrics_size(self) -> int:
         return self.metrics.stat().st_size if self.metrics.exists() else 0
 
     def truncate_metrics(self, size: int) -> None:
+        """Cut metrics back to `size` bytes: a resumed run's first write (a read-only run dir fails here)."""
         if self.metrics.exists():
-            with open(self.metrics, "r+b") as f:
-                f.truncate(size)
+            try:
+                with open(self.metrics, "r+b") as f:
+                    f.truncate(size)
+            except OSError as e:
+                raise SearchError(f"cannot write {self.metrics}: {e.strerror or e}", hint=self._kept_hint()) from None
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        tmp = self.checkpoint.with_name(".checkpoint.pt.tmp")
+        self.save_torch(self.checkpoint, {"format": CHECKPOINT_FORMAT, **state}, what="checkpoint ")
+
+    def save_torch(self, target: Path, obj: Any, *, what: str = "") -> None:
+        """torch.save `obj` to a temporary file, then rename it over `target`.
+
+        torch reports a failed write (a full disk) as a RuntimeError ('unexpected pos ...'), not an
+        OSError; either way the half-written temporary file goes (it holds the space the user must
+        free) and the previous `target` stays intact.
+        """
+        tmp = target.with_name(f".{target.name}.tmp")
         try:
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
-            os.replace(tmp, self.checkpoint)
-        except OSError as e:
-            raise SearchError(f"cannot write checkpoint {self.checkpoint}: {e.strerror or e}") from None
+            torch.save(obj, tmp)
+            os.replace(tmp, target)
+        except (OSError, RuntimeError) as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else _write_failure(target.parent, e)
+            raise SearchError(f"cannot write {what}{target}: {reason}", hint=self._kept_hint()) from None
+
+    def _kept_hint(self) -> str:
+        fix = f"free some disk space or make {self.path} writable"
+        if self.checkpoint.is_file():
+            return f"{fix}; what it holds is intact, and an unfinished run continues from its last checkpoint " \
+                   f"with --resume {self.path}"
+        return f"{fix}; it has no checkpoint yet, so delete {self.path} and start again"
 
     def load_checkpoint(self, fingerprint: str | None = None) -> dict[str, Any]:
         if not self.checkpoint.is_file():
@@ -149,6 +177,14 @@ class RunDir:
                               f"(fingerprint {state.get('fingerprint')}, this space {fingerprint})",
                               hint="the space file changed since the run started, or the run dir is another run's")
         return state
+
+
+def _write_failure(folder: Path, error: Exception) -> str:
+    """Why torch.save failed, in words: a full disk is the usual reason, and torch does not say it."""
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage(folder).free < 1 << 20:
+            return "no space left on device"
+    return f"the write failed ({str(error).strip() or type(error).__name__})"
 
 
 def unused_path(base: Path) -> Path:

@@ -331,8 +331,7 @@ def run_train(job: TrainJob, run_path: str | Path, *, on_event: Callable[[Event]
         if stop_after is not None and done >= stop_after and fit.epoch < cfg.epochs:
             raise KeyboardInterrupt
     if _dist.is_main():  # distributed hook: rank 0 writes
-        torch.save(job.net.state_dict(), run.path / ".weights.pt.tmp")
-        (run.path / ".weights.pt.tmp").replace(run.path / "weights.pt")
+        run.save_torch(run.path / "weights.pt", job.net.state_dict(), what="weights ")
     result = {"test_acc": final.get("val_acc"), "test_top5": final.get("val_top5"), "test_loss": final.get("val_loss"),
               **counts(job),
               "epochs": cfg.epochs}

@@ -129,6 +129,30 @@ def test_search_resume_and_select_refuse_a_training_run_by_name(tmp_path, _one_t
         _no_traceback(result)
 
 
+def test_sigterm_ends_a_search_as_ctrl_c_does(tmp_path):
+    """`kill` or a scheduler's time limit sends SIGTERM: the search died silently (exit -15), with no word
+    of the checkpoint it left or of --resume."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "nasc", "search", "nb201", "--set", "C=4", "--set", "N=1", "--epochs", "1000",
+            "--opt", "train_portion=0.1", "--device", "cpu", "--run-dir", str(run)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
+    deadline = time.monotonic() + 240
+    while not (run / "checkpoint.pt").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert f"resume with nasc search --resume {run}" in " ".join(err.split())
+    assert "Traceback" not in out + err
+
+
 def test_ctrl_c_exits_130_with_a_resume_hint(tmp_path, monkeypatch, _one_thread_module):
     import nasc.runtime.search as S
 

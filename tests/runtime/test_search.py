@@ -361,6 +361,48 @@ def test_unwritable_run_dir_is_a_search_error(tmp_path):
     assert blocker.read_text() == "a file, not a folder"
 
 
+def test_a_full_disk_is_a_search_error_that_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    """torch.save reports a full disk as a RuntimeError ('unexpected pos ...'); it was an internal error
+    that left a half-written .checkpoint.pt.tmp holding the space."""
+    import nasc.runtime.rundir as rundir
+
+    saves, real_save = [], torch.save
+
+    def full_on_the_second(obj, f, *args, **kwargs):
+        saves.append(f)
+        if len(saves) == 2:
+            Path(f).write_bytes(b"half a checkpoint")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 67328 vs 67224")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(rundir.torch, "save", full_on_the_second)
+    run = tmp_path / "run"
+    with pytest.raises(SearchError, match="cannot write checkpoint") as info:
+        _search(run, epochs=2, train_portion=0.1)
+    assert "--resume" in info.value.hint
+    assert not list(run.glob(".*.tmp"))
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == 1  # the first epoch's, intact
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("builtins.open", no_space)
+    with pytest.raises(SearchError, match="No space left on device"):
+        rundir.RunDir(run).append(run / "metrics.jsonl", {"type": "step"})
+
+
+def test_resume_in_a_run_dir_it_cannot_write_is_a_search_error(nb201_run, tmp_path):
+    """Resuming first cuts metrics.jsonl back to the checkpoint; on a read-only run dir that was an
+    internal error ('OSError: [Errno 30] Read-only file system')."""
+    run = tmp_path / "run"
+    shutil.copytree(nb201_run, run)
+    (run / "genotype.json").unlink()
+    (run / "metrics.jsonl").unlink()
+    (run / "metrics.jsonl").mkdir()  # unwritable as a file, even for root
+    with pytest.raises(SearchError, match="cannot write .*metrics.jsonl"):
+        resume(run)
+
+
 def test_resume_with_another_spaces_checkpoint_is_refused(darts_run, nb201_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(darts_run, run)
