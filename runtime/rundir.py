@@ -202,4 +202,7 @@ def default_run_path(name: str, seed: int) -> Path:
 
 
 def environment() -> dict[str, Any]:
-    return {"argv": sys.argv[1:], **versions()}
+    """What a run's numbers depend on beyond its settings. The CPU thread count is among them: float sums
+    split over a different number of threads round differently, so the same seed on a machine with
+    another core count gives other (equally valid) results."""
+    return {"argv": sys.argv[1:], **versions(), "threads": torch.get_num_threads()}
