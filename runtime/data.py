@@ -307,11 +307,16 @@ def _safe_members(tar: tarfile.TarFile, folder: str) -> list[tarfile.TarInfo]:
 def _download_cifar(spec: CifarSpec, root: Path) -> None:
     """Fetch and unpack the tarball into root/spec.folder atomically: a failure leaves nothing behind."""
     created = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
+    try:  # a read-only or full disk fails here, before anything is fetched
+        root.mkdir(parents=True, exist_ok=True)
+        fd, part = tempfile.mkstemp(prefix=f".{spec.folder}-", suffix=".tar.gz.part", dir=root)
+    except OSError as exc:
+        raise DataError(f"{spec.name}: cannot write the download into {root}: {exc.strerror or exc}",
+                        hint=f"choose a writable --data-dir, or {_manual_hint(spec, root)}") from exc
     log.info("downloading %s into %s", spec.url, root)
-    fd, part = tempfile.mkstemp(prefix=f".{spec.folder}-", suffix=".tar.gz.part", dir=root)
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.folder}-", dir=root))
+    staging: Path | None = None
     try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{spec.folder}-", dir=root))
         digest = hashlib.md5()
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
             for chunk in iter(lambda: resp.read(1 << 20), b""):
@@ -330,7 +335,8 @@ def _download_cifar(spec: CifarSpec, root: Path) -> None:
                         hint=_manual_hint(spec, root)) from exc
     finally:
         Path(part).unlink(missing_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         if created and not any(root.iterdir()):
             root.rmdir()  # a failed first download leaves no trace
 
@@ -338,6 +344,9 @@ def _download_cifar(spec: CifarSpec, root: Path) -> None:
 def _find_cifar(spec: CifarSpec, root: Path, download: bool) -> Path:
     """The folder holding the batch files: root/spec.folder or root itself; downloads if allowed."""
     names = (*spec.train, spec.test)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{spec.name}: data dir {root} is a file, not a folder",
+                        hint=f"name the folder that holds {spec.folder}/ with --data-dir")
     for folder in (root / spec.folder, root):
         if all((folder / n).is_file() for n in names):
             return folder
@@ -405,7 +414,7 @@ def _find_idx(root: Path, subdirs: tuple[str, ...]) -> list[Path] | None:
 def _load_idx(name: str, data_dir: Path | None, subdirs: tuple[str, ...], mean: float, std: float) -> Dataset:
     root = _data_root(data_dir)
     if not root.is_dir():  # the default ~/.cache/nasc/data too: say what to put where, not only that it is missing
-        raise DataError(f"{name}: data dir {root} does not exist",
+        raise DataError(f"{name}: data dir {root} {'is a file, not a folder' if root.exists() else 'does not exist'}",
                         hint=f"nasc does not download {name}; put its four IDX files ({', '.join(_IDX)}, "
                              f"each optionally .gz) in {root} or name their folder with --data-dir")
     paths = _find_idx(root, subdirs)

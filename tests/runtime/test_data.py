@@ -125,6 +125,19 @@ def test_cifar_missing_dir_and_files(tmp_path):
         load_dataset("cifar100", tmp_path, download=False)
 
 
+def test_a_data_dir_that_is_a_file_or_cannot_be_created_is_a_data_error(tmp_path):
+    """`--data-dir` naming a file used to end in an internal FileExistsError from the download's mkdir."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        load_dataset("cifar10", afile)  # download allowed: it must not try to mkdir a file
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        load_dataset("mnist", afile)
+    with pytest.raises(DataError, match="cannot write the download into") as info:
+        load_dataset("cifar100", afile / "sub")  # its parent is a file: mkdir fails before any fetch
+    assert "writable --data-dir" in info.value.hint
+
+
 def _tarball(path: Path, members: dict[str, bytes]) -> str:
     with tarfile.open(path, "w:gz") as tar:
         for name, payload in members.items():
