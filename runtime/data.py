@@ -118,10 +118,15 @@ class Batches:
     The order of an epoch depends only on `(seed, epoch)`, never on how many
     epochs ran before in this process, so resuming at an epoch boundary (or
     at batch `start` of an epoch) replays an uninterrupted run exactly.
+
+    `drop_single` (training) skips a last batch of one image after full ones:
+    batch norm in training mode cannot normalise one sample at 1x1 resolution
+    (a MobileNet-style chain on 8x8 digits gets there), and one image is no
+    gradient estimate worth a step.
     """
 
     def __init__(self, data: ImageSet, indices: Tensor, batch_size: int, *, shuffle: bool, seed: int,
-                 drop_last: bool = False):
+                 drop_last: bool = False, drop_single: bool = False):
         indices = torch.as_tensor(indices, dtype=torch.long)
         if indices.dim() != 1:
             raise DataError(f"indices must be 1-D, got shape {tuple(indices.shape)}")
@@ -130,11 +135,13 @@ class Batches:
         if batch_size < 1:
             raise DataError(f"batch size must be >= 1, got {batch_size}")
         self.data, self.indices, self.batch_size = data, indices, batch_size
-        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.shuffle, self.seed, self.drop_last, self.drop_single = shuffle, seed, drop_last, drop_single
 
     def __len__(self) -> int:
         n = len(self.indices)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        if self.drop_last or (self.drop_single and n > self.batch_size and n % self.batch_size == 1):
+            return n // self.batch_size
+        return math.ceil(n / self.batch_size)
 
     def order(self, epoch: int) -> Tensor:
         """The indices in the order epoch `epoch` visits them."""

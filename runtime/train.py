@@ -204,7 +204,8 @@ class Fitter:
         self.opt = torch.optim.SGD(job.net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0)
         train = job.dataset.train
-        self.batches = Batches(train, torch.arange(len(train)), cfg.batch, shuffle=True, seed=cfg.seed)
+        self.batches = Batches(train, torch.arange(len(train)), cfg.batch, shuffle=True, seed=cfg.seed,
+                               drop_single=True)
         test = job.dataset.test
         self.test = Batches(test, torch.arange(len(test)), max(cfg.batch, 256), shuffle=False, seed=0) if test else None
         self.augment = Augment(job.dataset, cutout=cfg.cutout, train=True)

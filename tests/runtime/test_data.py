@@ -249,6 +249,16 @@ def test_batches_cover_every_index_once_and_are_seeded():
         lab for _, lab in loader.epoch(2))[2:]]
 
 
+def test_training_batches_drop_a_last_batch_of_one_image_only():
+    """Batch norm in training mode cannot normalise one sample at 1x1 resolution: that step used to crash."""
+    data = _toy()
+    train = Batches(data, torch.arange(21), 10, shuffle=True, seed=3, drop_single=True)  # 21 = 2 * 10 + 1
+    assert len(train) == 2 and [len(y) for _, y in train.epoch(0)] == [10, 10]
+    assert len(Batches(data, torch.arange(21), 10, shuffle=True, seed=3)) == 3  # evaluation keeps every image
+    assert len(Batches(data, torch.arange(22), 10, shuffle=True, seed=3, drop_single=True)) == 3
+    assert len(Batches(data, torch.arange(1), 10, shuffle=True, seed=3, drop_single=True)) == 1  # nothing else
+
+
 def test_batches_unshuffled_and_drop_last():
     loader = Batches(_toy(), torch.arange(10), 4, shuffle=False, seed=0, drop_last=True)
     assert [lab.tolist() for _, lab in loader.epoch(5)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
