@@ -266,13 +266,18 @@ CIFAR: dict[str, CifarSpec] = {
 
 
 class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays, lists and dicts only: a data file must not be able to run code."""
+    """Unpickles numpy arrays and scalars, lists and dicts only: a data file must not be able to run code.
+
+    Scalars because a CIFAR-format file written from Python 3 (a subset, a relabelled copy) often
+    holds its labels as `list(array)`, a list of numpy integers; `scalar` only rebuilds one value."""
 
     def find_class(self, module: str, name: str) -> object:
         core = getattr(np, "_core", None) or np.core
         allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
                    ("numpy.core.multiarray", "_reconstruct"): core.multiarray._reconstruct,
                    ("numpy._core.multiarray", "_reconstruct"): core.multiarray._reconstruct,
+                   ("numpy.core.multiarray", "scalar"): core.multiarray.scalar,
+                   ("numpy._core.multiarray", "scalar"): core.multiarray.scalar,
                    ("_codecs", "encode"): __import__("codecs").encode}
         if (module, name) not in allowed:
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")

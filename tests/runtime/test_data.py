@@ -98,6 +98,15 @@ def test_cifar100_loads_fine_labels(tmp_path):
     assert ds.classes == 100 and (len(ds.train), len(ds.test)) == (20, 5) and ds.std == (0.2673, 0.2564, 0.2762)
 
 
+def test_cifar_labels_pickled_as_numpy_integers_load(tmp_path):
+    """A CIFAR-format file saved from Python 3 with `list(labels)` holds numpy scalars, not ints."""
+    folder = _fake_cifar10(tmp_path / "cifar-10-batches-py")
+    labels = np.arange(4, dtype=np.int64) + 3
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((4, 3072), np.uint8),
+                                                      b"labels": list(labels)}))
+    assert load_dataset("cifar10", tmp_path, download=False).test.labels.tolist() == [3, 4, 5, 6]
+
+
 @pytest.mark.parametrize("corrupt", ["truncated", "garbage", "wrong_size", "label_count", "code"])
 def test_corrupt_cifar_names_file(tmp_path, corrupt):
     folder = _fake_cifar10(tmp_path / "cifar-10-batches-py")
