@@ -118,10 +118,15 @@ class Batches:
     The order of an epoch depends only on `(seed, epoch)`, never on how many
     epochs ran before in this process, so resuming at an epoch boundary (or
     at batch `start` of an epoch) replays an uninterrupted run exactly.
+
+    `drop_single` (training) skips a last batch of one image after full ones:
+    batch norm in training mode cannot normalise one sample at 1x1 resolution
+    (a MobileNet-style chain on 8x8 digits gets there), and one image is no
+    gradient estimate worth a step.
     """
 
     def __init__(self, data: ImageSet, indices: Tensor, batch_size: int, *, shuffle: bool, seed: int,
-                 drop_last: bool = False):
+                 drop_last: bool = False, drop_single: bool = False):
         indices = torch.as_tensor(indices, dtype=torch.long)
         if indices.dim() != 1:
             raise DataError(f"indices must be 1-D, got shape {tuple(indices.shape)}")
@@ -130,11 +135,13 @@ class Batches:
         if batch_size < 1:
             raise DataError(f"batch size must be >= 1, got {batch_size}")
         self.data, self.indices, self.batch_size = data, indices, batch_size
-        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.shuffle, self.seed, self.drop_last, self.drop_single = shuffle, seed, drop_last, drop_single
 
     def __len__(self) -> int:
         n = len(self.indices)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        if self.drop_last or (self.drop_single and n > self.batch_size and n % self.batch_size == 1):
+            return n // self.batch_size
+        return math.ceil(n / self.batch_size)
 
     def order(self, epoch: int) -> Tensor:
         """The indices in the order epoch `epoch` visits them."""
@@ -259,13 +266,18 @@ CIFAR: dict[str, CifarSpec] = {
 
 
 class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays, lists and dicts only: a data file must not be able to run code."""
+    """Unpickles numpy arrays and scalars, lists and dicts only: a data file must not be able to run code.
+
+    Scalars because a CIFAR-format file written from Python 3 (a subset, a relabelled copy) often
+    holds its labels as `list(array)`, a list of numpy integers; `scalar` only rebuilds one value."""
 
     def find_class(self, module: str, name: str) -> object:
         core = getattr(np, "_core", None) or np.core
         allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
                    ("numpy.core.multiarray", "_reconstruct"): core.multiarray._reconstruct,
                    ("numpy._core.multiarray", "_reconstruct"): core.multiarray._reconstruct,
+                   ("numpy.core.multiarray", "scalar"): core.multiarray.scalar,
+                   ("numpy._core.multiarray", "scalar"): core.multiarray.scalar,
                    ("_codecs", "encode"): __import__("codecs").encode}
         if (module, name) not in allowed:
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
@@ -307,11 +319,16 @@ def _safe_members(tar: tarfile.TarFile, folder: str) -> list[tarfile.TarInfo]:
 def _download_cifar(spec: CifarSpec, root: Path) -> None:
     """Fetch and unpack the tarball into root/spec.folder atomically: a failure leaves nothing behind."""
     created = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
+    try:  # a read-only or full disk fails here, before anything is fetched
+        root.mkdir(parents=True, exist_ok=True)
+        fd, part = tempfile.mkstemp(prefix=f".{spec.folder}-", suffix=".tar.gz.part", dir=root)
+    except OSError as exc:
+        raise DataError(f"{spec.name}: cannot write the download into {root}: {exc.strerror or exc}",
+                        hint=f"choose a writable --data-dir, or {_manual_hint(spec, root)}") from exc
     log.info("downloading %s into %s", spec.url, root)
-    fd, part = tempfile.mkstemp(prefix=f".{spec.folder}-", suffix=".tar.gz.part", dir=root)
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.folder}-", dir=root))
+    staging: Path | None = None
     try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{spec.folder}-", dir=root))
         digest = hashlib.md5()
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
             for chunk in iter(lambda: resp.read(1 << 20), b""):
@@ -330,7 +347,8 @@ def _download_cifar(spec: CifarSpec, root: Path) -> None:
                         hint=_manual_hint(spec, root)) from exc
     finally:
         Path(part).unlink(missing_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         if created and not any(root.iterdir()):
             root.rmdir()  # a failed first download leaves no trace
 
@@ -338,6 +356,9 @@ def _download_cifar(spec: CifarSpec, root: Path) -> None:
 def _find_cifar(spec: CifarSpec, root: Path, download: bool) -> Path:
     """The folder holding the batch files: root/spec.folder or root itself; downloads if allowed."""
     names = (*spec.train, spec.test)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{spec.name}: data dir {root} is a file, not a folder",
+                        hint=f"name the folder that holds {spec.folder}/ with --data-dir")
     for folder in (root / spec.folder, root):
         if all((folder / n).is_file() for n in names):
             return folder
@@ -405,7 +426,7 @@ def _find_idx(root: Path, subdirs: tuple[str, ...]) -> list[Path] | None:
 def _load_idx(name: str, data_dir: Path | None, subdirs: tuple[str, ...], mean: float, std: float) -> Dataset:
     root = _data_root(data_dir)
     if not root.is_dir():  # the default ~/.cache/nasc/data too: say what to put where, not only that it is missing
-        raise DataError(f"{name}: data dir {root} does not exist",
+        raise DataError(f"{name}: data dir {root} {'is a file, not a folder' if root.exists() else 'does not exist'}",
                         hint=f"nasc does not download {name}; put its four IDX files ({', '.join(_IDX)}, "
                              f"each optionally .gz) in {root} or name their folder with --data-dir")
     paths = _find_idx(root, subdirs)

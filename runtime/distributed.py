@@ -270,7 +270,7 @@ class ShardedBatches(Batches):
 
     def __init__(self, base: Batches, rank: int, world: int, *, record: bool = False):
         super().__init__(base.data, base.indices, base.batch_size, shuffle=base.shuffle, seed=base.seed,
-                         drop_last=base.drop_last)
+                         drop_last=base.drop_last, drop_single=base.drop_single)
         if world < 1 or not 0 <= rank < world:
             raise SearchError(f"bad rank {rank} of {world}")
         if base.batch_size % world:
@@ -283,9 +283,7 @@ class ShardedBatches(Batches):
         self.seen: dict[int, list[int]] | None = {} if record else None
 
     def padded_order(self, epoch: int) -> Tensor:
-        order = self.order(epoch)
-        if self.drop_last:
-            order = order[: len(self) * self.batch_size]
+        order = self.order(epoch)[: len(self) * self.batch_size]  # without what drop_last / drop_single drop
         pad = (-len(order)) % self.world
         return torch.cat([order, order[:pad]]) if pad else order
 

@@ -304,8 +304,8 @@ class Trainer:
             train_idx, val_idx = split_indices(len(data), cfg.train_portion)
         else:
             train_idx = val_idx = torch.arange(len(data))
-        self.train = Batches(data, train_idx, cfg.batch, shuffle=True, seed=cfg.seed)
-        self.val = Batches(data, val_idx, cfg.batch, shuffle=True, seed=cfg.seed + 1)
+        self.train = Batches(data, train_idx, cfg.batch, shuffle=True, seed=cfg.seed, drop_single=True)
+        self.val = Batches(data, val_idx, cfg.batch, shuffle=True, seed=cfg.seed + 1, drop_single=True)
         self.val_eval = Batches(data, val_idx, max(cfg.batch, 256), shuffle=False, seed=0)
         self.augment = Augment(job.dataset, cutout=cfg.cutout, train=True)
         self.plain = Augment(job.dataset, train=False)

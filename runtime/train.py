@@ -81,11 +81,16 @@ def guess_space(genotype: G.Genotype, run_config: Mapping[str, Any] | None) -> s
     raise GenotypeError("cannot tell which space this genotype belongs to", hint="pass --space FILE")
 
 
-def searched_data(run_config: Mapping[str, Any] | None) -> dict[str, Any]:
+def searched_data(run_config: Mapping[str, Any] | None, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """The dataset a search run searched on, so that `nasc train RUN` trains on it too (a run searched on
-    CIFAR-10 or a plugin's data was otherwise trained on the digits, with the head fitted to them)."""
+    CIFAR-10 or a plugin's data was otherwise trained on the digits, with the head fitted to them).
+
+    Its data dir goes with it only while the dataset stays the same: `--data mnist` on a run searched on
+    CIFAR-10 must look for MNIST where MNIST lives ($NASC_DATA or --data-dir), not in CIFAR-10's folder."""
     search = run_config.get("search") if run_config else None
     if not isinstance(search, dict) or not search.get("dataset"):
+        return {}
+    if overrides.get("dataset") not in (None, search["dataset"]):
         return {}
     return {"dataset": search["dataset"], "data_dir": search.get("data_dir")}
 
@@ -147,7 +152,7 @@ def _prepare_train(request: TrainRequest, genotype: G.Genotype, run_config: Mapp
     settings = {k: v for k, v in train_settings.items() if k not in decl.params}
     params.update(request.params)
     check_train_block(settings, {k: decl.train[k].span for k in settings})
-    config = train_config(settings, {**searched_data(run_config), **request.overrides})
+    config = train_config(settings, {**searched_data(run_config, request.overrides), **request.overrides})
     dataset = _dist.main_first(load_dataset, config.dataset, config.data_dir)  # distributed: one download per machine
     config, notes = fit_to_dataset(config, request.input_shape or dataset.shape)
     # the head fits the dataset, except in a dry run counted for another input (`--input`) without a
@@ -199,7 +204,8 @@ class Fitter:
         self.opt = torch.optim.SGD(job.net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0)
         train = job.dataset.train
-        self.batches = Batches(train, torch.arange(len(train)), cfg.batch, shuffle=True, seed=cfg.seed)
+        self.batches = Batches(train, torch.arange(len(train)), cfg.batch, shuffle=True, seed=cfg.seed,
+                               drop_single=True)
         test = job.dataset.test
         self.test = Batches(test, torch.arange(len(test)), max(cfg.batch, 256), shuffle=False, seed=0) if test else None
         self.augment = Augment(job.dataset, cutout=cfg.cutout, train=True)

@@ -98,6 +98,15 @@ def test_cifar100_loads_fine_labels(tmp_path):
     assert ds.classes == 100 and (len(ds.train), len(ds.test)) == (20, 5) and ds.std == (0.2673, 0.2564, 0.2762)
 
 
+def test_cifar_labels_pickled_as_numpy_integers_load(tmp_path):
+    """A CIFAR-format file saved from Python 3 with `list(labels)` holds numpy scalars, not ints."""
+    folder = _fake_cifar10(tmp_path / "cifar-10-batches-py")
+    labels = np.arange(4, dtype=np.int64) + 3
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((4, 3072), np.uint8),
+                                                      b"labels": list(labels)}))
+    assert load_dataset("cifar10", tmp_path, download=False).test.labels.tolist() == [3, 4, 5, 6]
+
+
 @pytest.mark.parametrize("corrupt", ["truncated", "garbage", "wrong_size", "label_count", "code"])
 def test_corrupt_cifar_names_file(tmp_path, corrupt):
     folder = _fake_cifar10(tmp_path / "cifar-10-batches-py")
@@ -123,6 +132,19 @@ def test_cifar_missing_dir_and_files(tmp_path):
     assert "on a machine with internet" in info.value.hint and "data_batch_1" in info.value.message
     with pytest.raises(DataError, match="lacks"):
         load_dataset("cifar100", tmp_path, download=False)
+
+
+def test_a_data_dir_that_is_a_file_or_cannot_be_created_is_a_data_error(tmp_path):
+    """`--data-dir` naming a file used to end in an internal FileExistsError from the download's mkdir."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        load_dataset("cifar10", afile)  # download allowed: it must not try to mkdir a file
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        load_dataset("mnist", afile)
+    with pytest.raises(DataError, match="cannot write the download into") as info:
+        load_dataset("cifar100", afile / "sub")  # its parent is a file: mkdir fails before any fetch
+    assert "writable --data-dir" in info.value.hint
 
 
 def _tarball(path: Path, members: dict[str, bytes]) -> str:
@@ -234,6 +256,16 @@ def test_batches_cover_every_index_once_and_are_seeded():
     assert not torch.equal(loader.order(0), Batches(data, idx, 5, shuffle=True, seed=8).order(0))
     assert [lab.tolist() for _, lab in loader.epoch(2, start=2)] == [s.tolist() for s in list(
         lab for _, lab in loader.epoch(2))[2:]]
+
+
+def test_training_batches_drop_a_last_batch_of_one_image_only():
+    """Batch norm in training mode cannot normalise one sample at 1x1 resolution: that step used to crash."""
+    data = _toy()
+    train = Batches(data, torch.arange(21), 10, shuffle=True, seed=3, drop_single=True)  # 21 = 2 * 10 + 1
+    assert len(train) == 2 and [len(y) for _, y in train.epoch(0)] == [10, 10]
+    assert len(Batches(data, torch.arange(21), 10, shuffle=True, seed=3)) == 3  # evaluation keeps every image
+    assert len(Batches(data, torch.arange(22), 10, shuffle=True, seed=3, drop_single=True)) == 3
+    assert len(Batches(data, torch.arange(1), 10, shuffle=True, seed=3, drop_single=True)) == 1  # nothing else
 
 
 def test_batches_unshuffled_and_drop_last():

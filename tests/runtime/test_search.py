@@ -580,3 +580,28 @@ def test_deterministic_kernels_follow_each_run_not_the_last_one_in_the_process()
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(before, warn_only=True)
+
+
+def test_a_last_batch_of_one_image_does_not_crash_a_chain_that_reaches_1x1(tmp_path):
+    """8x8 digits through three stride-2 stages end at 1x1; with 718 training images at batch 239 the
+    last batch held one image, and batch norm in training mode raised ValueError (an internal error)."""
+    space = tmp_path / "tiny.nas"
+    space.write_text("""space tiny(classes = 10)
+
+op mb3 = conv(1, out = C_in * 2) > bn > relu > dw_conv(3, stride) > bn > relu > conv(1) > bn
+op mb5 = conv(1, out = C_in * 2) > bn > relu > dw_conv(5, stride) > bn > relu > conv(1) > bn
+
+network:
+    input 1 x 8 x 8
+    stem conv(3, stride = 2, out = 4) > bn > relu
+    choice 1 x [mb3, mb5], out 4, stride 2
+    choice 1 x [mb3, mb5], out 4, stride 2
+    head conv(1, out = 8) > bn > relu > global_avg_pool > linear(classes)
+
+alpha per instance
+select argmax per layer
+""")
+    job, result = _search(tmp_path / "run", str(space), params={}, batch=239)
+    assert len(job.dataset.train) // 2 % 239 == 1  # the case: one image left over in the weights' half
+    steps = [r for r in _records(tmp_path / "run") if r.get("type") == "step"]
+    assert len(steps) == 3

@@ -363,6 +363,17 @@ def test_a_search_run_is_trained_on_the_data_it_was_searched_on_unless_told_othe
     assert job.dataset.name == "digits" and job.ir.params["classes"] == 10
 
 
+def test_another_dataset_than_the_searched_one_is_not_looked_for_in_the_searched_data_dir(tmp_path):
+    """A run searched on CIFAR-10 in DIR, trained with `--data digits3`: DIR was CIFAR-10's folder, not its."""
+    from nasc.runtime.train import searched_data
+
+    run = {"search": {"dataset": "cifar10", "data_dir": str(tmp_path / "c10")}}
+    assert searched_data(run, {}) == {"dataset": "cifar10", "data_dir": str(tmp_path / "c10")}
+    assert searched_data(run, {"dataset": "cifar10"})["data_dir"] == str(tmp_path / "c10")
+    assert searched_data(run, {"dataset": "mnist"}) == {}
+    assert train_config({}, {**searched_data(run, {"dataset": "mnist"}), "dataset": "mnist"}).data_dir is None
+
+
 def test_data_dirs_are_recorded_absolute_so_other_folders_find_the_data(tmp_path, monkeypatch):
     """`--data-dir data` typed in one folder must still mean that folder to `nasc train RUN` run elsewhere."""
     from nasc.runtime.config import SearchConfig
