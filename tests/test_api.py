@@ -100,6 +100,22 @@ def test_select_again_with_another_selector(searched):
     assert (run.run_dir / "genotype-magnitude.json").is_file()
 
 
+def test_runs_give_back_the_process_wide_kernel_flags(searched):
+    """A notebook's own code after a search must not run with the search's deterministic kernels forced on."""
+    import torch
+
+    run, _ = searched
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark = True
+    try:
+        nasc.select(run, "magnitude")  # prepares the run as a search does: deterministic = true by default
+        assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark = before[1]
+
+
 @pytest.mark.slow
 def test_train_viz_and_export(searched, tmp_path):
     run, _ = searched
