@@ -215,6 +215,9 @@ def build_supernet(space: str | Path | SpaceIR = "darts", *, relax: str | None =
                    input_shape: Sequence[int] | None = None, seed: int = 0) -> Network:
     """The supernet of a space (name, file or compiled IR) under a relaxation (default: the space's own).
 
+    `seed` fixes its weights and α: the same seed gives the same supernet, the one a search with
+    that seed starts from.
+
     `net(x)` runs it; `net.arch_parameters()` and `net.weight_parameters()` are the two
     parameter groups; `net.alphas` holds α by group.
     """
@@ -231,8 +234,10 @@ def build_supernet(space: str | Path | SpaceIR = "darts", *, relax: str | None =
     options = dict(ir.relax.options) if name == ir.relax.name else {}
     options.update(relax_options or {})
     relaxation = load_relaxation(name, options)
-    net = _build(ir, relaxation, generator=torch.Generator().manual_seed(seed))
-    relaxation.setup(ir, net)
+    with torch.random.fork_rng(devices=[]):  # seeds the weights as a search does, leaving the caller's RNG as it was
+        torch.manual_seed(seed)
+        net = _build(ir, relaxation, generator=torch.Generator().manual_seed(seed))
+        relaxation.setup(ir, net)
     return net
 
 

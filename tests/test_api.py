@@ -61,6 +61,24 @@ def test_build_supernet_with_the_spaces_relaxation_or_another():
         nasc.build_supernet(nasc.compile_space("nb201", params=TINY), params=TINY)
 
 
+def test_build_supernet_seed_fixes_the_weights_as_a_search_does():
+    import torch
+
+    from nasc.runtime import search as S
+
+    job = S.prepare(S.Request(space="nb201", params=TINY, relax=None, relax_options={}, select=None,
+                              select_options={}, overrides={"seed": 3}))
+    state = torch.get_rng_state()
+    a = nasc.build_supernet("nb201", params=TINY, input_shape=(1, 8, 8), seed=3).state_dict()
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is untouched
+    b = nasc.build_supernet("nb201", params=TINY, input_shape=(1, 8, 8), seed=3).state_dict()
+    c = nasc.build_supernet("nb201", params=TINY, input_shape=(1, 8, 8), seed=4).state_dict()
+    start = job.net.state_dict()
+    assert a.keys() == b.keys() == start.keys()
+    assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], start[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
 def test_load_genotype_and_build_network():
     import torch
 
