@@ -406,6 +406,7 @@ def viz(source: Genotype | SearchResult | str | Path, output: str | Path = "geno
     """
     from nasc.runtime import viz as V
 
+    _check_path("output", output, also=" (the drawing's file: .png, .svg, .pdf or .dot)")
     g = load_genotype(source)
     out = V.check_format(output)
     written = [V.draw_genotype(g, out)]

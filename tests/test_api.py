@@ -207,6 +207,8 @@ def test_load_plugins_takes_a_single_path():
     (lambda: nasc.select("runs/x", 5), "selector must be a selector name (a str), got 5"),
     (lambda: nasc.train("x", space=5), "space must be a str or Path"),
     (lambda: nasc.export("x", space="nb201", input_shape=5), "input_shape must be a tuple (C, H, W)"),
+    (lambda: nasc.viz("|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|", 5),
+     "output must be a str or Path (the drawing's file"),
 ])
 def test_wrong_argument_types_are_nasc_errors_naming_the_argument(call, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
