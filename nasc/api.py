@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -151,6 +152,24 @@ def _shape(data: str | None, data_dir: str | None, input_shape: Sequence[int] | 
     return (tuple(input_shape) if input_shape is not None else dataset.shape), params
 
 
+@contextmanager
+def _torch_flags() -> Iterator[None]:
+    """Give back the process-wide kernel flags a run sets (deterministic algorithms, cuDNN autotuning).
+
+    A run chooses them for itself (`seed_everything`); the CLI's process then ends, but a notebook's goes on,
+    and its own code after `nasc.search(...)` would otherwise run with deterministic kernels forced on.
+    """
+    import torch
+
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark = saved[2]
+
+
 # ---------------------------------------------------------------- compile and build
 
 
@@ -196,6 +215,9 @@ def build_supernet(space: str | Path | SpaceIR = "darts", *, relax: str | None =
                    input_shape: Sequence[int] | None = None, seed: int = 0) -> Network:
     """The supernet of a space (name, file or compiled IR) under a relaxation (default: the space's own).
 
+    `seed` fixes its weights and α: the same seed gives the same supernet, the one a search with
+    that seed starts from.
+
     `net(x)` runs it; `net.arch_parameters()` and `net.weight_parameters()` are the two
     parameter groups; `net.alphas` holds α by group.
     """
@@ -212,8 +234,10 @@ def build_supernet(space: str | Path | SpaceIR = "darts", *, relax: str | None =
     options = dict(ir.relax.options) if name == ir.relax.name else {}
     options.update(relax_options or {})
     relaxation = load_relaxation(name, options)
-    net = _build(ir, relaxation, generator=torch.Generator().manual_seed(seed))
-    relaxation.setup(ir, net)
+    with torch.random.fork_rng(devices=[]):  # seeds the weights as a search does, leaving the caller's RNG as it was
+        torch.manual_seed(seed)
+        net = _build(ir, relaxation, generator=torch.Generator().manual_seed(seed))
+        relaxation.setup(ir, net)
     return net
 
 
@@ -276,9 +300,10 @@ def search(space: str | Path = "darts", *, params: Mapping[str, Any] | None = No
     request = S.Request(space=str(space), params=dict(params or {}), relax=relax,
                         relax_options=dict(relax_options or {}), select=select,
                         select_options=dict(select_options or {}), overrides=overrides)
-    job = S.prepare(request)
-    target = run_dir if run_dir is not None else S.default_run_dir(job.ir.name, job.config.seed)
-    return S.run_search(job, target, on_event=on_event)
+    with _torch_flags():
+        job = S.prepare(request)
+        target = run_dir if run_dir is not None else S.default_run_dir(job.ir.name, job.config.seed)
+        return S.run_search(job, target, on_event=on_event)
 
 
 def resume(run_dir: str | Path, *, on_event: Callable[[Event], None] | None = None) -> SearchResult:
@@ -288,7 +313,8 @@ def resume(run_dir: str | Path, *, on_event: Callable[[Event], None] | None = No
     _check_path("run_dir", run_dir, also=" (a search run directory)")
     _common(on_event=on_event)
     _plugins()
-    return S.resume(run_dir, on_event=on_event)
+    with _torch_flags():
+        return S.resume(run_dir, on_event=on_event)
 
 
 def select(run: str | Path | SearchResult, selector: str = "perturbation", *,
@@ -306,7 +332,8 @@ def select(run: str | Path | SearchResult, selector: str = "perturbation", *,
     _check_str("selector", selector, "a selector name (a str)")
     _common(on_event=on_event)
     _plugins()
-    genotype, _ = S.reselect(run_dir, selector, options, on_event=on_event)
+    with _torch_flags():
+        genotype, _ = S.reselect(run_dir, selector, options, on_event=on_event)
     return genotype
 
 
@@ -362,9 +389,10 @@ def train(genotype: Genotype | SearchResult | str | Path, *, space: str | Path |
                            device=device)
     request = T.TrainRequest(genotype=_genotype_source(genotype), space=None if space is None else str(space),
                              params=dict(params or {}), overrides=overrides)
-    job = T.prepare_train(request)
-    target = run_dir if run_dir is not None else T.default_train_dir(job.ir.name, job.config.seed)
-    result = T.run_train(job, target, on_event=on_event)
+    with _torch_flags():
+        job = T.prepare_train(request)
+        target = run_dir if run_dir is not None else T.default_train_dir(job.ir.name, job.config.seed)
+        result = T.run_train(job, target, on_event=on_event)
     return TrainResult(run_dir=Path(target), test_acc=result["test_acc"], test_top5=result["test_top5"],
                        test_loss=result["test_loss"],
                        params=result["params"], madds=result["madds"], epochs=result["epochs"], net=job.net,
@@ -378,6 +406,7 @@ def viz(source: Genotype | SearchResult | str | Path, output: str | Path = "geno
     """
     from nasc.runtime import viz as V
 
+    _check_path("output", output, also=" (the drawing's file: .png, .svg, .pdf or .dot)")
     g = load_genotype(source)
     out = V.check_format(output)
     written = [V.draw_genotype(g, out)]

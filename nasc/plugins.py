@@ -490,6 +490,9 @@ def _params(spec: ParamSpec | None) -> tuple[Param, ...]:
                 raise NascError(f"primitive parameter {name!r}: give a default (int, float or bool) or a type, "
                                 f"got {value!r}")
         return tuple(out)
+    if not isinstance(spec, Iterable) or isinstance(spec, str) or not all(isinstance(p, Param) for p in spec):
+        raise NascError(f"primitive parameters must be a dict of NAME: default (or type), got {spec!r}",
+                        hint='e.g. params={"reduction": 4, "k": int}')
     return tuple(spec)
 
 
@@ -547,6 +550,10 @@ def register_op(name: str, *, params: ParamSpec | None = None, doc: str | None =
     equal `n_params` (a test of yours should check it, as nasc's own do). A built-in's
     name (`conv`) is refused unless `replace=True`.
     """
+    unknown = sorted(set(rules) - set(_RULE_ARGS))
+    if unknown:  # else a raw TypeError from register_primitive
+        raise RegistryError(f"register_op({name!r}) has no rule {unknown[0]!r}",
+                            hint=f"the rules are {', '.join(_RULE_ARGS)} (nasc.compiler.primitives.Primitive)")
 
     def deco(builder: Callable[..., Any]) -> Callable[..., Any]:
         from nasc.runtime.ops import OPS

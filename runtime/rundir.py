@@ -76,8 +76,7 @@ class RunDir:
             if self.config.is_file() and not self.checkpoint.is_file():  # stopped in its first epoch
                 raise SearchError(f"run directory {self.path} already holds a run that never finished an epoch",
                                   hint=f"delete {self.path} or choose another --run-dir")
-            raise SearchError(f"run directory {self.path} already contains a run",
-                              hint=f"resume it with `nasc search --resume {self.path}` or choose another --run-dir")
+            raise SearchError(f"run directory {self.path} already contains a run", hint=self._taken_hint())
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
@@ -86,6 +85,19 @@ class RunDir:
         except OSError as e:
             raise SearchError(f"cannot write to run directory {self.path}: {e.strerror or e}",
                               hint="choose a writable --run-dir") from None
+
+    def _taken_hint(self) -> str:
+        """What to do with the run already here: resume it with the command that wrote it, unless it is
+        finished or not a run at all (`nasc search --resume` on a training run only says it is not a search)."""
+        other = "choose another --run-dir"
+        try:
+            kind = json.loads(self.config.read_text(encoding="utf-8")).get("kind", "search")
+        except (OSError, ValueError, AttributeError):
+            return f"{other} (it holds files that are not a nasc run)"
+        command, result = ("train", "result.json") if kind == "train" else ("search", "genotype.json")
+        if (self.path / result).is_file():
+            return f"it holds a finished `nasc {command}` run; {other}"
+        return f"resume it with `nasc {command} --resume {self.path}` or {other}"
 
     def read_config(self, *required: str) -> dict[str, Any]:
         """The run's config.json; a key in `required` that it lacks is an error naming the key."""

@@ -61,6 +61,24 @@ def test_build_supernet_with_the_spaces_relaxation_or_another():
         nasc.build_supernet(nasc.compile_space("nb201", params=TINY), params=TINY)
 
 
+def test_build_supernet_seed_fixes_the_weights_as_a_search_does():
+    import torch
+
+    from nasc.runtime import search as S
+
+    job = S.prepare(S.Request(space="nb201", params=TINY, relax=None, relax_options={}, select=None,
+                              select_options={}, overrides={"seed": 3}))
+    state = torch.get_rng_state()
+    a = nasc.build_supernet("nb201", params=TINY, input_shape=(1, 8, 8), seed=3).state_dict()
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is untouched
+    b = nasc.build_supernet("nb201", params=TINY, input_shape=(1, 8, 8), seed=3).state_dict()
+    c = nasc.build_supernet("nb201", params=TINY, input_shape=(1, 8, 8), seed=4).state_dict()
+    start = job.net.state_dict()
+    assert a.keys() == b.keys() == start.keys()
+    assert all(torch.equal(a[k], b[k]) and torch.equal(a[k], start[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
 def test_load_genotype_and_build_network():
     import torch
 
@@ -98,6 +116,22 @@ def test_select_again_with_another_selector(searched):
     genotype = nasc.select(run, "magnitude")
     assert genotype == run.genotype
     assert (run.run_dir / "genotype-magnitude.json").is_file()
+
+
+def test_runs_give_back_the_process_wide_kernel_flags(searched):
+    """A notebook's own code after a search must not run with the search's deterministic kernels forced on."""
+    import torch
+
+    run, _ = searched
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.benchmark = True
+    try:
+        nasc.select(run, "magnitude")  # prepares the run as a search does: deterministic = true by default
+        assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark = before[1]
 
 
 @pytest.mark.slow
@@ -173,6 +207,8 @@ def test_load_plugins_takes_a_single_path():
     (lambda: nasc.select("runs/x", 5), "selector must be a selector name (a str), got 5"),
     (lambda: nasc.train("x", space=5), "space must be a str or Path"),
     (lambda: nasc.export("x", space="nb201", input_shape=5), "input_shape must be a tuple (C, H, W)"),
+    (lambda: nasc.viz("|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|", 5),
+     "output must be a str or Path (the drawing's file"),
 ])
 def test_wrong_argument_types_are_nasc_errors_naming_the_argument(call, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -126,6 +126,11 @@ def test_register_primitive_alone_is_torch_free_and_checks_names():
     assert PRIMITIVES["double_width"].channels(3, 3, {}) == 6
     with pytest.raises(NascError, match="not a valid .nas name"):
         P.register_primitive("bad-name")
+    with pytest.raises(NascError, match="primitive parameters must be a dict"):
+        P.register_primitive("bad_params", params=5)
+    with pytest.raises(NascError, match="no rule 'n_param'"):
+        P.register_op("bad_rule", n_param=lambda c_in, c_out, args, affine: 0)
+    assert "bad_params" not in PRIMITIVES and "bad_rule" not in PRIMITIVES
     P.unregister_primitive("double_width")
     assert "double_width" not in PRIMITIVES
 

@@ -329,6 +329,24 @@ def test_missing_cifar_dir_is_a_data_error_without_network(tmp_path, monkeypatch
     assert not target.exists()  # a failed first download leaves nothing behind
 
 
+@pytest.mark.parametrize("files, hint", [
+    ({"config.json": {"kind": "train"}, "checkpoint.pt": 0}, "resume it with `nasc train --resume"),
+    ({"config.json": {"kind": "train"}, "checkpoint.pt": 0, "result.json": {}}, "finished `nasc train` run"),
+    ({"config.json": {}, "checkpoint.pt": 0}, "resume it with `nasc search --resume"),
+    ({"config.json": {}, "checkpoint.pt": 0, "genotype.json": {}}, "finished `nasc search` run"),
+    ({"notes.txt": "mine"}, "not a nasc run"),
+])
+def test_a_taken_run_dir_says_which_command_resumes_it(tmp_path, files, hint):
+    """`nasc search --resume` on a training run (or on a folder of notes) only fails again."""
+    from nasc.runtime.rundir import RunDir
+
+    for name, content in files.items():
+        (tmp_path / name).write_text(json.dumps(content))
+    with pytest.raises(SearchError, match="already contains a run") as info:
+        RunDir(tmp_path).create()
+    assert hint in info.value.hint
+
+
 def test_unknown_dataset_names_the_closest(tmp_path):
     with pytest.raises(NascError) as info:
         prepare(Request(space="nb201", params=NB201_TINY, overrides={"dataset": "digit"}))
