@@ -35,7 +35,7 @@ from nasc.runtime.data import Batches, Dataset, load_dataset
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.rundir import RunDir, default_run_path, environment
 from nasc.runtime.schedules import learning_rate
-from nasc.runtime.search import pick_device, seed_everything
+from nasc.runtime.search import check_classes, pick_device, seed_everything
 from nasc.runtime.supernet import Network, build_network
 from nasc.runtime.train_config import TrainConfig, check_train_block, train_config
 
@@ -156,6 +156,8 @@ def _prepare_train(request: TrainRequest, genotype: G.Genotype, run_config: Mapp
     if "classes" in decl.params and "classes" not in params and not counting_for_input:
         params["classes"] = dataset.classes
     ir = compile_decl(decl, params=params, input_shape=request.input_shape or dataset.shape)
+    if not counting_for_input:
+        check_classes(ir, dataset, "classes" in decl.params)
     derived = specialise_to_genotype(ir, genotype)
     config = declared_aux_weight(config, ir, settings, request.overrides)
     genotype = attrs.evolve(genotype, space=derived.name)  # genotype.json names the space it was trained in
