@@ -268,6 +268,15 @@ def build_network(space: str | Path | SpaceIR, genotype: Genotype | SearchResult
 # ---------------------------------------------------------------- search and select
 
 
+def _warn(notes: Sequence[str]) -> None:
+    """What the CLI prints as `warning:` lines before a run (α never trained, cutout capped, the auxiliary
+    head dropped) as Python warnings: a notebook would otherwise never hear of them."""
+    import warnings
+
+    for note in notes:
+        warnings.warn(note, RuntimeWarning, stacklevel=3)
+
+
 def _overrides(settings: Mapping[str, Any], **named: Any) -> dict[str, Any]:
     out = {k: v for k, v in named.items() if v is not None}
     out.update(settings)
@@ -302,6 +311,7 @@ def search(space: str | Path = "darts", *, params: Mapping[str, Any] | None = No
                         select_options=dict(select_options or {}), overrides=overrides)
     with _torch_flags():
         job = S.prepare(request)
+        _warn(job.notes)
         target = run_dir if run_dir is not None else S.default_run_dir(job.ir.name, job.config.seed)
         return S.run_search(job, target, on_event=on_event)
 
@@ -391,6 +401,7 @@ def train(genotype: Genotype | SearchResult | str | Path, *, space: str | Path |
                              params=dict(params or {}), overrides=overrides)
     with _torch_flags():
         job = T.prepare_train(request)
+        _warn(job.ir.meta.get("warnings", []))
         target = run_dir if run_dir is not None else T.default_train_dir(job.ir.name, job.config.seed)
         result = T.run_train(job, target, on_event=on_event)
     return TrainResult(run_dir=Path(target), test_acc=result["test_acc"], test_top5=result["test_top5"],

@@ -134,6 +134,12 @@ def test_runs_give_back_the_process_wide_kernel_flags(searched):
         torch.backends.cudnn.benchmark = before[1]
 
 
+def test_a_runs_warnings_reach_a_notebook(tmp_path):
+    """The CLI prints them before the run; from Python they were lost (not in events, files or the result)."""
+    with pytest.warns(RuntimeWarning, match="α is never trained: arch_start = 5"):
+        nasc.search("nb201", params=TINY, epochs=1, arch_start=5, train_portion=0.05, run_dir=tmp_path / "s")
+
+
 @pytest.mark.slow
 def test_train_viz_and_export(searched, tmp_path):
     run, _ = searched
