@@ -316,15 +316,19 @@ def search(space: str | Path = "darts", *, params: Mapping[str, Any] | None = No
         return S.run_search(job, target, on_event=on_event)
 
 
-def resume(run_dir: str | Path, *, on_event: Callable[[Event], None] | None = None) -> SearchResult:
-    """Continue an interrupted search from its last checkpoint."""
+def resume(run_dir: str | Path, *, on_event: Callable[[Event], None] | None = None) -> SearchResult | TrainResult:
+    """Continue an interrupted search (a `SearchResult`) or training (a `TrainResult`) from its last checkpoint."""
     from nasc.runtime import search as S
+    from nasc.runtime import train as T
 
-    _check_path("run_dir", run_dir, also=" (a search run directory)")
+    _check_path("run_dir", run_dir, also=" (a search or training run directory)")
     _common(on_event=on_event)
     _plugins()
     with _torch_flags():
-        return S.resume(run_dir, on_event=on_event)
+        if _run_kind(Path(run_dir)) != "train":
+            return S.resume(run_dir, on_event=on_event)
+        job, state = T.prepare_resume_train(run_dir)
+        return _train_result(job, run_dir, T.run_train(job, run_dir, on_event=on_event, resume_state=state))
 
 
 def select(run: str | Path | SearchResult, selector: str = "perturbation", *,
@@ -404,6 +408,10 @@ def train(genotype: Genotype | SearchResult | str | Path, *, space: str | Path |
         _warn(job.ir.meta.get("warnings", []))
         target = run_dir if run_dir is not None else T.default_train_dir(job.ir.name, job.config.seed)
         result = T.run_train(job, target, on_event=on_event)
+    return _train_result(job, target, result)
+
+
+def _train_result(job: Any, target: str | Path, result: Mapping[str, Any]) -> TrainResult:
     return TrainResult(run_dir=Path(target), test_acc=result["test_acc"], test_top5=result["test_top5"],
                        test_loss=result["test_loss"],
                        params=result["params"], madds=result["madds"], epochs=result["epochs"], net=job.net,

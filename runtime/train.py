@@ -344,6 +344,12 @@ def run_train(job: TrainJob, run_path: str | Path, *, on_event: Callable[[Event]
 
 def resume_train(run_path: str | Path, *, on_event: Callable[[Event], None] | None = None,
                  stop_after: int | None = None) -> dict[str, Any]:
+    job, state = prepare_resume_train(run_path)
+    return run_train(job, RunDir(run_path).path, on_event=on_event, resume_state=state, stop_after=stop_after)
+
+
+def prepare_resume_train(run_path: str | Path) -> tuple[TrainJob, dict[str, Any]]:
+    """The job and last checkpoint of an interrupted training run (`nasc.resume` keeps the job's network)."""
     run = RunDir(run_path)
     config = run.read_config()
     if config.get("kind") != "train":
@@ -357,7 +363,7 @@ def resume_train(run_path: str | Path, *, on_event: Callable[[Event], None] | No
     state = run.load_checkpoint(job.ir.meta["fingerprint"])
     if int(state["epoch"]) >= job.config.epochs:
         raise SearchError(f"the training run in {run.path} is already finished")
-    return run_train(job, run.path, on_event=on_event, resume_state=state, stop_after=stop_after)
+    return job, state
 
 
 @attrs.frozen(kw_only=True)
