@@ -478,6 +478,11 @@ def export(source: TrainResult | Genotype | SearchResult | str | Path, output: s
         raise NascError(f"unknown export format {to!r}", hint=f"one of {', '.join(X.FORMATS)}")
     run = _run_dir(source) if not isinstance(source, TrainResult) else None
     if isinstance(source, TrainResult):
+        given = [k for k, v in (("space", space), ("params", params), ("input_shape", input_shape), ("data", data),
+                                ("checkpoint", checkpoint)) if v is not None]
+        if given:  # the trained network is exported as it is; these would be silently ignored
+            raise NascError(f"export: {given[0]} cannot change a TrainResult's trained network",
+                            hint=f"export its run directory instead: nasc.export(result.run_dir, ..., {given[0]}=...)")
         ir, net, genotype, with_weights = source.ir, source.net.eval(), source.genotype, True
     elif run is not None and _run_kind(run) == "train":
         trained = T.load_trained(run, space=None if space is None else str(space), params=params,

@@ -231,6 +231,9 @@ def test_load_plugins_takes_a_single_path():
     (lambda: nasc.select("runs/x", 5), "selector must be a selector name (a str), got 5"),
     (lambda: nasc.train("x", space=5), "space must be a str or Path"),
     (lambda: nasc.export("x", space="nb201", input_shape=5), "input_shape must be a tuple (C, H, W)"),
+    (lambda: nasc.export(nasc.TrainResult(run_dir=Path("r"), test_acc=None, test_top5=None, test_loss=None, params=0,
+                                          madds=0, epochs=1, net=None, ir=None, genotype=None), params={"C": 8}),
+     "params cannot change a TrainResult's trained network"),
     (lambda: nasc.viz("|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|", 5),
      "output must be a str or Path (the drawing's file"),
 ])
