@@ -268,6 +268,15 @@ def build_network(space: str | Path | SpaceIR, genotype: Genotype | SearchResult
 # ---------------------------------------------------------------- search and select
 
 
+def _warn(notes: Sequence[str]) -> None:
+    """What the CLI prints as `warning:` lines before a run (α never trained, cutout capped, the auxiliary
+    head dropped) as Python warnings: a notebook would otherwise never hear of them."""
+    import warnings
+
+    for note in notes:
+        warnings.warn(note, RuntimeWarning, stacklevel=3)
+
+
 def _overrides(settings: Mapping[str, Any], **named: Any) -> dict[str, Any]:
     out = {k: v for k, v in named.items() if v is not None}
     out.update(settings)
@@ -302,19 +311,24 @@ def search(space: str | Path = "darts", *, params: Mapping[str, Any] | None = No
                         select_options=dict(select_options or {}), overrides=overrides)
     with _torch_flags():
         job = S.prepare(request)
+        _warn(job.notes)
         target = run_dir if run_dir is not None else S.default_run_dir(job.ir.name, job.config.seed)
         return S.run_search(job, target, on_event=on_event)
 
 
-def resume(run_dir: str | Path, *, on_event: Callable[[Event], None] | None = None) -> SearchResult:
-    """Continue an interrupted search from its last checkpoint."""
+def resume(run_dir: str | Path, *, on_event: Callable[[Event], None] | None = None) -> SearchResult | TrainResult:
+    """Continue an interrupted search (a `SearchResult`) or training (a `TrainResult`) from its last checkpoint."""
     from nasc.runtime import search as S
+    from nasc.runtime import train as T
 
-    _check_path("run_dir", run_dir, also=" (a search run directory)")
+    _check_path("run_dir", run_dir, also=" (a search or training run directory)")
     _common(on_event=on_event)
     _plugins()
     with _torch_flags():
-        return S.resume(run_dir, on_event=on_event)
+        if _run_kind(Path(run_dir)) != "train":
+            return S.resume(run_dir, on_event=on_event)
+        job, state = T.prepare_resume_train(run_dir)
+        return _train_result(job, run_dir, T.run_train(job, run_dir, on_event=on_event, resume_state=state))
 
 
 def select(run: str | Path | SearchResult, selector: str = "perturbation", *,
@@ -391,8 +405,13 @@ def train(genotype: Genotype | SearchResult | str | Path, *, space: str | Path |
                              params=dict(params or {}), overrides=overrides)
     with _torch_flags():
         job = T.prepare_train(request)
+        _warn(job.ir.meta.get("warnings", []))
         target = run_dir if run_dir is not None else T.default_train_dir(job.ir.name, job.config.seed)
         result = T.run_train(job, target, on_event=on_event)
+    return _train_result(job, target, result)
+
+
+def _train_result(job: Any, target: str | Path, result: Mapping[str, Any]) -> TrainResult:
     return TrainResult(run_dir=Path(target), test_acc=result["test_acc"], test_top5=result["test_top5"],
                        test_loss=result["test_loss"],
                        params=result["params"], madds=result["madds"], epochs=result["epochs"], net=job.net,
@@ -459,6 +478,11 @@ def export(source: TrainResult | Genotype | SearchResult | str | Path, output: s
         raise NascError(f"unknown export format {to!r}", hint=f"one of {', '.join(X.FORMATS)}")
     run = _run_dir(source) if not isinstance(source, TrainResult) else None
     if isinstance(source, TrainResult):
+        given = [k for k, v in (("space", space), ("params", params), ("input_shape", input_shape), ("data", data),
+                                ("checkpoint", checkpoint)) if v is not None]
+        if given:  # the trained network is exported as it is; these would be silently ignored
+            raise NascError(f"export: {given[0]} cannot change a TrainResult's trained network",
+                            hint=f"export its run directory instead: nasc.export(result.run_dir, ..., {given[0]}=...)")
         ir, net, genotype, with_weights = source.ir, source.net.eval(), source.genotype, True
     elif run is not None and _run_kind(run) == "train":
         trained = T.load_trained(run, space=None if space is None else str(space), params=params,

@@ -139,6 +139,17 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def check_classes(ir: SpaceIR, dataset: Dataset, declared: bool) -> None:
+    """The head must score each of the dataset's classes: more scores train a wrong network silently, fewer
+    fail inside the loss at the first batch whose label has no score."""
+    head_out = ir.meta["shapes"][[l.id for l in ir.layers() if l.kind == "head"][0]]["c_out"]
+    if head_out != dataset.classes:
+        hint = (f"leave `classes` unset: it is taken from the dataset ({dataset.classes})" if declared
+                else "declare a `classes` parameter in the space and use it in the head")
+        raise SearchError(f"the network outputs {head_out} scores but {dataset.name} has {dataset.classes} classes",
+                          hint=hint)
+
+
 def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | None = None) -> Job:
     """Compile the space for the dataset, resolve every setting, build the supernet.
 
@@ -164,10 +175,7 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     if restrict:  # progressive search: the candidates kept from the previous stage
         from nasc.compiler.restrict import restrict_candidates
         ir = restrict_candidates(ir, restrict)
-    head_out = ir.meta["shapes"][[l.id for l in ir.layers() if l.kind == "head"][0]]["c_out"]
-    if head_out != dataset.classes:
-        raise SearchError(f"the network outputs {head_out} scores but {dataset.name} has {dataset.classes} classes",
-                          hint="declare a `classes` parameter in the space and use it in the head")
+    check_classes(ir, dataset, "classes" in decl.params)
     relax_name = request.relax or ir.relax.name
     relax_opts = dict(ir.relax.options) if relax_name == ir.relax.name else {}
     relax_opts.update(request.relax_options)

@@ -35,7 +35,7 @@ from nasc.runtime.data import Batches, Dataset, load_dataset
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.rundir import RunDir, default_run_path, environment
 from nasc.runtime.schedules import learning_rate
-from nasc.runtime.search import pick_device, seed_everything
+from nasc.runtime.search import check_classes, pick_device, seed_everything
 from nasc.runtime.supernet import Network, build_network
 from nasc.runtime.train_config import TrainConfig, check_train_block, train_config
 
@@ -161,6 +161,8 @@ def _prepare_train(request: TrainRequest, genotype: G.Genotype, run_config: Mapp
     if "classes" in decl.params and "classes" not in params and not counting_for_input:
         params["classes"] = dataset.classes
     ir = compile_decl(decl, params=params, input_shape=request.input_shape or dataset.shape)
+    if not counting_for_input:
+        check_classes(ir, dataset, "classes" in decl.params)
     derived = specialise_to_genotype(ir, genotype)
     config = declared_aux_weight(config, ir, settings, request.overrides)
     genotype = attrs.evolve(genotype, space=derived.name)  # genotype.json names the space it was trained in
@@ -348,6 +350,12 @@ def run_train(job: TrainJob, run_path: str | Path, *, on_event: Callable[[Event]
 
 def resume_train(run_path: str | Path, *, on_event: Callable[[Event], None] | None = None,
                  stop_after: int | None = None) -> dict[str, Any]:
+    job, state = prepare_resume_train(run_path)
+    return run_train(job, RunDir(run_path).path, on_event=on_event, resume_state=state, stop_after=stop_after)
+
+
+def prepare_resume_train(run_path: str | Path) -> tuple[TrainJob, dict[str, Any]]:
+    """The job and last checkpoint of an interrupted training run (`nasc.resume` keeps the job's network)."""
     run = RunDir(run_path)
     config = run.read_config()
     if config.get("kind") != "train":
@@ -361,7 +369,7 @@ def resume_train(run_path: str | Path, *, on_event: Callable[[Event], None] | No
     state = run.load_checkpoint(job.ir.meta["fingerprint"])
     if int(state["epoch"]) >= job.config.epochs:
         raise SearchError(f"the training run in {run.path} is already finished")
-    return run_train(job, run.path, on_event=on_event, resume_state=state, stop_after=stop_after)
+    return job, state
 
 
 @attrs.frozen(kw_only=True)

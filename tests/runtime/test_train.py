@@ -137,6 +137,16 @@ def test_genotype_errors_are_clear(tmp_path):
                                             "skip_connect~1|skip_connect~2|", space="darts", params=TINY))
 
 
+def test_a_head_that_does_not_score_the_datasets_classes_is_refused_before_training():
+    """classes=3 on the 10 digits was an internal IndexError in the loss at the first batch (and classes=20
+    trained a network with 10 dead scores); `nasc search` already refused both."""
+    nb201 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    for classes in (3, 20):
+        with pytest.raises(SearchError, match=f"outputs {classes} scores but digits has 10 classes") as info:
+            prepare_train(TrainRequest(genotype=nb201, space="nb201", params={"C": 4, "N": 1, "classes": classes}))
+        assert "leave `classes` unset" in info.value.hint
+
+
 @pytest.mark.slow
 def test_channels_last_trains_as_nchw_does_and_is_the_default(tmp_path):
     """The derived network runs in NHWC by default (0.77x the NCHW step of DARTS' C = 36 network on a CPU)."""
