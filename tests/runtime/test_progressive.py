@@ -174,6 +174,21 @@ def test_skip_dropout_runs_in_fused_edge_groups(tiny_net):
     assert len(ran) == len(installed)
 
 
+def test_skip_dropout_reaches_mergenas_edges(tiny_ir, tiny_net):
+    """A MergeNAS edge keeps skip_connect outside its merged convs (`others`); P-DARTS with --relax mergenas
+    once installed no skip dropout at all and recorded skip_dropout 0.0 in every epoch."""
+    merged = build_supernet(tiny_ir, load_relaxation("merged-kernel"), generator=torch.Generator().manual_seed(0))
+    installed = P.install_skip_dropout(merged)
+    assert len(installed) == len(P.install_skip_dropout(tiny_net)) > 0
+    P.set_skip_dropout(installed, 0.5)
+    ran = set()
+    for m in installed:
+        m.register_forward_hook(lambda mod, inp, out: ran.add(id(mod)))
+    merged.train()
+    merged(torch.randn(2, 1, 8, 8)).sum().backward()
+    assert len(ran) == len(installed)
+
+
 
 def test_skip_dropout_drops_the_same_elements_in_channels_last():
     """A search runs channels-last by default; the seeded mask must not depend on the layout."""
