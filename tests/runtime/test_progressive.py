@@ -256,6 +256,14 @@ def test_stage_settings_are_checked(space_file, tmp_path):
         prepare(Request(space=str(space_file), overrides={**OVERRIDES, "stages": "stage(keep = 2)"}))
 
 
+def test_progressive_settings_without_stages_are_warned_about():
+    """`skip_limit` on a one-stage search (e.g. pdarts with `stages = []`, or darts) was dropped silently."""
+    job = prepare(Request(space="pdarts", params={"C": 4}, overrides={**OVERRIDES, "stages": []}))
+    assert any("skip_limit applies only to a progressive search" in w for w in job.ir.meta["warnings"])
+    job = prepare(Request(space="darts", params={"C": 4, "layers": 3}, overrides={**OVERRIDES, "carry_alpha": True}))
+    assert any("carry_alpha applies only" in w for w in job.ir.meta["warnings"])
+
+
 def test_prepare_compiles_the_first_stage(space_file):
     job = prepare(Request(space=str(space_file), overrides=OVERRIDES))
     assert job.ir.params["layers"] == 3 and len(job.config.stages) == 3 and job.config.skip_limit == 2
