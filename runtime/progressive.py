@@ -390,7 +390,8 @@ def run_progressive(job: Any, run_path: Any, *, on_event: Callable[[Event], None
         genotype = sjob.selector.select(sjob.net, sjob.ir, relax=sjob.relax, trainer=trainer, emit=emit)
         before, removed = genotype, []
     genotype = attrs.evolve(genotype, fingerprint=run_fp)
-    emit({"type": "derive", "stage": si, "selector": sjob.selector.name, "skip_limit": cfg.skip_limit,
+    applied = cfg.skip_limit if sjob.selector.name == "magnitude" else None  # the record says what was done
+    emit({"type": "derive", "stage": si, "selector": sjob.selector.name, "skip_limit": applied,
           "before": G.canonical_str(before), "genotype": G.canonical_str(genotype), "removed_skips": removed})
     try:
         G.save(genotype, run.path / "genotype.json")

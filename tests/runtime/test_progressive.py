@@ -264,6 +264,14 @@ def test_progressive_settings_without_stages_are_warned_about():
     assert any("carry_alpha applies only" in w for w in job.ir.meta["warnings"])
 
 
+def test_skip_limit_under_another_selector_is_warned_about(space_file):
+    """With --select perturbation the skip-connect rule is not run; the search said nothing of it."""
+    job = prepare(Request(space=str(space_file), select="perturbation", overrides=OVERRIDES))
+    assert any("skip_limit = 2 is not applied: the perturbation selector" in w for w in job.ir.meta["warnings"])
+    job = prepare(Request(space=str(space_file), overrides=OVERRIDES))
+    assert not any("skip_limit" in w for w in job.ir.meta.get("warnings", []))
+
+
 def test_prepare_compiles_the_first_stage(space_file):
     job = prepare(Request(space=str(space_file), overrides=OVERRIDES))
     assert job.ir.params["layers"] == 3 and len(job.config.stages) == 3 and job.config.skip_limit == 2
