@@ -124,17 +124,33 @@ class SkipDropout(Dropout):
         return f"p={self.p}"
 
 
+def _candidate_slots(module: nn.Module) -> list[tuple[nn.Module, int | str, int]]:
+    """(container, key, candidate index) of each stand-alone candidate of a mixed edge; [] for other modules.
+
+    Most edges hold their candidates in a ModuleList `candidates`; a MergeNAS edge
+    (relaxations/merged_kernel.py) keeps those outside its merged convolutions, skip_connect among
+    them, in a ModuleDict `others` keyed by candidate index.
+    """
+    names = getattr(module, "names", None)
+    if not isinstance(names, list):
+        return []
+    candidates, others = getattr(module, "candidates", None), getattr(module, "others", None)
+    if isinstance(candidates, nn.ModuleList):
+        return [(candidates, i, i) for i in range(len(candidates))]
+    if isinstance(others, nn.ModuleDict):
+        return [(others, key, int(key)) for key in others.keys()]
+    return []
+
+
 def install_skip_dropout(net: Network, op: str = SKIP_OP) -> list[SkipDropout]:
     """Replace every identity candidate named `op` in the net's mixed edges by a SkipDropout; returns them."""
     installed = []
     for module in net.modules():
-        candidates, names = getattr(module, "candidates", None), getattr(module, "names", None)
-        if not isinstance(candidates, nn.ModuleList) or not isinstance(names, list):
-            continue
-        for i, name in enumerate(names):
-            if name == op and type(candidates[i]) is nn.Identity:
-                candidates[i] = SkipDropout()
-                installed.append(candidates[i])
+        names = getattr(module, "names", None)
+        for container, key, i in _candidate_slots(module):
+            if names[i] == op and type(container[key]) is nn.Identity:
+                container[key] = SkipDropout()
+                installed.append(container[key])
     for module in net.modules():  # fused edge groups were planned on the identities: plan them again
         if isinstance(module, Cell) and module.groups:
             module.fuse(True)
@@ -374,7 +390,8 @@ def run_progressive(job: Any, run_path: Any, *, on_event: Callable[[Event], None
         genotype = sjob.selector.select(sjob.net, sjob.ir, relax=sjob.relax, trainer=trainer, emit=emit)
         before, removed = genotype, []
     genotype = attrs.evolve(genotype, fingerprint=run_fp)
-    emit({"type": "derive", "stage": si, "selector": sjob.selector.name, "skip_limit": cfg.skip_limit,
+    applied = cfg.skip_limit if sjob.selector.name == "magnitude" else None  # the record says what was done
+    emit({"type": "derive", "stage": si, "selector": sjob.selector.name, "skip_limit": applied,
           "before": G.canonical_str(before), "genotype": G.canonical_str(genotype), "removed_skips": removed})
     try:
         G.save(genotype, run.path / "genotype.json")

@@ -194,6 +194,14 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     if config.arch_start >= config.epochs and not config.fix_alpha:
         notes.append(f"α is never trained: arch_start = {config.arch_start} is not below epochs = {config.epochs}, "
                      "so the genotype comes from the random initial α (lower it, e.g. --opt arch_start=0)")
+    if not config.stages and (config.skip_limit is not None or config.carry_alpha):
+        # these act only between or after the stages of runtime/progressive.py; a plain search would drop them
+        used = "skip_limit" if config.skip_limit is not None else "carry_alpha"
+        notes.append(f"{used} applies only to a progressive search (a `stages` setting); this one-stage search "
+                     "ignores it")
+    elif config.stages and config.skip_limit is not None and selector.name != "magnitude":
+        notes.append(f"skip_limit = {config.skip_limit} is not applied: the {selector.name} selector picks the final "
+                     "genotype, and the skip-connect rule (runtime/progressive.py) follows the magnitude rule only")
     ir.meta["warnings"] = ir.meta.get("warnings", []) + notes
     seed_everything(config.seed, config.deterministic)
     generator = torch.Generator().manual_seed(config.seed)

@@ -174,6 +174,21 @@ def test_skip_dropout_runs_in_fused_edge_groups(tiny_net):
     assert len(ran) == len(installed)
 
 
+def test_skip_dropout_reaches_mergenas_edges(tiny_ir, tiny_net):
+    """A MergeNAS edge keeps skip_connect outside its merged convs (`others`); P-DARTS with --relax mergenas
+    once installed no skip dropout at all and recorded skip_dropout 0.0 in every epoch."""
+    merged = build_supernet(tiny_ir, load_relaxation("merged-kernel"), generator=torch.Generator().manual_seed(0))
+    installed = P.install_skip_dropout(merged)
+    assert len(installed) == len(P.install_skip_dropout(tiny_net)) > 0
+    P.set_skip_dropout(installed, 0.5)
+    ran = set()
+    for m in installed:
+        m.register_forward_hook(lambda mod, inp, out: ran.add(id(mod)))
+    merged.train()
+    merged(torch.randn(2, 1, 8, 8)).sum().backward()
+    assert len(ran) == len(installed)
+
+
 
 def test_skip_dropout_drops_the_same_elements_in_channels_last():
     """A search runs channels-last by default; the seeded mask must not depend on the layout."""
@@ -239,6 +254,22 @@ def test_stage_settings_are_checked(space_file, tmp_path):
         prepare(Request(space=str(space_file), params={"layers": 8}, overrides=OVERRIDES))
     with pytest.raises(SearchError, match="list of stage"):
         prepare(Request(space=str(space_file), overrides={**OVERRIDES, "stages": "stage(keep = 2)"}))
+
+
+def test_progressive_settings_without_stages_are_warned_about():
+    """`skip_limit` on a one-stage search (e.g. pdarts with `stages = []`, or darts) was dropped silently."""
+    job = prepare(Request(space="pdarts", params={"C": 4}, overrides={**OVERRIDES, "stages": []}))
+    assert any("skip_limit applies only to a progressive search" in w for w in job.ir.meta["warnings"])
+    job = prepare(Request(space="darts", params={"C": 4, "layers": 3}, overrides={**OVERRIDES, "carry_alpha": True}))
+    assert any("carry_alpha applies only" in w for w in job.ir.meta["warnings"])
+
+
+def test_skip_limit_under_another_selector_is_warned_about(space_file):
+    """With --select perturbation the skip-connect rule is not run; the search said nothing of it."""
+    job = prepare(Request(space=str(space_file), select="perturbation", overrides=OVERRIDES))
+    assert any("skip_limit = 2 is not applied: the perturbation selector" in w for w in job.ir.meta["warnings"])
+    job = prepare(Request(space=str(space_file), overrides=OVERRIDES))
+    assert not any("skip_limit" in w for w in job.ir.meta.get("warnings", []))
 
 
 def test_prepare_compiles_the_first_stage(space_file):
