@@ -82,6 +82,13 @@ class Dataset:
         if self.test is not None and self.test.images.shape[1:] != self.train.images.shape[1:]:
             raise DataError(f"{self.name}: test images {tuple(self.test.images.shape[1:])} "
                             f"differ from train images {tuple(self.train.images.shape[1:])}")
+        # a plugin's labels past `classes` would surface as cross-entropy's IndexError mid-search
+        # (on a GPU, a device-side assert), far from the loader that got them wrong
+        for split, part in (("train", self.train), ("test", self.test)):
+            if part is not None and len(part) and (int(part.labels.min()) < 0 or int(part.labels.max()) >= self.classes):
+                raise DataError(f"{self.name}: {split} labels span {int(part.labels.min())}..{int(part.labels.max())}, "
+                                f"outside 0..{self.classes - 1} for {self.classes} classes",
+                                hint="fix the loader's labels or its `classes`")
 
     @property
     def shape(self) -> tuple[int, int, int]:
