@@ -37,7 +37,7 @@ from nasc.errors import DataError
 from nasc.runtime.augment import Augment
 from nasc.runtime.registry import Registry, call_problem
 
-__all__ = ["ImageSet", "Dataset", "DATASETS", "load_dataset", "split_indices", "Batches", "Augment", "CIFAR"]
+__all__ = ["ImageSet", "Dataset", "DATASETS", "load_dataset", "recorded_data_dir", "split_indices", "Batches", "Augment", "CIFAR"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,13 @@ def load_dataset(name: str = "digits", data_dir: str | Path | None = None, *, do
     """Load a registered dataset; `data_dir` defaults to $NASC_DATA or ~/.cache/nasc/data."""
     loader = DATASETS.get(name)  # RegistryError with did-you-mean for unknown names
     return loader(None if data_dir is None else Path(data_dir).expanduser(), download)
+
+
+def recorded_data_dir(data_dir: str | None) -> str | None:
+    """The data dir a run records: `--data-dir`, else $NASC_DATA when set. The environment is not in
+    config.json, so a run that read $NASC_DATA and recorded None was trained (`nasc train RUN`) or
+    resumed elsewhere from ~/.cache/nasc/data, or whatever $NASC_DATA said there."""
+    return data_dir if data_dir is not None else os.environ.get("NASC_DATA") or None
 
 
 def split_indices(n: int, portion: float) -> tuple[Tensor, Tensor]:
