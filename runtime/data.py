@@ -37,7 +37,8 @@ from nasc.errors import DataError
 from nasc.runtime.augment import Augment
 from nasc.runtime.registry import Registry, call_problem
 
-__all__ = ["ImageSet", "Dataset", "DATASETS", "load_dataset", "recorded_data_dir", "split_indices", "Batches", "Augment", "CIFAR"]
+__all__ = ["ImageSet", "Dataset", "DATASETS", "load_dataset", "recorded_data_dir", "split_indices",
+           "Batches", "Augment", "CIFAR"]
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,11 @@ class Dataset:
         # a plugin's labels past `classes` would surface as cross-entropy's IndexError mid-search
         # (on a GPU, a device-side assert), far from the loader that got them wrong
         for split, part in (("train", self.train), ("test", self.test)):
-            if part is not None and len(part) and (int(part.labels.min()) < 0 or int(part.labels.max()) >= self.classes):
-                raise DataError(f"{self.name}: {split} labels span {int(part.labels.min())}..{int(part.labels.max())}, "
+            if part is None or not len(part):
+                continue
+            lo, hi = int(part.labels.min()), int(part.labels.max())
+            if lo < 0 or hi >= self.classes:
+                raise DataError(f"{self.name}: {split} labels span {lo}..{hi}, "
                                 f"outside 0..{self.classes - 1} for {self.classes} classes",
                                 hint="fix the loader's labels or its `classes`")
 
