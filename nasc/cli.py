@@ -437,7 +437,8 @@ def search(
     first_order: Annotated[bool, typer.Option("--first-order", help="First-order α gradient.")] = False,
     data: Annotated[Optional[str], typer.Option("--data", help="Dataset: digits (default, embedded), "
                                                 "cifar10, cifar100, mnist, fashion_mnist.")] = None,
-    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where datasets live.")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(
+        "--data-dir", help="Where datasets live (default: $NASC_DATA, else ~/.cache/nasc/data).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
     memory: Annotated[Optional[str], typer.Option(help="Supernet memory mode: plain, recompute or auto.")] = None,
     opt: Annotated[Optional[list[str]], typer.Option("--opt", help="Any search setting NAME=VALUE "
@@ -540,7 +541,8 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Dataset (default: a search run's, else the "
                                                 "embedded digits).")] = None,
-    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where datasets live.")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(
+        "--data-dir", help="Where datasets live (default: $NASC_DATA, else ~/.cache/nasc/data).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
     opt: Annotated[Optional[list[str]], typer.Option("--opt", help="Any training setting NAME=VALUE "
                                                      "(lr, drop_path, aux_weight, cutout, ...).")] = None,

@@ -37,7 +37,8 @@ from nasc.errors import DataError
 from nasc.runtime.augment import Augment
 from nasc.runtime.registry import Registry, call_problem
 
-__all__ = ["ImageSet", "Dataset", "DATASETS", "load_dataset", "split_indices", "Batches", "Augment", "CIFAR"]
+__all__ = ["ImageSet", "Dataset", "DATASETS", "load_dataset", "recorded_data_dir", "split_indices",
+           "Batches", "Augment", "CIFAR"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,16 @@ class Dataset:
         if self.test is not None and self.test.images.shape[1:] != self.train.images.shape[1:]:
             raise DataError(f"{self.name}: test images {tuple(self.test.images.shape[1:])} "
                             f"differ from train images {tuple(self.train.images.shape[1:])}")
+        # a plugin's labels past `classes` would surface as cross-entropy's IndexError mid-search
+        # (on a GPU, a device-side assert), far from the loader that got them wrong
+        for split, part in (("train", self.train), ("test", self.test)):
+            if part is None or not len(part):
+                continue
+            lo, hi = int(part.labels.min()), int(part.labels.max())
+            if lo < 0 or hi >= self.classes:
+                raise DataError(f"{self.name}: {split} labels span {lo}..{hi}, "
+                                f"outside 0..{self.classes - 1} for {self.classes} classes",
+                                hint="fix the loader's labels or its `classes`")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -100,6 +111,13 @@ def load_dataset(name: str = "digits", data_dir: str | Path | None = None, *, do
     """Load a registered dataset; `data_dir` defaults to $NASC_DATA or ~/.cache/nasc/data."""
     loader = DATASETS.get(name)  # RegistryError with did-you-mean for unknown names
     return loader(None if data_dir is None else Path(data_dir).expanduser(), download)
+
+
+def recorded_data_dir(data_dir: str | None) -> str | None:
+    """The data dir a run records: `--data-dir`, else $NASC_DATA when set. The environment is not in
+    config.json, so a run that read $NASC_DATA and recorded None was trained (`nasc train RUN`) or
+    resumed elsewhere from ~/.cache/nasc/data, or whatever $NASC_DATA said there."""
+    return data_dir if data_dir is not None else os.environ.get("NASC_DATA") or None
 
 
 def split_indices(n: int, portion: float) -> tuple[Tensor, Tensor]:

@@ -30,7 +30,7 @@ from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
 from nasc.runtime.compiled import compile_blocker, compile_cells, summary
 from nasc.runtime.config import SearchConfig, check_search_block, make_config
-from nasc.runtime.data import Batches, Dataset, load_dataset, split_indices
+from nasc.runtime.data import Batches, Dataset, load_dataset, recorded_data_dir, split_indices
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.relaxations.base import Relaxation, load_relaxation, preset
 from nasc.runtime.rundir import RunDir, default_run_path, environment
@@ -164,6 +164,7 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     if request.relax is None and decl.relax is not None:
         preset_settings = _beside_preset(decl, settings, preset_settings)
     base = make_config(settings, {**preset_settings, **request.overrides})
+    base = attrs.evolve(base, data_dir=recorded_data_dir(base.data_dir))
     dataset = _dist.main_first(load_dataset, base.dataset, base.data_dir)  # distributed: one download per machine
     params = dict(request.params)
     if base.stages:  # progressive search: this stage's space parameters (e.g. layers)

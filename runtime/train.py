@@ -31,7 +31,7 @@ from nasc.compiler.resolve import resolve_path
 from nasc.errors import GenotypeError, NasSemanticError, SearchError
 from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
-from nasc.runtime.data import Batches, Dataset, load_dataset
+from nasc.runtime.data import Batches, Dataset, load_dataset, recorded_data_dir
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.rundir import RunDir, default_run_path, environment
 from nasc.runtime.schedules import learning_rate
@@ -153,6 +153,7 @@ def _prepare_train(request: TrainRequest, genotype: G.Genotype, run_config: Mapp
     params.update(request.params)
     check_train_block(settings, {k: decl.train[k].span for k in settings})
     config = train_config(settings, {**searched_data(run_config, request.overrides), **request.overrides})
+    config = attrs.evolve(config, data_dir=recorded_data_dir(config.data_dir))
     dataset = _dist.main_first(load_dataset, config.dataset, config.data_dir)  # distributed: one download per machine
     config, notes = fit_to_dataset(config, request.input_shape or dataset.shape)
     # the head fits the dataset, except in a dry run counted for another input (`--input`) without a

@@ -285,6 +285,16 @@ def _rgb(n: int = 16, size: int = 32) -> tuple[Dataset, torch.Tensor]:
     return ds, images
 
 
+def test_a_dataset_whose_labels_exceed_its_classes_is_refused_when_built():
+    """A plugin's loader with labels past `classes` ended mid-search in cross-entropy's IndexError."""
+    ds, images = _rgb()
+    bad = ImageSet(images=images, labels=torch.arange(16) % 12)  # labels 0..11 for 10 classes
+    with pytest.raises(DataError, match=r"train labels span 0..11, outside 0..9"):
+        attrs.evolve(ds, train=bad)
+    with pytest.raises(DataError, match="test labels"):
+        attrs.evolve(ds, test=ImageSet(images=images, labels=torch.full((16,), -1)))
+
+
 def test_eval_is_plain_normalisation():
     ds, images = _rgb()
     out = Augment(ds, cutout=8, train=False)(images)

@@ -384,6 +384,23 @@ def test_another_dataset_than_the_searched_one_is_not_looked_for_in_the_searched
     assert train_config({}, {**searched_data(run, {"dataset": "mnist"}), "dataset": "mnist"}).data_dir is None
 
 
+def test_a_data_dir_from_nasc_data_is_recorded_so_train_and_resume_read_the_same_folder(tmp_path, monkeypatch):
+    """config.json recorded data_dir None for data read from $NASC_DATA; `nasc train RUN` in a shell
+    without it then looked in ~/.cache/nasc/data."""
+    from nasc.runtime.search import Request, prepare
+
+    monkeypatch.setenv("NASC_DATA", str(tmp_path / "shared"))
+    search = prepare(Request(space="nb201", params={"C": 4, "N": 1}, overrides={"epochs": 1}))
+    assert search.config.data_dir == str(tmp_path / "shared")
+    job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "nb201_best_cifar10.json"), params={"C": 4, "N": 1}))
+    assert job.config.data_dir == str(tmp_path / "shared")
+    job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "nb201_best_cifar10.json"), params={"C": 4, "N": 1},
+                                     overrides={"data_dir": str(tmp_path / "mine")}))
+    assert job.config.data_dir == str(tmp_path / "mine")  # --data-dir still wins
+    monkeypatch.delenv("NASC_DATA")
+    assert prepare(Request(space="nb201", params={"C": 4, "N": 1})).config.data_dir is None
+
+
 def test_data_dirs_are_recorded_absolute_so_other_folders_find_the_data(tmp_path, monkeypatch):
     """`--data-dir data` typed in one folder must still mean that folder to `nasc train RUN` run elsewhere."""
     from nasc.runtime.config import SearchConfig
