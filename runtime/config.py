@@ -376,17 +376,23 @@ def check_space_settings(ir: Any) -> None:
             raise NasSemanticError(e.message, span=ir.spans.get("select"), hint=e.hint) from None
 
 
-def make_config(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> SearchConfig:
-    """Space settings, then overrides (CLI flags or `--opt name=value` with config field names)."""
-    values = from_space(settings)
+def build_config(cls: type, values: dict[str, Any], overrides: Mapping[str, Any], what: str) -> Any:
+    """`cls` from a block's `values` and the overrides on top (CLI flags or `--opt name=value` with
+    field names; None: not given), each checked by name before the class's own rules run."""
+    fields = tuple(f.name for f in attrs.fields(cls))
     for key, value in overrides.items():
         if value is None:
             continue
-        if key not in FIELDS:
-            raise SearchError(f"unknown search option {key!r}", hint=unknown_option_hint(key, FIELDS))
+        if key not in fields:
+            raise SearchError(f"unknown {what} option {key!r}", hint=unknown_option_hint(key, fields))
         values[key] = value
-    check_types(SearchConfig, values, "search")
+    check_types(cls, values, what)
     try:
-        return SearchConfig(**values)
+        return cls(**values)
     except (TypeError, ValueError) as e:
-        raise SearchError(f"invalid search settings: {e}") from None
+        raise SearchError(f"invalid {what} settings: {e}") from None
+
+
+def make_config(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> SearchConfig:
+    """Space settings, then overrides (CLI flags or `--opt name=value` with config field names)."""
+    return build_config(SearchConfig, from_space(settings), overrides, "search")

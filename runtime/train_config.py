@@ -14,8 +14,8 @@ import attrs
 
 from nasc.compiler.expr import CallValue
 from nasc.errors import SearchError, SourceSpan, did_you_mean
-from nasc.runtime.config import (absolute_dir, check_types, fraction, from_space, non_negative, positive,
-                                 raise_in_file_order, seed_value, setting_errors, unknown_option_hint)
+from nasc.runtime.config import (absolute_dir, build_config, fraction, from_space, non_negative, positive,
+                                 raise_in_file_order, seed_value, setting_errors)
 from nasc.runtime.schedules import SCHEDULES, options_problem as schedule_options_problem
 
 
@@ -72,17 +72,7 @@ def train_config(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> T
     """A `train:` block (optimiser and schedule calls read as in search settings), then overrides."""
     values = {k: v for k, v in from_space(settings).items() if k in FIELDS}
     values.update({k: v for k, v in settings.items() if k in FIELDS and not isinstance(v, CallValue)})
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key not in FIELDS:
-            raise SearchError(f"unknown training option {key!r}", hint=unknown_option_hint(key, FIELDS))
-        values[key] = value
-    check_types(TrainConfig, values, "training")
-    try:
-        return TrainConfig(**values)
-    except (TypeError, ValueError) as e:
-        raise SearchError(f"invalid training settings: {e}") from None
+    return build_config(TrainConfig, values, overrides, "training")
 
 
 def check_train_block(settings: Mapping[str, Any], spans: Mapping[str, SourceSpan | None]) -> None:
