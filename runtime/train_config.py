@@ -6,7 +6,6 @@ space's `train:` values at their lines without importing torch, as they check it
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,8 +45,8 @@ class TrainConfig:
     device: str = "auto"
 
     def __attrs_post_init__(self) -> None:
-        if self.epochs < 1 or self.batch < 1 or not self.lr > 0 or math.isinf(self.lr):  # `not >`: NaN
-            raise SearchError("epochs, batch and lr must be positive")
+        if self.epochs < 1 or self.batch < 1:  # lr: its validator (positive and finite)
+            raise SearchError("epochs and batch must be positive")
         if self.schedule not in SCHEDULES:  # before the run directory is made (it failed at the first epoch)
             raise SearchError(f"unknown learning-rate schedule {self.schedule!r}",
                               hint=did_you_mean(self.schedule, SCHEDULES.names())

@@ -22,6 +22,22 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def bound_redraws(monkeypatch):
+    """`bound_redraws(module)` makes `module.gumbel_noise` fail after 10,000 draws: a redraw loop with no
+    end then fails its test instead of hanging the suite."""
+    def bound(module) -> None:
+        real, calls = module.gumbel_noise, []
+
+        def bounded(like):
+            calls.append(1)
+            assert len(calls) < 10_000, "redrawn forever"
+            return real(like)
+
+        monkeypatch.setattr(module, "gumbel_noise", bounded)
+    return bound
+
+
 def _seeded_supernet(ir, *, fuse=False, mode="plain", relax="softmax"):
     """The same weights and α every call, lowered as asked, in the weight phase (`net.relax` is set up)."""
     torch.manual_seed(0)
