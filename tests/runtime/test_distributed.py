@@ -360,7 +360,7 @@ def test_ctrl_c_under_nproc_says_how_to_resume(tmp_path):
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     deadline = time.monotonic() + 300
-    while not (run / "timing.jsonl").exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not (run / "checkpoint.pt").is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
