@@ -7,7 +7,9 @@ warm-up, which every NB201 config sets to 0);
 cnn/cosine_power_annealing.py): with c_i = (1 + cos(π i / T)) / 2 and
 P_i = e^(c_i + 1), the rate is min + (max − min)(P_i − min_j P_j)/(max_j P_j − min_j P_j),
 after a linear warm-up of W epochs; `step` is StepLR stepped once per epoch
-(DARTS' ImageNet training: × 0.97 after every epoch).
+(DARTS' ImageNet training: × 0.97 after every epoch). `cosine`, `step` and `constant` take
+`warmup` as PC-DARTS' ImageNet training does (train_imagenet.py, 5 epochs at batch 1024): epoch
+e < W runs at lr · (e + 1) / W, later epochs at the schedule's own rate (not shifted by W).
 
 `SCHEDULES` maps a name to `(epoch, epochs, lr, lr_min, *, exponent, warmup) -> lr`;
 plugins register more there (`nasc.plugins`). `step`'s own options (`gamma`, `every`) are
@@ -48,18 +50,31 @@ def cosine_power(epoch: int, epochs: int, lr: float, lr_min: float, exponent: fl
     return lr_min + (lr - lr_min) * (power(i) - lo) / (hi - lo)
 
 
+def linear_warmup(schedule):
+    """`schedule` after PC-DARTS' linear warm-up: `warmup` was passed to every schedule but read only by
+    cosine_power, so `cosine(warmup = 5)` (PC-DARTS ImageNet) trained without one and said nothing."""
+    def warmed(epoch, epochs, lr, lr_min, *, warmup=0, **kw):
+        if warmup and epoch < warmup:
+            return lr * (epoch + 1) / warmup
+        return schedule(epoch, epochs, lr, lr_min, **kw)
+    return warmed
+
+
 def step(epoch: int, lr: float, gamma: float = 0.97, every: int = 1) -> float:
     """lr · gamma^(epoch // every): epoch 0 runs at lr (DARTS' StepLR, stepped before each epoch)."""
     return lr * gamma ** (epoch // every)
 
 
-SCHEDULES.add("cosine", lambda epoch, epochs, lr, lr_min, **kw: cosine(epoch, epochs, lr, lr_min),
-              doc="cosine annealing from lr to lr_min, stepped per epoch (DARTS)", origin=__name__)
+SCHEDULES.add("cosine", linear_warmup(lambda epoch, epochs, lr, lr_min, **kw: cosine(epoch, epochs, lr, lr_min)),
+              doc="cosine annealing from lr to lr_min, stepped per epoch (DARTS), after an optional linear warm-up",
+              origin=__name__)
 SCHEDULES.add("cosine_power", lambda epoch, epochs, lr, lr_min, *, exponent=2.0, warmup=0, **kw:
               cosine_power(epoch, epochs, lr, lr_min, exponent, warmup),
               doc="sharpDARTS' cosine power annealing with linear warm-up", origin=__name__)
-SCHEDULES.add("constant", lambda epoch, epochs, lr, lr_min, **kw: lr, doc="lr throughout", origin=__name__)
-SCHEDULES.add("step", lambda epoch, epochs, lr, lr_min, *, gamma=0.97, every=1, **kw: step(epoch, lr, gamma, every),
+SCHEDULES.add("constant", linear_warmup(lambda epoch, epochs, lr, lr_min, **kw: lr),
+              doc="lr throughout (after an optional linear warm-up)", origin=__name__)
+SCHEDULES.add("step", linear_warmup(lambda epoch, epochs, lr, lr_min, *, gamma=0.97, every=1, **kw:
+                                    step(epoch, lr, gamma, every)),
               doc="lr × gamma every `every` epochs (DARTS ImageNet: gamma 0.97, every epoch)", origin=__name__)
 
 STEP_DEFAULTS = {"gamma": 0.97, "every": 1}

@@ -349,6 +349,18 @@ def test_step_schedule_settings_are_read_and_checked():
         train_config({"lr_schedule": CallValue(name="step", args=(), kwargs=(("every", 0),))}, {})
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "step", "constant"])
+def test_warmup_is_pcdarts_linear_warmup_for_every_builtin_schedule(schedule):
+    """PC-DARTS train_imagenet.py: epoch e < 5 runs at lr (e + 1) / 5, then the schedule's own rate. `warmup` was
+    read by cosine_power only: `lr_schedule = cosine(warmup = 5)` or `--opt warmup=5` trained without one."""
+    from nasc.runtime.schedules import learning_rate
+
+    cfg = train_config({"lr_schedule": CallValue(name=schedule, args=(), kwargs=(("warmup", 5),))}, {"lr": 0.5})
+    rates = [learning_rate(cfg.schedule, e, 250, cfg.lr, cfg.lr_min, warmup=cfg.warmup) for e in range(7)]
+    assert rates[:5] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert rates[5:] == [learning_rate(schedule, e, 250, 0.5, 0.0) for e in (5, 6)]  # not shifted by the warm-up
+
+
 def test_a_search_run_is_trained_on_the_data_it_was_searched_on_unless_told_otherwise(tmp_path):
     import attrs
 
