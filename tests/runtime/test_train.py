@@ -49,6 +49,14 @@ def test_each_method_trains_with_its_official_evaluation_settings(space, batch, 
     assert (cfg.batch, cfg.drop_path) == (batch, drop_path)
 
 
+@pytest.mark.parametrize("name, space, batch, drop_path", [("pdarts", "pdarts", 128, 0.3), ("pcdarts", "pcdarts", 96, 0.3)])
+def test_a_published_genotype_trains_with_its_papers_protocol_without_space(name, space, batch, drop_path):
+    """examples/genotypes/pdarts.json and pcdarts.json named space darts, so `nasc train` on them (as the README
+    shows) ran DARTS' batch 96 and drop path 0.2, not the protocol behind the published error."""
+    job = prepare_train(TrainRequest(genotype=str(GENOTYPES / f"{name}.json"), params=TINY))
+    assert job.ir.name == space and (job.config.batch, job.config.drop_path) == (batch, drop_path)
+
+
 def test_sharpdarts_trains_with_its_readme_protocol():
     """sharpDARTS' cnn/train.py and README: 2000 epochs, batch 64, cosine power annealing 0.025 -> 1e-8 with
     5 warm-up epochs; the space once inherited DARTS' 600 epochs, batch 96 and plain cosine to 0."""
