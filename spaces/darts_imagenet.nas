@@ -26,8 +26,8 @@ network:
         > conv(2, out = 768) > relu > flatten > linear(classes) after 2 * layers // 3, weight 0.4
 
 # training the derived network (`nasc train`): the paper's ImageNet protocol, with the
-# settings of quark0/darts cnn/train_imagenet.py (its --epochs and --init_channels defaults
-# are 1000 and 50 in the stored versions; the paper trains 250 epochs at C = 48). nasc has
+# settings of quark0/darts cnn/train_imagenet.py (its last commit, f276dd3, defaults to the paper's
+# 250 epochs at C = 48; earlier commits had 1000 epochs and C = 50). nasc has
 # no ImageNet loader, nor the official RandomResizedCrop and colour-jitter augmentation: a
 # dataset plugin supplies the data (docs/api.md); counts and exports need none.
 train:
