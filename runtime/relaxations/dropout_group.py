@@ -41,6 +41,9 @@ only kept ops and dropped α do not move at all (the paper's "receive no
 gradient"). The search is first-order: each forward pass of an unrolled step
 would drop its own groups.
 
+Warm-up: the epochs before `arch_start` drop nothing (plain softmax over every op, all computed), as
+DropNAS' `warmup_epochs` sets the drop rate to 0 while α is not trained.
+
 Evaluation (phase "eval"): plain softmax over all ops, every op computed.
 Selection is the space's selector on softmax(α) (the paper's rule; the
 DropNAS code ranks edges by raw α).
@@ -110,10 +113,12 @@ class DropoutGroup(Relaxation):
         self._group_of: dict[int, str] = {}  # id(α parameter) -> group name
         self._kept: dict[str, torch.Tensor] = {}  # the last training mask per group (bool, on α's device)
         self._before: dict[str, torch.Tensor] = {}  # α snapshot taken in before_arch_step
+        self.warmup = 0  # epochs before arch_start: nothing is dropped (DropNAS' warmup_epochs)
 
     # ---- construction ----
     def check_config(self, config: Any) -> None:
         first_order_only("dropout-group", config, "dropout mask")
+        self.warmup = int(config.arch_start)
 
     def setup(self, ir: Any, net: nn.Module) -> None:
         if self.free_ops is not None:  # a misspelt name would silently leave its op in the parameterised group
@@ -188,7 +193,7 @@ class DropoutGroup(Relaxation):
 
     def group_weights(self, alpha: torch.Tensor, mask: torch.Tensor, extras: Mapping[str, torch.Tensor],
                       node_of_row: list[int]) -> GroupWeights:
-        if self.phase == "eval":
+        if self.phase == "eval" or self.epoch < self.warmup:  # warm-up: DropNAS' drop rate is 0 there
             return GroupWeights(masked_softmax(alpha, mask))
         group, plan = self._plan(alpha, mask)
         keep_cpu = self.sample_mask(plan)

@@ -262,6 +262,23 @@ def test_hand_built_edges_without_setup():
         assert all(i < 2 for i in w.active[1])
 
 
+def test_warm_up_epochs_drop_nothing():
+    """DropNAS' warmup_epochs (nasc: arch_start) train every op: drop rate 0 until α starts learning."""
+    relax = DropoutGroup({"r": 0.9})  # p_d = 0.974: almost every op would be dropped
+    relax.check_config(make_config({}, {"levels": 1, "arch_start": 2, "epochs": 4}))
+    alpha = torch.randn(3, 4)
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    relax.set_phase("weights")
+    for epoch in (0, 1):
+        relax.set_progress(epoch, 4)
+        w = relax.group_weights(alpha, mask, {}, [0, 0, 0])
+        assert w.active is None and torch.allclose(w.ops, torch.softmax(alpha, -1))
+    relax.set_progress(2, 4)
+    torch.manual_seed(0)
+    w = relax.group_weights(alpha, mask, {}, [0, 0, 0])
+    assert w.active is not None and any(len(a) < 4 for a in w.active)
+
+
 @pytest.mark.slow
 def test_search_end_to_end(tmp_path):
     from nasc.runtime.search import Request, prepare, run_search
