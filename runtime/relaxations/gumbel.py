@@ -49,7 +49,8 @@ Presets:
   Not reproduced: SNAS' τ schedule divides by a hard-coded 150 epochs and is
   stepped once before the first epoch (so epoch e trains at the value for
   e + 1); the search-time drop-path 0.3, which the preset leaves out
-  (`--opt drop_path=0.3` adds it, rising from 0 as in RobustDARTS); and the
+  (`--opt drop_path=0.3` adds it, rising from 0 as in RobustDARTS, where SNAS
+  keeps 0.3 from the first epoch); and the
   optional resource constraint (a λ·Σ Z·cost penalty on FLOPs, MAC and
   parameter size; the README's 8-cell run uses λ = 1e-2 on its log).
 """
