@@ -52,10 +52,12 @@ class PartialChannelEdge(MixedEdge):
         self.channels = channels
         self.part = channels // k
         self.stride = stride
-        # MaxPool2d(2, 2) is the official bypass for reduction edges
-        self.bypass = nn.MaxPool2d(2, 2, ceil_mode=True) if stride == 2 else None
+        # MaxPool2d(2, 2) is the official bypass for reduction edges; with k = 1 nothing bypasses the ops
+        self.bypass = nn.MaxPool2d(2, 2, ceil_mode=True) if stride == 2 and k > 1 else None
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, active: list[int] | None = None) -> torch.Tensor:
+        if self.k == 1:  # every channel through the mixture: edge normalisation alone (PC-DARTS' ablation)
+            return super().forward(x, w, active)  # (pooling an empty bypass failed on stride-2 edges)
         xa, xb = x[:, : self.part], x[:, self.part:]  # (B, C/K, H, W), (B, C−C/K, H, W)
         mixed = super().forward(xa, w, active)  # (B, C/K, H', W')
         if self.bypass is not None:

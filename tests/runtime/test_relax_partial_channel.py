@@ -159,6 +159,22 @@ def test_without_edge_norm_there_is_no_beta():
     assert net(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
+def test_k_1_is_edge_normalisation_alone():
+    """k = 1 puts every channel through the ops; its stride-2 edges used to max-pool an empty bypass and crash."""
+    ir = compile_space("spaces/darts.nas", params={"C": 4, "layers": 3}, input_shape=(1, 8, 8), ctx=None)
+    relax = load_relaxation("partial-channel", {"k": 1})
+    net = build_supernet(ir, relax, generator=torch.Generator().manual_seed(0))
+    relax.setup(ir, net)
+    assert _edges(net, 2)
+    net(torch.randn(2, 1, 8, 8)).sum().backward()
+    assert all(p.grad is not None for p in net.arch_parameters())
+    edge = _edges(net, 2)[0].eval()
+    x = torch.randn(2, edge.channels, 4, 4)
+    w = torch.softmax(torch.randn(len(edge.candidates)), 0)
+    with torch.no_grad():
+        torch.testing.assert_close(edge(x, w), sum(wi * op(x) for wi, op in zip(w, edge.candidates)))
+
+
 def test_bad_options_and_indivisible_channels():
     with pytest.raises(BuildError):
         PartialChannel({"k": 3}).edge_channels(8)
