@@ -68,11 +68,19 @@ class PartialChannelEdge(MixedEdge):
         return f"channels={self.channels}, k={self.k}, stride={self.stride}"
 
 
-def node_softmax(beta: torch.Tensor, node_of_row: list[int]) -> torch.Tensor:
-    """softmax(β) over the rows of each destination node separately; (rows,) → (rows,)."""
+def node_membership(node_of_row: list[int], device: torch.device | None = None) -> torch.Tensor:
+    """(nodes, rows) bool: which rows (edges) feed each destination node."""
     nodes = sorted(set(node_of_row))
-    member = torch.tensor([[n == m for n in node_of_row] for m in nodes], dtype=torch.bool,
-                          device=beta.device)  # (nodes, rows)
+    return torch.tensor([[n == m for n in node_of_row] for m in nodes], dtype=torch.bool, device=device)
+
+
+def node_softmax(beta: torch.Tensor, node_of_row: list[int], member: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(β) over the rows of each destination node separately; (rows,) → (rows,).
+
+    `member` is `node_membership(node_of_row)` on β's device, when the caller keeps one.
+    """
+    if member is None:
+        member = node_membership(node_of_row, beta.device)  # (nodes, rows)
     per_node = torch.softmax(beta.unsqueeze(0).masked_fill(~member, float("-inf")), dim=1)  # (nodes, rows)
     return per_node.sum(0)  # each row belongs to exactly one node
 
@@ -100,6 +108,9 @@ class PartialChannel(Relaxation):
         self.k = k
         self.edge_norm = self.options["edge_norm"]
         self._generator: torch.Generator | None = None
+        # node membership per (rows, device), built once: a host-to-device copy in every forward pass
+        # would stop runtime/step.py from capturing the step as a CUDA graph (graph_safe)
+        self._members: dict[tuple, torch.Tensor] = {}
 
     # ---- construction ----
     def setup(self, ir: Any, net: nn.Module) -> None:
@@ -131,12 +142,19 @@ class PartialChannel(Relaxation):
     def group_weights(self, alpha: torch.Tensor, mask: torch.Tensor, extras: Mapping[str, torch.Tensor],
                       node_of_row: list[int]) -> GroupWeights:
         ops = masked_softmax(alpha, mask)
-        edges = node_softmax(extras["beta"], node_of_row) if self.edge_norm else None
+        edges = self._node_softmax(extras["beta"], node_of_row) if self.edge_norm else None
         return GroupWeights(ops, edges)
+
+    def _node_softmax(self, beta: torch.Tensor, node_of_row: list[int]) -> torch.Tensor:
+        key = (tuple(node_of_row), beta.device)
+        member = self._members.get(key)
+        if member is None:
+            member = self._members[key] = node_membership(node_of_row, beta.device)
+        return node_softmax(beta, node_of_row, member)
 
     # ---- selection ----
     def edge_strengths(self, alpha: torch.Tensor, mask: torch.Tensor, extras: Mapping[str, torch.Tensor],
                        node_of_row: list[int]) -> torch.Tensor | None:
         if not self.edge_norm:
             return None
-        return node_softmax(extras["beta"].detach(), node_of_row)
+        return self._node_softmax(extras["beta"].detach(), node_of_row)

@@ -105,6 +105,21 @@ def test_beta_is_normalised_per_node(tiny):
         beta.grad = None
 
 
+def test_edge_weights_copy_nothing_from_the_host_after_the_first_pass(tiny, monkeypatch):
+    """graph_safe: a CUDA graph cannot capture torch.tensor(host data, device=...), so no forward pass may make one."""
+    _, relax, net = tiny
+    g = "normal"
+    args = (net.alphas[g], net.mask(g), net.extras(g), net.group_nodes[g])
+    first = relax.group_weights(*args).edges  # the first (eager, uncaptured) pass may build its constants
+
+    def no_host_copies(*a, **k):
+        raise AssertionError("torch.tensor(...) in a forward pass")
+
+    monkeypatch.setattr(torch, "tensor", no_host_copies)
+    torch.testing.assert_close(relax.group_weights(*args).edges, first)
+    relax.edge_strengths(*args)
+
+
 def test_node_softmax_keeps_row_order():
     beta = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0])
     out = node_softmax(beta, [3, 2, 3, 2, 2])
