@@ -267,6 +267,10 @@ class MergedEdge(nn.Module):
         self.others = nn.ModuleDict({str(i): candidates[i] for i in self.separate_ids})
         self.merged = nn.ModuleList(merged)
         self.merge_ids = [list(g) for g in groups]  # candidate indices of each merged conv, in its order
+        # the same indices as device tensors (they follow .to()): indexing w with a Python list copies it from
+        # the host in every pass, which a CUDA graph cannot capture (the relaxation is graph_safe)
+        for k, ids in enumerate(self.merge_ids):
+            self.register_buffer(f"ids_{k}", torch.tensor(ids, dtype=torch.long), persistent=False)
         # as MixedEdge: a `none` candidate adds exactly zero, so it is not computed (`share = False` computes it)
         self.share = True
         self.zero_ids = {i for i in self.separate_ids if isinstance(candidates[i], Zero)}
@@ -276,9 +280,9 @@ class MergedEdge(nn.Module):
         for i in self.separate_ids:
             if (active is None or i in active) and not (self.share and i in self.zero_ids):
                 parts.append(w[i] * self.others[str(i)](x))
-        for conv, ids in zip(self.merged, self.merge_ids):
+        for k, (conv, ids) in enumerate(zip(self.merged, self.merge_ids)):
             if active is None:
-                parts.append(conv(x, w[ids]))
+                parts.append(conv(x, w.index_select(0, getattr(self, f"ids_{k}"))))
                 continue
             local = [j for j, i in enumerate(ids) if i in active]
             if local:

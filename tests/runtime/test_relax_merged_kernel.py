@@ -190,6 +190,31 @@ def test_active_subset_and_zero_weights():
     assert torch.isfinite(out).all() and torch.allclose(out, x)
 
 
+class _ListIndexSpy(torch.Tensor):
+    """Edge weights that record indexing with a Python list (a host-to-device copy on a GPU)."""
+
+    lists: list = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.__getitem__ and isinstance(args[1], list):
+            cls.lists.append(args[1])
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_full_pass_takes_the_merged_weights_without_host_data():
+    """graph_safe: a CUDA graph cannot capture w[[4, 5, 6, 7]] (the list is copied to the device every pass)."""
+    cands, names = _softmax_edge("darts", 1)
+    edge = merge_candidates(cands, names).eval()
+    x = torch.randn(2, 4, 8, 8)
+    w = torch.softmax(torch.randn(len(names)), 0)
+    ref = edge(x, w)
+    _ListIndexSpy.lists = []
+    out = edge(x, w.as_subclass(_ListIndexSpy))
+    assert _ListIndexSpy.lists == []
+    torch.testing.assert_close(out.as_subclass(torch.Tensor), ref)
+
+
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("renormalise", [True, False])
 def test_alpha_gradient_matches_finite_differences(train, renormalise):
