@@ -48,8 +48,8 @@ boundary and ends exactly where an uninterrupted run does. Each stage re-seeds f
 not supported for progressive runs: the checkpoint holds the last stage's supernet, not the first's.
 
 Differences from the official code: α per stage as above (option); a different seed per stage; the
-learning rate follows nasc's cosine (the 2019 code's `scheduler.step()` before the epoch shifts it by
-one epoch); the search data are the same 50/50 split; validation runs every epoch (the official code
+learning rate follows nasc's cosine (as the 2019 code's on PyTorch ≤ 1.0; its `scheduler.step()` before
+the epoch shifts the rate by one epoch on PyTorch ≥ 1.1); the search data are the same 50/50 split; validation runs every epoch (the official code
 only in the last 5); only the `skip_limit` genotype is produced.
 """
 
