@@ -318,6 +318,7 @@ def search(space: str | Path = "darts", *, params: Mapping[str, Any] | None = No
 
 def resume(run_dir: str | Path, *, on_event: Callable[[Event], None] | None = None) -> SearchResult | TrainResult:
     """Continue an interrupted search (a `SearchResult`) or training (a `TrainResult`) from its last checkpoint."""
+    from nasc.runtime import distributed as _dist
     from nasc.runtime import search as S
     from nasc.runtime import train as T
 
@@ -327,8 +328,9 @@ def resume(run_dir: str | Path, *, on_event: Callable[[Event], None] | None = No
     with _torch_flags():
         if _run_kind(Path(run_dir)) != "train":
             return S.resume(run_dir, on_event=on_event)
-        job, state = T.prepare_resume_train(run_dir)
-        return _train_result(job, run_dir, T.run_train(job, run_dir, on_event=on_event, resume_state=state))
+        with _dist.run_dir(run_dir).writing():  # locked before reading the checkpoint, as in T.resume_train
+            job, state = T.prepare_resume_train(run_dir)
+            return _train_result(job, run_dir, T.run_train(job, run_dir, on_event=on_event, resume_state=state))
 
 
 def select(run: str | Path | SearchResult, selector: str = "perturbation", *,

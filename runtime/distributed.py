@@ -43,6 +43,7 @@ number of ranks (one included) can resume it.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import json
 import os
@@ -448,15 +449,19 @@ def attach_train(fitter: Any) -> LocalSync:
 class _MainRunDir(RunDir):
     """Rank 0's run directory: the usual one; config.json also records the world size."""
 
-    def create(self) -> None:
+    @contextlib.contextmanager
+    def writing(self, *, new: bool = False) -> Iterator[None]:
+        """Rank 0 alone takes the run's lock (and creates a new run); if it cannot, every rank stops with its error."""
         failure = None
-        try:
-            super().create()
-        except SearchError as e:
-            failure = (e.message, e.hint)
-        broadcast_object(failure)
-        if failure is not None:
-            raise SearchError(failure[0], hint=failure[1])
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(super().writing(new=new))
+            except SearchError as e:
+                failure = (e.message, e.hint)
+            broadcast_object(failure)
+            if failure is not None:
+                raise SearchError(failure[0], hint=failure[1])
+            yield
 
     def write(self, name: str, data: Any) -> None:
         if name == "config.json" and isinstance(data, dict):
@@ -467,10 +472,13 @@ class _MainRunDir(RunDir):
 class _FollowerRunDir(RunDir):
     """Another rank's view of the run directory: reads it, writes nothing."""
 
-    def create(self) -> None:
+    @contextlib.contextmanager
+    def writing(self, *, new: bool = False) -> Iterator[None]:
+        """Rank 0 holds the lock for every rank: this one only learns whether it got it."""
         failure = broadcast_object(None)
         if failure is not None:
             raise SearchError(failure[0], hint=failure[1])
+        yield
 
     def write(self, name: str, data: Any) -> None:
         pass

@@ -299,17 +299,24 @@ def _emitter(run: RunDir, on_event: Callable[[Event], None] | None, stage: int) 
 def run_progressive(job: Any, run_path: Any, *, on_event: Callable[[Event], None] | None = None,
                     resume_state: Mapping[str, Any] | None = None, stop_after: int | None = None) -> Any:
     """Run every stage of `job`'s schedule in one run directory (new, or continuing from `resume_state`)."""
-    from nasc.runtime import search as S  # search calls into this module; import at run time
-
     cfg = job.config
     stages = parse_stages(cfg, job.ir.params)
     if job.ir.alpha_mode == "per_instance" and len(stages) > 1:
         raise SearchError("progressive search needs α shared per cell (`alpha shared per cell`): "
                           "the cells of each stage differ")
     run = RunDir(run_path)
+    with run.writing(new=resume_state is None):  # one writer per run dir: a second process fails here
+        return _stages_in(run, job, stages, on_event=on_event, resume_state=resume_state, stop_after=stop_after)
+
+
+def _stages_in(run: RunDir, job: Any, stages: list[Any], *, on_event: Callable[[Event], None] | None,
+               resume_state: Mapping[str, Any] | None, stop_after: int | None) -> Any:
+    """`run_progressive`'s stages, in the run it holds the lock of."""
+    from nasc.runtime import search as S  # search calls into this module; import at run time
+
+    cfg = job.config
     run_fp = job.ir.meta["fingerprint"]
     if resume_state is None:
-        run.create()
         run.write("config.json", S.describe(job))
         run.write("space.ir.json", to_json_dict(job.ir))
         si, restriction, carried, state = 0, {}, None, None

@@ -7,21 +7,26 @@
       timing.jsonl      wall-clock figures, kept apart so metrics compare byte for byte
       checkpoint.pt     written atomically at the end of every epoch
       genotype.json     the result (never overwritten by `nasc select`, which writes beside it)
+      .nasc.lock        only while a process writes the run: its pid (see `RunDir.writing`)
 
 Nothing here is written partially: files are replaced atomically, and a
 resumed run first cuts metrics back to the last checkpoint so the finished
-file equals an uninterrupted run's.
+file equals an uninterrupted run's. One process at a time writes a run: two
+would interleave metrics.jsonl and overwrite each other's checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import platform
 import shutil
+import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,10 @@ from nasc.atomic import write_text_atomic
 from nasc.errors import SearchError
 
 CHECKPOINT_FORMAT = "nasc-checkpoint/1"
+LOCK_FILE = ".nasc.lock"
+
+#: the run directories this process holds the lock of: resolved path -> [lock file descriptor, nesting depth]
+_held: dict[Path, list[int]] = {}
 
 
 def versions() -> dict[str, str]:
@@ -68,15 +77,103 @@ class RunDir:
     def config(self) -> Path:
         return self.path / "config.json"
 
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK_FILE
+
+    @contextlib.contextmanager
+    def writing(self, *, new: bool = False) -> Iterator[None]:
+        """Hold the run's writer lock while the block writes it; `new` first creates the run (see `create`).
+
+        A second process writing the same run (another `nasc search --run-dir`, a `--resume` or a
+        `nasc select` while the run goes on) fails here at once instead of interleaving metrics.jsonl
+        and overwriting the checkpoint. The lock is an advisory flock on `.nasc.lock`, which the OS
+        drops when its holder exits however it exits, so a killed run never leaves a stale lock; the
+        file goes when the lock is released. Nested blocks in one process (resume -> run_search)
+        share it; readers (viz, export, training from a run's genotype) take none.
+        """
+        if new:
+            self.create()
+        elif not self.config.is_file():  # resuming a folder that is no run: say that, not that it cannot be locked
+            raise SearchError(f"{self.path} is not a nasc run directory (no config.json)")
+        self._acquire()
+        try:
+            if new:
+                self._refuse_taken()  # a run that came and went between create() and the lock
+            yield
+        finally:
+            self._release()
+
+    def _acquire(self) -> None:
+        key = self.path.resolve()
+        if key in _held:
+            _held[key][1] += 1
+            return
+        while True:
+            try:
+                fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as e:
+                raise SearchError(f"cannot write to run directory {self.path}: {e.strerror or e}",
+                                  hint=self._kept_hint()) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise self._busy() from None
+            except OSError:  # a file system without flock (say, Lustre mounted without it): unguarded, as before
+                break
+            with contextlib.suppress(OSError):
+                here = os.fstat(fd)
+                there = os.stat(self.lock_file)
+                if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino):
+                    break
+            os.close(fd)  # the holder released and removed the file as we opened it: lock the current one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        _held[key] = [fd, 1]
+
+    def _release(self) -> None:
+        key = self.path.resolve()
+        held = _held[key]
+        held[1] -= 1
+        if held[1] == 0:
+            del _held[key]
+            with contextlib.suppress(OSError):
+                self.lock_file.unlink()  # while still locked: a process that opened it re-checks the inode
+            os.close(held[0])
+
+    def _in_use(self) -> bool:
+        """Whether another process holds the lock (probes without creating the file)."""
+        if self.path.resolve() in _held or not self.lock_file.is_file():
+            return False
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:  # no flock on this file system
+            return False
+        finally:
+            os.close(fd)
+        return False
+
+    def _busy(self) -> SearchError:
+        holder = ""
+        with contextlib.suppress(OSError, ValueError):
+            pid, host = self.lock_file.read_text(encoding="utf-8").split()
+            holder = f" (pid {int(pid)}{'' if host == socket.gethostname() else f' on {host}'})"
+        return SearchError(f"run directory {self.path} is in use: another nasc process{holder} is writing it",
+                           hint="wait for that run to finish (a search or training run interrupted with Ctrl-C "
+                                "continues with --resume), or use another --run-dir")
+
     def create(self) -> None:
         """A new run: the directory must be absent or empty (existing runs are never overwritten)."""
         if self.path.exists() and not self.path.is_dir():
             raise SearchError(f"run directory {self.path} exists and is not a directory")
-        if self.path.is_dir() and any(self.path.iterdir()):
-            if self.config.is_file() and not self.checkpoint.is_file():  # stopped in its first epoch
-                raise SearchError(f"run directory {self.path} already holds a run that never finished an epoch",
-                                  hint=f"delete {self.path} or choose another --run-dir")
-            raise SearchError(f"run directory {self.path} already contains a run", hint=self._taken_hint())
+        self._refuse_taken()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
@@ -85,6 +182,16 @@ class RunDir:
         except OSError as e:
             raise SearchError(f"cannot write to run directory {self.path}: {e.strerror or e}",
                               hint="choose a writable --run-dir") from None
+
+    def _refuse_taken(self) -> None:
+        """An error unless the directory is absent or empty but for the lock (a run in progress first)."""
+        if self.path.is_dir() and any(p.name != LOCK_FILE for p in self.path.iterdir()):
+            if self._in_use():
+                raise self._busy()
+            if self.config.is_file() and not self.checkpoint.is_file():  # stopped in its first epoch
+                raise SearchError(f"run directory {self.path} already holds a run that never finished an epoch",
+                                  hint=f"delete {self.path} or choose another --run-dir")
+            raise SearchError(f"run directory {self.path} already contains a run", hint=self._taken_hint())
 
     def _taken_hint(self) -> str:
         """What to do with the run already here: resume it with the command that wrote it, unless it is

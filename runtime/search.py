@@ -485,8 +485,14 @@ def run_search(job: Job, run_path: str | Path, *, on_event: Callable[[Event], No
         return run_progressive(job, run_path, on_event=on_event, resume_state=resume_state, stop_after=stop_after)
     run = _dist.run_dir(run_path)  # distributed hook: rank 0 writes, other ranks only read
     trainer = Trainer(job)
+    with run.writing(new=resume_state is None):  # one writer per run dir: a second process fails here
+        return _search_in(run, job, trainer, on_event=on_event, resume_state=resume_state, stop_after=stop_after)
+
+
+def _search_in(run: RunDir, job: Job, trainer: Trainer, *, on_event: Callable[[Event], None] | None,
+               resume_state: Mapping[str, Any] | None, stop_after: int | None) -> SearchResult:
+    """`run_search`'s loop, in the run it holds the lock of."""
     if resume_state is None:
-        run.create()
         run.write("config.json", describe(job))
         run.write("space.ir.json", to_json_dict(job.ir))
     else:
@@ -538,7 +544,7 @@ def _search_config(run: RunDir) -> dict[str, Any]:
 def resume(run_path: str | Path, *, on_event: Callable[[Event], None] | None = None,
            stop_after: int | None = None) -> SearchResult:
     """Continue an interrupted run from its last checkpoint, with the settings it started with."""
-    run = RunDir(run_path)
+    run = _dist.run_dir(run_path)
     config = _search_config(run)
     req = config.get("request") or {}
     request = Request(space=config["space_file"], params=req.get("params") or {}, relax=req.get("relax"),
@@ -546,12 +552,13 @@ def resume(run_path: str | Path, *, on_event: Callable[[Event], None] | None = N
                       select_options=req.get("select_options") or {}, overrides=req.get("overrides") or {})
     if not Path(request.space).is_file():
         raise SearchError(f"the run's space file {request.space} no longer exists")
-    job = resuming_with(config.get("plugins") or [], lambda: prepare(request))
-    state = run.load_checkpoint(job.ir.meta["fingerprint"])
-    if (run.path / "genotype.json").exists() and int(state["epoch"]) >= job.config.epochs:
-        raise SearchError(f"the run in {run.path} is already finished",
-                          hint="its genotype is in genotype.json")
-    return run_search(job, run.path, on_event=on_event, resume_state=state, stop_after=stop_after)
+    with run.writing():  # before anything is built and the checkpoint read: another writer may still move it on
+        job = resuming_with(config.get("plugins") or [], lambda: prepare(request))
+        state = run.load_checkpoint(job.ir.meta["fingerprint"])
+        if (run.path / "genotype.json").exists() and int(state["epoch"]) >= job.config.epochs:
+            raise SearchError(f"the run in {run.path} is already finished",
+                              hint="its genotype is in genotype.json")
+        return run_search(job, run.path, on_event=on_event, resume_state=state, stop_after=stop_after)
 
 
 def reselect(run_path: str | Path, select: str, select_options: Mapping[str, Any] | None = None, *,
@@ -565,7 +572,14 @@ def reselect(run_path: str | Path, select: str, select_options: Mapping[str, Any
                       select_options=dict(select_options or {}), overrides=req.get("overrides") or {})
     if not Path(request.space).is_file():
         raise SearchError(f"the run's space file {request.space} no longer exists")
-    job = resuming_with(config.get("plugins") or [], lambda: prepare(request))
+    with run.writing():  # it appends to metrics.jsonl and reads the checkpoint a running search rewrites
+        return _reselect_in(run, request, config.get("plugins") or [], on_event)
+
+
+def _reselect_in(run: RunDir, request: Request, plugins: list[str],
+                 on_event: Callable[[Event], None] | None) -> tuple[G.Genotype, Path]:
+    """`reselect`'s work, in the run it holds the lock of."""
+    job = resuming_with(plugins, lambda: prepare(request))
     if job.config.stages:  # the checkpoint holds the last stage's supernet; `job` is the first stage's
         raise SearchError("nasc select cannot re-select a progressive (P-DARTS) run",
                           hint="its checkpoint holds the last stage's supernet; search again with "

@@ -307,8 +307,14 @@ def run_train(job: TrainJob, run_path: str | Path, *, on_event: Callable[[Event]
     _dist.check_job(job)  # distributed hook: refuse what several processes cannot run
     run = _dist.run_dir(run_path)  # distributed hook: rank 0 writes, other ranks only read
     fit = Fitter(job)
+    with run.writing(new=resume_state is None):  # one writer per run dir: a second process fails here
+        return _train_in(run, job, fit, on_event=on_event, resume_state=resume_state, stop_after=stop_after)
+
+
+def _train_in(run: RunDir, job: TrainJob, fit: Fitter, *, on_event: Callable[[Event], None] | None,
+              resume_state: Mapping[str, Any] | None, stop_after: int | None) -> dict[str, Any]:
+    """`run_train`'s loop, in the run it holds the lock of."""
     if resume_state is None:
-        run.create()
         run.write("config.json", {**describe_train(job), "kind": "train"})
         run.write("network.ir.json", to_json_dict(job.ir))
         if _dist.is_main():  # distributed hook: rank 0 writes
@@ -351,8 +357,9 @@ def run_train(job: TrainJob, run_path: str | Path, *, on_event: Callable[[Event]
 
 def resume_train(run_path: str | Path, *, on_event: Callable[[Event], None] | None = None,
                  stop_after: int | None = None) -> dict[str, Any]:
-    job, state = prepare_resume_train(run_path)
-    return run_train(job, RunDir(run_path).path, on_event=on_event, resume_state=state, stop_after=stop_after)
+    with _dist.run_dir(run_path).writing():  # locked before reading the checkpoint, which another writer moves on
+        job, state = prepare_resume_train(run_path)
+        return run_train(job, RunDir(run_path).path, on_event=on_event, resume_state=state, stop_after=stop_after)
 
 
 def prepare_resume_train(run_path: str | Path) -> tuple[TrainJob, dict[str, Any]]:

@@ -395,3 +395,42 @@ def test_ctrl_c_names_the_run_to_resume_or_to_delete(tmp_path, capsys):
     with pytest.raises(typer.Exit):
         _interrupted("search", str(run))
     assert f"nasc search --resume {run}" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_a_second_command_in_a_running_search_s_run_dir_fails_and_the_first_finishes(tmp_path):
+    """Nothing stopped a second `nasc search --run-dir R`, a `--resume R` or a `nasc select R` while a search
+    ran in R: they interleaved metrics.jsonl and overwrote its checkpoint and genotype."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    search = [sys.executable, "-m", "nasc", "search", "nb201", "--set", "C=4", "--set", "N=1", "--epochs", "2",
+              "--opt", "train_portion=0.1", "--device", "cpu"]
+    first = subprocess.Popen([*search, "--run-dir", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env)
+    deadline = time.monotonic() + 240
+    while not (run / "config.json").is_file() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGSTOP)  # paused while it holds the run: the others meet it however slow they are
+    try:
+        for args in ([*search, "--run-dir", str(run)], [sys.executable, "-m", "nasc", "search", "--resume", str(run)],
+                     [sys.executable, "-m", "nasc", "select", str(run), "--select-opt", "tune_epochs=0"]):
+            second = subprocess.run(args, capture_output=True, text=True, env=env, timeout=240, check=False)
+            err = " ".join(second.stderr.split())
+            assert second.returncode == 1, err
+            assert f"run directory {run} is in use" in err and f"pid {first.pid}" in err, err
+            assert "hint: wait for that run to finish" in err and "Traceback" not in second.stdout + second.stderr
+    finally:
+        first.send_signal(signal.SIGCONT)
+        _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [0, 1]
+    assert not [r for r in records if r["type"] == "select"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "genotype.json",
+                                                     "metrics.jsonl", "space.ir.json", "timing.jsonl"]
+    assert G.load(run / "genotype.json")

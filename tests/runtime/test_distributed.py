@@ -392,3 +392,24 @@ def test_the_ranks_digest_hashes_values_whatever_the_memory_layout():
 
 if __name__ == "__main__":  # torchrun tests/runtime/test_distributed.py OUT
     _sweep(Path(sys.argv[1]))
+
+
+def test_a_run_dir_in_use_stops_every_rank_with_rank_zeros_error(tmp_path):
+    """Rank 0 alone takes the run's lock; the other ranks must stop with its error, not wait for it forever."""
+    run = tmp_path / "run"
+    hold = ("import sys, time\nfrom nasc.runtime.rundir import RunDir\nwith RunDir(sys.argv[1]).writing(new=True):\n"
+            "    RunDir(sys.argv[1]).config.write_text('{}')\n    print('locked', flush=True)\n    time.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run)], stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        cmd = ["-m", "nasc", "search", "nb201", "--set", "C=4", "--set", "N=1", "--batch", "16", "--epochs", "1",
+               "--device", "cpu", "--run-dir", str(run)]
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                               *cmd], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    out = " ".join((proc.stderr + proc.stdout).split())
+    assert proc.returncode != 0
+    assert out.count(f"run directory {run} is in use: another nasc process (pid {holder.pid})") == 2, out
+    assert sorted(p.name for p in run.iterdir()) == [".nasc.lock", "config.json"]

@@ -623,3 +623,79 @@ select argmax per layer
     assert len(job.dataset.train) // 2 % 239 == 1  # the case: one image left over in the weights' half
     steps = [r for r in _records(tmp_path / "run") if r.get("type") == "step"]
     assert len(steps) == 3
+
+
+# ------------------------------------------------------------------ one writer per run dir
+
+_HOLD = """import sys, time
+from nasc.runtime.rundir import RunDir
+with RunDir(sys.argv[1]).writing(new=True):
+    (RunDir(sys.argv[1]).config).write_text("{}")
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def _holder(run: Path):
+    """Another process writing `run` (it holds the run's lock until killed)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(run)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_writer_of_a_run_dir_fails_at_once_naming_the_holder(tmp_path):
+    """Two processes in one run dir interleaved metrics.jsonl and overwrote each other's checkpoint; a run
+    in progress even drew the hint to delete it ("never finished an epoch")."""
+    from nasc.runtime.rundir import RunDir
+
+    run = tmp_path / "run"
+    proc = _holder(run)
+    try:
+        for attempt in (lambda: RunDir(run).create(), lambda: RunDir(run).writing().__enter__()):
+            with pytest.raises(SearchError, match="is in use") as info:
+                attempt()
+            assert str(run) in info.value.message and f"pid {proc.pid}" in info.value.message
+            assert "another --run-dir" in info.value.hint and "delete" not in info.value.hint
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
+    from nasc.runtime.rundir import LOCK_FILE, RunDir
+
+    run = tmp_path / "run"
+    proc = _holder(run)
+    proc.kill()
+    proc.wait()
+    assert (run / LOCK_FILE).is_file()  # the file stays, its lock went with the process
+    with RunDir(run).writing():
+        with RunDir(run).writing():  # nested in one process (resume -> run_search): the same lock
+            pass
+        assert (run / LOCK_FILE).is_file()
+    assert not (run / LOCK_FILE).exists()
+
+
+def test_a_finished_run_keeps_no_lock_file(nb201_run):
+    from nasc.runtime.rundir import LOCK_FILE
+
+    assert not (nb201_run / LOCK_FILE).exists()
+
+
+def test_a_file_system_without_locks_still_runs(tmp_path, monkeypatch):
+    """Lustre mounted without `flock` answers ENOSYS: the run goes on unguarded rather than not at all."""
+    import errno
+    import fcntl
+
+    from nasc.runtime.rundir import RunDir
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with RunDir(tmp_path / "run").writing(new=True):
+        assert not RunDir(tmp_path / "run")._in_use()
+    assert list((tmp_path / "run").iterdir()) == []
