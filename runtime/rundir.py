@@ -306,18 +306,33 @@ def _write_failure(folder: Path, error: Exception) -> str:
     return f"the write failed ({str(error).strip() or type(error).__name__})"
 
 
-def unused_path(base: Path) -> Path:
-    """`base`, or `base-2`, `base-3`, ... : the first that does not exist yet."""
+def unused_path(base: Path, *, claim: bool = False) -> Path:
+    """`base`, or `base-2`, `base-3`, ... : the first that does not exist yet.
+
+    `claim` also creates it, with one mkdir: two runs started in the same second with the same name (a
+    sweep over methods in one space and seed) picked one folder and wrote it together; the second now
+    takes the next name.
+    """
     path, i = base, 1
-    while path.exists():
+    while True:
+        if claim:
+            try:
+                path.mkdir(parents=True)
+                return path
+            except FileExistsError:
+                pass
+            except OSError:  # unwritable: RunDir.create says so, naming the folder
+                return path
+        elif not path.exists():
+            return path
         i += 1
         path = base.with_name(f"{base.name}-{i}")
-    return path
 
 
-def default_run_path(name: str, seed: int) -> Path:
-    """runs/<name>-<date>-<time>-s<seed>, never an existing directory."""
-    return unused_path(Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-s{seed}")
+def default_run_path(name: str, seed: int, *, claim: bool = True) -> Path:
+    """runs/<name>-<date>-<time>-s<seed>, never an existing directory; created unless `claim` is False
+    (the ranks of a distributed run other than 0, which use rank 0's)."""
+    return unused_path(Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-s{seed}", claim=claim)
 
 
 def environment() -> dict[str, Any]:

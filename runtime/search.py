@@ -604,4 +604,4 @@ def _reselect_in(run: RunDir, request: Request, plugins: list[str],
 
 
 def default_run_dir(space_name: str, seed: int) -> Path:
-    return default_run_path(space_name, seed)
+    return default_run_path(space_name, seed, claim=_dist.is_main())

@@ -436,7 +436,7 @@ def load_trained(run_path: str | Path, *, space: str | None = None, params: Mapp
 
 
 def default_train_dir(space: str, seed: int) -> Path:
-    return default_run_path(f"train-{space}", seed)
+    return default_run_path(f"train-{space}", seed, claim=_dist.is_main())
 
 
 def load_json(path: Path) -> Any:

@@ -699,3 +699,18 @@ def test_a_file_system_without_locks_still_runs(tmp_path, monkeypatch):
     with RunDir(tmp_path / "run").writing(new=True):
         assert not RunDir(tmp_path / "run")._in_use()
     assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_runs_started_in_the_same_second_get_their_own_default_run_dir(tmp_path, monkeypatch):
+    """A sweep over methods (`nasc search --relax gdas & nasc search --relax snas &`) names both runs
+    runs/SPACE-TIME-sSEED: both picked the folder before either created it, and wrote it together."""
+    from nasc.runtime import rundir
+    from nasc.runtime.search import default_run_dir
+    from nasc.runtime.train import default_train_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(rundir.time, "strftime", lambda fmt: "20250101-120000")
+    first, second = default_run_dir("nb201", 0), default_run_dir("nb201", 0)
+    assert (first.name, second.name) == ("nb201-20250101-120000-s0", "nb201-20250101-120000-s0-2")
+    assert first.is_dir() and second.is_dir()  # claimed: a third process takes -3
+    assert default_train_dir("nb201", 0) != default_train_dir("nb201", 0)
