@@ -275,6 +275,9 @@ def describe(job: Job) -> dict[str, Any]:
         "cuda_graphs": job.ir.meta.get("cuda_graphs"),
         "fuse_edges": job.ir.meta.get("fuse_edges"),
         "torch_compile": job.ir.meta.get("torch_compile"),
+        # what the run printed as `warning:` lines (α never trained, cutout capped): a reader of the run has
+        # only this file, and the settings alone do not say that one of them was ignored or changed
+        "warnings": list(job.ir.meta.get("warnings", [])),
         "plugins": explicit_plugins(),  # loaded again by `resume`
         "request": to_json({"relax": job.request.relax, "relax_options": job.request.relax_options,
                             "select": job.request.select, "select_options": job.request.select_options,

@@ -303,6 +303,9 @@ def test_arch_start_after_the_last_epoch_leaves_alpha_unchanged(tmp_path):
     epoch = [r for r in _records(tmp_path / "run") if r["type"] == "epoch"][0]
     assert epoch["arch_updates"] is False
     assert all(r["arch_loss"] is None for r in _records(tmp_path / "run") if r["type"] == "step")
+    # the warning the run printed is part of its record, as a training run's config.json keeps its own
+    warnings = json.loads((tmp_path / "run" / "config.json").read_text())["warnings"]
+    assert any(w.startswith("α is never trained") for w in warnings), warnings
 
 
 def test_search_moves_alpha(nb201_run):
