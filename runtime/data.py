@@ -13,6 +13,7 @@ ends in a `DataError` that names the file and says how to fix it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import importlib.util
@@ -27,6 +28,7 @@ import tempfile
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import attrs
 import numpy as np
@@ -37,7 +39,7 @@ from nasc.errors import DataError
 from nasc.runtime.augment import Augment
 from nasc.runtime.registry import Registry, call_problem
 
-__all__ = ["ImageSet", "Dataset", "DATASETS", "load_dataset", "recorded_data_dir", "split_indices",
+__all__ = ["ImageSet", "Dataset", "DATASETS", "load_dataset", "recorded_data_dir", "check_same_data", "split_indices",
            "Batches", "Augment", "CIFAR"]
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,29 @@ class Dataset:
         _, c, h, w = self.train.images.shape
         return (c, h, w)
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A hash of every split's images and labels, as loaded: the name and data dir a run records say
+        where the data was looked for, not what it was (a re-extracted, subsetted or relabelled copy in the
+        same folder, a plugin's loader that changed). Run records compare it; CIFAR hashes in well under
+        a second."""
+        digest = hashlib.sha256()
+        for part in (self.train, self.test):
+            if part is None:
+                digest.update(b"no split")
+                continue
+            for t in (part.images, part.labels):
+                t = t.detach().cpu().contiguous()
+                digest.update(f"{t.dtype} {tuple(t.shape)};".encode())
+                digest.update(t.numpy().reshape(-1).view(np.uint8))
+        return digest.hexdigest()[:16]
+
+    def record(self) -> dict[str, Any]:
+        """What a run's config.json says about its data: enough to tell whether a later run used the same."""
+        return {"name": self.name, "fingerprint": self.fingerprint, "shape": list(self.shape),
+                "classes": self.classes, "train_images": len(self.train),
+                "test_images": None if self.test is None else len(self.test)}
+
 
 Loader = Callable[[Path | None, bool], Dataset]
 DATASETS: Registry[Loader] = Registry("dataset",
@@ -118,6 +143,20 @@ def recorded_data_dir(data_dir: str | None) -> str | None:
     config.json, so a run that read $NASC_DATA and recorded None was trained (`nasc train RUN`) or
     resumed elsewhere from ~/.cache/nasc/data, or whatever $NASC_DATA said there."""
     return data_dir if data_dir is not None else os.environ.get("NASC_DATA") or None
+
+
+def check_same_data(recorded: Any, dataset: Dataset, run: Path) -> None:
+    """Refuse to continue a run on other data than it started on (same name, other images or labels): its
+    metrics and checkpoint would mix two datasets without a trace. Runs written before data fingerprints
+    were recorded have none and are not checked."""
+    old = recorded.get("fingerprint") if isinstance(recorded, dict) else None
+    if old is None or old == dataset.fingerprint:
+        return
+    raise DataError(f"the run in {run} started on other data: {dataset.name} now has fingerprint "
+                    f"{dataset.fingerprint} ({len(dataset.train):,} training images), the run recorded {old} "
+                    f"({recorded.get('train_images', '?')} training images)",
+                    hint="the dataset's files changed since the run started (or $NASC_DATA points elsewhere); "
+                         "restore them, or start a new run")
 
 
 def split_indices(n: int, portion: float) -> tuple[Tensor, Tensor]:

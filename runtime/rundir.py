@@ -1,7 +1,8 @@
 """A run directory: the artefact that makes a search reproducible and resumable.
 
     run/
-      config.json       space file, fingerprint, parameters, every setting, seed, versions, device
+      config.json       space file, fingerprint, parameters, every setting, seed, versions, device,
+                        the data (name, sizes, a fingerprint of its images and labels: --resume checks it)
       space.ir.json     the compiled IR the run searched
       metrics.jsonl     one JSON object per step and per epoch (deterministic: no wall-clock values)
       timing.jsonl      wall-clock figures, kept apart so metrics compare byte for byte

@@ -30,7 +30,7 @@ from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
 from nasc.runtime.compiled import compile_blocker, compile_cells, summary
 from nasc.runtime.config import SearchConfig, check_search_block, make_config
-from nasc.runtime.data import Batches, Dataset, load_dataset, recorded_data_dir, split_indices
+from nasc.runtime.data import Batches, Dataset, check_same_data, load_dataset, recorded_data_dir, split_indices
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.relaxations.base import Relaxation, load_relaxation, preset
 from nasc.runtime.rundir import RunDir, default_run_path, environment
@@ -263,6 +263,7 @@ def describe(job: Job) -> dict[str, Any]:
         "params": dict(job.request.params),
         "resolved_params": {k: v for k, v in job.ir.params.items()},
         "input": list(job.ir.input_shape),
+        "data": {**job.dataset.record(), **search_split(job)},
         "relax": {"name": job.relax.name, "options": to_json(job.relax.options)},
         "select": {"name": job.selector.name, "options": to_json(job.selector.options)},
         "search": job.config.to_json(),
@@ -284,6 +285,15 @@ def describe(job: Job) -> dict[str, Any]:
                             "overrides": job.request.overrides, "params": job.request.params}),
         **environment(),
     }
+
+
+def search_split(job: Job) -> dict[str, int]:
+    """How many training images train the weights and how many train α (the Trainer's split)."""
+    n = len(job.dataset.train)
+    if job.config.levels == 1:
+        return {"weight_images": n, "arch_images": n}
+    weights, arch = split_indices(n, job.config.train_portion)
+    return {"weight_images": len(weights), "arch_images": len(arch)}
 
 
 def alpha_table(net: Network) -> dict[str, dict[str, dict[str, float]]]:
@@ -558,6 +568,7 @@ def resume(run_path: str | Path, *, on_event: Callable[[Event], None] | None = N
     with run.writing():  # before anything is built and the checkpoint read: another writer may still move it on
         job = resuming_with(config.get("plugins") or [], lambda: prepare(request))
         state = run.load_checkpoint(job.ir.meta["fingerprint"])
+        check_same_data(config.get("data"), job.dataset, run.path)
         if (run.path / "genotype.json").exists() and int(state["epoch"]) >= job.config.epochs:
             raise SearchError(f"the run in {run.path} is already finished",
                               hint="its genotype is in genotype.json")
@@ -588,6 +599,7 @@ def _reselect_in(run: RunDir, request: Request, plugins: list[str],
                           hint="its checkpoint holds the last stage's supernet; search again with "
                                "--select instead")
     state = run.load_checkpoint(job.ir.meta["fingerprint"])
+    check_same_data(config.get("data"), job.dataset, run.path)  # selectors fine-tune and score on it
     trainer = Trainer(job)
     trainer.load_state(state)
 

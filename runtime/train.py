@@ -31,7 +31,7 @@ from nasc.compiler.resolve import resolve_path
 from nasc.errors import GenotypeError, NasSemanticError, SearchError
 from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
-from nasc.runtime.data import Batches, Dataset, load_dataset, recorded_data_dir
+from nasc.runtime.data import Batches, Dataset, check_same_data, load_dataset, recorded_data_dir
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.rundir import RunDir, default_run_path, environment
 from nasc.runtime.schedules import learning_rate
@@ -188,6 +188,7 @@ def describe_train(job: TrainJob) -> dict[str, Any]:
     return {"space": job.ir.name, "space_file": job.space_path, "fingerprint": job.ir.meta["fingerprint"],
             "genotype": G.to_json(job.genotype), "resolved_params": dict(job.ir.params),
             "input": list(job.ir.input_shape), "train": attrs.asdict(job.config), **counts(job),
+            "data": job.dataset.record(),
             "device": str(job.device),
             "warnings": job.ir.meta.get("warnings", []),
             "request": {"genotype": job.request.genotype, "space": job.request.space,
@@ -375,6 +376,7 @@ def prepare_resume_train(run_path: str | Path) -> tuple[TrainJob, dict[str, Any]
                            overrides=req.get("overrides") or {})
     job = resuming_with(config.get("plugins") or [], lambda: prepare_train(request))
     state = run.load_checkpoint(job.ir.meta["fingerprint"])
+    check_same_data(config.get("data"), job.dataset, run.path)
     if int(state["epoch"]) >= job.config.epochs:
         raise SearchError(f"the training run in {run.path} is already finished")
     return job, state

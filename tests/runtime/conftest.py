@@ -5,6 +5,9 @@ the same question, "do these two lowerings train identically?", so they
 build, train and compare networks the same way.
 """
 
+import struct
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,6 +23,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def mini_mnist():
+    """`mini_mnist(folder, seed)` writes four 8x8 MNIST-format IDX files (64 training, 16 test images) drawn
+    from `seed` and returns the folder: a real on-disk dataset a test can change under a run."""
+    def write(folder, seed: int):
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = np.random.RandomState(seed)
+        for prefix, n in (("train", 64), ("t10k", 16)):
+            for kind, arr in (("images-idx3", rng.randint(0, 256, (n, 8, 8))), ("labels-idx1", rng.randint(0, 10, n))):
+                head = bytes((0, 0, 8, arr.ndim)) + struct.pack(f">{arr.ndim}I", *arr.shape)
+                (folder / f"{prefix}-{kind}-ubyte").write_bytes(head + arr.astype(np.uint8).tobytes())
+        return folder
+    return write
 
 
 @pytest.fixture

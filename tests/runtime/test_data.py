@@ -72,6 +72,24 @@ def test_digits_shapes_split_and_stats():
     assert torch.equal(again.test.images, ds.test.images)  # the split is fixed
 
 
+def test_the_data_fingerprint_changes_with_any_pixel_or_label_and_only_then():
+    digits = load_dataset("digits")
+    assert digits.fingerprint == load_dataset("digits").fingerprint and len(digits.fingerprint) == 16
+
+    def changed(split: str, what: str) -> Dataset:
+        part = getattr(digits, split)
+        images, labels = part.images.clone(), part.labels.clone()
+        if what == "images":
+            images[3, 0, 4, 4] ^= 1
+        else:
+            labels[3] = (labels[3] + 1) % 10
+        return attrs.evolve(digits, **{split: ImageSet(images=images, labels=labels)})
+
+    prints = {changed(split, what).fingerprint for split in ("train", "test") for what in ("images", "labels")}
+    assert len(prints) == 4 and digits.fingerprint not in prints
+    assert attrs.evolve(digits, test=None).fingerprint != digits.fingerprint
+
+
 def test_unknown_dataset_suggests():
     with pytest.raises(RegistryError) as info:
         load_dataset("cifar1O")

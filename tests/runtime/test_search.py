@@ -461,6 +461,28 @@ def test_resume_when_the_space_file_is_gone(tmp_path, spaces_dir):
         resume(tmp_path / "run")
 
 
+def test_config_records_the_data_and_resume_refuses_other_data(tmp_path, mini_mnist):
+    """Same dataset name and folder, other files: the run's record tells them apart and resume stops."""
+    data = mini_mnist(tmp_path / "data", seed=0)
+    job = _job(epochs=2, batch=16, dataset="mnist", data_dir=str(data))
+    with pytest.raises(KeyboardInterrupt):
+        run_search(job, tmp_path / "run", stop_after=1)
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
+    assert recorded == {"name": "mnist", "fingerprint": job.dataset.fingerprint, "shape": [1, 8, 8], "classes": 10,
+                        "train_images": 64, "test_images": 16, "weight_images": 32, "arch_images": 32}
+    mini_mnist(data, seed=1)
+    before = _snapshot(tmp_path / "run")
+    with pytest.raises(DataError, match="other data") as info:
+        resume(tmp_path / "run")
+    assert recorded["fingerprint"] in info.value.message and "restore" in info.value.hint
+    assert _snapshot(tmp_path / "run") == before
+    # a run written before data fingerprints were recorded resumes as it always did
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    del config["data"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    assert resume(tmp_path / "run").run_dir == tmp_path / "run"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_a_gpu_is_a_search_error():
     with pytest.raises(SearchError, match="no CUDA device"):

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from nasc.cli import app
 from nasc.compiler.expr import CallValue
-from nasc.errors import GenotypeError, SearchError
+from nasc.errors import DataError, GenotypeError, SearchError
 from nasc.runtime.train import TrainRequest, prepare_train, resume_train, run_train, train_config
 
 GENOTYPES = Path(__file__).resolve().parents[2] / "examples" / "genotypes"
@@ -118,6 +118,20 @@ def test_resume_ends_like_an_uninterrupted_run(tmp_path):
     a = torch.load(tmp_path / "straight" / "weights.pt")
     b = torch.load(tmp_path / "resumed" / "weights.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_training_run_records_its_data_and_resume_refuses_other_data(tmp_path, mini_mnist):
+    data = mini_mnist(tmp_path / "data", seed=0)
+    job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "nb201_best_cifar10.json"), params={"C": 4, "N": 1},
+                                     overrides={"epochs": 2, "batch": 32, "dataset": "mnist", "data_dir": str(data)}))
+    with pytest.raises(KeyboardInterrupt):
+        run_train(job, tmp_path / "run", stop_after=1)
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
+    assert recorded == {"name": "mnist", "fingerprint": job.dataset.fingerprint, "shape": [1, 8, 8], "classes": 10,
+                        "train_images": 64, "test_images": 16}
+    mini_mnist(data, seed=1)  # the same folder, other images
+    with pytest.raises(DataError, match="other data"):
+        resume_train(tmp_path / "run")
 
 
 def test_cli_resumes_a_training_run_with_the_command_a_ctrl_c_names(tmp_path):
