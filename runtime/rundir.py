@@ -1,7 +1,8 @@
 """A run directory: the artefact that makes a search reproducible and resumable.
 
     run/
-      config.json       space file, fingerprint, parameters, every setting, seed, versions, device,
+      config.json       space file, fingerprint, parameters, every setting, seed, versions (and the git
+                        commit of a checkout), device,
                         the data (name, sizes, a fingerprint of its images and labels: --resume checks it)
       space.ir.json     the compiled IR the run searched
       metrics.jsonl     one JSON object per step and per epoch (deterministic: no wall-clock values)
@@ -20,11 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import platform
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -44,9 +47,30 @@ LOCK_FILE = ".nasc.lock"
 _held: dict[Path, list[int]] = {}
 
 
-def versions() -> dict[str, str]:
-    return {"nasc": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform()}
+def versions() -> dict[str, Any]:
+    return {"nasc": __version__, "nasc_git": source_revision(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+@functools.cache
+def source_revision() -> dict[str, Any] | None:
+    """The git commit of the nasc code that ran, and whether it had uncommitted changes, when nasc runs from
+    a git checkout (`pip install -e .`): its version number stays 0.1.0 from commit to commit, so only the
+    commit says which code a run's numbers came from. None for an installed wheel or without git."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():  # a directory in a clone, a file in a worktree
+        return None
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

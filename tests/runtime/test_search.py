@@ -7,6 +7,7 @@ import json
 import math
 import re
 import shutil
+import subprocess
 import urllib.error
 from pathlib import Path
 
@@ -166,6 +167,11 @@ def test_darts_search_writes_the_run_directory(darts_run):
     assert config["input"] == [1, 8, 8]  # compiled for the dataset: digits are 1x8x8
     # what the numbers depend on beyond the settings: another thread count rounds sums differently
     assert config["threads"] == torch.get_num_threads() and config["torch"] == torch.__version__
+    # which code: the version number does not move between commits of a checkout, the commit does
+    repo = Path(__file__).resolve().parents[2]
+    if (repo / ".git").exists() and shutil.which("git"):
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
+        assert config["nasc_git"]["commit"] == head.stdout.strip() and isinstance(config["nasc_git"]["dirty"], bool)
     ir = json.loads((darts_run / "space.ir.json").read_text())
     assert isinstance(ir, dict) and ir
     assert config["fingerprint"] in (darts_run / "space.ir.json").read_text()
