@@ -446,6 +446,15 @@ def _run_kind(run: Path) -> str | None:
         return None
 
 
+def _run_config(run: Path) -> dict[str, Any] | None:
+    """A search run's config.json (with the space it searched), else None."""
+    try:
+        config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) and config.get("space") else None
+
+
 def _run_dir(source: Any) -> Path | None:
     """The run directory a source names (a SearchResult's, or an existing directory), else None."""
     if hasattr(source, "run_dir"):
@@ -466,8 +475,9 @@ def export(source: TrainResult | Genotype | SearchResult | str | Path, output: s
 
     A `TrainResult` or training run directory exports the trained network with its weights
     (`space`, `params`, `input_shape` and `checkpoint` override what the run recorded); a
-    genotype needs `space` (and `params`/`data` as it was compiled), with weights from
-    `checkpoint`. Returns the files written. A plugin op with a module class of its own has no
+    genotype, `SearchResult` or search run directory is compiled in `space` (default: the search
+    run's space, else the one the genotype names) with `params`/`data` as it was compiled, with
+    weights from `checkpoint`. Returns the files written. A plugin op with a module class of its own has no
     standalone source: export it to TorchScript or ONNX.
     """
     from nasc.runtime import export as X
@@ -492,10 +502,16 @@ def export(source: TrainResult | Genotype | SearchResult | str | Path, output: s
                                  checkpoint=checkpoint)
         ir, net, genotype, with_weights = trained.ir, trained.net, trained.genotype, True
     else:
+        from nasc.plugins import resuming_with
+
+        genotype = load_genotype(source)
+        # a search run (or SearchResult) knows its space, a genotype file usually names it: as `nasc export` does
+        config = _run_config(run) if run is not None else None
+        space = space if space is not None else T.run_space(config) if config else genotype.space
         if space is None:
             raise NascError("export: give the space the genotype belongs to (space=...)")
-        genotype = load_genotype(source)
-        ir, net = X.derived_network(_ir(space, params, input_shape, data), genotype)
+        ir, net = resuming_with((config or {}).get("plugins") or [],  # the plugins a search run recorded
+                                lambda: X.derived_network(_ir(space, params, input_shape, data), genotype))
         with_weights = checkpoint is not None
         if checkpoint is not None:
             X.load_weights(net, checkpoint)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import nasc
+from nasc.compiler import genotype as G
 from nasc.errors import NascError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,6 +157,17 @@ def test_a_runs_warnings_reach_a_notebook(tmp_path):
     """The CLI prints them before the run; from Python they were lost (not in events, files or the result)."""
     with pytest.warns(RuntimeWarning, match="α is never trained: arch_start = 5"):
         nasc.search("nb201", params=TINY, epochs=1, arch_start=5, train_portion=0.05, run_dir=tmp_path / "s")
+
+
+def test_export_takes_the_space_from_the_search_run_or_the_genotype(searched, tmp_path):
+    """A SearchResult knows its space, and a genotype.json names it: export asked for space= all the same."""
+    run, _ = searched
+    for i, source in enumerate((run, run.run_dir, run.run_dir / "genotype.json")):
+        [written] = nasc.export(source, tmp_path / f"net{i}.py", params=TINY, data="digits")
+        assert "def build" in written.read_text()
+    assert (tmp_path / "net0.py").read_text() == (tmp_path / "net2.py").read_text()
+    with pytest.raises(NascError, match="give the space"):  # a bare genotype string names no space
+        nasc.export(G.to_nb201(run.genotype), tmp_path / "x.py")
 
 
 @pytest.mark.slow
