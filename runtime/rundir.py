@@ -364,4 +364,13 @@ def environment() -> dict[str, Any]:
     """What a run's numbers depend on beyond its settings. The CPU thread count is among them: float sums
     split over a different number of threads round differently, so the same seed on a machine with
     another core count gives other (equally valid) results."""
-    return {"argv": sys.argv[1:], **versions(), "threads": torch.get_num_threads()}
+    return {"argv": sys.argv[1:], **versions(), "threads": torch.get_num_threads(), **accelerators()}
+
+
+def accelerators() -> dict[str, Any]:
+    """The GPUs a run could use, with the CUDA and cuDNN versions: "device": "cuda" alone does not say which
+    GPU, and kernels (cuDNN's autotuned convolutions above all) round differently from one to another."""
+    if not torch.cuda.is_available():
+        return {}
+    return {"cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}

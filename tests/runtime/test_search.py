@@ -489,6 +489,21 @@ def test_config_records_the_data_and_resume_refuses_other_data(tmp_path, mini_mn
     assert resume(tmp_path / "run").run_dir == tmp_path / "run"
 
 
+def test_a_run_records_which_gpus_and_cuda_it_could_use(monkeypatch):
+    """"device": "cuda" does not say which GPU: kernels round differently from one model to another."""
+    from nasc.runtime.rundir import environment
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"GPU model {i}")
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 90100)
+    env = environment()
+    assert env["gpus"] == ["GPU model 0", "GPU model 1"] and env["cudnn"] == 90100
+    assert env["cuda"] == torch.version.cuda
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not {"gpus", "cuda", "cudnn"} & set(environment())  # a CPU run's record stays as it was
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_a_gpu_is_a_search_error():
     with pytest.raises(SearchError, match="no CUDA device"):
