@@ -328,6 +328,7 @@ def _stages_in(run: RunDir, job: Any, stages: list[Any], *, on_event: Callable[[
         carried = resume_state.get("carried_alpha")
         state = None if resume_state.get("boundary") else resume_state
         run.truncate_metrics(int(resume_state["metrics_size"]))
+        run.record_resume(int(resume_state.get("epoch", 0)), job.device, stage=si)
     done = 0
     while True:
         stage = stages[si]

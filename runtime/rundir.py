@@ -7,6 +7,7 @@
       space.ir.json     the compiled IR the run searched
       metrics.jsonl     one JSON object per step and per epoch (deterministic: no wall-clock values)
       timing.jsonl      wall-clock figures, kept apart so metrics compare byte for byte
+      resumes.jsonl     one record per --resume: the epoch it continued from and the environment it ran in
       checkpoint.pt     written atomically at the end of every epoch
       genotype.json     the result (never overwritten by `nasc select`, which writes beside it)
       .nasc.lock        only while a process writes the run: its pid (see `RunDir.writing`)
@@ -193,6 +194,15 @@ class RunDir:
         return SearchError(f"run directory {self.path} is in use: another nasc process{holder} is writing it",
                            hint="wait for that run to finish (a search or training run interrupted with Ctrl-C "
                                 "continues with --resume), or use another --run-dir")
+
+    @property
+    def resumes(self) -> Path:
+        return self.path / "resumes.jsonl"
+
+    def record_resume(self, epoch: int, device: Any, **where: Any) -> None:
+        """Where a resumed run continued and in what environment: config.json describes the machine the run
+        started on, and the epochs after a resume may have run with another torch, thread count or GPU."""
+        self.append(self.resumes, {**where, "epoch": epoch, "device": str(device), **environment()})
 
     def create(self) -> None:
         """A new run: the directory must be absent or empty (existing runs are never overwritten)."""

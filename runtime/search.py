@@ -511,6 +511,7 @@ def _search_in(run: RunDir, job: Job, trainer: Trainer, *, on_event: Callable[[E
     else:
         trainer.load_state(resume_state)
         run.truncate_metrics(int(resume_state["metrics_size"]))
+        run.record_resume(trainer.epoch, job.device)
     emit = _emit_to(run, on_event)
     cfg = job.config
     emit({"type": "start", "epochs": cfg.epochs, "first_epoch": trainer.epoch, "steps": len(trainer.train),

@@ -323,6 +323,7 @@ def _train_in(run: RunDir, job: TrainJob, fit: Fitter, *, on_event: Callable[[Ev
     else:
         fit.load_state(resume_state)
         run.truncate_metrics(int(resume_state["metrics_size"]))
+        run.record_resume(fit.epoch, job.device)
 
     def emit(event: Event) -> None:
         if event["type"] in ("step", "epoch"):

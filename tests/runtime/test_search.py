@@ -238,6 +238,11 @@ def test_resume_replays_an_uninterrupted_run(tmp_path, nb201_two_epochs):
     assert len([r for r in _records(tmp_path / "cut") if r["type"] == "epoch"]) == 1
     result = resume(tmp_path / "cut")
     assert result.run_dir == tmp_path / "cut"
+    # config.json describes where the run started; where it continued, and in what environment (another
+    # machine's thread count or torch changes the numbers), is recorded beside it
+    [resumed] = [json.loads(line) for line in (tmp_path / "cut" / "resumes.jsonl").read_text().splitlines()]
+    assert (resumed["epoch"], resumed["threads"], resumed["torch"], resumed["device"]) == \
+        (1, torch.get_num_threads(), torch.__version__, "cpu")
     for name in ("metrics.jsonl", "genotype.json"):
         assert (tmp_path / "cut" / name).read_bytes() == (nb201_two_epochs / name).read_bytes(), name
     with pytest.raises(SearchError, match="already finished"):

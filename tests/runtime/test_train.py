@@ -113,6 +113,8 @@ def test_resume_ends_like_an_uninterrupted_run(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_train(prepare_train(request), tmp_path / "resumed", stop_after=1)
     resume_train(tmp_path / "resumed")
+    [resumed] = [json.loads(line) for line in (tmp_path / "resumed" / "resumes.jsonl").read_text().splitlines()]
+    assert (resumed["epoch"], resumed["threads"]) == (1, torch.get_num_threads())
     for name in ("metrics.jsonl", "result.json"):
         assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
     a = torch.load(tmp_path / "straight" / "weights.pt")
