@@ -28,7 +28,7 @@ from nasc.compiler.expr import evaluate
 from nasc.compiler.ir import SpaceIR, to_json_dict
 from nasc.compiler.pipeline import compile_decl
 from nasc.compiler.resolve import resolve_path
-from nasc.errors import GenotypeError, NasSemanticError, SearchError
+from nasc.errors import GenotypeError, NascError, NasSemanticError, SearchError
 from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
 from nasc.runtime.data import Batches, Dataset, check_same_data, load_dataset, recorded_data_dir
@@ -93,6 +93,24 @@ def searched_data(run_config: Mapping[str, Any] | None, overrides: Mapping[str, 
     if overrides.get("dataset") not in (None, search["dataset"]):
         return {}
     return {"dataset": search["dataset"], "data_dir": search.get("data_dir")}
+
+
+def changed_since_search(decl, run_config: Mapping[str, Any] | None) -> list[str]:
+    """A warning when the space file of a search run, trained by its directory, no longer compiles to the space
+    the run searched (its recorded fingerprint): an op body or candidate edited since would train another
+    network than the one the search scored, with nothing to show for it. Compiling is cheap (no torch)."""
+    if not run_config or run_config.get("kind") == "train" or not isinstance(run_config.get("fingerprint"), str):
+        return []
+    try:
+        searched = compile_decl(decl, params=dict(run_config["resolved_params"]), input_shape=tuple(run_config["input"]))
+    except (KeyError, TypeError, ValueError, NascError):
+        return []  # a config without what it takes to compile again: nothing to compare
+    now = searched.meta["fingerprint"]
+    if now == run_config["fingerprint"]:
+        return []
+    return [f"the space file {decl.path} changed since the search ran: it compiles to fingerprint {now} for the "
+            f"searched parameters, the search recorded {run_config['fingerprint']}; the network trained may not be "
+            "the one the search chose"]
 
 
 def fit_to_dataset(config, shape: tuple[int, int, int]):
@@ -168,6 +186,7 @@ def _prepare_train(request: TrainRequest, genotype: G.Genotype, run_config: Mapp
     config = declared_aux_weight(config, ir, settings, request.overrides)
     genotype = attrs.evolve(genotype, space=derived.name)  # genotype.json names the space it was trained in
     config, aux_notes = fit_aux_weight(config, derived)
+    notes += changed_since_search(decl, run_config) if space == guess_space(genotype, run_config) else []
     derived.meta["warnings"] = derived.meta.get("warnings", []) + notes + aux_notes
     seed_everything(config.seed, config.deterministic)
     net = build_network(derived)

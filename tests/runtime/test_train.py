@@ -409,6 +409,27 @@ def test_a_search_run_is_trained_on_the_data_it_was_searched_on_unless_told_othe
     assert job.dataset.name == "digits" and job.ir.params["classes"] == 10
 
 
+def test_training_a_search_run_whose_space_file_changed_since_warns(tmp_path, spaces_dir):
+    """`nasc train RUN` compiles the run's space file as it is now: an op edited since (same name, another body)
+    would train a network the search never scored; the fingerprint the run recorded tells."""
+    from nasc.runtime.search import Request, prepare, run_search
+
+    space = tmp_path / "mine.nas"
+    text = (spaces_dir / "nb201.nas").read_text()
+    space.write_text(text)
+    nb201 = {"C": 4, "N": 1}
+    run_search(prepare(Request(space=str(space), params=nb201, overrides={"epochs": 1, "device": "cpu",
+                                                                          "train_portion": 0.1})), tmp_path / "run")
+    unchanged = prepare_train(TrainRequest(genotype=str(tmp_path / "run"), params=nb201))
+    assert not any("changed since the search" in w for w in unchanged.ir.meta["warnings"])
+    assert "avg_pool(3, stride)" in text
+    space.write_text(text.replace("avg_pool(3, stride)", "max_pool(3, stride)"))
+    changed = prepare_train(TrainRequest(genotype=str(tmp_path / "run"), params=nb201))
+    [warning] = [w for w in changed.ir.meta["warnings"] if "changed since the search" in w]
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["fingerprint"]
+    assert str(space.resolve()) in warning and recorded in warning
+
+
 def test_another_dataset_than_the_searched_one_is_not_looked_for_in_the_searched_data_dir(tmp_path):
     """A run searched on CIFAR-10 in DIR, trained with `--data digits3`: DIR was CIFAR-10's folder, not its."""
     from nasc.runtime.train import searched_data
