@@ -486,6 +486,9 @@ class _FollowerRunDir(RunDir):
     def append(self, target: Path, record: dict[str, Any]) -> None:
         pass
 
+    def copy_sources(self, files: Any) -> list[str]:
+        return []
+
     def truncate_metrics(self, size: int) -> None:
         pass
 

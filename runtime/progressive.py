@@ -317,7 +317,7 @@ def _stages_in(run: RunDir, job: Any, stages: list[Any], *, on_event: Callable[[
     cfg = job.config
     run_fp = job.ir.meta["fingerprint"]
     if resume_state is None:
-        run.write("config.json", S.describe(job))
+        run.write("config.json", {**S.describe(job), "space_sources": run.copy_sources(job.space_files)})
         run.write("space.ir.json", to_json_dict(job.ir))
         si, restriction, carried, state = 0, {}, None, None
     else:

@@ -5,6 +5,7 @@
                         commit of a checkout), device,
                         the data (name, sizes, a fingerprint of its images and labels: --resume checks it)
       space.ir.json     the compiled IR the run searched
+      space/            copies of the .nas file(s) the space was read from (a search; the space and what it extends)
       metrics.jsonl     one JSON object per step and per epoch (deterministic: no wall-clock values)
       timing.jsonl      wall-clock figures, kept apart so metrics compare byte for byte
       resumes.jsonl     one record per --resume: the epoch it continued from and the environment it ran in
@@ -268,6 +269,27 @@ class RunDir:
             write_json_atomic(self.path / name, data)
         except OSError as e:
             raise SearchError(f"cannot write {self.path / name}: {e.strerror or e}") from None
+
+    def copy_sources(self, files: Any) -> list[str]:
+        """Copy the .nas files a space was read from into space/ and return their paths in the run: config.json
+        names them by absolute path on the author's machine, where a reader of the run cannot go, and a file
+        edited after the run no longer says what it searched. An unreadable file is skipped."""
+        copied: list[str] = []
+        for source in files:
+            name = f"space/{Path(source).name}"
+            if name in copied:  # two extended files of one name in different folders: keep both
+                name = f"space/{len(copied)}-{Path(source).name}"
+            try:
+                text = Path(source).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            try:
+                (self.path / "space").mkdir(exist_ok=True)
+                write_text_atomic(self.path / name, text)
+            except OSError as e:
+                raise SearchError(f"cannot write {self.path / name}: {e.strerror or e}") from None
+            copied.append(name)
+        return copied
 
     def append(self, target: Path, record: dict[str, Any]) -> None:
         try:

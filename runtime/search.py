@@ -66,6 +66,7 @@ class Job:
     net: Network
     device: torch.device
     space_path: str
+    space_files: tuple[str, ...] = ()  # the .nas files read: the space's and those it extends or imports
     notes: tuple[str, ...] = ()  # warnings about this search's settings (also in ir.meta["warnings"])
 
 
@@ -226,7 +227,8 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     ir.meta["torch_compile"] = {"used": held is None, "reason": held or "each cell compiled, then checked against a "
                                                                         "float64 copy on the step's shapes"}
     return Job(request=request, ir=ir, config=config, dataset=dataset, relax=relax, selector=selector,
-               net=net.to(device), device=device, space_path=str(Path(decl.path).resolve()), notes=tuple(notes))
+               net=net.to(device), device=device, space_path=str(Path(decl.path).resolve()),
+               space_files=tuple(str(f) for f in decl.files), notes=tuple(notes))
 
 
 def _beside_preset(decl, settings: Mapping[str, Any], preset_settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -506,7 +508,7 @@ def _search_in(run: RunDir, job: Job, trainer: Trainer, *, on_event: Callable[[E
                resume_state: Mapping[str, Any] | None, stop_after: int | None) -> SearchResult:
     """`run_search`'s loop, in the run it holds the lock of."""
     if resume_state is None:
-        run.write("config.json", describe(job))
+        run.write("config.json", {**describe(job), "space_sources": run.copy_sources(job.space_files)})
         run.write("space.ir.json", to_json_dict(job.ir))
     else:
         trainer.load_state(resume_state)
@@ -555,6 +557,15 @@ def _search_config(run: RunDir) -> dict[str, Any]:
     return config
 
 
+def _copy_hint(run: RunDir, config: Mapping[str, Any]) -> str | None:
+    """Where the run keeps a copy of its space file (runs since space/ was written), to put back."""
+    copy = next((run.path / c for c in config.get("space_sources") or []
+                 if Path(c).name == Path(config["space_file"]).name), None)
+    if copy is None or not copy.is_file():
+        return None
+    return f"the run keeps a copy of it as searched: copy {copy} back to {config['space_file']}"
+
+
 def resume(run_path: str | Path, *, on_event: Callable[[Event], None] | None = None,
            stop_after: int | None = None) -> SearchResult:
     """Continue an interrupted run from its last checkpoint, with the settings it started with."""
@@ -565,7 +576,7 @@ def resume(run_path: str | Path, *, on_event: Callable[[Event], None] | None = N
                       relax_options=req.get("relax_options") or {}, select=req.get("select"),
                       select_options=req.get("select_options") or {}, overrides=req.get("overrides") or {})
     if not Path(request.space).is_file():
-        raise SearchError(f"the run's space file {request.space} no longer exists")
+        raise SearchError(f"the run's space file {request.space} no longer exists", hint=_copy_hint(run, config))
     with run.writing():  # before anything is built and the checkpoint read: another writer may still move it on
         job = resuming_with(config.get("plugins") or [], lambda: prepare(request))
         state = run.load_checkpoint(job.ir.meta["fingerprint"])
@@ -586,15 +597,15 @@ def reselect(run_path: str | Path, select: str, select_options: Mapping[str, Any
                       relax_options=req.get("relax_options") or {}, select=select,
                       select_options=dict(select_options or {}), overrides=req.get("overrides") or {})
     if not Path(request.space).is_file():
-        raise SearchError(f"the run's space file {request.space} no longer exists")
+        raise SearchError(f"the run's space file {request.space} no longer exists", hint=_copy_hint(run, config))
     with run.writing():  # it appends to metrics.jsonl and reads the checkpoint a running search rewrites
-        return _reselect_in(run, request, config.get("plugins") or [], on_event)
+        return _reselect_in(run, request, config, on_event)
 
 
-def _reselect_in(run: RunDir, request: Request, plugins: list[str],
+def _reselect_in(run: RunDir, request: Request, config: Mapping[str, Any],
                  on_event: Callable[[Event], None] | None) -> tuple[G.Genotype, Path]:
     """`reselect`'s work, in the run it holds the lock of."""
-    job = resuming_with(plugins, lambda: prepare(request))
+    job = resuming_with(config.get("plugins") or [], lambda: prepare(request))
     if job.config.stages:  # the checkpoint holds the last stage's supernet; `job` is the first stage's
         raise SearchError("nasc select cannot re-select a progressive (P-DARTS) run",
                           hint="its checkpoint holds the last stage's supernet; search again with "

@@ -194,6 +194,8 @@ def test_darts_search_writes_the_run_directory(darts_run):
 
     genotype = G.load(darts_run / "genotype.json")
     assert genotype.space == "darts" and genotype.fingerprint == config["fingerprint"]
+    assert config["space_sources"] == ["space/darts.nas"]
+    assert (darts_run / "space" / "darts.nas").read_text() == (Path(config["space_file"])).read_text()
     assert G.canonical_str(genotype) == epoch["genotype"]
     assert all(e.op != "none" for c in genotype.cells.values() for e in c.edges)
     assert all(len(c.edges) == 8 for c in genotype.cells.values())
@@ -467,9 +469,16 @@ def test_resume_when_the_space_file_is_gone(tmp_path, spaces_dir):
     job = _job(str(space), epochs=2)
     with pytest.raises(KeyboardInterrupt):
         run_search(job, tmp_path / "run", stop_after=1)
+    text = space.read_text()
     space.unlink()
-    with pytest.raises(SearchError, match="no longer exists"):
+    with pytest.raises(SearchError, match="no longer exists") as info:
         resume(tmp_path / "run")
+    # the run keeps the file it searched: a reader without the author's files can still see the space
+    copy = tmp_path / "run" / "space" / "mine.nas"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["space_sources"] == ["space/mine.nas"]
+    assert copy.read_text() == text and str(copy) in info.value.hint
+    shutil.copy(copy, space)
+    assert resume(tmp_path / "run").run_dir == tmp_path / "run"
 
 
 def test_config_records_the_data_and_resume_refuses_other_data(tmp_path, mini_mnist):
@@ -492,6 +501,19 @@ def test_config_records_the_data_and_resume_refuses_other_data(tmp_path, mini_mn
     del config["data"]
     (tmp_path / "run" / "config.json").write_text(json.dumps(config))
     assert resume(tmp_path / "run").run_dir == tmp_path / "run"
+
+
+def test_a_run_copies_every_file_its_space_was_read_from(tmp_path, spaces_dir):
+    from nasc.runtime.rundir import RunDir
+
+    job = prepare(Request(space="darts_s2", params={"C": 2, "layers": 3}))  # extends darts.nas
+    assert [Path(f).name for f in job.space_files] == ["darts.nas", "darts_s2.nas"]
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "x.nas").write_text("a"), (tmp_path / "b" / "x.nas").write_text("b")
+    run = RunDir(tmp_path / "run")
+    run.create()
+    assert run.copy_sources([tmp_path / "a" / "x.nas", tmp_path / "b" / "x.nas"]) == ["space/x.nas", "space/1-x.nas"]
+    assert [(run.path / n).read_text() for n in ("space/x.nas", "space/1-x.nas")] == ["a", "b"]
 
 
 def test_a_run_records_which_gpus_and_cuda_it_could_use(monkeypatch):
