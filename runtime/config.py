@@ -20,7 +20,7 @@ import attrs
 from nasc.compiler.expr import CallValue, Ramp
 from nasc.compiler.settings import SEARCH_SETTINGS, TRAIN_SETTINGS
 from nasc.errors import NascError, NasSemanticError, SearchError, SourceSpan, did_you_mean
-from nasc.runtime.schedules import SCHEDULES, options_problem as schedule_options_problem
+from nasc.runtime.schedules import HINT as SCHEDULE_HINT, SCHEDULES, options_problem as schedule_options_problem
 
 
 def finite(instance, attribute, value) -> None:
@@ -153,10 +153,10 @@ class SearchConfig:
             raise SearchError(f"unknown learning-rate schedule {self.schedule!r}",
                               hint=did_you_mean(self.schedule, SCHEDULES.names())
                                    or f"registered: {', '.join(sorted(SCHEDULES.names()))}")
-        problem = schedule_options_problem(self.schedule, self.schedule_gamma, self.schedule_every)
+        problem = schedule_options_problem(self.schedule, exponent=self.schedule_exponent, warmup=self.warmup,
+                                           gamma=self.schedule_gamma, every=self.schedule_every)
         if problem is not None:
-            raise SearchError(problem, hint="gamma and every are step's options: drop them, or give the "
-                                           "schedule those keyword parameters")
+            raise SearchError(problem, hint=SCHEDULE_HINT)
         if self.precision not in ("fp32", "bf16"):
             raise SearchError(f"unknown precision {self.precision!r}", hint="fp32 or bf16")
         if self.channels_last not in (True, False):
@@ -218,7 +218,7 @@ def from_space(settings: Mapping[str, Any]) -> dict[str, Any]:
                     out[dst] = kw.pop(src)
             if kw:
                 raise SearchError(f"{name}() has no option {next(iter(kw))!r}",
-                                  hint="options: min, exponent, warmup (cosine_power), gamma, every (step)")
+                                  hint="options: min, warmup, exponent (cosine_power), gamma, every (step)")
         elif key == "arch":
             name, kw = _call_kwargs(value, key)
             out["arch_optimizer"] = name

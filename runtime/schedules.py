@@ -78,21 +78,43 @@ SCHEDULES.add("step", linear_warmup(lambda epoch, epochs, lr, lr_min, *, gamma=0
               doc="lr × gamma every `every` epochs (DARTS ImageNet: gamma 0.97, every epoch)", origin=__name__)
 
 STEP_DEFAULTS = {"gamma": 0.97, "every": 1}
+OPTION_DEFAULTS = {"exponent": 2.0, "warmup": 0, **STEP_DEFAULTS}
+FIELD = {"exponent": "schedule_exponent", "warmup": "warmup", "gamma": "schedule_gamma", "every": "schedule_every"}
+# The options each built-in reads; the others would be accepted and silently ignored (`cosine(warmup = 5)`).
+# (`min` is listed for the messages only: every schedule is passed lr_min.)
+BUILTIN_OPTIONS = {"cosine": ("min", "warmup"), "cosine_power": ("min", "exponent", "warmup"), "constant": ("warmup",),
+                   "step": ("gamma", "every", "warmup")}
+HINT = "drop it, or pick a schedule that reads it: cosine_power(min, exponent, warmup), step(gamma, every, warmup)"
 
 
-def options_problem(name: str, gamma: float, every: int) -> str | None:
-    """Why schedule `name` cannot take the `step` options set here (`learning_rate` passes them only when set), or None.
+def takes(name: str) -> tuple[str, ...]:
+    """The options schedule `name` reads: a built-in's own, else a plugin's `exponent` and `warmup` (always passed)
+    and `gamma` / `every` if its parameters bind them."""
+    entry = SCHEDULES.entry(name)
+    if entry.origin == __name__:
+        return BUILTIN_OPTIONS[name]
+    own = tuple(k for k in STEP_DEFAULTS
+                if call_problem(entry.value, 0, 1, 0.1, 0.0, exponent=2.0, warmup=0, **{k: STEP_DEFAULTS[k]}) is None)
+    return ("min", "exponent", "warmup") + own
 
-    A plugin schedule without `gamma`/`every` parameters would fail with a TypeError at the first epoch;
-    asked before anything runs, the search or training refuses the setting instead.
+
+def options_problem(name: str, **options: float) -> str | None:
+    """Why schedule `name` cannot take the options set here (`exponent`, `warmup`, `gamma`, `every`), or None.
+
+    An option the schedule does not read would change nothing (a built-in ignores it), and a plugin
+    without `gamma`/`every` parameters would fail with a TypeError at the first epoch; asked before
+    anything runs, the search or training refuses the setting instead, naming what the schedule takes.
     """
-    given = {k: v for k, v in (("gamma", gamma), ("every", every)) if v != STEP_DEFAULTS[k]}
+    given = {k: v for k, v in options.items() if v != OPTION_DEFAULTS[k]}
     if not given or name not in SCHEDULES:
         return None
-    if call_problem(SCHEDULES.get(name), 0, 1, 0.1, 0.0, exponent=2.0, warmup=0, **given) is None:
+    own = takes(name)
+    extra = [k for k in given if k not in own]
+    if not extra:
         return None
-    key = next(iter(given))
-    return f"learning-rate schedule {name!r} takes no {key} (schedule_{key} = {given[key]})"
+    key = extra[0]
+    return (f"learning-rate schedule {name!r} takes no {key} ({key} = {given[key]}, --opt {FIELD[key]}); "
+            f"{name} takes {', '.join(own) or 'no options'}")
 
 
 def learning_rate(name: str, epoch: int, epochs: int, lr: float, lr_min: float, *, exponent: float = 2.0,

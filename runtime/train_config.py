@@ -15,7 +15,7 @@ from nasc.compiler.expr import CallValue
 from nasc.errors import SearchError, SourceSpan, did_you_mean
 from nasc.runtime.config import (absolute_dir, build_config, fraction, from_space, non_negative, positive,
                                  raise_in_file_order, seed_value, setting_errors)
-from nasc.runtime.schedules import SCHEDULES, options_problem as schedule_options_problem
+from nasc.runtime.schedules import HINT as SCHEDULE_HINT, SCHEDULES, options_problem as schedule_options_problem
 
 
 @attrs.frozen(kw_only=True)
@@ -56,10 +56,10 @@ class TrainConfig:
         if self.schedule_gamma <= 0 or self.schedule_every < 1:
             raise SearchError(f"step(): gamma must be positive and every at least 1, got gamma = "
                               f"{self.schedule_gamma}, every = {self.schedule_every}")
-        problem = schedule_options_problem(self.schedule, self.schedule_gamma, self.schedule_every)
+        problem = schedule_options_problem(self.schedule, exponent=self.schedule_exponent, warmup=self.warmup,
+                                           gamma=self.schedule_gamma, every=self.schedule_every)
         if problem is not None:
-            raise SearchError(problem, hint="gamma and every are step's options: drop them, or give the "
-                                           "schedule those keyword parameters")
+            raise SearchError(problem, hint=SCHEDULE_HINT)
         if not 0 <= self.drop_path < 1:
             raise SearchError(f"drop_path must lie in [0, 1), got {self.drop_path}")
 

@@ -787,3 +787,37 @@ def test_runs_started_in_the_same_second_get_their_own_default_run_dir(tmp_path,
     assert (first.name, second.name) == ("nb201-20250101-120000-s0", "nb201-20250101-120000-s0-2")
     assert first.is_dir() and second.is_dir()  # claimed: a third process takes -3
     assert default_train_dir("nb201", 0) != default_train_dir("nb201", 0)
+@pytest.mark.parametrize("kind", ["search", "train"])
+@pytest.mark.parametrize("schedule, option, value, field", [
+    ("cosine", "exponent", 3, "schedule_exponent"), ("constant", "every", 2, "schedule_every"),
+    ("step", "exponent", 2.5, "schedule_exponent"), ("constant", "gamma", 0.5, "schedule_gamma"),
+    ("cosine_power", "every", 2, "schedule_every"),
+])
+def test_a_schedule_option_the_schedule_does_not_read_is_refused(kind, schedule, option, value, field):
+    """`lr_schedule = cosine(warmup = 5)` and `--opt schedule_exponent=3` were accepted and changed nothing:
+    only cosine_power reads exponent, only step gamma and every."""
+    from nasc.compiler.expr import CallValue
+    from nasc.runtime.config import make_config
+    from nasc.runtime.train import train_config
+
+    build = make_config if kind == "search" else train_config
+    with pytest.raises(SearchError, match=f"schedule '{schedule}' takes no {option}") as info:
+        build({"lr_schedule": CallValue(name=schedule, args=(), kwargs=((option, value),))}, {})
+    assert "cosine_power(min, exponent, warmup), step(gamma, every, warmup)" in info.value.hint
+    with pytest.raises(SearchError, match=f"--opt {field}"):
+        build({}, {"schedule": schedule, field: value})
+    assert build({}, {"schedule": "cosine_power", "schedule_exponent": 3, "warmup": 5}).warmup == 5
+    assert build({}, {"schedule": "step", "schedule_gamma": 0.5, "schedule_every": 2}).schedule_every == 2
+
+
+def test_a_plugin_schedule_takes_exponent_and_warmup():
+    from nasc.runtime.config import make_config
+    from nasc.runtime.schedules import SCHEDULES
+
+    SCHEDULES.add("warm_test", lambda epoch, epochs, lr, lr_min, *, exponent, warmup: lr, doc="test", origin=__name__)
+    try:
+        assert make_config({}, {"schedule": "warm_test", "warmup": 3, "schedule_exponent": 1.5}).warmup == 3
+        with pytest.raises(SearchError, match="'warm_test' takes no gamma .*takes min, exponent, warmup$"):
+            make_config({}, {"schedule": "warm_test", "schedule_gamma": 0.5})
+    finally:
+        SCHEDULES._entries.pop("warm_test", None)
