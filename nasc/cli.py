@@ -511,7 +511,7 @@ def _print_dry_run(info: dict[str, Any], human) -> None:
     table.add_row("space", f"{info['space']} ({info['space_file']})")
     table.add_row("fingerprint", info["fingerprint"])
     table.add_row("input", " x ".join(str(d) for d in info["input"]))
-    table.add_row("supernet", f"{info['supernet_weights']:,} weights, {info['arch_parameters']:,} architecture parameters")
+    table.add_row("supernet" + (" (stage 0)" if info.get("stage_plan") else ""), f"{info['supernet_weights']:,} weights, {info['arch_parameters']:,} architecture parameters")
     table.add_row("activations", f"~{human(info['activation_bytes_estimate'], 'B')} kept by one forward at batch "
                                  f"{info['search']['batch']} with the plain lowering (compiler estimate)")
     table.add_row("relaxation", f"{info['relax']['name']} {info['relax']['options'] or ''}")
@@ -523,6 +523,14 @@ def _print_dry_run(info: dict[str, Any], human) -> None:
         table.add_row("fused edges", info["fuse_edges"]["reason"])
     if info.get("torch_compile"):
         table.add_row("torch.compile", info["torch_compile"]["reason"])
+    for row in info.get("stage_plan") or ():  # progressive search: what every stage will search
+        (w_lo, w_hi), (a_lo, a_hi) = row["supernet_weights"], row["activation_bytes_estimate"]
+        size = (f"{w_lo:,} weights, ~{human(a_lo, 'B')} activations" if (w_lo, a_lo) == (w_hi, a_hi) else
+                f"{w_lo:,} to {w_hi:,} weights, ~{human(a_lo, 'B')} to {human(a_hi, 'B')} activations "
+                "(as the kept ops decide)")
+        table.add_row(f"stage {row['stage']}", f"{', '.join(f'{k} = {v}' for k, v in row['params'].items())}; "
+                      f"{row['ops_per_edge']} ops per edge; {row['epochs']} epochs (α from epoch {row['arch_start']}); "
+                      f"skip dropout {row['skip_dropout']}; {size}")
     for key, value in info["search"].items():
         table.add_row(f"  {key}", str(value))
     console.print(table)

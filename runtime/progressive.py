@@ -99,6 +99,50 @@ def stage_params(decl: Any, config: SearchConfig, stage: int, params: Mapping[st
     return {**params, **own}
 
 
+def stage_plan(job: Any) -> list[dict[str, Any]]:
+    """Every stage of `job`'s schedule as the dry run shows it: parameters, ops kept per edge, epochs and size.
+
+    Stage 0 searches the full candidate sets, so its size is exact. A later stage's candidates are the
+    `keep` strongest of the stage before, known only once it has run: its size is given as the range
+    from the lightest to the heaviest `keep` ops of every edge (shared α keeps the same ops in every
+    cell of a group, so the costs of an op are summed over the group's cells first). From the compiler's
+    costs, which equal the supernet's weights; activations at the search batch, as `activation_bytes_estimate`.
+    """
+    from nasc.compiler.pipeline import compile_decl
+    from nasc.compiler.resolve import resolve_path
+
+    cfg = job.config
+    decl = resolve_path(job.space_path)
+    stages = parse_stages(cfg, decl.params)
+    plan, keep = [], None
+    for stage in stages:
+        params = stage_params(decl, cfg, stage.index, job.request.params)
+        if "classes" in decl.params and "classes" not in params:
+            params["classes"] = job.ir.params["classes"]
+        ir = compile_decl(decl, params=params, input_shape=job.ir.input_shape)
+        if stage.index > 0 and stage.keep is not None:
+            keep = stage.keep if keep is None else min(keep, stage.keep)  # the candidate sets are cumulative
+        costs = ir.meta["costs"]
+        sizes = {}
+        for key in ("params", "act"):
+            lo = hi = costs["total_without_aux"][key]
+            for info in ir.alpha_groups.values():
+                for row in info["rows"]:
+                    summed = sorted(sum(costs["layers"][lid]["edges"].get(row["edge"], {}).get(op, {}).get(key, 0)
+                                        for lid in info["layers"]) for op in row["ops"])
+                    k = len(summed) if keep is None else min(keep, len(summed))
+                    lo += sum(summed[:k]) - sum(summed)
+                    hi += sum(summed[-k:]) - sum(summed)
+            sizes[key] = (lo, hi)
+        widest = max((len(r["ops"]) for info in ir.alpha_groups.values() for r in info["rows"]), default=0)
+        plan.append({"stage": stage.index, "params": {k: ir.params[k] for k in decl.params if k in ir.params},
+                     "ops_per_edge": widest if keep is None else min(keep, widest), "epochs": cfg.epochs,
+                     "arch_start": cfg.arch_start, "skip_dropout": stage.skip_dropout,
+                     "supernet_weights": list(sizes["params"]),
+                     "activation_bytes_estimate": [v * cfg.batch for v in sizes["act"]]})
+    return plan
+
+
 def skip_dropout_rate(rate: float, epoch: int, epochs: int, arch_start: int) -> float:
     """P-DARTS' in-stage decay of the skip_connect dropout (train_search.py)."""
     if epoch < arch_start:

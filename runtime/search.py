@@ -257,6 +257,7 @@ def _evaluated_search(decl) -> dict[str, Any]:
 
 def describe(job: Job) -> dict[str, Any]:
     """The resolved configuration (what `--dry-run` shows and config.json records)."""
+    from nasc.runtime.progressive import stage_plan  # progressive imports this module
     costs = job.ir.meta["costs"]["total_without_aux"]
     return {
         "space": job.ir.name,
@@ -281,6 +282,7 @@ def describe(job: Job) -> dict[str, Any]:
         # what the run printed as `warning:` lines (α never trained, cutout capped): a reader of the run has
         # only this file, and the settings alone do not say that one of them was ignored or changed
         "warnings": list(job.ir.meta.get("warnings", [])),
+        "stage_plan": stage_plan(job) if job.config.stages else None,  # progressive search: every stage
         "plugins": explicit_plugins(),  # loaded again by `resume`
         "request": to_json({"relax": job.request.relax, "relax_options": job.request.relax_options,
                             "select": job.request.select, "select_options": job.request.select_options,

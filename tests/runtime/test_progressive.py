@@ -280,6 +280,30 @@ def test_prepare_compiles_the_first_stage(space_file):
     assert job1.ir.params["layers"] == 5 and job1.net.group_ops["normal"][0] == ["skip_connect", "sep_conv_3x3"]
 
 
+def test_stage_plan_shows_every_stage_and_bounds_its_supernet(space_file):
+    """`nasc search pdarts --dry-run` showed stage 0's network only: a later stage's depth, ops per edge and
+    size (the deepest stage decides whether the search fits in memory) were not to be seen before running."""
+    from nasc.cli import app
+
+    job = prepare(Request(space=str(space_file), overrides=OVERRIDES))
+    plan = P.stage_plan(job)
+    weights = sum(p.numel() for p in job.net.weight_parameters())
+    assert [(r["params"]["layers"], r["ops_per_edge"], r["skip_dropout"]) for r in plan] == \
+        [(3, 8, 0.2), (5, 4, 0.4), (5, 2, 0.0)]
+    assert plan[0]["supernet_weights"] == [weights, weights]
+    lo, hi = plan[1]["supernet_weights"]
+    for kept, bound in ((["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"], lo),
+                        (["sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"], hi)):
+        restrict = {g: {row["edge"]: kept for row in info["rows"]} for g, info in job.ir.alpha_groups.items()}
+        staged = prepare(Request(space=str(space_file), overrides=OVERRIDES), stage=1, restrict=restrict)
+        assert sum(p.numel() for p in staged.net.weight_parameters()) == bound
+    result = CliRunner().invoke(app, ["search", str(space_file), "--device", "cpu", "--dry-run"])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert f"stage 1 C = 4, layers = 5, classes = 10; 4 ops per edge; 1 epochs (α from epoch 0); " \
+           f"skip dropout 0.4; {lo:,} to {hi:,} weights" in out and "stage 2 C = 4, layers = 5" in out
+
+
 # ---- one run across stages ----
 
 
