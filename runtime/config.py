@@ -178,6 +178,25 @@ class SearchConfig:
         return attrs.asdict(self)
 
 
+# What each architecture optimiser reads; `adam(momentum = 0.9)` or `sgd(betas = ...)` would be dropped unread.
+ARCH_OPTIONS = {"adam": ("lr", "betas", "weight_decay"), "sgd": ("lr", "momentum", "weight_decay")}
+
+
+def arch_option_problem(config: SearchConfig, given: Mapping[str, Any]) -> str | None:
+    """Why `--opt` settings `given` do not reach `config`'s architecture optimiser (`arch_momentum` under adam), or None.
+
+    Only what the user gave is asked: a method preset's or the file's values for the other optimiser
+    (ProxylessNAS' Adam betas when `--relax snas` switches to SGD) are simply not used.
+    """
+    for option in ("betas", "momentum"):
+        field = f"arch_{option}"
+        if option not in ARCH_OPTIONS[config.arch_optimizer] and given.get(field) is not None:
+            if given[field] != attrs.fields_dict(SearchConfig)[field].default:
+                return (f"--opt {field}: the {config.arch_optimizer} architecture optimiser takes no {option}; its "
+                        f"options are {', '.join('arch_' + k for k in ARCH_OPTIONS[config.arch_optimizer])}")
+    return None
+
+
 def _call_kwargs(value: Any, name: str) -> tuple[str, dict[str, Any]]:
     if isinstance(value, CallValue):
         return value.name, dict(value.kwargs)
@@ -222,14 +241,14 @@ def from_space(settings: Mapping[str, Any]) -> dict[str, Any]:
         elif key == "arch":
             name, kw = _call_kwargs(value, key)
             out["arch_optimizer"] = name
+            takes = ARCH_OPTIONS.get(name, ("lr", "betas", "weight_decay", "momentum"))
             for src, dst in (("lr", "arch_lr"), ("betas", "arch_betas"), ("weight_decay", "arch_weight_decay"),
                              ("momentum", "arch_momentum")):
-                if src in kw:  # betas as a tuple, if it is a sequence at all (check_types says what else it must be)
+                if src in kw and src in takes:  # betas as a tuple, if a sequence (check_types says what else it must be)
                     value = kw.pop(src)
                     out[dst] = tuple(value) if src == "betas" and isinstance(value, (list, tuple)) else value
             if kw:
-                raise SearchError(f"{name}() has no option {next(iter(kw))!r}",
-                                  hint="options: lr, betas, weight_decay, momentum")
+                raise SearchError(f"{name}() has no option {next(iter(kw))!r}", hint=f"options: {', '.join(takes)}")
     return out
 
 

@@ -29,7 +29,7 @@ from nasc.errors import SearchError
 from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
 from nasc.runtime.compiled import compile_blocker, compile_cells, summary
-from nasc.runtime.config import SearchConfig, check_search_block, make_config
+from nasc.runtime.config import SearchConfig, arch_option_problem, check_search_block, make_config
 from nasc.runtime.data import Batches, Dataset, check_same_data, load_dataset, recorded_data_dir, split_indices
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.relaxations.base import Relaxation, load_relaxation, preset
@@ -165,6 +165,9 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     if request.relax is None and decl.relax is not None:
         preset_settings = _beside_preset(decl, settings, preset_settings)
     base = make_config(settings, {**preset_settings, **request.overrides})
+    problem = arch_option_problem(base, request.overrides)
+    if problem is not None:
+        raise SearchError(problem, hint="set arch_optimizer to the optimiser that reads it, or drop it")
     base = attrs.evolve(base, data_dir=recorded_data_dir(base.data_dir))
     dataset = _dist.main_first(load_dataset, base.dataset, base.data_dir)  # distributed: one download per machine
     params = dict(request.params)

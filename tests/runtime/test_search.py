@@ -821,3 +821,18 @@ def test_a_plugin_schedule_takes_exponent_and_warmup():
             make_config({}, {"schedule": "warm_test", "schedule_gamma": 0.5})
     finally:
         SCHEDULES._entries.pop("warm_test", None)
+
+
+def test_an_architecture_optimiser_option_it_does_not_read_is_refused():
+    """`arch = adam(momentum = 0.9)` and `--opt arch_momentum=0.9` (Adam) were accepted and dropped: Adam reads
+    betas, SGD momentum. A preset's or the file's value for the other optimiser stays allowed (unused)."""
+    from nasc.compiler.expr import CallValue
+    from nasc.runtime.config import make_config
+
+    for name, option, value in (("adam", "momentum", 0.9), ("sgd", "betas", (0.9, 0.99))):
+        with pytest.raises(SearchError, match=f"{name}\\(\\) has no option '{option}'"):
+            make_config({"arch": CallValue(name=name, args=(), kwargs=(("lr", 1e-3), (option, value)))}, {})
+    with pytest.raises(SearchError, match="adam architecture optimiser takes no momentum"):
+        prepare(Request(space="nb201", params={"C": 4, "N": 1}, overrides={"arch_momentum": 0.9, "device": "cpu"}))
+    job = prepare(Request(space="proxyless", relax="snas", overrides={"device": "cpu"}))  # Adam betas in the file
+    assert job.config.arch_optimizer == "sgd"
