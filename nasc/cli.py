@@ -38,11 +38,20 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
-def fail(error: NascError) -> None:
+def fail(error: NascError, *, shared: bool = False) -> None:
+    """Print the error and exit 1. `shared`: every rank of a distributed run meets it alike (a setting,
+    refused before the ranks do anything of their own), so rank 0 alone prints it, once."""
     from nasc.report import error_text
 
-    err_console.print(error_text(error.render()))
+    if not (shared and console.quiet):  # console.quiet: a rank other than 0 (see _distributed_entry)
+        err_console.print(error_text(error.render()))
     raise typer.Exit(code=1)
+
+
+def warn(text: str) -> None:
+    """A warning about the settings: the same on every rank, so rank 0 alone prints it."""
+    if not console.quiet:
+        err_console.print(f"[yellow]warning:[/yellow] {text}")
 
 
 def parse_value(text: str, where: str = "value") -> Any:
@@ -403,8 +412,7 @@ def _resume_notes(resume: str | None, command: str, dry_run: bool, given: dict[s
                        hint=f"the run's settings are in {Path(resume) / 'config.json'}"))
     ignored = [flag for flag, value in given.items() if value not in (None, False, [], {})]
     if ignored:
-        err_console.print(f"[yellow]warning:[/yellow] nasc {command} --resume continues with the run's recorded "
-                          f"settings; ignored: {', '.join(ignored)}")
+        warn(f"nasc {command} --resume continues with the run's recorded settings; ignored: {', '.join(ignored)}")
 
 
 def _distributed_entry(nproc: int | None, dry_run: bool) -> None:
@@ -456,16 +464,18 @@ def search(
     from nasc.report import human
     from nasc.runtime import search as S
 
-    _distributed_entry(nproc, dry_run)
-
     if second_order and first_order:
         raise typer.BadParameter("--first-order and --second-order exclude each other")
+    # parsed before --nproc starts the workers: a malformed value is reported once, not once per rank
+    overrides = parse_assignments(opt, "--opt")
+    params, relax_options = parse_assignments(set_, "--set"), parse_assignments(relax_opt, "--relax-opt")
+    select_options = parse_assignments(select_opt, "--select-opt")
+    _distributed_entry(nproc, dry_run)
     _resume_notes(resume, "search", dry_run, {
         "SPACE": space if space != "darts" else None, "--relax": relax, "--relax-opt": relax_opt, "--select": select,
         "--select-opt": select_opt, "--set": set_, "--epochs": epochs, "--batch": batch, "--seed": seed,
         "--second-order": second_order, "--first-order": first_order, "--data": data, "--data-dir": data_dir,
         "--device": device, "--memory": memory, "--opt": opt, "--run-dir": run_dir})
-    overrides = parse_assignments(opt, "--opt")
     for key, value in (("epochs", epochs), ("batch", batch), ("seed", seed), ("dataset", data),
                        ("data_dir", data_dir), ("device", device), ("memory", memory)):
         if value is not None:
@@ -481,12 +491,14 @@ def search(
             with display:
                 result = S.resume(resume, on_event=display)
         else:
-            request = S.Request(space=space, params=parse_assignments(set_, "--set"), relax=relax,
-                                relax_options=parse_assignments(relax_opt, "--relax-opt"), select=select,
-                                select_options=parse_assignments(select_opt, "--select-opt"), overrides=overrides)
-            job = S.prepare(request)
+            request = S.Request(space=space, params=params, relax=relax, relax_options=relax_options,
+                                select=select, select_options=select_options, overrides=overrides)
+            try:
+                job = S.prepare(request)
+            except NascError as e:
+                fail(e, shared=True)
             for w in job.notes:
-                err_console.print(f"[yellow]warning:[/yellow] {_escape(w)}")
+                warn(_escape(w))
             info = S.describe(job)
             if dry_run:
                 _print_dry_run(info, human)
@@ -566,17 +578,18 @@ def train(
     from nasc.progress import SearchDisplay
     from nasc.runtime import train as T
 
-    _distributed_entry(nproc, dry_run)
     if genotype is None and not resume:
         # optional only so that `nasc train --resume RUN`, the command a Ctrl-C names, needs no genotype
         raise typer.BadParameter("a genotype is required (a file, run directory or genotype string), "
                                  "unless --resume RUN_DIR continues a training run")
+    overrides = parse_assignments(opt, "--opt")  # before --nproc starts the workers, as in `search`
+    params = parse_assignments(set_, "--set")
+    _distributed_entry(nproc, dry_run)
     _resume_notes(resume, "train", dry_run, {
         "GENOTYPE": genotype, "--space": space, "--set": set_, "--epochs": epochs, "--batch": batch, "--seed": seed,
         "--data": data, "--data-dir": data_dir, "--device": device, "--opt": opt, "--run-dir": run_dir,
         "--input": input_shape})
 
-    overrides = parse_assignments(opt, "--opt")
     for key, value in (("epochs", epochs), ("batch", batch), ("seed", seed), ("dataset", data),
                        ("data_dir", data_dir), ("device", device)):
         if value is not None:
@@ -591,8 +604,11 @@ def train(
             shape = parse_shape(input_shape)
             if shape is not None and not dry_run:
                 raise typer.BadParameter("--input only applies to --dry-run (training uses the dataset's shape)")
-            job = T.prepare_train(T.TrainRequest(genotype=genotype, space=space, input_shape=shape,
-                                                 params=parse_assignments(set_, "--set"), overrides=overrides))
+            try:
+                job = T.prepare_train(T.TrainRequest(genotype=genotype, space=space, input_shape=shape,
+                                                     params=params, overrides=overrides))
+            except NascError as e:
+                fail(e, shared=True)
             c = T.counts(job)
             aux = f"; {c['params_with_aux']:,} with the auxiliary head" if T.has_aux(job.ir) else ""
             console.print(f"[bold]network[/bold] {job.ir.name}: {c['params']:,} parameters "

@@ -46,6 +46,7 @@ import atexit
 import contextlib
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -539,13 +540,26 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     args = ["--standalone", "--nproc-per-node", str(nproc), "--module", "nasc", *strip_option(argv, "--nproc")]
+    # The workers print their own errors (a setting's error once, from rank 0): the launcher's log lines
+    # ("failed (exitcode: 1) local_rank: 0 ...", the OMP_NUM_THREADS banner) would only repeat them noisily.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # what torchrun sets anyway, with a banner
+    logger = logging.getLogger("torch.distributed.elastic")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
     try:
         torchrun.main(args)
     except ChildFailedError as e:
         codes = [f.exitcode for f in e.failures.values() if isinstance(f.exitcode, int) and f.exitcode > 0]
-        return codes[0] if codes else 1
+        if not codes:  # killed by a signal: the worker could say nothing itself
+            rank, failure = min(e.failures.items())
+            raise SearchError(f"worker {rank} of {nproc} was killed ({failure.signal_name()})",
+                              hint="out of memory is the usual cause (the system log says); rerun with fewer "
+                                   "processes or a smaller batch") from None
+        return codes[0]
     except SignalException as e:  # Ctrl-C (or a kill) reached the launcher: it stopped the workers, which said so
         return 128 + int(e.sigval)
+    finally:
+        logger.setLevel(level)
     return 0
 
 

@@ -347,6 +347,39 @@ def test_a_signal_to_the_nproc_launcher_is_an_interruption_not_an_internal_error
     assert D.launch(2, ["search", "--nproc", "2"]) == 130
 
 
+@pytest.mark.parametrize("args, code, message", [
+    (["--opt", "lr=-1"], 1, "lr must be positive, got -1"),
+    (["--set", "Q=4"], 1, "space 'nb201' has no parameter 'Q'"),
+    (["--opt", "arch_betas=(0.5,"], 2, "unexpected end of the value"),
+])
+def test_a_settings_error_under_nproc_is_printed_once(tmp_path, args, code, message):
+    """Every rank printed the same error, and torchrun's launcher added its own log lines about the failure."""
+    cmd = [sys.executable, "-m", "nasc", "search", "nb201", "--set", "C=4", "--epochs", "1", "--device", "cpu",
+           "--nproc", "2", "--run-dir", str(tmp_path / "run"), *args]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == code, out[-3000:]
+    assert out.count(message) == 1 and "Traceback" not in out and "exitcode" not in out, out[-3000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_worker_killed_by_a_signal_is_named_by_the_launcher(monkeypatch):
+    """A worker killed by the OOM killer says nothing itself; the launcher used to exit 1 without a word."""
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from nasc.errors import SearchError
+    from nasc.runtime import distributed as D
+
+    def killed(args):
+        raise ChildFailedError("nasc", {1: ProcessFailure(local_rank=1, pid=1, exitcode=-9, error_file="")})
+
+    monkeypatch.setattr(torchrun, "main", killed)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(SearchError, match=r"worker 1 of 2 was killed \(SIGKILL\)"):
+        D.launch(2, ["search", "--nproc", "2"])
+
+
 @pytest.mark.slow
 def test_ctrl_c_under_nproc_says_how_to_resume(tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it, once the first epoch is saved."""
