@@ -120,6 +120,11 @@ class BinaryGate(Relaxation):
         ref = o["ref"]
         if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (int, float)) or not 0 < ref < math.inf):
             raise BuildError(f"binary-gate option ref must be a positive number, got {ref!r}")
+        unused = [k for k in ("cost", "ref") if o[k] != self.defaults[k]]
+        if lam == 0 and unused:  # they shape the expected-cost regulariser alone, which lambda = 0 turns off
+            raise BuildError(f"binary-gate option {unused[0]} = {o[unused[0]]!r} has no effect with lambda = 0",
+                             hint="set lambda > 0 for the regulariser lambda·E[cost]/ref, or drop "
+                                  f"{' and '.join(unused)}")
         self._samples: dict[int, _Sample] = {}  # id(α parameter) -> last sample
         self._snapshot: dict[int, torch.Tensor] = {}
         self._zero_cols: dict[int, list[list[int]]] = {}  # id(α) -> per row, the zero op's columns

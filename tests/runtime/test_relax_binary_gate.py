@@ -288,6 +288,18 @@ def test_options():
             BinaryGate(bad)
 
 
+def test_cost_and_ref_without_lambda_are_refused():
+    """`--relax-opt ref=5` or `cost="params"` with the default lambda = 0 was accepted and changed nothing:
+    they shape the expected-cost regulariser alone, which lambda = 0 turns off."""
+    for options in ({"ref": 5.0}, {"cost": "params"}, {"cost": "params", "ref": 5.0}):
+        with pytest.raises(BuildError, match="has no effect with lambda = 0") as info:
+            BinaryGate(options)
+        assert "set lambda > 0" in info.value.hint
+    assert BinaryGate({"lambda": 0.1, "cost": "params", "ref": 5.0}).options["ref"] == 5.0
+    recorded = BinaryGate({}).options  # a run records every option; resuming it loads them all again
+    assert BinaryGate(recorded).options == recorded
+
+
 @pytest.mark.parametrize("phase", ["weights", "arch"])
 def test_a_diverged_search_stops_with_an_error(phase):
     """NaN α (the weights diverged, then the validation loss and α's gradient) ended the search with
