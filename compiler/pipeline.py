@@ -72,9 +72,12 @@ def check_methods(ir: SpaceIR, ctx: PassContext) -> None:
 
 def compile_decl(decl: SpaceDecl, *, params: Mapping[str, Any] | None = None,
                  input_shape: tuple[int, int, int] | None = None, ctx: PassContext | None = None,
-                 passes: Iterable[Pass] = PASSES) -> SpaceIR:
+                 passes: Iterable[Pass] = PASSES, search: Mapping[str, Any] | None = None) -> SpaceIR:
+    """`search`: search settings given outside the file (`--opt affine=true`) on top of its `search:` block,
+    so that the passes that read them (`affine`: BN parameters in cells) and the fingerprint see them."""
     shape = check_input_shape(input_shape) if input_shape is not None else None
     ir = build_ir(decl, params)
+    ir.search.update(search or {})
     if shape is not None:
         ir.input_shape = shape
     check_settings(ir)

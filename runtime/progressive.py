@@ -119,7 +119,8 @@ def stage_plan(job: Any) -> list[dict[str, Any]]:
         params = stage_params(decl, cfg, stage.index, job.request.params)
         if "classes" in decl.params and "classes" not in params:
             params["classes"] = job.ir.params["classes"]
-        ir = compile_decl(decl, params=params, input_shape=job.ir.input_shape)
+        ir = compile_decl(decl, params=params, input_shape=job.ir.input_shape,
+                          search={k: job.ir.search[k] for k in ("affine",) if k in job.ir.search})
         if stage.index > 0 and stage.keep is not None:
             keep = stage.keep if keep is None else min(keep, stage.keep)  # the candidate sets are cumulative
         costs = ir.meta["costs"]

@@ -176,7 +176,7 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
         params = stage_params(decl, base, stage, params)
     if "classes" in decl.params and "classes" not in params:
         params["classes"] = dataset.classes
-    ir = compile_decl(decl, params=params, input_shape=dataset.shape)
+    ir = compile_decl(decl, params=params, input_shape=dataset.shape, search=compiled_settings(settings, base))
     if restrict:  # progressive search: the candidates kept from the previous stage
         from nasc.compiler.restrict import restrict_candidates
         ir = restrict_candidates(ir, restrict)
@@ -232,6 +232,15 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     return Job(request=request, ir=ir, config=config, dataset=dataset, relax=relax, selector=selector,
                net=net.to(device), device=device, space_path=str(Path(decl.path).resolve()),
                space_files=tuple(str(f) for f in decl.files), notes=tuple(notes))
+
+
+def compiled_settings(settings: Mapping[str, Any], config: SearchConfig) -> dict[str, Any]:
+    """The search settings the compiler reads (`affine`) where the run's differ from the file's `settings`.
+
+    `--opt affine=true` changed config.json alone: the supernet was compiled from the file's block and
+    kept its affine-free BNs. Empty when they agree, so a space's IR and fingerprint stay as they were.
+    """
+    return {"affine": config.affine} if config.affine != bool(settings.get("affine", False)) else {}
 
 
 def _beside_preset(decl, settings: Mapping[str, Any], preset_settings: Mapping[str, Any]) -> dict[str, Any]:

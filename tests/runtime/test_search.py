@@ -836,3 +836,21 @@ def test_an_architecture_optimiser_option_it_does_not_read_is_refused():
         prepare(Request(space="nb201", params={"C": 4, "N": 1}, overrides={"arch_momentum": 0.9, "device": "cpu"}))
     job = prepare(Request(space="proxyless", relax="snas", overrides={"device": "cpu"}))  # Adam betas in the file
     assert job.config.arch_optimizer == "sgd"
+
+
+def test_opt_affine_reaches_the_supernet(tmp_path):
+    """`--opt affine=true` was recorded in config.json while the supernet kept its affine-free BNs: the compiler
+    read `affine` from the file's search block alone."""
+    space = tmp_path / "affine.nas"
+    space.write_text('space affine extends "nb201.nas"\nsearch:\n    affine = true\n')
+
+    def weights(**request):
+        job = prepare(Request(params={"C": 4, "N": 1}, **request))
+        return sum(p.numel() for p in job.net.weight_parameters()), job
+
+    plain, _ = weights(space="nb201", overrides={"device": "cpu"})
+    from_file, _ = weights(space=str(space), overrides={"device": "cpu"})
+    from_opt, job = weights(space="nb201", overrides={"device": "cpu", "affine": True})
+    assert from_opt == from_file > plain and job.config.affine
+    assert weights(space=str(space), overrides={"device": "cpu", "affine": False})[0] == plain
+    assert job.ir.meta["fingerprint"] != prepare(Request(space="nb201", params={"C": 4, "N": 1})).ir.meta["fingerprint"]
