@@ -204,7 +204,14 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
         used = "skip_limit" if config.skip_limit is not None else "carry_alpha"
         notes.append(f"{used} applies only to a progressive search (a `stages` setting); this one-stage search "
                      "ignores it")
-    elif config.stages and config.skip_limit is not None and selector.name != "magnitude":
+    if config.levels == 1:  # one split and an α step with every weight step (runtime/step.py): these go unread
+        defaults = attrs.fields_dict(SearchConfig)
+        unused = [f"{k} = {getattr(config, k)}" for k in ("train_portion", "arch_every")
+                  if getattr(config, k) != defaults[k].default]
+        if unused:
+            notes.append(f"{' and '.join(unused)} not used: a single-level search (levels = 1) trains weights and α "
+                         "on the whole training split, with an α step at every weight step")
+    if config.stages and config.skip_limit is not None and selector.name != "magnitude":
         notes.append(f"skip_limit = {config.skip_limit} is not applied: the {selector.name} selector picks the final "
                      "genotype, and the skip-connect rule (runtime/progressive.py) follows the magnitude rule only")
     ir.meta["warnings"] = ir.meta.get("warnings", []) + notes

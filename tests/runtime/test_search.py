@@ -854,3 +854,15 @@ def test_opt_affine_reaches_the_supernet(tmp_path):
     assert from_opt == from_file > plain and job.config.affine
     assert weights(space=str(space), overrides={"device": "cpu", "affine": False})[0] == plain
     assert job.ir.meta["fingerprint"] != prepare(Request(space="nb201", params={"C": 4, "N": 1})).ir.meta["fingerprint"]
+
+
+def test_single_level_search_says_it_does_not_use_train_portion_and_arch_every():
+    """levels = 1 trains on the whole training split with an α step at every weight step, so
+    `--opt train_portion=0.2` or the file's `arch_every = 5` changed nothing, without a word."""
+    def notes(**overrides):
+        return " ".join(prepare(Request(space="nb201", params={"C": 4, "N": 1},
+                                        overrides={"device": "cpu", **overrides})).notes)
+
+    assert "train_portion = 0.2 and arch_every = 5 not used: a single-level search" in \
+        notes(levels=1, train_portion=0.2, arch_every=5)
+    assert "not used" not in notes(levels=2, train_portion=0.2, arch_every=5) and "not used" not in notes(levels=1)
