@@ -157,6 +157,9 @@ class SearchConfig:
                                            gamma=self.schedule_gamma, every=self.schedule_every)
         if problem is not None:
             raise SearchError(problem, hint=SCHEDULE_HINT)
+        if self.nesterov is True and self.momentum == 0:  # torch refuses it; the optimiser used to drop it unsaid
+            raise SearchError("nesterov = true needs momentum > 0 (with momentum 0 it is plain SGD)",
+                              hint="set momentum (e.g. 0.9), or nesterov = false")
         if self.precision not in ("fp32", "bf16"):
             raise SearchError(f"unknown precision {self.precision!r}", hint="fp32 or bf16")
         if self.channels_last not in (True, False):

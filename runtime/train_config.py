@@ -60,6 +60,9 @@ class TrainConfig:
                                            gamma=self.schedule_gamma, every=self.schedule_every)
         if problem is not None:
             raise SearchError(problem, hint=SCHEDULE_HINT)
+        if self.nesterov is True and self.momentum == 0:  # torch refuses it; the optimiser used to drop it unsaid
+            raise SearchError("nesterov = true needs momentum > 0 (with momentum 0 it is plain SGD)",
+                              hint="set momentum (e.g. 0.9), or nesterov = false")
         if not 0 <= self.drop_path < 1:
             raise SearchError(f"drop_path must lie in [0, 1), got {self.drop_path}")
 

@@ -866,3 +866,19 @@ def test_single_level_search_says_it_does_not_use_train_portion_and_arch_every()
     assert "train_portion = 0.2 and arch_every = 5 not used: a single-level search" in \
         notes(levels=1, train_portion=0.2, arch_every=5)
     assert "not used" not in notes(levels=2, train_portion=0.2, arch_every=5) and "not used" not in notes(levels=1)
+
+
+@pytest.mark.parametrize("kind", ["search", "train"])
+def test_nesterov_without_momentum_is_refused(kind):
+    """`sgd(momentum = 0, nesterov = true)` searched and trained with plain SGD, dropping nesterov unsaid."""
+    from nasc.compiler.expr import CallValue
+    from nasc.runtime.config import make_config
+    from nasc.runtime.train import train_config
+
+    build = make_config if kind == "search" else train_config
+    weights = CallValue(name="sgd", args=(), kwargs=(("momentum", 0.0), ("nesterov", True)))
+    with pytest.raises(SearchError, match="nesterov = true needs momentum > 0"):
+        build({"weights": weights}, {})
+    with pytest.raises(SearchError, match="nesterov = true needs momentum > 0"):
+        build({}, {"nesterov": True, "momentum": 0})
+    assert build({}, {"nesterov": True}).nesterov and not build({}, {"momentum": 0}).nesterov
