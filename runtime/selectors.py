@@ -88,6 +88,10 @@ def magnitude_rule(options: Mapping[str, Any], ir: SpaceIR) -> tuple[str, int, f
             raise BuildError(f"selection per layer, but space {ir.name!r} has no `choice` layers",
                              hint="cells are selected per edge (per=edge) or per node (per=node, k=2)")
     if options.get("k") is not None:
+        if per != "node" and options["k"] != k:  # per edge / layer keeps one op each: k would go unread
+            raise BuildError(f"selector option k = {options['k']} applies per node (the k strongest edges of each "
+                             f"node), but this selection is per {per}, one op per {per}",
+                             hint="drop k, or select per node (--select-opt per=node)")
         k = options["k"]
     if options.get("exclude") is not None:
         ex = options["exclude"]

@@ -236,6 +236,19 @@ def test_selector_options_and_errors():
     assert info.value.hint == "did you mean 'magnitude'?"
 
 
+def test_k_without_per_node_is_refused():
+    """`--select-opt k=3` on NB-201 (argmax per edge) was accepted and changed nothing: k counts the edges kept
+    per node, and a per-edge or per-layer selection keeps one op on every edge."""
+    for space, options in (("nb201", {"k": 3}), ("darts", {"per": "edge", "k": 3}),
+                           ("proxyless", {"k": 3})):
+        for name in ("magnitude", "perturbation")[:1 if "per" in options else 2]:  # perturbation has no `per`
+            with pytest.raises(BuildError, match="k = 3 applies per node") as info:
+                load_selector(name, options).check(_ir(space))
+            assert "per=node" in info.value.hint
+    load_selector("magnitude", {"per": "edge"}).check(_ir("darts"))  # the file's `top 2 per node` k stays allowed
+    load_selector("magnitude", {"per": "node", "k": 1}).check(_ir("nb201"))
+
+
 FIXED_EDGE_SPACE = """\
 space fixed_edge(C = 4, layers = 3, classes = 10)
 op sep_{k}x{k} = relu > dw_conv(k, stride) > conv(1) > bn
