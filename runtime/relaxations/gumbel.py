@@ -211,6 +211,10 @@ class Gumbel(AnnealedTemperature, Relaxation):
             raise BuildError(f"gumbel option init must be 'darts' or 'snas', got {init!r}")
         self.init = init
         self.scalar_others = flag(self.options["scalar_others"], "gumbel option scalar_others")
+        if self.scalar_others and not self.hard:  # soft samples weight every candidate: there are no "others"
+            raise BuildError("gumbel option scalar_others applies to hard sampling (GDAS) only: with hard = false "
+                             "(SNAS) every candidate is computed and weighted already, so it would change nothing",
+                             hint="drop scalar_others, or set hard = true (--relax gdas)")
         self.options["hard"], self.options["scalar_others"] = self.hard, self.scalar_others
 
     # ---- construction ----

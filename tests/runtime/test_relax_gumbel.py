@@ -233,6 +233,16 @@ def test_eval_phase_is_deterministic():
     assert torch.allclose(w.ops, torch.softmax(alpha, -1))
 
 
+def test_scalar_others_with_soft_samples_is_refused():
+    """`--relax snas --relax-opt scalar_others=true` was accepted and changed nothing: only a hard sample
+    leaves candidates out for the scalars to stand in for."""
+    with pytest.raises(BuildError, match="scalar_others applies to hard sampling"):
+        Gumbel({"hard": False, "scalar_others": True})
+    assert Gumbel({"hard": True, "scalar_others": True}).scalar_others
+    recorded = Gumbel({"hard": False}).options  # a run's recorded options load again on resume
+    assert Gumbel(recorded).options == recorded
+
+
 def test_scalar_others_keeps_value_and_feeds_every_alpha():
     """AutoDL's NB201 forward_gdas: + Σ_{o≠idx} hardwts[o], 0 forward, a gradient for every α entry."""
     torch.manual_seed(0)
