@@ -531,6 +531,9 @@ def _print_dry_run(info: dict[str, Any], human) -> None:
     table.add_row("device", info["device"])
     if info.get("memory"):
         table.add_row("memory", info["memory"]["reason"])
+    if info.get("cuda_graphs"):
+        graphs = info["cuda_graphs"]
+        table.add_row("CUDA graphs", ("used: " if graphs["used"] else "off: ") + graphs["reason"])
     if info.get("fuse_edges"):
         table.add_row("fused edges", info["fuse_edges"]["reason"])
     if info.get("torch_compile"):

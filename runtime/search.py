@@ -233,6 +233,9 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     ir.meta["fuse_edges"] = {"used": fuse, "reason": fuse_reason}
     blocker = graph_blocker(net, relax, config, device, _dist.world_size())
     ir.meta["cuda_graphs"] = {"used": blocker is None, "reason": blocker or "the step is static: captured once, replayed"}
+    if config.cuda_graphs is True and blocker is not None:  # asked for by name: say it is not used, and why
+        notes.append(f"cuda_graphs = true is not used: {blocker}")
+        ir.meta["warnings"].append(notes[-1])
     held = compile_blocker(net, relax, config)
     ir.meta["torch_compile"] = {"used": held is None, "reason": held or "each cell compiled, then checked against a "
                                                                         "float64 copy on the step's shapes"}

@@ -61,6 +61,19 @@ def test_dry_run_prints_the_supernet_and_writes_nothing(tmp_path, _one_thread_mo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_dry_run_says_whether_cuda_graphs_are_used(_one_thread_module):
+    """`--opt cuda_graphs=true` on a CPU (or with a sampling relaxation) was recorded and silently not used, and
+    the dry run, which shows the memory mode, fused edges and torch.compile with their reasons, said nothing."""
+    args = ["search", "nb201", "--set", "C=4", "--set", "N=1", "--device", "cpu", "--dry-run"]
+    result = runner.invoke(app, [*args, "--opt", "cuda_graphs=true"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "warning: cuda_graphs = true is not used: CUDA graphs need a CUDA device" in text
+    assert "CUDA graphs off: CUDA graphs need a CUDA device" in text
+    plain = " ".join(runner.invoke(app, args).output.split())
+    assert "CUDA graphs off:" in plain and "warning" not in plain
+
+
 def test_search_says_when_its_settings_are_changed_or_useless(_one_thread_module):
     """A capped cutout and an α that never trains are said before the search, not found in config.json."""
     result = runner.invoke(app, ["search", "--set", "C=4", "--set", "layers=3", "--epochs", "2",
