@@ -237,6 +237,9 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
         notes.append(f"cuda_graphs = true is not used: {blocker}")
         ir.meta["warnings"].append(notes[-1])
     held = compile_blocker(net, relax, config)
+    if config.torch_compile is True and held is not None:  # asked for by name, as cuda_graphs above
+        notes.append(f"torch_compile = true is not used: {held}")
+        ir.meta["warnings"].append(notes[-1])
     ir.meta["torch_compile"] = {"used": held is None, "reason": held or "each cell compiled, then checked against a "
                                                                         "float64 copy on the step's shapes"}
     return Job(request=request, ir=ir, config=config, dataset=dataset, relax=relax, selector=selector,
