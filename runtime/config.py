@@ -20,7 +20,8 @@ import attrs
 from nasc.compiler.expr import CallValue, Ramp
 from nasc.compiler.settings import SEARCH_SETTINGS, TRAIN_SETTINGS
 from nasc.errors import NascError, NasSemanticError, SearchError, SourceSpan, did_you_mean
-from nasc.runtime.schedules import HINT as SCHEDULE_HINT, SCHEDULES, options_problem as schedule_options_problem
+from nasc.runtime.schedules import (HINT as SCHEDULE_HINT, SCHEDULES, options_problem as schedule_options_problem,
+                                   takes as schedule_takes)
 
 
 def finite(instance, attribute, value) -> None:
@@ -234,6 +235,9 @@ def from_space(settings: Mapping[str, Any]) -> dict[str, Any]:
         elif key == "lr_schedule":
             name, kw = _call_kwargs(value, key)
             out["schedule"] = name
+            if "min" in kw and name in SCHEDULES and "min" not in schedule_takes(name):  # lr_min has a default: asked here
+                raise SearchError(f"learning-rate schedule {name!r} takes no min ({name} takes "
+                                  f"{', '.join(schedule_takes(name)) or 'no options'})", hint=SCHEDULE_HINT)
             for src, dst in (("min", "lr_min"), ("exponent", "schedule_exponent"), ("warmup", "warmup"),
                              ("gamma", "schedule_gamma"), ("every", "schedule_every")):
                 if src in kw:

@@ -882,3 +882,17 @@ def test_nesterov_without_momentum_is_refused(kind):
     with pytest.raises(SearchError, match="nesterov = true needs momentum > 0"):
         build({}, {"nesterov": True, "momentum": 0})
     assert build({}, {"nesterov": True}).nesterov and not build({}, {"momentum": 0}).nesterov
+
+
+@pytest.mark.parametrize("schedule", ["constant", "step"])
+def test_a_min_the_schedule_does_not_read_is_refused(schedule):
+    """`lr_schedule = constant(min = 0.01)` or `step(min = 0)` was accepted and changed nothing: only the cosine
+    schedules read lr_min. (A --opt lr_min cannot be told from its default; the file's call can.)"""
+    from nasc.compiler.expr import CallValue
+    from nasc.runtime.config import make_config
+    from nasc.runtime.train import train_config
+
+    for build in (make_config, train_config):
+        with pytest.raises(SearchError, match=f"schedule '{schedule}' takes no min"):
+            build({"lr_schedule": CallValue(name=schedule, args=(), kwargs=(("min", 0.01),))}, {})
+        assert build({"lr_schedule": CallValue(name="cosine_power", args=(), kwargs=(("min", 0.01),))}, {}).lr_min == 0.01
