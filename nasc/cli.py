@@ -263,7 +263,7 @@ def check(
             err_console.print(error_text(e.render()))
             continue
         if not quiet:
-            console.print(f"[green]ok[/green] {f}")
+            console.print(f"[green]ok[/green] {_escape(f)}")
     if failed:
         raise typer.Exit(code=1)
 
@@ -310,7 +310,7 @@ def ops(
     table.add_column("origin", style="dim")
     for name, p in sorted(PRIMITIVES.items()):
         params = ", ".join(q.name + ("" if q.required else f"={_default(q.default)}") for q in p.params)
-        table.add_row(name, params, p.doc, origin_of("primitive", name))
+        table.add_row(name, params, _escape(p.doc), _escape(origin_of("primitive", name)))
     console.print(table)
     if space:
         from nasc.compiler.resolve import resolve_path
@@ -323,9 +323,9 @@ def ops(
         t.add_column("op", style="bold")
         t.add_column("defined at")
         for name, d in sorted({**decl.ops, **decl.patterns}.items()):
-            t.add_row(name, f"{_short(d.span.file)}:{d.span.line}")
+            t.add_row(name, _escape(f"{_short(d.span.file)}:{d.span.line}"))
         for name, d in sorted(decl.op_sets.items()):
-            t.add_row(f"{name} (set)", f"{_short(d.span.file)}:{d.span.line}")
+            t.add_row(f"{name} (set)", _escape(f"{_short(d.span.file)}:{d.span.line}"))
         console.print(t)
 
 
@@ -338,14 +338,14 @@ def _method_table(kind: str, rows: list[dict], *, presets: bool) -> Table:
     table.add_column("origin", style="dim")
     for row in rows:
         if "error" in row:
-            table.add_row(row["name"], "", f"[red]unavailable[/red]: {_escape(row['error'])}", row["origin"])
+            table.add_row(row["name"], "", f"[red]unavailable[/red]: {_escape(row['error'])}", _escape(row["origin"]))
             continue
-        table.add_row(row["name"], _escape(_options(row["defaults"])), _escape(row["doc"]), row["origin"])
+        table.add_row(row["name"], _escape(_options(row["defaults"])), _escape(row["doc"]), _escape(row["origin"]))
         for preset, (options, settings) in (row.get("presets", {}).items() if presets else ()):
             what = "preset: " + (_options(options) if options else "default options")
             if settings:
                 what += "; search: " + _options(settings)
-            table.add_row(f"  {preset}", "", _escape(what), row["origin"])
+            table.add_row(f"  {preset}", "", _escape(what), _escape(row["origin"]))
     return table
 
 
@@ -397,9 +397,9 @@ def _interrupted(command: str, run: str | None) -> None:
         err_console.print("[yellow]interrupted[/yellow] before the run started")
     elif not RunDir(run).checkpoint.is_file():
         err_console.print(f"[yellow]interrupted[/yellow] before the first checkpoint (written at the end of epoch 1): "
-                          f"delete {run} or start again with another --run-dir")
+                          f"delete {_escape(run)} or start again with another --run-dir")
     else:
-        err_console.print(f"[yellow]interrupted[/yellow]: resume with [bold]nasc {command} --resume {run}[/bold]")
+        err_console.print(f"[yellow]interrupted[/yellow]: resume with [bold]nasc {command} --resume {_escape(run)}[/bold]")
     raise typer.Exit(code=130)
 
 
@@ -512,14 +512,14 @@ def search(
         _interrupted("search", target)
     console.print(display.summary())
     console.print(f"[bold green]genotype[/bold green] (written to "
-                  f"{result.run_dir / 'genotype.json'}):")
+                  f"{_escape(str(result.run_dir / 'genotype.json'))}):")
     console.print(G.to_text(result.genotype), soft_wrap=True)
 
 
 def _print_dry_run(info: dict[str, Any], human) -> None:
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold cyan")
-    table.add_column()
+    from nasc.report import value_grid
+
+    table = value_grid()
     table.add_row("space", f"{info['space']} ({info['space_file']})")
     table.add_row("fingerprint", info["fingerprint"])
     table.add_row("input", " x ".join(str(d) for d in info["input"]))
@@ -617,14 +617,14 @@ def train(
             console.print(f"[bold]network[/bold] {job.ir.name}: {c['params']:,} parameters "
                           f"({c['params'] / 1e6:.2f}M{aux}), {c['madds']:,} multiply-adds per sample")
             for w in job.ir.meta.get("warnings", []):
-                console.print(f"[yellow]warning:[/yellow] {w}")
+                console.print(f"[yellow]warning:[/yellow] {_escape(w)}")
             if dry_run:
                 if shape is not None:
                     console.print(f"  input = {'x'.join(map(str, shape))}")
                 for key, value in T.describe_train(job)["train"].items():
                     if shape is not None and data is None and key in ("dataset", "data_dir"):
                         continue  # counted for --input, not for the default dataset
-                    console.print(f"  {key} = {value}")
+                    console.print(f"  {key} = {_escape(str(value))}")
                 return
             target = run_dir or str(T.default_train_dir(job.ir.name, job.config.seed))
             with display:
@@ -667,7 +667,7 @@ def select_cmd(
                                         on_event=SelectionDisplay(console, progress))
     except NascError as e:
         fail(e)
-    console.print(f"[bold green]genotype[/bold green] ({select}) written to {path}:")
+    console.print(f"[bold green]genotype[/bold green] ({_escape(select)}) written to {_escape(str(path))}:")
     console.print(G.to_text(genotype), soft_wrap=True)
 
 

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -49,13 +50,13 @@ class SearchDisplay:
                 self.console.print(f"[bold]training[/bold] a derived {cfg['space']} network on "
                                    f"{cfg['train']['dataset']}: {cfg['params']:,} weights{aux}, "
                                    f"{cfg['madds']:,} multiply-adds per sample, device {cfg['device']}, "
-                                   f"run dir {event['run_dir']}")
+                                   f"run dir {escape(str(event['run_dir']))}")
             else:
                 self.console.print(f"[bold]searching[/bold] {cfg['space']} ({cfg['fingerprint']}) with "
                                    f"{cfg['relax']['name']} on {cfg['search']['dataset']}, "
                                    f"{cfg['supernet_weights']:,} weights, device {cfg['device']}, "
                                    f"memory {(cfg.get('memory') or {}).get('mode', 'plain')}, "
-                                   f"run dir {event['run_dir']}")
+                                   f"run dir {escape(str(event['run_dir']))}")
             self.epoch_task = self.progress.add_task("epochs", total=event["epochs"], completed=event["first_epoch"],
                                                      info="")
             self.step_task = self.progress.add_task("steps", total=event["steps"], info="")

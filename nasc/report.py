@@ -33,10 +33,24 @@ def architectures(n: int) -> str:
     return f"{Decimal(n):.3e}" + (f" ({n:,})" if n < 10**60 else "")
 
 
-def compile_summary(s: dict[str, Any], *, files: list[str], out: str | None) -> Group:
-    head = Table.grid(padding=(0, 2))
+class _ValueGrid(Table):
+    """A label/value grid whose values print as written: a path, parameter or option value such as
+    '[/x]' is text, not a rich markup tag (one was read as a closing tag: a MarkupError traceback)."""
+
+    def add_row(self, label: str, value: Any = "", *rest: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().add_row(label, Text(str(value)), *rest, **kwargs)
+
+
+def value_grid() -> Table:
+    """The two-column label/value grid of `nasc compile` and `nasc search --dry-run`."""
+    head = _ValueGrid.grid(padding=(0, 2))
     head.add_column(style="bold cyan")
     head.add_column()
+    return head
+
+
+def compile_summary(s: dict[str, Any], *, files: list[str], out: str | None) -> Group:
+    head = value_grid()
     head.add_row("space", f"{s['space']}  ({', '.join(files)})")
     head.add_row("fingerprint", s["fingerprint"])
     head.add_row("parameters", ", ".join(f"{k} = {v}" for k, v in s["params"].items()) or "none")

@@ -390,3 +390,18 @@ def test_every_builtin_relaxation_and_selector_option_is_documented():
                for option in registry.get(name).defaults
                if not re.search(rf"`{re.escape(option)}\b", text)]
     assert missing == []
+
+
+def test_paths_are_printed_as_written_not_as_rich_markup(tmp_path, spaces_dir):
+    """A space in a folder '[' > 'x]' (path '[/x]/a.nas') was read as a rich closing tag by `check`'s 'ok' line,
+    `compile`'s summary and `ops`' 'defined at' column: 'internal error: MarkupError' instead of the result."""
+    space = tmp_path / "[" / "x]" / "a.nas"
+    space.parent.mkdir(parents=True)
+    space.write_text((spaces_dir / "nb201.nas").read_text())
+    result = runner.invoke(app, ["check", "[/x]/a.nas"])
+    assert result.exit_code == 0 and "ok [/x]/a.nas" in result.output, result.output
+    result = runner.invoke(app, ["compile", "[/x]/a.nas", "-o", "[/y].json"])
+    assert result.exit_code == 0, result.output
+    assert "([/x]/a.nas)" in result.output and "IR written to  [/y].json" in result.output
+    result = runner.invoke(app, ["ops", "[/x]/a.nas"])
+    assert result.exit_code == 0 and "[/x]/a.nas:13" in result.output, result.output

@@ -354,6 +354,29 @@ def test_internal_error_line_prints_the_message_as_written(monkeypatch, capsys):
     assert "internal error: RuntimeError: closing tag [/x] in a message" in capsys.readouterr().err
 
 
+def test_paths_and_values_from_the_command_line_are_printed_as_written(tmp_path, _one_thread_module):
+    """--data-dir '[/x]' in the --dry-run settings, and a run dir '[/r]' in the search's start and genotype lines,
+    were read as rich closing tags: 'internal error: MarkupError' (after the search had run, for the run dir)."""
+    result = runner.invoke(app, ["search", "nb201", "--set", "C=4", "--set", "N=1", "--dry-run", "--data-dir", "[/x]"])
+    assert result.exit_code == 0, result.output
+    assert "data_dir/" in _unwrapped(result)  # the value itself is cut to the table's width in an 80-column test
+    _no_traceback(result)
+    result = runner.invoke(app, ["train", NB201, "--set", "C=4", "--set", "N=1", "--dry-run", "--data-dir", "[/x]"])
+    assert result.exit_code == 0, result.output
+    assert "data_dir=/" in _unwrapped(result) and "/[/x]" in _unwrapped(result)
+    _no_traceback(result)
+    result = runner.invoke(app, ["search", "nb201", "--set", "C=4", "--set", "N=1", "--epochs", "1", "--device", "cpu",
+                                 "--opt", "train_portion=0.1", "--run-dir", "[/r]"])
+    assert result.exit_code == 0, result.output
+    assert "rundir[/r]" in _unwrapped(result) and "[/r]/genotype.json" in _unwrapped(result)
+    _no_traceback(result)
+
+
+def _unwrapped(result) -> str:
+    """The output without its whitespace: rich wraps long lines (a tmp path) at the test terminal's 80 columns."""
+    return "".join(result.output.split())
+
+
 def test_resume_refuses_dry_run_and_names_the_flags_it_ignores(tmp_path):
     """--resume continues with the run's recorded settings; it once ignored --dry-run and started training."""
     result = runner.invoke(app, ["search", "--resume", "somerun", "--dry-run"])

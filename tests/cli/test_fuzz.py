@@ -73,3 +73,20 @@ def test_mutated_spaces_never_crash(data, tmp_path):
         e.render()  # rendering must not fail either
     else:
         summarise(ir)  # what `nasc compile` prints must not fail either
+
+
+@settings(max_examples=int(os.environ.get("NASC_FUZZ_EXAMPLES", "30")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(folder=st.lists(st.text(alphabet="[]/=#@ab:", min_size=1, max_size=8).filter(lambda s: s.strip("/")),
+                       min_size=1, max_size=2))
+def test_any_path_is_printed_as_written(folder, tmp_path, monkeypatch):
+    """Paths are printed as text, never as rich markup: a folder '[/x]' once crashed `check` and `compile`."""
+    monkeypatch.chdir(tmp_path)
+    path = Path(*folder) / "s.nas"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text((SPACES / "nb201.nas").read_text())
+    for args in (["check", str(path)], ["compile", str(path), "-o", str(path.with_suffix(".json"))],
+                 ["ops", str(path)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args, result.output, result.exception)
+
