@@ -29,6 +29,7 @@ from typing import Any
 import attrs
 
 from nasc.atomic import write_text_atomic
+from nasc.compiler.run_config import wrong_type
 from nasc.errors import GenotypeError, did_you_mean
 
 FORMAT = "nasc-genotype/1"
@@ -763,6 +764,10 @@ def read_source(source: str) -> tuple[Genotype, dict | None]:
                 config = json.loads((path / "config.json").read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
                 raise GenotypeError(f"cannot read {path / 'config.json'}: {e}") from None
+            wrong = wrong_type(config)  # an edited config.json: callers read its entries as nasc wrote them
+            if wrong is not None:
+                raise GenotypeError(f"{path / 'config.json'} is not a nasc run config: {wrong}",
+                                    hint="nasc search and nasc train write it when a run starts; was it edited?")
         gfile = path / "genotype.json"
         if not gfile.is_file():
             raise GenotypeError(f"{path} has no genotype.json", hint="is the search finished?")

@@ -40,6 +40,7 @@ import torch
 
 from nasc import __version__
 from nasc.atomic import write_text_atomic
+from nasc.compiler.run_config import wrong_type
 from nasc.errors import SearchError
 
 CHECKPOINT_FORMAT = "nasc-checkpoint/1"
@@ -254,6 +255,9 @@ class RunDir:
             raise SearchError(f"{self.config} is not a nasc run config (a JSON {type(config).__name__}, "
                               "not an object)", hint=_CONFIG_HINT)
         self.require(config, *required)
+        wrong = wrong_type(config)
+        if wrong is not None:
+            raise SearchError(f"{self.config}: {wrong}", hint=_CONFIG_HINT)
         return config
 
     def require(self, config: dict[str, Any], *keys: str) -> None:

@@ -208,6 +208,29 @@ def test_resume_or_select_with_an_incomplete_config_names_what_is_missing(tmp_pa
     _no_traceback(result)
 
 
+@pytest.mark.parametrize("config, args, message", [
+    ({"space_file": None}, ["search", "--resume", "x"], "space_file is null, not a string"),
+    ({"space_file": "s.nas", "request": "x"}, ["select", "x", "--select", "magnitude"],
+     "request is a string, not an object"),
+    ({"space_file": "s.nas", "request": {"params": [1]}}, ["search", "--resume", "x"],
+     "request.params is a list, not an object or null"),
+    ({"kind": "train", "space_file": 3, "request": {}}, ["train", "--resume", "x"], "space_file is a number"),
+    ([1, 2], ["export", "x"], "not a nasc run config: it is a list, not an object"),
+    ({"space_file": 5, "space": "nb201"}, ["export", "x"], "space_file is a number, not a string"),
+    ({"space_file": "s.nas", "plugins": 3}, ["train", "x", "--dry-run"], "plugins is a number, not a list"),
+])
+def test_resume_or_select_with_an_edited_config_names_the_value_of_the_wrong_type(tmp_path, config, args, message):
+    """A config.json value of another JSON type (null for the space file, a string for `request`) was used as it
+    was: an AttributeError or TypeError, reported as an internal error."""
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "x" / "genotype.json").write_text(json.dumps(G.to_json(G.parse_any(NB201))))
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert message in " ".join(result.output.split())
+    _no_traceback(result)
+
+
 def test_search_missing_space_file(tmp_path):
     result = runner.invoke(app, ["search", "nonexistent.nas"])
     assert result.exit_code == 1

@@ -4,6 +4,7 @@ Mutated bundled spaces go through `nasc check` (exit 0 or 1, a rendered error, n
 `compile_space` (returns, or raises a `NascError`). Run longer with NASC_FUZZ_EXAMPLES=1000.
 """
 
+import json
 import os
 import re
 from pathlib import Path
@@ -90,3 +91,35 @@ def test_any_path_is_printed_as_written(folder, tmp_path, monkeypatch):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output, result.exception)
 
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                    max_leaves=5)
+
+
+@settings(max_examples=int(os.environ.get("NASC_FUZZ_EXAMPLES", "40")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(["(all)", "space_file", "request", "plugins", "kind", "request.params",
+                            "request.overrides", "request.relax", "request.select_options"]), value=JSON,
+       args=st.sampled_from([["search", "--resume", "x"], ["select", "x", "--select", "magnitude"],
+                             ["genotype", "show", "x"], ["viz", "x", "-o", "x.dot"], ["export", "x", "-o", "x.py"]]))
+def test_an_edited_run_config_is_an_error_not_a_crash(key, value, args, tmp_path, monkeypatch):
+    """Whatever a hand-edited config.json holds, commands reading the run end with an error naming the file
+    (or, where they need nothing from it, succeed)."""
+    monkeypatch.chdir(tmp_path)
+    config = {"kind": "search", "space_file": "missing.nas", "request": {}}
+    if key == "(all)":
+        config = value
+    elif key.startswith("request."):
+        config["request"][key.split(".", 1)[1]] = value
+    else:
+        config[key] = value
+    (tmp_path / "x").mkdir(exist_ok=True)
+    (tmp_path / "x" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "x" / "genotype.json").write_text(json.dumps({
+        "format": "nasc-genotype/1", "cells": {"cell": {"n_inputs": 1, "n_nodes": 1, "concat": [1],
+                                                        "edges": [{"node": 1, "input": 0, "op": "skip"}]}}}))
+    result = runner.invoke(app, args)
+    assert result.exit_code in (0, 1), (result.output, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == 0 or "error:" in result.output
