@@ -52,7 +52,7 @@ def load_weights(net: Network, checkpoint: str | Path) -> None:
     except FileNotFoundError:
         raise NascError(f"checkpoint {checkpoint} does not exist") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-        raise NascError(f"cannot read checkpoint {checkpoint}: {e}") from None
+        raise unreadable_checkpoint(checkpoint, e) from None
     if isinstance(state, dict) and isinstance(state.get("net"), dict):
         state = state["net"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -64,6 +64,22 @@ def load_weights(net: Network, checkpoint: str | Path) -> None:
                         hint="export with the space, --set values, --input and genotype the weights were trained "
                              "with; a training run directory (nasc export RUN_DIR) records them all")
     net.load_state_dict(state, strict=True)
+
+
+def unreadable_checkpoint(checkpoint: str | Path, error: Exception) -> NascError:
+    """Why torch.load refused `checkpoint`, in words. torch's own text advises loading with
+    weights_only=False (advice for a trusted file, which nasc cannot tell and does not follow), for
+    pickled Python objects and for bytes torch.save never wrote alike; the reason is further down."""
+    hint = "give a state dict saved with torch.save(net.state_dict(), path), or a training run's checkpoint.pt"
+    text = str(error)
+    reason = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    if "WeightsUnpickler error:" in text:
+        after = text.split("WeightsUnpickler error:", 1)[1].strip()
+        reason = after.splitlines()[0].split(" was not an allowed global")[0].strip() if after else reason
+    if reason.startswith("Unsupported global"):
+        return NascError(f"checkpoint {checkpoint} holds Python objects besides tensors ({reason}); "
+                         "nasc loads only tensors from it", hint=hint)
+    return NascError(f"cannot read checkpoint {checkpoint}: it is not a file torch.save wrote ({reason})", hint=hint)
 
 
 def _first(keys: list[str], n: int = 3) -> str:

@@ -206,8 +206,22 @@ def test_load_weights_accepts_a_bare_state_dict_and_rejects_a_foreign_one(tmp_pa
     with pytest.raises(NascError, match="does not fit"):
         X.load_weights(wrong, tmp_path / "sd.pt")
     (tmp_path / "junk.pt").write_text("not a checkpoint")
-    with pytest.raises(NascError, match="cannot read checkpoint"):
+    with pytest.raises(NascError, match="cannot read checkpoint .*: it is not a file torch.save wrote"):
         X.load_weights(wrong, tmp_path / "junk.pt")
+
+
+def test_a_checkpoint_of_python_objects_is_refused_without_torchs_advice_to_trust_it(tmp_path):
+    """torch's message said to re-run with weights_only=False, advice nasc does not follow for a file it
+    cannot vouch for; the error names the object instead."""
+    import argparse
+
+    text, _, params = SMALL["darts"]
+    _, net = X.derived_network(compile_space("darts", params=params), G.parse_any(text))
+    torch.save({"net": net.state_dict(), "args": argparse.Namespace(lr=0.1)}, tmp_path / "objects.pt")
+    with pytest.raises(NascError, match=r"holds Python objects besides tensors \(Unsupported global: GLOBAL "
+                                        r"argparse.Namespace\)") as info:
+        X.load_weights(net, tmp_path / "objects.pt")
+    assert "weights_only" not in info.value.message and "torch.save(net.state_dict(), path)" in info.value.hint
 
 
 # ---------------------------------------------------------------- CLI
