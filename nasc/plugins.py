@@ -253,7 +253,7 @@ def _run(*, name: str, origin: str, source: str, load: Callable[[], Any], group:
         obj = load()
         if register_as is not None and group is not None:
             _register_object(group, register_as, obj)
-    except Exception as e:  # noqa: BLE001 - a plugin may fail any way; nasc must keep working
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - a plugin may fail any way (a script's sys.exit too)
         _restore(before)
         detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         fix = f"fix or uninstall {origin}" if source.startswith("entry point") else "fix it"

@@ -551,6 +551,16 @@ def test_cli_broken_plugin_warns_and_the_listing_still_works(tmp_path, monkeypat
     assert "softmax" in runner.invoke(app, ["relaxations"]).output
 
 
+def test_a_plugin_that_calls_sys_exit_is_a_failed_plugin_not_the_end_of_nasc(tmp_path, monkeypatch):
+    """A script turned plugin may end in `sys.exit(main())`: nasc exited with its code and said nothing."""
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, "script.py", "import sys\nsys.exit(4)\n")
+    result = runner.invoke(app, ["--plugin", "script.py", "relaxations"])
+    assert result.exit_code == 0, result.output
+    assert "warning: plugin 'script.py' (file) failed to load: SystemExit: 4" in result.output
+    assert "softmax" in result.output
+
+
 # ---------------------------------------------------------------- relaxations and selectors
 
 
