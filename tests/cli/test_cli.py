@@ -117,7 +117,7 @@ def test_check_reports_search_values_and_options_at_their_lines(tmp_path):
     assert errors == ["s.nas:3:5: error: cosine() has no option 'mn'",
                       "s.nas:4:5: error: batch must be positive, got -5",
                       "s.nas:5:5: error: train_portion must lie strictly between 0 and 1, got 1.5"]
-    assert "hint: options: min, exponent, warmup" in result.output
+    assert "hint: options: min, warmup, exponent (cosine_power)" in result.output
 
 
 def test_check_reports_train_values_at_their_lines(tmp_path, repo):

@@ -493,5 +493,5 @@ def test_a_second_command_in_a_running_search_s_run_dir_fails_and_the_first_fini
     assert [r["epoch"] for r in records if r["type"] == "epoch"] == [0, 1]
     assert not [r for r in records if r["type"] == "select"]
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "genotype.json",
-                                                     "metrics.jsonl", "space.ir.json", "timing.jsonl"]
+                                                     "metrics.jsonl", "space", "space.ir.json", "timing.jsonl"]
     assert G.load(run / "genotype.json")
