@@ -476,8 +476,8 @@ def export(source: TrainResult | Genotype | SearchResult | str | Path, output: s
     A `TrainResult` or training run directory exports the trained network with its weights
     (`space`, `params`, `input_shape` and `checkpoint` override what the run recorded); a
     genotype, `SearchResult` or search run directory is compiled in `space` (default: the search
-    run's space, else the one the genotype names) with `params`/`data` as it was compiled, with
-    weights from `checkpoint`. Returns the files written. A plugin op with a module class of its own has no
+    run's space, else the one the genotype names) as `nasc train` builds it: the `train:` parameters,
+    then `params`, for the searched data (or `data`, `input_shape`), with weights from `checkpoint`. Returns the files written. A plugin op with a module class of its own has no
     standalone source: export it to TorchScript or ONNX.
     """
     from nasc.runtime import export as X
@@ -510,8 +510,12 @@ def export(source: TrainResult | Genotype | SearchResult | str | Path, output: s
         space = space if space is not None else T.run_space(config) if config else genotype.space
         if space is None:
             raise NascError("export: give the space the genotype belongs to (space=...)")
-        ir, net = resuming_with((config or {}).get("plugins") or [],  # the plugins a search run recorded
-                                lambda: X.derived_network(_ir(space, params, input_shape, data), genotype))
+
+        def build():  # the network `nasc train` builds: the `train:` parameters, for the searched data (or `data`)
+            values, shape = T.train_params(str(space), None if data else config, dict(params or {}), input_shape)
+            return X.derived_network(_ir(space, values, shape, data), genotype)
+
+        ir, net = resuming_with((config or {}).get("plugins") or [], build)  # the plugins a search run recorded
         with_weights = checkpoint is not None
         if checkpoint is not None:
             X.load_weights(net, checkpoint)

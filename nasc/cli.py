@@ -732,17 +732,6 @@ def _read_genotype(source: str):
     return _read_source(source)[0]
 
 
-def _train_params(space: str) -> dict[str, Any]:
-    """Space parameters the `train:` block sets (DARTS: C = 36, layers = 20)."""
-    from nasc.compiler.build_ir import eval_params
-    from nasc.compiler.expr import evaluate
-    from nasc.compiler.resolve import resolve_path
-
-    decl = resolve_path(space)
-    base = eval_params(decl, {})
-    return {k: evaluate(s.value, base) for k, s in decl.train.items() if k in decl.params}
-
-
 def _check_fits(genotype, space: str, params: dict[str, Any]) -> None:
     """Raise GenotypeError unless the genotype's cells, edges and ops exist in the space."""
     from nasc.compiler.derive import check_fits
@@ -833,7 +822,8 @@ def export_cmd(
                                                   "SPACE_net.py / .torchscript.pt / .onnx here).")] = None,
     set_: SetOpt = None,
     input_shape: Annotated[Optional[str], typer.Option("--input", help="Input shape CxHxW, e.g. 1x28x28 "
-                                                       "(default for a training run: the one it trained on).")]
+                                                       "(default: a training run's, a search run's data's, "
+                                                       "else the space's).")]
     = None,
 ) -> None:
     """Export the network a genotype derives (a training run's trained one): standalone PyTorch code, TorchScript or ONNX."""
@@ -860,11 +850,15 @@ def export_cmd(
             if space is None:
                 raise NascError("export: which space does this genotype belong to?",
                                 hint="pass --space FILE.nas (or a bundled space name such as darts)")
-            # the evaluation network, as `nasc train` builds it: the space's `train:` parameters, then --set;
-            # a search run's space may use the plugins it recorded, loaded again as `nasc train RUN` does
+            # the evaluation network, as `nasc train` builds it: the space's `train:` parameters, then --set, for
+            # a search run's data; its space may use the plugins it recorded, loaded again as `nasc train RUN` does
             recorded = (config.get("plugins") if isinstance(config, dict) else None) or []
-            ir = resuming_with(recorded, lambda: compile_space(space, params={**_train_params(space), **params},
-                                                               input_shape=shape, ctx=_ctx()))
+
+            def build():
+                values, for_input = T.train_params(space, config, params, shape)
+                return compile_space(space, params=values, input_shape=for_input, ctx=_ctx())
+
+            ir = resuming_with(recorded, build)
             derived, net = X.derived_network(ir, g)
             if checkpoint:
                 X.load_weights(net, checkpoint)
@@ -876,7 +870,8 @@ def export_cmd(
     except NascError as e:
         fail(e)
     n_weights = sum(p.numel() for p in net.parameters())
-    console.print(f"[green]wrote[/green] {_escape(str(written[0]))} ({to}, {n_weights:,} weights"
+    console.print(f"[green]wrote[/green] {_escape(str(written[0]))} ({to}, {n_weights:,} weights, input "
+                  f"{'x'.join(map(str, derived.input_shape))}"
                   + (", from " + _escape(str(weights)) if weights else ", untrained") + ")")
     for path in written[1:]:
         console.print(f"[green]wrote[/green] {_escape(str(path))} (its weights)")

@@ -95,6 +95,34 @@ def searched_data(run_config: Mapping[str, Any] | None, overrides: Mapping[str, 
     return {"dataset": search["dataset"], "data_dir": search.get("data_dir")}
 
 
+def searched_input(run_config: Mapping[str, Any] | None) -> tuple[tuple[int, int, int], int] | None:
+    """The input shape and classes of the data a search run searched on, as its config records them."""
+    data = run_config.get("data") if run_config and run_config.get("kind") != "train" else None
+    try:
+        return tuple(int(n) for n in data["shape"]), int(data["classes"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def train_params(space: str, run_config: Mapping[str, Any] | None, params: Mapping[str, Any],
+                 input_shape: tuple[int, int, int] | None) -> tuple[dict[str, Any], tuple[int, int, int] | None]:
+    """The parameters and input shape `nasc train` compiles `space` with, so that `nasc export` of a genotype or
+    search run builds the network `nasc train` would: the `train:` block's parameters, then `params`; for a search
+    run, the searched data's input shape and classes (`nasc train RUN` trains on that data; without them a DARTS
+    search on the 8x8 digits exported the 3x32x32 network). `input_shape` overrides the data's, with the
+    space's own classes, as `nasc train --dry-run --input` counts. A genotype alone: the space's declared input."""
+    decl = resolve_path(space)
+    base = eval_params(decl, {})
+    values = {k: evaluate(s.value, base) for k, s in decl.train.items() if k in decl.params}
+    values.update(params)
+    searched = searched_input(run_config)
+    if searched is not None and input_shape is None:
+        input_shape = searched[0]
+        if "classes" in decl.params and "classes" not in values:
+            values["classes"] = searched[1]
+    return values, input_shape
+
+
 def changed_since_search(decl, run_config: Mapping[str, Any] | None) -> list[str]:
     """A warning when the space file of a search run, trained by its directory, no longer compiles to the space
     the run searched (its recorded fingerprint): an op body or candidate edited since would train another

@@ -353,6 +353,34 @@ def test_a_training_run_exported_at_another_size_says_its_weights_do_not_fit(tra
     assert "Missing key(s)" not in out and "Traceback" not in out
 
 
+def test_a_search_run_exports_the_network_nasc_train_builds_for_its_data(tmp_path):
+    """A search on the 8x8 digits exports (CLI and API) the network `nasc train RUN` trains: the digits' input
+    and classes, not the space's 3x32x32 one (which has other weights)."""
+    import json
+
+    import nasc
+
+    run = tmp_path / "search"
+    run.mkdir()
+    G.save(G.parse_any(DARTS_V2), run / "genotype.json")  # what a search on the digits records, in short
+    (run / "config.json").write_text(json.dumps({"space": "darts", "input": [1, 8, 8], "search": {"dataset": "digits"},
+                                                 "data": {"name": "digits", "shape": [1, 8, 8], "classes": 10}}))
+    tiny = ["--set", "C=4", "--set", "layers=3"]
+    dry = runner.invoke(app, ["train", str(run), "--dry-run", *tiny])
+    assert dry.exit_code == 0, dry.output
+    trained = int(re.search(r"([\d,]+) parameters", dry.output).group(1).replace(",", ""))
+    result = runner.invoke(app, ["export", str(run), *tiny, "-o", "s.py"])
+    assert result.exit_code == 0, result.output
+    assert "input 1x8x8" in " ".join(result.output.split())
+    [api] = nasc.export(str(run), tmp_path / "api_s.py", params={"C": 4, "layers": 3})
+    for path in (tmp_path / "s.py", api):
+        exported = import_file(path, path.stem).build()
+        assert sum(p.numel() for p in exported.parameters()) == trained
+    # --input chooses another network, the space's own classes (as `nasc train --dry-run --input` counts)
+    other = runner.invoke(app, ["export", str(run), *tiny, "--input", "3x32x32", "-o", "c.py"])
+    assert other.exit_code == 0 and "input 3x32x32" in " ".join(other.output.split())
+
+
 PLUGIN_SPACE = """
 space toy(C = 4, classes = 10)
 op cg = conv_gelu_test
