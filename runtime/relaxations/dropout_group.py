@@ -13,7 +13,8 @@ In the training phases ("arch", "weights"), once per forward pass and α group
 (shared by all cells of a type), every candidate of every edge is kept
 independently with probability 1 − p_d, p_d = r^(1/|group|), so a whole group
 is dropped with probability r; a group left empty on an edge is drawn again,
-so each edge keeps ≥ 1 op of each of its groups. The masks come from the
+so each edge keeps ≥ 1 op of each of its groups (after 64 tries, as with r near 1,
+it is drawn from that same conditional law directly instead of again). The masks come from the
 global torch RNG (CPU), so a seeded run replays exactly. The edge weights are
 the softmax restricted to the kept ops, exp(α_o)/Σ_kept exp(α); dropped ops
 are not computed (`GroupWeights.active`), so their weights and their α get no
@@ -66,6 +67,7 @@ from nasc.errors import BuildError, did_you_mean
 from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, Relaxation, first_order_only, masked_softmax
 
 PARAM, FREE, PAD = 0, 1, -1
+REDRAWS = 64  # rejection rounds before an empty group is drawn from its conditional law (r = 3e-5: never reached)
 
 
 class _Plan:
@@ -176,19 +178,28 @@ class DropoutGroup(Relaxation):
 
     # ---- every forward pass ----
     def sample_mask(self, plan: _Plan) -> torch.Tensor:
-        """A keep mask (CPU bool, rows × cols): each op kept w.p. 1 − p_d, empty groups drawn again."""
+        """A keep mask (CPU bool, rows × cols): each op kept w.p. 1 − p_d, empty groups drawn again.
+
+        The official rejection sampling, for at most REDRAWS rounds: a group drops whole with probability r,
+        so r near 1 (0.999999) needs ~1/(1 − r) rounds per forward pass, a hang. A group still empty after
+        them is drawn from the law rejection converges to (`_nonempty`), so the distribution is the same
+        for every r, and the random stream (hence a seeded run) the same while no group needs it."""
         valid = plan.kind != PAD
         keep = (torch.rand(plan.p_drop.shape, dtype=torch.float64) >= plan.p_drop) & valid
         for gid in (PARAM, FREE):
             member = plan.kind == gid
             present = member.any(-1)
-            while True:
+            for _ in range(REDRAWS):
                 empty = present & ~(keep & member).any(-1)  # rows whose group gid lost every op
                 if not bool(empty.any()):
                     break
                 redo = member & empty.unsqueeze(-1)
                 fresh = torch.rand(plan.p_drop.shape, dtype=torch.float64) >= plan.p_drop
                 keep = torch.where(redo, fresh, keep)
+            else:
+                for row in (present & ~(keep & member).any(-1)).nonzero().flatten().tolist():
+                    cols = member[row].nonzero().flatten()
+                    keep[row, cols] = _nonempty(plan.p_drop[row, cols])
         return keep
 
     def group_weights(self, alpha: torch.Tensor, mask: torch.Tensor, extras: Mapping[str, torch.Tensor],
@@ -239,6 +250,23 @@ class DropoutGroup(Relaxation):
                  else f"r_param = {self.r_param:g}, r_free = {self.r_free:g}")
         free = f", free_ops = [{', '.join(sorted(self.free_ops))}]" if self.free_ops is not None else ""
         return f"dropout-group({rates}{free})"
+
+
+def _nonempty(p_drop: torch.Tensor) -> torch.Tensor:
+    """Independent keeps (op i w.p. 1 − p_i) conditioned on keeping at least one, drawn exactly, without
+    rejection: op i is kept w.p. (1 − p_i) / (1 − Π_{k≥i} p_k) while none before it is, the rest freely."""
+    u = torch.rand(p_drop.shape, dtype=torch.float64)
+    log_p = p_drop.log()
+    keep = torch.zeros(p_drop.shape, dtype=torch.bool)
+    for i in range(len(p_drop)):
+        if bool(keep[:i].any()):
+            keep[i] = bool(u[i] >= p_drop[i])
+            continue
+        rest = -torch.expm1(log_p[i:].sum())  # P(some op from i on is kept)
+        # p_d rounded to 1: the limit of equal rates, the first kept op uniform among those left
+        chance = -torch.expm1(log_p[i]) / rest if rest > 0 else torch.tensor(1.0 / (len(p_drop) - i))
+        keep[i] = bool(u[i] < chance)
+    return keep
 
 
 def _module_params(net: nn.Module, layer: str, edge: str, index: int) -> int:

@@ -173,6 +173,49 @@ def test_per_op_drop_frequency():
         assert freq[:, cols].mean().item() == pytest.approx(p, abs=0.03)
 
 
+def test_a_rate_near_1_samples_without_hanging_from_the_same_law(monkeypatch):
+    """r = 0.999999 needs ~10⁶ rejection rounds per pass: the mask is drawn from the law rejection converges
+    to (each op kept independently, given ≥ 1 kept) instead, for that r and, as checked here, for any."""
+    import itertools
+    import signal
+
+    from nasc.runtime.relaxations import dropout_group as D
+
+    def too_long(*_):
+        raise TimeoutError("sample_mask hangs with r = 0.999999")
+
+    relax = DropoutGroup({"r": 0.999999})
+    kinds = [[FREE] * 4 + [PARAM] * 4] * 14
+    relax.set_groups("g", torch.zeros(14, 8), kinds)
+    kind = relax._plans["g"].kind
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(20)
+    try:
+        for _ in range(20):
+            keep = relax.sample_mask(relax._plans["g"])
+            for gid in (PARAM, FREE):
+                assert bool((keep & (kind == gid)).any(-1).all())
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    # the direct draw alone (no rejection round) against the exact conditional law of unequal rates
+    monkeypatch.setattr(D, "REDRAWS", 0)
+    p = [0.9, 0.5, 0.7]
+    relax = DropoutGroup({"r": 0.5})
+    relax.set_groups("h", torch.zeros(1, 3), [[FREE] * 3])
+    relax._plans["h"].p_drop[0] = torch.tensor(p, dtype=torch.float64)
+    torch.manual_seed(0)
+    draws = 20000
+    seen = {}
+    for _ in range(draws):
+        key = tuple(relax.sample_mask(relax._plans["h"])[0].tolist())
+        seen[key] = seen.get(key, 0) + 1
+    nonempty = 1 - math.prod(p)
+    for key in itertools.product([False, True], repeat=3):
+        exact = math.prod(1 - pi if k else pi for k, pi in zip(key, p)) / nonempty if any(key) else 0.0
+        assert seen.get(key, 0) / draws == pytest.approx(exact, abs=0.012)
+
+
 def test_after_arch_step_preserves_kept_and_dropped_mass(ir):
     relax = load_relaxation("dropout-group", {"r": 0.3})
     net = supernet(ir, relax)
