@@ -452,7 +452,8 @@ class Trainer:
             job.relax.set_progress(epoch, cfg.epochs, step)
             x, y = self._batch(xb, yb, self.augment)
             # bi-level: an α step every `arch_every` steps; single-level: α and weights from every step's backward
-            arch_step = update_arch and (cfg.levels == 1 or step % cfg.arch_every == 0)
+            nth = step + 1 if job.relax.arch_after_weights else step  # ProxylessNAS: after the arch_every-th
+            arch_step = update_arch and (cfg.levels == 1 or nth % cfg.arch_every == 0)
             xv = yv = None
             if arch_step and cfg.levels == 2:
                 try:

@@ -113,19 +113,13 @@ class SearchStep:
 
     def compute(self, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor | None, yv: torch.Tensor | None, *,
                 lr: float, arch_step: bool) -> StepResult:
-        """α step (when `arch_step`), then the weight step; never reads a device value on the host."""
+        """α step (when `arch_step`), then the weight step (the other way round for a relaxation whose
+        `arch_after_weights`, ProxylessNAS); never reads a device value on the host."""
         cfg, net, relax = self.cfg, self.net, self.relax
         arch_loss = None
-        if arch_step and cfg.levels == 2:
-            self.a_opt.zero_grad(set_to_none=True)
-            relax.set_phase("arch")
-            if cfg.order == 2:
-                arch_loss = second_order(self.arch_loss, self.weights, self.arch, self.w_opt, lr, x, y, xv, yv,
-                                         buffers=lambda: list(net.buffers()))
-            else:
-                arch_loss = first_order(self.arch_loss, self.arch, xv, yv)
-            self._average(self.arch)
-            self._arch_update()
+        bilevel_arch = arch_step and cfg.levels == 2
+        if bilevel_arch and not relax.arch_after_weights:
+            arch_loss = self._arch_phase(x, y, xv, yv, lr)
         single_level = arch_step and cfg.levels == 1
         self.w_opt.zero_grad(set_to_none=True)
         if single_level:
@@ -152,7 +146,23 @@ class SearchStep:
         relax.after_weight_step(net)
         if single_level:
             self._arch_update()
+        if bilevel_arch and relax.arch_after_weights:
+            arch_loss = self._arch_phase(x, y, xv, yv, lr)
         return StepResult(loss=loss.detach(), logits=logits.detach(), arch_loss=arch_loss)
+
+    def _arch_phase(self, x, y, xv, yv, lr: float) -> torch.Tensor:
+        """One bi-level α step on the validation batch (first or second order); its loss."""
+        cfg, net = self.cfg, self.net
+        self.a_opt.zero_grad(set_to_none=True)
+        self.relax.set_phase("arch")
+        if cfg.order == 2:
+            arch_loss = second_order(self.arch_loss, self.weights, self.arch, self.w_opt, lr, x, y, xv, yv,
+                                     buffers=lambda: list(net.buffers()))
+        else:
+            arch_loss = first_order(self.arch_loss, self.arch, xv, yv)
+        self._average(self.arch)
+        self._arch_update()
+        return arch_loss
 
     def _arch_update(self) -> None:
         if self.cfg.arch_clip:

@@ -32,5 +32,6 @@ search:
     weights = sgd(lr = 0.025, momentum = 0.9, weight_decay = 4e-5, nesterov = true)
     lr_schedule = cosine(min = 0.0)
     arch = adam(lr = 1e-3, betas = (0.0, 0.999), weight_decay = 0.0)
-    arch_every = 5       # grad_update_arch_param_every: one α step every 5 weight steps
+    arch_every = 5       # grad_update_arch_param_every: one α step after every 5th weight step
+    arch_start = 1       # no α step in the first epoch (after the code's warm-up, if any)
     order = 1

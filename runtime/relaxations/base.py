@@ -155,6 +155,9 @@ class Relaxation:
     #: True when a forward pass launches the same kernels every step (no samples, masks or host reads),
     #: so the search step may be captured once as a CUDA graph and replayed (runtime/step.py)
     graph_safe = False
+    #: True: a bi-level α step follows the weight step, on the steps where (step + 1) % arch_every == 0
+    #: (ProxylessNAS' order); False: it precedes it where step % arch_every == 0 (DARTS' order)
+    arch_after_weights = False
     #: option name -> default; options not listed here are rejected with a clear error
     defaults: dict[str, Any] = {}
     #: method presets: name -> (options, search settings), e.g. {"gdas": ({"hard": True}, {"epochs": 250})};

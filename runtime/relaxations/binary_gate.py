@@ -37,11 +37,15 @@ Not reproduced:
 * the 40-epoch weight-only warm-up on random paths: set `arch_start` (α ≈ 0
   then, so sampling from softmax(α) is near-uniform, and α does not move),
   though the warm-up's own learning-rate schedule is not reproduced;
-* the label smoothing and the latency lookup tables (the α step every 5
-  weight steps is the preset's `arch_every = 5`, taken before the weight step
-  rather than after it);
+  `arch_start` counts the code's α-free first epoch after it too (below): W warm-up
+  epochs are `arch_start = W + 1`;
+* the label smoothing and the latency lookup tables;
 * unsampled ops are held at their pre-step α exactly (the paper's masking);
   the code gets the same only because its Adam has β1 = 0 and no weight decay.
+Timing as the code (`nas_manager.py`): the α step follows the weight step, after
+every 5th (`(i + 1) % 5 == 0`, the preset's `arch_every = 5`; `arch_after_weights`),
+and the first epoch after the warm-up makes none (the preset's `arch_start = 1`).
+
 Binary gates need bi-level, first-order search, and `check_config` refuses
 anything else: weight-phase gates carry no gradient (with `levels = 1` α would
 never move), and the unrolled step's four forward passes would each sample
@@ -97,10 +101,12 @@ class BinaryGate(Relaxation):
     """ProxylessNAS binary gates: one sampled path for weights, two sampled paths for α."""
 
     name = "binary-gate"
+    arch_after_weights = True  # the code's gradient_step runs after the weight step of batch i, (i + 1) % 5 == 0
     defaults: dict[str, Any] = {"cost": "madds", "lambda": 0.0, "form": "add", "ref": None}
     presets = {
         "proxylessnas": ({}, {"arch_lr": 1e-3, "arch_betas": (0.0, 0.999), "arch_weight_decay": 0.0,
-                              "weight_decay": 4e-5, "nesterov": True, "lr_min": 0.0, "arch_every": 5}),
+                              "weight_decay": 4e-5, "nesterov": True, "lr_min": 0.0, "arch_every": 5,
+                              "arch_start": 1}),  # the code skips α in its first epoch (`if epoch > 0`)
     }
 
     def __init__(self, options: Mapping[str, Any] | None = None):

@@ -340,6 +340,31 @@ def test_single_level_and_second_order_are_refused(setting):
         prepare(request)
 
 
+def _phases(tmp_path, relax, **overrides):
+    """Per epoch, the phases of a tiny search in order: "W" a weight step, "A" an α step."""
+    from nasc.runtime.search import Request, prepare, run_search
+
+    job = prepare(Request(space="spaces/darts.nas", params={"C": 4, "layers": 3}, relax=relax,
+                          overrides={"epochs": 2, "batch": 128, "train_portion": 0.5, **overrides}))
+    seen, set_phase = [], job.relax.set_phase
+    job.relax.set_phase = lambda phase: (seen.append(phase), set_phase(phase))[1]
+    run_search(job, tmp_path / relax)
+    epochs = "".join({"weights": "W", "arch": "A", "eval": "|"}[p] for p in seen).split("|")
+    return [e for e in epochs if e]
+
+
+def test_alpha_steps_follow_every_fifth_weight_step_after_an_alpha_free_first_epoch(tmp_path):
+    """The official `nas_manager.py` steps α after the weight step of batch i where (i + 1) % 5 == 0, and not in
+    its first epoch; nasc stepped α before the weight step where i % 5 == 0, from the first epoch on."""
+    first, second = _phases(tmp_path, "proxylessnas")
+    steps = len(first)
+    assert first == "W" * steps  # `arch_start = 1` in the preset
+    assert second == "".join("W" + "A" * ((i + 1) % 5 == 0) for i in range(steps)) and steps >= 5
+    # the DARTS order is unchanged: α first, at the first of every `arch_every` steps
+    _, darts = _phases(tmp_path, "darts", arch_every=5)
+    assert darts == "".join("A" * (i % 5 == 0) + "W" for i in range(steps))
+
+
 def _search(tmp_path, request):
     from nasc.runtime.search import prepare, run_search
 
