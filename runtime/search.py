@@ -199,6 +199,13 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     if config.arch_start >= config.epochs and not config.fix_alpha:
         notes.append(f"α is never trained: arch_start = {config.arch_start} is not below epochs = {config.epochs}, "
                      "so the genotype comes from the random initial α (lower it, e.g. --opt arch_start=0)")
+    if relax.arch_after_weights and config.levels == 2 and config.arch_every > 1 and not config.fix_alpha:
+        # ProxylessNAS' schedule restarts every epoch and steps α after the arch_every-th weight step only
+        steps = len(Batches(dataset.train, split_indices(len(dataset.train), config.train_portion)[0], config.batch,
+                            shuffle=False, seed=0, drop_single=True))
+        if steps < config.arch_every:
+            notes.append(f"α is never trained: {relax.name} steps α after every arch_every = {config.arch_every}th "
+                         f"weight step of an epoch, and an epoch has {steps} (lower --opt arch_every or --opt batch)")
     if not config.stages and (config.skip_limit is not None or config.carry_alpha):
         # these act only between or after the stages of runtime/progressive.py; a plain search would drop them
         used = "skip_limit" if config.skip_limit is not None else "carry_alpha"

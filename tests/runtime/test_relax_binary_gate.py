@@ -365,6 +365,19 @@ def test_alpha_steps_follow_every_fifth_weight_step_after_an_alpha_free_first_ep
     assert darts == "".join("A" * (i % 5 == 0) + "W" for i in range(steps))
 
 
+def test_a_search_too_short_for_one_alpha_step_an_epoch_says_so():
+    """After every 5th weight step of an epoch: 3 steps an epoch (718 digits, batch 256) never step α."""
+    from nasc.runtime.search import Request, prepare
+
+    def warnings(**overrides):
+        job = prepare(Request(space="spaces/darts.nas", params={"C": 4, "layers": 3}, relax="proxylessnas",
+                              overrides={"epochs": 2, "train_portion": 0.5, **overrides}))
+        return " ".join(job.ir.meta.get("warnings", []))
+
+    assert "α is never trained" in warnings(batch=256) and "an epoch has 3" in warnings(batch=256)
+    assert "α is never trained" not in warnings(batch=128)
+
+
 def _search(tmp_path, request):
     from nasc.runtime.search import prepare, run_search
 
