@@ -9,7 +9,8 @@ P_i = e^(c_i + 1), the rate is min + (max − min)(P_i − min_j P_j)/(max_j P_j
 after a linear warm-up of W epochs; `step` is StepLR stepped once per epoch
 (DARTS' ImageNet training: × 0.97 after every epoch). `cosine`, `step` and `constant` take
 `warmup` as PC-DARTS' ImageNet training does (train_imagenet.py, 5 epochs at batch 1024): epoch
-e < W runs at lr · (e + 1) / W, later epochs at the schedule's own rate (not shifted by W).
+e < W runs at the schedule's own rate for e times (e + 1) / W (the script scales its `current_lr`),
+later epochs at the schedule's own rate (not shifted by W).
 
 `SCHEDULES` maps a name to `(epoch, epochs, lr, lr_min, *, exponent, warmup) -> lr`;
 plugins register more there (`nasc.plugins`). `step`'s own options (`gamma`, `every`) are
@@ -51,12 +52,13 @@ def cosine_power(epoch: int, epochs: int, lr: float, lr_min: float, exponent: fl
 
 
 def linear_warmup(schedule):
-    """`schedule` after PC-DARTS' linear warm-up: `warmup` was passed to every schedule but read only by
-    cosine_power, so `cosine(warmup = 5)` (PC-DARTS ImageNet) trained without one and said nothing."""
+    """`schedule` under PC-DARTS' linear warm-up: `warmup` was passed to every schedule but read only by
+    cosine_power, so `cosine(warmup = 5)` (PC-DARTS ImageNet) trained without one and said nothing.
+    The ramp scales the schedule's rate for the epoch, not lr, as train_imagenet.py scales `current_lr`
+    (with `step`'s 0.97 per epoch, epoch 4 runs at 0.885 · lr, not lr)."""
     def warmed(epoch, epochs, lr, lr_min, *, warmup=0, **kw):
-        if warmup and epoch < warmup:
-            return lr * (epoch + 1) / warmup
-        return schedule(epoch, epochs, lr, lr_min, **kw)
+        rate = schedule(epoch, epochs, lr, lr_min, **kw)
+        return rate * (epoch + 1) / warmup if warmup and epoch < warmup else rate
     return warmed
 
 

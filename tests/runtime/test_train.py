@@ -375,14 +375,25 @@ def test_step_schedule_settings_are_read_and_checked():
 
 @pytest.mark.parametrize("schedule", ["cosine", "step", "constant"])
 def test_warmup_is_pcdarts_linear_warmup_for_every_builtin_schedule(schedule):
-    """PC-DARTS train_imagenet.py: epoch e < 5 runs at lr (e + 1) / 5, then the schedule's own rate. `warmup` was
-    read by cosine_power only: `lr_schedule = cosine(warmup = 5)` or `--opt warmup=5` trained without one."""
+    """PC-DARTS train_imagenet.py: epoch e < 5 runs at the schedule's rate for e (its `current_lr`) times
+    (e + 1) / 5, then at the schedule's own rate. `warmup` was read by cosine_power only:
+    `lr_schedule = cosine(warmup = 5)` or `--opt warmup=5` trained without one."""
     from nasc.runtime.schedules import learning_rate
 
     cfg = train_config({"lr_schedule": CallValue(name=schedule, args=(), kwargs=(("warmup", 5),))}, {"lr": 0.5})
     rates = [learning_rate(cfg.schedule, e, 250, cfg.lr, cfg.lr_min, warmup=cfg.warmup) for e in range(7)]
-    assert rates[:5] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
-    assert rates[5:] == [learning_rate(schedule, e, 250, 0.5, 0.0) for e in (5, 6)]  # not shifted by the warm-up
+    own = [learning_rate(schedule, e, 250, 0.5, 0.0) for e in range(7)]
+    assert rates[:5] == pytest.approx([own[e] * (e + 1) / 5 for e in range(5)], rel=1e-12)
+    assert rates[5:] == own[5:]  # not shifted by the warm-up
+
+
+def test_warmup_scales_the_schedules_rate_not_lr():
+    """train_imagenet.py sets lr = current_lr · (e + 1) / 5, current_lr being the schedule's rate for epoch e:
+    a step schedule halving every epoch runs epoch 2 of a 3-epoch warm-up at lr / 4, not at lr."""
+    from nasc.runtime.schedules import learning_rate
+
+    rates = [learning_rate("step", e, 10, 1.0, 0.0, warmup=3, gamma=0.5) for e in range(4)]
+    assert rates == pytest.approx([1 / 3, 0.5 * 2 / 3, 0.25, 0.125])
 
 
 def test_a_search_run_is_trained_on_the_data_it_was_searched_on_unless_told_otherwise(tmp_path):
