@@ -160,7 +160,7 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     decl = resolve_path(request.space)
     declared = decl.relax.name if decl.relax else "softmax"
     preset_settings = preset(request.relax or declared)[1]
-    settings = _evaluated_search(decl)
+    settings = evaluated_search(decl)
     check_search_block(settings, {k: s.span for k, s in decl.search.items()}, decl.params)
     if request.relax is None and decl.relax is not None:
         preset_settings = _beside_preset(decl, settings, preset_settings)
@@ -176,7 +176,8 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
         params = stage_params(decl, base, stage, params)
     if "classes" in decl.params and "classes" not in params:
         params["classes"] = dataset.classes
-    ir = compile_decl(decl, params=params, input_shape=dataset.shape, search=compiled_settings(settings, base))
+    ir = compile_decl(decl, params=params, input_shape=dataset.shape,
+                      search=compiled_settings(settings, base.to_json()))
     if restrict:  # progressive search: the candidates kept from the previous stage
         from nasc.compiler.restrict import restrict_candidates
         ir = restrict_candidates(ir, restrict)
@@ -254,13 +255,16 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
                space_files=tuple(str(f) for f in decl.files), notes=tuple(notes))
 
 
-def compiled_settings(settings: Mapping[str, Any], config: SearchConfig) -> dict[str, Any]:
-    """The search settings the compiler reads (`affine`) where the run's differ from the file's `settings`.
+def compiled_settings(settings: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
+    """The search settings the compiler reads (`affine`) where the run's (`run`: a SearchConfig's `to_json()`,
+    or config.json's "search") differ from the file's `settings`.
 
     `--opt affine=true` changed config.json alone: the supernet was compiled from the file's block and
     kept its affine-free BNs. Empty when they agree, so a space's IR and fingerprint stay as they were.
+    Training a search run compiles with it too, to compare against the fingerprint the search recorded.
     """
-    return {"affine": config.affine} if config.affine != bool(settings.get("affine", False)) else {}
+    affine = run.get("affine", False)
+    return {"affine": affine} if affine != bool(settings.get("affine", False)) else {}
 
 
 def _beside_preset(decl, settings: Mapping[str, Any], preset_settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -279,7 +283,8 @@ def _beside_preset(decl, settings: Mapping[str, Any], preset_settings: Mapping[s
     return {k: v for k, v in preset_settings.items() if k not in written}
 
 
-def _evaluated_search(decl) -> dict[str, Any]:
+def evaluated_search(decl) -> dict[str, Any]:
+    """The file's `search:` block, evaluated with the space's default parameters."""
     from nasc.compiler.expr import evaluate
     from nasc.compiler.build_ir import eval_params
 

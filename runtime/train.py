@@ -35,7 +35,7 @@ from nasc.runtime.data import Batches, Dataset, check_same_data, load_dataset, r
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.rundir import RunDir, default_run_path, environment
 from nasc.runtime.schedules import learning_rate
-from nasc.runtime.search import check_classes, pick_device, seed_everything
+from nasc.runtime.search import check_classes, compiled_settings, evaluated_search, pick_device, seed_everything
 from nasc.runtime.supernet import Network, build_network
 from nasc.runtime.train_config import TrainConfig, check_train_block, train_config
 
@@ -130,8 +130,10 @@ def changed_since_search(decl, run_config: Mapping[str, Any] | None) -> list[str
     if not run_config or run_config.get("kind") == "train" or not isinstance(run_config.get("fingerprint"), str):
         return []
     try:
-        searched = compile_decl(decl, params=dict(run_config["resolved_params"]), input_shape=tuple(run_config["input"]))
-    except (KeyError, TypeError, ValueError, NascError):
+        searched = compile_decl(decl, params=dict(run_config["resolved_params"]),
+                                input_shape=tuple(run_config["input"]),  # and `--opt affine=true`, if the search had it
+                                search=compiled_settings(evaluated_search(decl), run_config.get("search") or {}))
+    except (KeyError, TypeError, ValueError, AttributeError, NascError):
         return []  # a config without what it takes to compile again: nothing to compare
     now = searched.meta["fingerprint"]
     if now == run_config["fingerprint"]:

@@ -441,6 +441,18 @@ def test_training_a_search_run_whose_space_file_changed_since_warns(tmp_path, sp
     assert str(space.resolve()) in warning and recorded in warning
 
 
+def test_training_a_search_run_made_with_opt_affine_does_not_say_its_space_file_changed(tmp_path, spaces_dir):
+    """`--opt affine=true` is compiled into the searched IR (and its fingerprint): compiling the unchanged file
+    without it to compare warned that the space file had changed since the search."""
+    from nasc.runtime.search import Request, prepare, run_search
+
+    nb201 = {"C": 4, "N": 1}
+    run_search(prepare(Request(space=str(spaces_dir / "nb201.nas"), params=nb201, overrides={
+        "epochs": 1, "device": "cpu", "train_portion": 0.1, "affine": True})), tmp_path / "run")
+    job = prepare_train(TrainRequest(genotype=str(tmp_path / "run"), params=nb201))
+    assert not any("changed since the search" in w for w in job.ir.meta["warnings"])
+
+
 def test_another_dataset_than_the_searched_one_is_not_looked_for_in_the_searched_data_dir(tmp_path):
     """A run searched on CIFAR-10 in DIR, trained with `--data digits3`: DIR was CIFAR-10's folder, not its."""
     from nasc.runtime.train import searched_data
