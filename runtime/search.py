@@ -252,7 +252,9 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
                                                                         "float64 copy on the step's shapes"}
     return Job(request=request, ir=ir, config=config, dataset=dataset, relax=relax, selector=selector,
                net=net.to(device), device=device, space_path=str(Path(decl.path).resolve()),
-               space_files=tuple(str(f) for f in decl.files), notes=tuple(notes))
+               # the space's own file first: its copy keeps the plain name (space/x.nas) when a file it extends
+               # from another folder has the same name, and resume's hint names that copy
+               space_files=tuple(dict.fromkeys([str(decl.path), *map(str, decl.files)])), notes=tuple(notes))
 
 
 def compiled_settings(settings: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:

@@ -481,6 +481,25 @@ def test_resume_when_the_space_file_is_gone(tmp_path, spaces_dir):
     assert resume(tmp_path / "run").run_dir == tmp_path / "run"
 
 
+def test_resume_hint_names_the_copy_of_the_space_file_not_of_a_base_with_its_name(tmp_path, spaces_dir):
+    """a/x.nas extends ../b/x.nas: the base was read (and copied) first, as space/x.nas, and the hint for a gone
+    a/x.nas said to copy the base's text over it, a space the run never searched."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x.nas").write_text((spaces_dir / "nb201.nas").read_text())
+    space = tmp_path / "a" / "x.nas"
+    space.write_text('space mine extends "../b/x.nas"\n')
+    with pytest.raises(KeyboardInterrupt):
+        run_search(_job(str(space), epochs=2), tmp_path / "run", stop_after=1)
+    text = space.read_text()
+    space.unlink()
+    with pytest.raises(SearchError, match="no longer exists") as info:
+        resume(tmp_path / "run")
+    copy = re.search(r"copy (\S+) back", info.value.hint).group(1)
+    assert Path(copy).read_text() == text
+    shutil.copy(copy, space)
+    assert resume(tmp_path / "run").run_dir == tmp_path / "run"
+
+
 def test_config_records_the_data_and_resume_refuses_other_data(tmp_path, mini_mnist):
     """Same dataset name and folder, other files: the run's record tells them apart and resume stops."""
     data = mini_mnist(tmp_path / "data", seed=0)
@@ -507,7 +526,7 @@ def test_a_run_copies_every_file_its_space_was_read_from(tmp_path, spaces_dir):
     from nasc.runtime.rundir import RunDir
 
     job = prepare(Request(space="darts_s2", params={"C": 2, "layers": 3}))  # extends darts.nas
-    assert [Path(f).name for f in job.space_files] == ["darts.nas", "darts_s2.nas"]
+    assert [Path(f).name for f in job.space_files] == ["darts_s2.nas", "darts.nas"]  # the space's own first
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     (tmp_path / "a" / "x.nas").write_text("a"), (tmp_path / "b" / "x.nas").write_text("b")
     run = RunDir(tmp_path / "run")
