@@ -250,11 +250,15 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
         ir.meta["warnings"].append(notes[-1])
     ir.meta["torch_compile"] = {"used": held is None, "reason": held or "each cell compiled, then checked against a "
                                                                         "float64 copy on the step's shapes"}
-    return Job(request=request, ir=ir, config=config, dataset=dataset, relax=relax, selector=selector,
-               net=net.to(device), device=device, space_path=str(Path(decl.path).resolve()),
-               # the space's own file first: its copy keeps the plain name (space/x.nas) when a file it extends
-               # from another folder has the same name, and resume's hint names that copy
-               space_files=tuple(dict.fromkeys([str(decl.path), *map(str, decl.files)])), notes=tuple(notes))
+    job = Job(request=request, ir=ir, config=config, dataset=dataset, relax=relax, selector=selector,
+              net=net.to(device), device=device, space_path=str(Path(decl.path).resolve()),
+              # the space's own file first: its copy keeps the plain name (space/x.nas) when a file it extends
+              # from another folder has the same name, and resume's hint names that copy
+              space_files=tuple(dict.fromkeys([str(decl.path), *map(str, decl.files)])), notes=tuple(notes))
+    # distributed: a --batch the ranks cannot split is a setting like any other, refused here (the command
+    # line prints it once) rather than in run_search, after every rank printed it and a default run dir was made
+    _dist.check_job(job)
+    return job
 
 
 def compiled_settings(settings: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:

@@ -223,8 +223,10 @@ def _prepare_train(request: TrainRequest, genotype: G.Genotype, run_config: Mapp
     if not config.aux_weight:
         net.aux_ids = []  # the auxiliary head stays built (parameter counts) but is not trained
     device = pick_device(config.device)
-    return TrainJob(request=request, genotype=genotype, ir=derived, config=config, dataset=dataset,
-                    net=net.to(device), device=device, space_path=str(Path(decl.path).resolve()))
+    job = TrainJob(request=request, genotype=genotype, ir=derived, config=config, dataset=dataset,
+                   net=net.to(device), device=device, space_path=str(Path(decl.path).resolve()))
+    _dist.check_job(job)  # as search.prepare: before a default run dir is made, printed once by the command line
+    return job
 
 
 def counts(job: TrainJob) -> dict[str, int]:

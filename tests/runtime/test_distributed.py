@@ -363,6 +363,21 @@ def test_a_settings_error_under_nproc_is_printed_once(tmp_path, args, code, mess
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("command", [
+    ["search", "nb201", "--set", "C=4"],
+    ["train", str(REPO / "examples" / "genotypes" / "nb201_best_cifar10.json"), "--set", "C=4"],
+])
+def test_a_batch_the_ranks_cannot_split_is_printed_once_and_claims_no_run_dir(tmp_path, command):
+    """--batch 15 over 2 ranks was refused in run_search: every rank printed it, after rank 0 had made the default
+    run directory (runs/SPACE-TIME-sSEED), which stayed behind empty."""
+    cmd = [sys.executable, "-m", "nasc", *command, "--epochs", "1", "--batch", "15", "--device", "cpu", "--nproc", "2"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 1, out[-3000:]
+    assert out.count("must be divisible by 2") == 1 and "Traceback" not in out, out[-3000:]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_worker_killed_by_a_signal_is_named_by_the_launcher(monkeypatch):
     """A worker killed by the OOM killer says nothing itself; the launcher used to exit 1 without a word."""
     from torch.distributed import run as torchrun
