@@ -781,4 +781,13 @@ def read_source(source: str) -> tuple[Genotype, dict | None]:
     text = source.strip()
     if text.startswith(("|", "{")) or "Genotype(" in text:
         return parse_any(text), None
-    raise GenotypeError(f"{source!r} is neither a file, a run directory nor a genotype string")
+    # say what was looked for: a README-style `darts/cnn/genotypes.py:DARTS_V2` names a file of the
+    # official code that a fresh checkout does not have, which the bare message leaves unexplained
+    if file and name.isidentifier():
+        hint = (f"there is no file {file}: FILE:NAME reads the genotype NAME from a genotypes.py"
+                " (e.g. cnn/genotypes.py of a clone of the official DARTS code)")
+    elif "/" in source or Path(source).suffix:
+        hint = f"there is no file or directory {source}"
+    else:
+        hint = "give a genotype file, a run directory, or a DARTS / NB201 genotype string"
+    raise GenotypeError(f"{source!r} is neither a file, a run directory nor a genotype string", hint=hint)

@@ -567,6 +567,18 @@ def test_an_empty_source_is_no_genotype_not_the_current_directory():
         G.read_source("  ")
 
 
+def test_a_missing_file_says_which_file_is_missing(tmp_path):
+    """The README's `darts/cnn/genotypes.py:DARTS_V2` names a file of the official code: when it is not
+    there the error says so, rather than leaving the user to guess what else the argument could be."""
+    with pytest.raises(GenotypeError, match="neither a file") as e:
+        G.read_source(str(tmp_path / "darts/cnn/genotypes.py") + ":DARTS_V2")
+    assert f"there is no file {tmp_path / 'darts/cnn/genotypes.py'}" in e.value.hint
+    assert "official DARTS code" in e.value.hint
+    with pytest.raises(GenotypeError, match="neither a file") as e:
+        G.read_source(str(tmp_path / "missing.json"))
+    assert e.value.hint == f"there is no file or directory {tmp_path / 'missing.json'}"
+
+
 def test_notation_errors_name_notations_not_python_functions():
     for bad in (lambda: G.to_darts(G.from_nb201(NB201)),
                 lambda: G.to_darts(Genotype(cells={"normal": cell(2, 2, [(2, 0, "a"), (3, 1, "c")], [2, 3])}))):
