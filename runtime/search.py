@@ -239,6 +239,9 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     net.set_memory(mode, share=config.share_work, fuse=fuse)
     ir.meta["memory"] = {"mode": mode, "reason": reason}
     ir.meta["fuse_edges"] = {"used": fuse, "reason": fuse_reason}
+    if config.fuse_edges is True and not fuse:  # asked for by name, as cuda_graphs below: say it is not used
+        notes.append(f"fuse_edges = true is not used: {fuse_reason}")
+        ir.meta["warnings"].append(notes[-1])
     blocker = graph_blocker(net, relax, config, device, _dist.world_size())
     ir.meta["cuda_graphs"] = {"used": blocker is None, "reason": blocker or "the step is static: captured once, replayed"}
     if config.cuda_graphs is True and blocker is not None:  # asked for by name: say it is not used, and why

@@ -74,6 +74,8 @@ def test_dry_run_says_whether_cuda_graphs_are_used(_one_thread_module):
     assert "CUDA graphs off:" in plain and "warning" not in plain
     compiled = " ".join(runner.invoke(app, [*args, "--relax", "gdas", "--opt", "torch_compile=true"]).output.split())
     assert "warning: torch_compile = true is not used: the gumbel relaxation changes the network" in compiled
+    unshared = " ".join(runner.invoke(app, [*args, "--opt", "fuse_edges=true", "--opt", "share_work=false"]).output.split())
+    assert "warning: fuse_edges = true is not used: shared work is off (share_work = false)" in unshared
 
 
 def test_search_says_when_its_settings_are_changed_or_useless(_one_thread_module):
