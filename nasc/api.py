@@ -477,8 +477,9 @@ def export(source: TrainResult | Genotype | SearchResult | str | Path, output: s
     (`space`, `params`, `input_shape` and `checkpoint` override what the run recorded); a
     genotype, `SearchResult` or search run directory is compiled in `space` (default: the search
     run's space, else the one the genotype names) as `nasc train` builds it: the `train:` parameters,
-    then `params`, for the searched data (or `data`, `input_shape`), with weights from `checkpoint`. Returns the files written. A plugin op with a module class of its own has no
-    standalone source: export it to TorchScript or ONNX.
+    then `params`, for the searched data (or `data`, `input_shape`), with weights from `checkpoint`.
+    Returns the files written. A plugin op with a module class of its own has no standalone source:
+    export it to TorchScript or ONNX.
     """
     from nasc.runtime import export as X
     from nasc.runtime import train as T
