@@ -20,8 +20,8 @@ import attrs
 from nasc.compiler.expr import CallValue, Ramp
 from nasc.compiler.settings import SEARCH_SETTINGS, TRAIN_SETTINGS
 from nasc.errors import NascError, NasSemanticError, SearchError, SourceSpan, did_you_mean
-from nasc.runtime.schedules import (HINT as SCHEDULE_HINT, SCHEDULES, options_problem as schedule_options_problem,
-                                   takes as schedule_takes)
+from nasc.runtime.schedules import (HINT as SCHEDULE_HINT, SCHEDULES, check_known as check_schedule_known,
+                                   check_weight_options, takes as schedule_takes)
 
 
 def finite(instance, attribute, value) -> None:
@@ -150,17 +150,8 @@ class SearchConfig:
             raise SearchError("second-order DARTS needs bi-level search (levels = 2)",
                               hint="set levels = 2 (--opt levels=2) to search bi-level, or search first-order "
                                    "(--first-order)")
-        if self.schedule not in SCHEDULES:  # plugins may register more
-            raise SearchError(f"unknown learning-rate schedule {self.schedule!r}",
-                              hint=did_you_mean(self.schedule, SCHEDULES.names())
-                                   or f"registered: {', '.join(sorted(SCHEDULES.names()))}")
-        problem = schedule_options_problem(self.schedule, exponent=self.schedule_exponent, warmup=self.warmup,
-                                           gamma=self.schedule_gamma, every=self.schedule_every)
-        if problem is not None:
-            raise SearchError(problem, hint=SCHEDULE_HINT)
-        if self.nesterov is True and self.momentum == 0:  # torch refuses it; the optimiser used to drop it unsaid
-            raise SearchError("nesterov = true needs momentum > 0 (with momentum 0 it is plain SGD)",
-                              hint="set momentum (e.g. 0.9), or nesterov = false")
+        check_schedule_known(self.schedule)
+        check_weight_options(self)
         if self.precision not in ("fp32", "bf16"):
             raise SearchError(f"unknown precision {self.precision!r}", hint="fp32 or bf16")
         if self.channels_last not in (True, False):

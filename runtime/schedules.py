@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+from nasc.errors import SearchError, did_you_mean
 from nasc.runtime.registry import Registry, call_problem
 
 SCHEDULES: Registry = Registry(
@@ -123,3 +124,23 @@ def learning_rate(name: str, epoch: int, epochs: int, lr: float, lr_min: float, 
                   warmup: int = 0, gamma: float = 0.97, every: int = 1) -> float:
     given = {k: v for k, v in (("gamma", gamma), ("every", every)) if v != STEP_DEFAULTS[k]}
     return SCHEDULES.get(name)(epoch, epochs, lr, lr_min, exponent=exponent, warmup=warmup, **given)
+
+
+def check_known(name: str) -> None:
+    """Refuse an unregistered schedule before the run directory is made (it failed at the first epoch)."""
+    if name not in SCHEDULES:  # plugins may register more
+        raise SearchError(f"unknown learning-rate schedule {name!r}",
+                          hint=did_you_mean(name, SCHEDULES.names())
+                               or f"registered: {', '.join(sorted(SCHEDULES.names()))}")
+
+
+def check_weight_options(cfg) -> None:
+    """The weight optimiser's settings a search and a training share (SearchConfig, TrainConfig): an option the
+    schedule does not read, and nesterov without momentum, would change nothing, so they are refused."""
+    problem = options_problem(cfg.schedule, exponent=cfg.schedule_exponent, warmup=cfg.warmup,
+                              gamma=cfg.schedule_gamma, every=cfg.schedule_every)
+    if problem is not None:
+        raise SearchError(problem, hint=HINT)
+    if cfg.nesterov is True and cfg.momentum == 0:  # torch refuses it; the optimiser used to drop it unsaid
+        raise SearchError("nesterov = true needs momentum > 0 (with momentum 0 it is plain SGD)",
+                          hint="set momentum (e.g. 0.9), or nesterov = false")

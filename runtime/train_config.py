@@ -12,10 +12,10 @@ from typing import Any
 import attrs
 
 from nasc.compiler.expr import CallValue
-from nasc.errors import SearchError, SourceSpan, did_you_mean
+from nasc.errors import SearchError, SourceSpan
 from nasc.runtime.config import (absolute_dir, build_config, fraction, from_space, non_negative, positive,
                                  raise_in_file_order, seed_value, setting_errors)
-from nasc.runtime.schedules import HINT as SCHEDULE_HINT, SCHEDULES, options_problem as schedule_options_problem
+from nasc.runtime.schedules import check_known as check_schedule_known, check_weight_options
 
 
 @attrs.frozen(kw_only=True)
@@ -47,22 +47,13 @@ class TrainConfig:
     def __attrs_post_init__(self) -> None:
         if self.epochs < 1 or self.batch < 1:  # lr: its validator (positive and finite)
             raise SearchError("epochs and batch must be positive")
-        if self.schedule not in SCHEDULES:  # before the run directory is made (it failed at the first epoch)
-            raise SearchError(f"unknown learning-rate schedule {self.schedule!r}",
-                              hint=did_you_mean(self.schedule, SCHEDULES.names())
-                                   or f"registered: {', '.join(sorted(SCHEDULES.names()))}")
+        check_schedule_known(self.schedule)
         if self.channels_last not in (True, False):
             raise SearchError(f"channels_last must be true or false, got {self.channels_last!r}")
         if self.schedule_gamma <= 0 or self.schedule_every < 1:
             raise SearchError(f"step(): gamma must be positive and every at least 1, got gamma = "
                               f"{self.schedule_gamma}, every = {self.schedule_every}")
-        problem = schedule_options_problem(self.schedule, exponent=self.schedule_exponent, warmup=self.warmup,
-                                           gamma=self.schedule_gamma, every=self.schedule_every)
-        if problem is not None:
-            raise SearchError(problem, hint=SCHEDULE_HINT)
-        if self.nesterov is True and self.momentum == 0:  # torch refuses it; the optimiser used to drop it unsaid
-            raise SearchError("nesterov = true needs momentum > 0 (with momentum 0 it is plain SGD)",
-                              hint="set momentum (e.g. 0.9), or nesterov = false")
+        check_weight_options(self)
         if not 0 <= self.drop_path < 1:
             raise SearchError(f"drop_path must lie in [0, 1), got {self.drop_path}")
 
