@@ -6,7 +6,8 @@ warm-up, which every NB201 config sets to 0);
 `cosine_power` is sharpDARTS' cosine power annealing (Hundt et al. 2019,
 cnn/cosine_power_annealing.py): with c_i = (1 + cos(π i / T)) / 2 and
 P_i = e^(c_i + 1), the rate is min + (max − min)(P_i − min_j P_j)/(max_j P_j − min_j P_j),
-after a linear warm-up of W epochs; `step` is StepLR stepped once per epoch
+after a linear warm-up of W epochs (i and T shifted by −W; as the code, the min and max run over
+every epoch's index, warm-up ones included); `step` is StepLR stepped once per epoch
 (DARTS' ImageNet training: × 0.97 after every epoch). `cosine`, `step` and `constant` take
 `warmup` as PC-DARTS' ImageNet training does (train_imagenet.py, 5 epochs at batch 1024): epoch
 e < W runs at the schedule's own rate for e times (e + 1) / W (the script scales its `current_lr`),
@@ -35,9 +36,15 @@ def cosine(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
 
 
 def cosine_power(epoch: int, epochs: int, lr: float, lr_min: float, exponent: float = 2.0, warmup: int = 0) -> float:
-    """sharpDARTS' schedule: epoch index 0-based here, i = epoch + 1 in the paper's 1-based terms."""
+    """sharpDARTS' schedule: epoch index 0-based here, i = epoch + 1 in the code's 1-based terms.
+
+    As `cosine_power_annealing` does, the W + 1 warm-up epochs ramp the proportion (e + 1)/(W + 1) of
+    the range, lr_min + (lr − lr_min)·p (not lr·p), and the proportions are normalised over the shifted
+    indices j = 1 − W … T of all epochs, the warm-up ones included: with W > 0 their j = 0 holds the
+    maximum, so the epochs after the ramp run slightly below the values of a T-epoch curve without one.
+    """
     if warmup and epoch <= warmup:
-        return lr * (epoch + 1) / (warmup + 1)
+        return lr_min + (lr - lr_min) * (epoch + 1) / (warmup + 1)
     total = epochs - warmup
     i = epoch + 1 - warmup
 
@@ -45,7 +52,7 @@ def cosine_power(epoch: int, epochs: int, lr: float, lr_min: float, exponent: fl
         c = (1 + math.cos(math.pi * j / total)) / 2
         return c if exponent == 1 else exponent ** (c + 1)
 
-    values = [power(j) for j in range(1, total + 1)]
+    values = [power(j) for j in range(1 - warmup, total + 1)]
     lo, hi = min(values), max(values)
     if hi == lo:
         return lr

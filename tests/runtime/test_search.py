@@ -129,16 +129,17 @@ def test_cosine_schedule():
 
 
 def _cosine_power(epoch: int, epochs: int, hi: float, lo: float, e: float, warmup: int) -> float:
-    """sharpDARTS cosine_power_annealing, from its definition: 1-based epochs i = 1..T, shifted by the
-    warm-up W; c_i = (1 + cos(pi i / T)) / 2, P_i = e^(c_i + 1) (c_i itself for e = 1), lr = lo + (hi - lo)
-    (P_i - min P) / (max P - min P); the first W + 1 epochs ramp linearly up to hi."""
+    """sharpDARTS cosine_power_annealing, as its code computes it: 1-based epochs i = 1..E, shifted by the
+    warm-up W (j = i - W, T = E - W); c_j = (1 + cos(pi j / T)) / 2, P_j = e^(c_j + 1) (c_j itself for e = 1),
+    normalised by the min and max over every epoch's j, warm-up ones included; the first W + 1 epochs'
+    proportions are then replaced by the ramp i / (W + 1); lr = lo + (hi - lo) * proportion."""
     i = epoch + 1
     if warmup and i <= warmup + 1:
-        return hi * i / (warmup + 1)
+        return lo + (hi - lo) * i / (warmup + 1)
     i, total = i - warmup, epochs - warmup
-    p = [((1 + math.cos(math.pi * j / total)) / 2) if e == 1 else e ** ((1 + math.cos(math.pi * j / total)) / 2 + 1)
-         for j in range(1, total + 1)]
-    return lo + (hi - lo) * (p[i - 1] - min(p)) / (max(p) - min(p))
+    p = {j: ((1 + math.cos(math.pi * j / total)) / 2) if e == 1 else e ** ((1 + math.cos(math.pi * j / total)) / 2 + 1)
+         for j in range(1 - warmup, total + 1)}
+    return lo + (hi - lo) * (p[i] - min(p.values())) / (max(p.values()) - min(p.values()))
 
 
 @pytest.mark.parametrize("epochs, exponent, warmup", [(10, 2.0, 0), (20, 10.0, 0), (12, 1.0, 0), (15, 2.0, 3)])
@@ -152,6 +153,17 @@ def test_cosine_power_schedule(epochs, exponent, warmup):
         pytest.approx(hi)
     assert learning_rate("cosine_power", epochs - 1, epochs, hi, lo, exponent=exponent, warmup=warmup) == \
         pytest.approx(lo)
+
+
+def test_cosine_power_warmup_matches_sharpdarts_code():
+    """Values printed by sharpDARTS' own cnn/cosine_power_annealing.py (epochs=10, max_lr=0.025, min_lr=1e-4,
+    warmup_epochs=5, exponent_order=2): its ramp spans lr_min..lr, and its normalisation counts the warm-up
+    epochs, whose j = 0 is the maximum (nasc ramped 0..lr and normalised over the post-warm-up epochs only:
+    0.0041667 and 0.016495 here)."""
+    official = {0: 0.00425, 4: 0.02085, 5: 0.025, 6: 0.014394581999626012, 8: 0.0018038906309259927, 9: 1e-4}
+    for epoch, want in official.items():
+        got = learning_rate("cosine_power", epoch, 10, 0.025, 1e-4, exponent=2.0, warmup=5)
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-15), epoch
 
 
 # ------------------------------------------------------------------ the run directory
