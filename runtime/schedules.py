@@ -148,6 +148,10 @@ def check_weight_options(cfg) -> None:
                               gamma=cfg.schedule_gamma, every=cfg.schedule_every)
     if problem is not None:
         raise SearchError(problem, hint=HINT)
+    if cfg.schedule == "cosine_power" and cfg.schedule_exponent < 1:  # sharpDARTS' code refuses it too
+        raise SearchError(f"cosine_power needs exponent ≥ 1, got {cfg.schedule_exponent:g}: the curve e^(c + 1) "
+                          "then rises with the epoch, so the rate would climb from min to lr",
+                          hint="exponent 1 is plain cosine annealing; larger ones decay faster (sharpDARTS: 2)")
     if cfg.nesterov is True and cfg.momentum == 0:  # torch refuses it; the optimiser used to drop it unsaid
         raise SearchError("nesterov = true needs momentum > 0 (with momentum 0 it is plain SGD)",
                           hint="set momentum (e.g. 0.9), or nesterov = false")

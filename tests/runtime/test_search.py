@@ -915,6 +915,23 @@ def test_nesterov_without_momentum_is_refused(kind):
     assert build({}, {"nesterov": True}).nesterov and not build({}, {"momentum": 0}).nesterov
 
 
+@pytest.mark.parametrize("kind", ["search", "train"])
+def test_cosine_power_exponent_below_one_is_refused(kind):
+    """e^(c + 1) with e < 1 grows as c falls: `cosine_power(exponent = 0.5)` ran a schedule rising from min to lr
+    (sharpDARTS' cosine_power_annealing raises a ValueError for it)."""
+    from nasc.compiler.expr import CallValue
+    from nasc.runtime.config import make_config
+    from nasc.runtime.train import train_config
+
+    build = make_config if kind == "search" else train_config
+    schedule = CallValue(name="cosine_power", args=(), kwargs=(("exponent", 0.5),))
+    with pytest.raises(SearchError, match="cosine_power needs exponent ≥ 1"):
+        build({"lr_schedule": schedule}, {})
+    with pytest.raises(SearchError, match="cosine_power needs exponent ≥ 1"):
+        build({}, {"schedule": "cosine_power", "schedule_exponent": 0.5})
+    assert build({}, {"schedule": "cosine_power", "schedule_exponent": 1}).schedule_exponent == 1
+
+
 @pytest.mark.parametrize("schedule", ["constant", "step"])
 def test_a_min_the_schedule_does_not_read_is_refused(schedule):
     """`lr_schedule = constant(min = 0.01)` or `step(min = 0)` was accepted and changed nothing: only the cosine
