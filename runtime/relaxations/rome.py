@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasc.compiler.expr import Ramp
-from nasc.errors import BuildError
+from nasc.errors import BuildError, SearchError
 from nasc.runtime.relaxations.base import (RELAXATIONS, GroupWeights, MixedEdge, Relaxation, first_order_only,
                                           masked_softmax)
 from nasc.runtime.relaxations.gumbel import AnnealedTemperature, check_redraw, flag, gumbel_noise
@@ -138,6 +138,11 @@ class Rome(AnnealedTemperature, Relaxation):
     # ---- construction ----
     def check_config(self, config: Any) -> None:
         first_order_only("rome", config, "sample of edges and ops")
+        if config.levels != 2 and self.samples > 1:  # arch_loss and weight_loss run in bi-level steps only
+            raise SearchError(f"rome option samples = {self.samples} needs bi-level search (levels = 2): a "
+                              "single-level step differentiates one sampled sub-network, so the K-sample gradient "
+                              "accumulation would be silently skipped",
+                              hint="search bi-level (--opt levels=2), or set --relax-opt samples=1")
 
     def make_edge(self, candidates: list[nn.Module], names: list[str], *, channels: int, stride: int) -> nn.Module:
         return RomeEdge(candidates, names)

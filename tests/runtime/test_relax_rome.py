@@ -351,6 +351,15 @@ def test_registry_and_preset():
     assert (cfg.epochs, cfg.lr, cfg.arch_lr) == (50, 0.05, 3e-4)
 
 
+def test_single_level_with_several_samples_is_refused():
+    """levels = 1 steps α and w on one forward pass: arch_loss and weight_loss, the K-sample accumulation,
+    never ran, so `samples = 7` (the preset's) changed nothing."""
+    with pytest.raises(SearchError, match="samples = 7 needs bi-level search"):
+        load_relaxation("rome").check_config(make_config({}, {"levels": 1}))
+    load_relaxation("rome", {"samples": 1}).check_config(make_config({}, {"levels": 1}))
+    load_relaxation("rome").check_config(make_config({}, {"levels": 2}))
+
+
 @pytest.mark.slow
 def test_end_to_end_search(tmp_path):
     from nasc.runtime.search import Request, prepare, run_search
