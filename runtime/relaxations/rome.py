@@ -10,7 +10,12 @@ searchable edge, `extra_parameters`), whose softmax is taken over the incoming
 edges of each destination node (`node_of_row`). Per forward pass and group
 (once for all cells of a type, as nasc's GDAS does):
 
-* **Topology (Gumbel-Top-k, k = `top`, 2 in the paper).** Per node j with
+* **Topology (Gumbel-Top-k, k = `top`, 2 in the paper).** `top = "auto"` (the
+  default) takes k from the space's selection rule, so that the search samples
+  as many inputs per node as the genotype keeps (ROME's point, §3.2–3.3):
+  `select top k per node` gives k; a space that selects per edge or per layer
+  (NAS-Bench-201 keeps every edge) samples no topology, every edge runs
+  (before `setup`, auto is the paper's 2). Per node j with
   incoming edges E_j: p̃ = softmax(β_{E_j}), g ~ Gumbel(0, 1) per edge,
   B̃ = softmax((log p̃ + g)/τ) over E_j. The `top` edges with the largest B̃
   get B = 1, the others B = 0, straight-through: B = hard − B̃.detach() + B̃
@@ -112,23 +117,29 @@ class Rome(AnnealedTemperature, Relaxation):
     """ROME: Gumbel-Top-k edges per node by β, one GDAS-sampled op per edge, K-sample gradient accumulation."""
 
     name = "rome"
-    defaults: dict[str, Any] = {"tau": {"from": 10.0, "to": 0.1}, "top": 2, "samples": 7, "accumulate": True}
+    defaults: dict[str, Any] = {"tau": {"from": 10.0, "to": 0.1}, "top": "auto", "samples": 7, "accumulate": True}
     presets = {
-        "rome": ({"tau": Ramp(10.0, 0.1), "top": 2, "samples": 7},
+        "rome": ({"tau": Ramp(10.0, 0.1), "samples": 7},
                  {"epochs": 50, "lr": 0.05, "arch_lr": 3e-4}),
     }
 
     def __init__(self, options: Mapping[str, Any] | None = None):
         super().__init__(options)
         self._init_temperature("rome")
+        self._auto_top = self.options["top"] == "auto"
+        if self._auto_top:
+            self.options["top"] = 2  # the paper's in-degree until `setup` reads the space's selection rule
         for key in ("top", "samples"):
             value = self.options[key]
             if isinstance(value, str) and value.isdigit():
                 value = int(value)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise BuildError(f"rome option {key} must be a positive integer, got {self.options[key]!r}")
+                raise BuildError(f"rome option {key} must be a positive integer"
+                                 f"{' or auto' if key == 'top' else ''}, got {self.options[key]!r}")
             self.options[key] = value
         self.top = self.options["top"]
+        if self._auto_top:
+            self.options["top"] = "auto"
         self.samples = self.options["samples"]
         self.accumulate = flag(self.options["accumulate"], "rome option accumulate")
         self.options["accumulate"] = self.accumulate
@@ -146,6 +157,15 @@ class Rome(AnnealedTemperature, Relaxation):
 
     def make_edge(self, candidates: list[nn.Module], names: list[str], *, channels: int, stride: int) -> nn.Module:
         return RomeEdge(candidates, names)
+
+    def setup(self, ir: Any, net: nn.Module) -> None:
+        """`top = auto`: sample as many inputs per node as the space's selector keeps (all, selecting per edge)."""
+        if not self._auto_top:
+            return
+        from nasc.compiler.count import selection_rule  # local: the compiler is not needed to define relaxations
+
+        per, k, _ = selection_rule(ir)
+        self.top = k if per == "node" else None  # None: every input of every node
 
     def init_alpha(self, rows: int, cols: int, generator: torch.Generator | None = None) -> torch.Tensor:
         self._generator = generator  # β of the same group is drawn from the same stream, right after α
@@ -174,7 +194,7 @@ class Rome(AnnealedTemperature, Relaxation):
                 break
             draws += 1
             check_redraw(beta, draws, self.tau, "rome")
-        hard = top_per_node(scores.detach(), member, self.top)
+        hard = top_per_node(scores.detach(), member, self.top or member.shape[1])
         b = (hard - soft.detach() + soft).sum(0)  # each row sits in exactly one node
         return b, hard.sum(0)
 
@@ -198,7 +218,8 @@ class Rome(AnnealedTemperature, Relaxation):
         beta = extras["beta"]
         if self.phase == "eval":
             member = self.members(node_of_row, beta.device)
-            picked = top_per_node(beta.detach().unsqueeze(0).expand(member.shape), member, self.top).sum(0)
+            picked = top_per_node(beta.detach().unsqueeze(0).expand(member.shape), member,
+                                  self.top or member.shape[1]).sum(0)
             index = alpha.detach().masked_fill(~mask, float("-inf")).argmax(-1, keepdim=True)
             ops = torch.zeros_like(alpha).scatter_(-1, index, 1.0)
             chosen = index.squeeze(-1).tolist()
@@ -275,4 +296,4 @@ class Rome(AnnealedTemperature, Relaxation):
         return node_log_softmax(beta, member).exp().sum(0)
 
     def describe(self) -> str:
-        return f"rome(top = {self.top}, samples = {self.samples}, tau = {self._tau_text()})"
+        return f"rome(top = {self.top or 'all'}, samples = {self.samples}, tau = {self._tau_text()})"

@@ -89,6 +89,29 @@ def test_top_k_option_and_small_nodes():
     assert sum(w.edges[2:].tolist()) == 3.0
 
 
+@pytest.mark.parametrize("space, params, top", [("spaces/rome.nas", {"C": 4, "layers": 3}, 2),
+                                                 ("nb201", {"C": 4, "N": 1}, None)])
+def test_auto_top_samples_as_many_inputs_as_the_selector_keeps(space, params, top):
+    """ROME samples the in-degree the genotype has (§3.3: search and evaluation consistent). NAS-Bench-201
+    selects per edge and keeps every edge; a fixed top 2 dropped one of node 3's three inputs in every
+    training and validation pass, though the genotype keeps all three."""
+    ir = compile_space(space, params=params, input_shape=(1, 8, 8))
+    relax = load_relaxation("rome")
+    net = supernet(ir, relax)
+    assert relax.top == top and relax.options["top"] == "auto"
+    group = "normal" if top else "cell"
+    sizes = Counter(net.group_nodes[group])
+    torch.manual_seed(0)
+    for phase in ("weights", "eval"):
+        relax.set_phase(phase)
+        w = net.group_weights()[group]
+        kept = Counter(n for n, a in zip(net.group_nodes[group], w.active) if a)
+        assert kept == {n: min(c, top or c) for n, c in sizes.items()}
+    explicit = load_relaxation("rome", {"top": 3})
+    supernet(ir, explicit)
+    assert explicit.top == explicit.options["top"] == 3  # an explicit top stays
+
+
 def test_pair_frequencies_match_sampling_without_replacement():
     """The paper's theorem: Gumbel-Top2 on log softmax(β) = two draws without replacement from softmax(β)."""
     relax = Rome({"tau": 0.5})
