@@ -273,7 +273,13 @@ class BinaryGate(Relaxation):
         for alpha in net.alphas.values():
             sample = self._samples.get(id(alpha))
             if sample is not None and sample.phase == "arch" and sample.frozen and alpha.grad is not None:
-                alpha.grad[sample.frozen] = 0.0
+                if len(sample.frozen) == alpha.shape[0]:
+                    # every row frozen (a chain block's one row): no gradient at all, as the code's
+                    # `AP_path_alpha.grad = None`, so the optimiser skips it and its Adam state (step count,
+                    # second moment) does not advance; a zero gradient moved the bias correction and decayed v
+                    alpha.grad = None
+                else:
+                    alpha.grad[sample.frozen] = 0.0
 
     @torch.no_grad()
     def after_arch_step(self, net: nn.Module) -> None:
