@@ -218,6 +218,22 @@ def test_second_order_is_refused_where_every_forward_pass_samples(relax, name):
         prepare(request)
 
 
+@pytest.mark.parametrize("relax, name", [("gdas", "gumbel"), ("proxylessnas", "binary-gate"), ("rome", "rome"),
+                                         ("parsec", "parsec")])
+def test_fix_alpha_is_refused_where_evaluation_is_the_argmax_of_alpha(relax, name):
+    """fix_alpha holds α at 0: the argmax of every edge was its first op (`none`), so every validation pass and
+    every DARTS-PT perturbation score was the all-`none` network's, and the genotype came out all `none`."""
+    from nasc.runtime.search import Request, prepare
+
+    def request(relax, **overrides):
+        return Request(space="spaces/nb201.nas", params={"C": 2, "N": 1}, relax=relax,
+                       overrides={"epochs": 1, "fix_alpha": True, **overrides})
+
+    with pytest.raises(SearchError, match=f"{name}.* evaluates the most probable architecture"):
+        prepare(request(relax))
+    assert prepare(request("snas")).config.fix_alpha  # soft samples evaluate softmax(0): the uniform mixture
+
+
 def test_eval_phase_is_deterministic():
     alpha = torch.tensor([[0.1, 0.9, -0.3], [2.0, 0.0, 1.0]])
     mask = torch.ones(2, 3, dtype=torch.bool)
