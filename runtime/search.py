@@ -466,7 +466,7 @@ class Trainer:
         update_arch = epoch >= cfg.arch_start and not cfg.fix_alpha
         net.train()
         self.sync.begin_epoch(epoch)  # distributed hook
-        val_iter = self.val.epoch(epoch)
+        val_iter, val_pass = self.val.epoch(epoch), 0
         tot_loss = tot_correct = tot_n = 0.0
         steps = len(self.train)
         for step, (xb, yb) in enumerate(self.train.epoch(epoch)):
@@ -479,8 +479,9 @@ class Trainer:
             if arch_step and cfg.levels == 2:
                 try:
                     xv, yv = next(val_iter)
-                except StopIteration:
-                    val_iter = self.val.epoch(epoch + 10_000)
+                except StopIteration:  # a shorter validation split: each further pass gets an order of its own
+                    val_pass += 1
+                    val_iter = self.val.epoch(epoch + 10_000 * val_pass)
                     xv, yv = next(val_iter)
                 xv, yv = self._batch(xv, yv, self.augment)
             out = self.step(x, y, xv, yv, lr=lr, arch_step=arch_step)

@@ -305,6 +305,30 @@ def test_second_order_search(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["search"]["order"] == 2
 
 
+def test_each_pass_over_a_shorter_validation_split_has_its_own_order():
+    """train_portion 0.75: an epoch's α steps go through the validation split three times. The official code
+    draws a fresh random batch for every α step (PC-DARTS: a fresh iterator per pass); the second and third
+    passes used to repeat one order, batch for batch."""
+    from nasc.runtime.search import Trainer
+
+    trainer = Trainer(_job(train_portion=0.75))
+    per_pass = len(trainer.val)
+    assert len(trainer.train) > 2 * per_pass
+    seen: list[torch.Tensor] = []
+    step = trainer.step
+
+    def spy(x, y, xv, yv, **kw):
+        seen.append(yv.clone())
+        return step(x, y, xv, yv, **kw)
+
+    trainer.step = spy
+    trainer.run_epoch(lambda event: None)
+    passes = [seen[i:i + per_pass - 1] for i in range(0, len(seen), per_pass)][:3]  # full batches of each pass
+    assert len(passes) == 3 and all(len(p) == per_pass - 1 for p in passes)
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        assert not all(torch.equal(u, v) for u, v in zip(passes[a], passes[b])), (a, b)
+
+
 def test_single_level_search_updates_alpha_on_the_training_split(tmp_path):
     job = _job(levels=1)
     before = [a.detach().clone() for a in job.net.arch_parameters()]
