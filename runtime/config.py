@@ -150,6 +150,13 @@ class SearchConfig:
             raise SearchError("second-order DARTS needs bi-level search (levels = 2)",
                               hint="set levels = 2 (--opt levels=2) to search bi-level, or search first-order "
                                    "(--first-order)")
+        if self.order == 2 and self.precision == "bf16":
+            # the finite-difference Hessian term differences two α gradients at w ± ε·v (ε·‖v‖ = 0.01): in
+            # bfloat16 their rounding is of the size of that difference (measured on the DARTS space: the term
+            # is 0.8-0.9 off its fp32 value, the first-order gradient 0.13-0.14), so it would be mostly noise
+            raise SearchError("second-order DARTS needs precision = \"fp32\": its finite-difference Hessian term is "
+                              "no larger than bfloat16's rounding", hint="drop precision = \"bf16\" (--opt precision=fp32), "
+                                                               "or search first-order (--first-order)")
         check_schedule_known(self.schedule)
         check_weight_options(self)
         if self.precision not in ("fp32", "bf16"):

@@ -329,6 +329,16 @@ def test_each_pass_over_a_shorter_validation_split_has_its_own_order():
         assert not all(torch.equal(u, v) for u, v in zip(passes[a], passes[b])), (a, b)
 
 
+def test_second_order_in_bf16_is_refused_before_a_search():
+    """The unrolled step's Hessian term is a difference of two α gradients a step of norm 0.01 apart; in bfloat16
+    it came out 0.8-0.9 off its fp32 value (the first-order gradient: 0.13), so it would steer α by rounding."""
+    with pytest.raises(SearchError, match="second-order DARTS needs precision") as info:
+        _job(order=2, precision="bf16")
+    assert "--opt precision=fp32" in info.value.hint and "--first-order" in info.value.hint
+    assert _job(order=1, precision="bf16").config.precision == "bf16"
+    assert _job(order=2, precision="fp32").config.order == 2
+
+
 def test_single_level_search_updates_alpha_on_the_training_split(tmp_path):
     job = _job(levels=1)
     before = [a.detach().clone() for a in job.net.arch_parameters()]
