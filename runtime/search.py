@@ -25,7 +25,7 @@ from nasc.compiler.expr import to_json
 from nasc.compiler.ir import SpaceIR, to_json_dict
 from nasc.compiler.pipeline import compile_decl
 from nasc.compiler.resolve import resolve_path
-from nasc.errors import SearchError
+from nasc.errors import NascError, SearchError
 from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
 from nasc.runtime.compiled import compile_blocker, compile_cells, summary
@@ -164,7 +164,10 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     check_search_block(settings, {k: s.span for k, s in decl.search.items()}, decl.params)
     if request.relax is None and decl.relax is not None:
         preset_settings = _beside_preset(decl, settings, preset_settings)
-    base = make_config(settings, {**preset_settings, **request.overrides})
+    try:
+        base = make_config(settings, {**preset_settings, **request.overrides})
+    except SearchError as e:  # a sampling method's own refusal of second order says more than the levels rule
+        raise _no_second_order(request.relax or declared, settings, {**preset_settings, **request.overrides}) or e
     problem = arch_option_problem(base, request.overrides)
     if problem is not None:
         raise SearchError(problem, hint="set arch_optimizer to the optimiser that reads it, or drop it")
@@ -262,6 +265,25 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     # line prints it once) rather than in run_search, after every rank printed it and a default run dir was made
     _dist.check_job(job)
     return job
+
+
+def _no_second_order(relax: str, settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> SearchError | None:
+    """The relaxation's refusal of a second-order search (GDAS, SNAS, DropNAS...), if it refuses one, else None.
+
+    SNAS and DropNAS search single-level: `--second-order` first met the rule that second order needs
+    levels = 2, whose hint (`--opt levels=2`) then led to this refusal, the one that says what to do.
+    """
+    if overrides.get("order", settings.get("order")) != 2:
+        return None
+    try:
+        config, relaxation = make_config(settings, {**overrides, "levels": 2}), load_relaxation(relax)
+    except NascError:
+        return None
+    try:
+        relaxation.check_config(config)
+    except SearchError as e:
+        return e
+    return None
 
 
 def compiled_settings(settings: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:

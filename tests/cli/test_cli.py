@@ -173,6 +173,16 @@ def test_second_order_with_a_single_level_search_says_how_to_make_it_bi_level():
     assert result.exit_code == 1 and "no second-order step" in " ".join(result.output.split())
 
 
+@pytest.mark.parametrize("relax", ["dropnas", "snas"])
+def test_second_order_with_a_single_level_sampling_method_says_it_has_none(relax):
+    """SNAS and DropNAS preset levels = 1: `--second-order` was told to add `--opt levels=2`, which then met the
+    refusal below; the method's own refusal comes first, so the hint says what works."""
+    result = runner.invoke(app, ["search", "--relax", relax, "--second-order", "--dry-run"])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "no second-order step" in out and "--first-order" in out and "--opt levels=2" not in out
+
+
 def test_check_and_compile_report_an_unknown_relaxation_option_at_the_relax_line(tmp_path):
     (tmp_path / "s.nas").write_text('space s extends "darts.nas"\nrelax gumbel(tau = 10 -> 0.1, bogus = 3)\n')
     for command in (["check", "s.nas"], ["compile", "s.nas", "-o", "-"]):
