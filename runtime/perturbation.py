@@ -105,6 +105,7 @@ class Perturbation(Selector):
         net.weight_transform = proj
         try:
             self.tune_lr = trainer.job.config.lr * float(self.options["tune_lr_factor"])
+            self._tuned = 0  # tuning epochs run so far: each draws its own batch orders
             # the official code tunes with a new SGD (momentum buffers empty) at a constant lr/10: its
             # cosine scheduler is made but never stepped
             trainer.w_opt.state.clear()
@@ -147,7 +148,10 @@ class Perturbation(Selector):
     def _tune(self, trainer, emit) -> None:
         for _ in range(int(self.options["tune_epochs"])):
             t0 = time.perf_counter()
-            record = trainer.run_epoch(lambda e: None, lr=self.tune_lr)
+            # each tuning epoch gets batch orders of its own, as the official loader reshuffles every epoch
+            self._tuned += 1
+            record = trainer.run_epoch(lambda e: None, lr=self.tune_lr,
+                                       data_epoch=trainer.job.config.epochs + self._tuned)
             trainer.epoch -= 1  # tuning epochs do not advance the search schedule
             self._clock.done("tune", time.perf_counter() - t0)
             emit({"type": "select", "selector": self.name, "stage": "tune", "val_acc": record["val_acc"],

@@ -474,10 +474,16 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, labels.to(device)
 
-    def run_epoch(self, emit: Callable[[Event], None], *, lr: float | None = None) -> dict[str, Any]:
-        """One epoch; `lr` fixes the weight learning rate (selectors' fine-tuning), else the schedule sets it."""
+    def run_epoch(self, emit: Callable[[Event], None], *, lr: float | None = None,
+                  data_epoch: int | None = None) -> dict[str, Any]:
+        """One epoch; `lr` fixes the weight learning rate (selectors' fine-tuning), else the schedule sets it.
+
+        `data_epoch` picks the batch orders instead of the epoch: tuning epochs after the search (DARTS-PT)
+        all run at the last epoch's schedule, and would otherwise all replay its batches in its order.
+        """
         job, cfg, net = self.job, self.job.config, self.job.net
         epoch = min(self.epoch, cfg.epochs - 1)
+        order = epoch if data_epoch is None else data_epoch
         if lr is None:
             lr = learning_rate(cfg.schedule, epoch, cfg.epochs, cfg.lr, cfg.lr_min, exponent=cfg.schedule_exponent,
                                warmup=cfg.warmup, gamma=cfg.schedule_gamma, every=cfg.schedule_every)
@@ -487,11 +493,11 @@ class Trainer:
         net.drop_path_prob = search_drop_path(cfg.drop_path, epoch, cfg.epochs)
         update_arch = epoch >= cfg.arch_start and not cfg.fix_alpha
         net.train()
-        self.sync.begin_epoch(epoch)  # distributed hook
-        val_iter, val_pass = self.val.epoch(epoch), 0
+        self.sync.begin_epoch(order)  # distributed hook (reseeds augmentation by it)
+        val_iter, val_pass = self.val.epoch(order), 0
         tot_loss = tot_correct = tot_n = 0.0
         steps = len(self.train)
-        for step, (xb, yb) in enumerate(self.train.epoch(epoch)):
+        for step, (xb, yb) in enumerate(self.train.epoch(order)):
             job.relax.set_progress(epoch, cfg.epochs, step)
             x, y = self._batch(xb, yb, self.augment)
             # bi-level: an α step every `arch_every` steps; single-level: α and weights from every step's backward
@@ -503,7 +509,7 @@ class Trainer:
                     xv, yv = next(val_iter)
                 except StopIteration:  # a shorter validation split: each further pass gets an order of its own
                     val_pass += 1
-                    val_iter = self.val.epoch(epoch + 10_000 * val_pass)
+                    val_iter = self.val.epoch(order + 10_000 * val_pass)
                     xv, yv = next(val_iter)
                 xv, yv = self._batch(xv, yv, self.augment)
             out = self.step(x, y, xv, yv, lr=lr, arch_step=arch_step)

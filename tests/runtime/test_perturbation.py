@@ -206,7 +206,7 @@ def test_the_selection_says_its_cost_and_how_to_shorten_it_then_counts_down(monk
 
     job = prepare(Request(space="darts", params={"C": 4, "layers": 3}, overrides={"batch": 16, "epochs": 1}))
     trainer = Trainer(job)
-    monkeypatch.setattr(trainer, "run_epoch", lambda emit, lr=None: {"val_acc": 0.5, "val_loss": 1.0})
+    monkeypatch.setattr(trainer, "run_epoch", lambda emit, lr=None, data_epoch=None: {"val_acc": 0.5, "val_loss": 1.0})
     from nasc.runtime.perturbation import Perturbation
 
     monkeypatch.setattr(Perturbation, "_score", lambda self, trainer: 0.5)
@@ -224,3 +224,33 @@ def test_the_selection_says_its_cost_and_how_to_shorten_it_then_counts_down(monk
     text = console.export_text()
     assert "17 decisions, 240 supernet evaluations" in text and "16 tuning epochs" in text
     assert "--select-opt tune_epochs=N" in text and "eval_batches=N" in text
+
+
+def test_each_tuning_epoch_draws_its_own_batches(tmp_path):
+    """DARTS-PT's tuning epochs all run at the last search epoch's index (its schedule, no further progress):
+    they used to replay that epoch's batches in its order, where the official loader reshuffles every epoch."""
+    path = tmp_path / "two_edges.nas"
+    path.write_text(SPACE.replace("nodes x1 = sum", "nodes x1..x2 = sum")
+                    .replace("    edge x0 -> x1: [noise, nor_conv_3x3]\n    output x1",
+                             "    edge x0 -> x1: [noise, nor_conv_3x3]\n    edge x1 -> x2: [noise, nor_conv_3x3]\n"
+                             "    output x2")
+                    .replace("epochs = 3", "epochs = 1"))
+    job = prepare(Request(space=str(path)))
+    trainer = Trainer(job)
+    epochs: list[list[torch.Tensor]] = []
+    step, run_epoch = trainer.step, trainer.run_epoch
+
+    def spy_step(x, y, xv, yv, **kw):
+        epochs[-1].append(y.clone())
+        return step(x, y, xv, yv, **kw)
+
+    def spy_epoch(*args, **kw):
+        epochs.append([])
+        return run_epoch(*args, **kw)
+
+    trainer.step, trainer.run_epoch = spy_step, spy_epoch
+    trainer.run_epoch(lambda e: None)  # the search's one epoch
+    load_selector("perturbation", {"tune_epochs": 2}).select(job.net, job.ir, trainer=trainer)
+    assert len(epochs) == 3  # two edges: one tuning (2 epochs) between the two decisions
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        assert not all(torch.equal(u, v) for u, v in zip(epochs[a], epochs[b])), (a, b)
