@@ -155,8 +155,9 @@ class SearchConfig:
             # bfloat16 their rounding is of the size of that difference (measured on the DARTS space: the term
             # is 0.8-0.9 off its fp32 value, the first-order gradient 0.13-0.14), so it would be mostly noise
             raise SearchError("second-order DARTS needs precision = \"fp32\": its finite-difference Hessian term is "
-                              "no larger than bfloat16's rounding", hint="drop precision = \"bf16\" (--opt precision=fp32), "
-                                                               "or search first-order (--first-order)")
+                              "no larger than bfloat16's rounding",
+                              hint="drop precision = \"bf16\" (--opt precision=fp32), or search first-order "
+                                   "(--first-order)")
         check_schedule_known(self.schedule)
         check_weight_options(self)
         if self.precision not in ("fp32", "bf16"):
