@@ -270,8 +270,11 @@ class Fitter:
         self.sync = _dist.attach_train(self)  # distributed: shard batches, return hooks (no-op in one process)
 
     def state(self) -> dict[str, Any]:
+        """The CUDA generators too, as a search checkpoints them: drop path draws its masks on the
+        network's device, so a resumed GPU run otherwise dropped other paths than an uninterrupted one."""
         return {"epoch": self.epoch, "net": self.job.net.state_dict(), "opt": self.opt.state_dict(),
-                "rng": torch.get_rng_state(), "aug_rng": self.gen.get_state()}
+                "rng": torch.get_rng_state(), "aug_rng": self.gen.get_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         try:
@@ -281,6 +284,8 @@ class Fitter:
             raise SearchError(f"the checkpoint does not fit this network: {str(e).splitlines()[0]}") from None
         torch.set_rng_state(state["rng"])
         self.gen.set_state(state["aug_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.epoch = int(state["epoch"])
 
     def run_epoch(self, emit: Callable[[Event], None]) -> dict[str, Any]:

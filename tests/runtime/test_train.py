@@ -122,6 +122,24 @@ def test_resume_ends_like_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_checkpoint_keeps_the_cuda_generators_drop_path_draws_from(tmp_path, monkeypatch):
+    """Drop path draws its masks on the network's device: on a GPU from the CUDA generator, which the training
+    checkpoint left out (a search's has it), so a resumed GPU run dropped other paths than an uninterrupted one.
+    CUDA's generator state is stood in for here, so that the check runs on a CPU too."""
+    from nasc.runtime.train import Fitter
+
+    cuda_state = [torch.tensor([1, 2, 3], dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [t.clone() for t in cuda_state])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: cuda_state.__setitem__(0, states[0].clone()))
+    job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "nb201_best_cifar10.json"), params={"C": 4, "N": 1},
+                                     overrides={"epochs": 2, "batch": 128, "device": "cpu"}))
+    saved = Fitter(job).state()
+    cuda_state[0] = torch.tensor([9, 9, 9], dtype=torch.uint8)  # the generator moved on after the checkpoint
+    Fitter(job).load_state(saved)
+    assert cuda_state[0].tolist() == [1, 2, 3]
+
+
 def test_a_training_run_records_its_data_and_resume_refuses_other_data(tmp_path, mini_mnist):
     data = mini_mnist(tmp_path / "data", seed=0)
     job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "nb201_best_cifar10.json"), params={"C": 4, "N": 1},
