@@ -35,3 +35,14 @@ search:
     arch_every = 5       # grad_update_arch_param_every: one α step after every 5th weight step
     arch_start = 1       # no α step in the first epoch (after the code's warm-up, if any)
     order = 1
+
+# training the derived network (`nasc train`): the official code's ImageNet defaults
+# (search/imagenet_run_exp.py and run_manager.py): 300 epochs, batch 256, SGD Nesterov 0.05
+# cosine to 0, weight decay 4e-5, label smoothing 0.1, no gradient clipping
+train:
+    epochs = 300
+    batch = 256
+    weights = sgd(lr = 0.05, momentum = 0.9, weight_decay = 4e-5, nesterov = true)
+    lr_schedule = cosine(min = 0.0)
+    clip = 0
+    label_smoothing = 0.1

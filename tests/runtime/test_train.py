@@ -67,6 +67,23 @@ def test_sharpdarts_trains_with_its_readme_protocol():
     assert (cfg.weight_decay, cfg.clip, cfg.drop_path) == (3e-4, 5, 0.2)
 
 
+def test_proxylessnas_trains_with_the_official_codes_defaults(tmp_path):
+    """mit-han-lab/proxylessnas search/imagenet_run_exp.py and run_manager.py: 300 epochs, batch 256, SGD Nesterov
+    0.05 cosine to 0, wd 4e-5, label smoothing 0.1, no clip_grad_norm. The space had no `train:` block, so a
+    chain genotype was trained with DARTS' CIFAR protocol (600 epochs, batch 96, lr 0.025, wd 3e-4, clip 5)."""
+    from nasc.compiler import genotype as G
+    from nasc.compiler.pipeline import compile_space
+
+    ir = compile_space("proxyless", input_shape=(3, 32, 32), params={"classes": 10})
+    path = tmp_path / "chain.json"
+    G.save(G.Genotype(layers=tuple((g, info["rows"][0]["ops"][0]) for g, info in ir.alpha_groups.items()),
+                      space="proxyless"), path)
+    cfg = prepare_train(TrainRequest(genotype=str(path), input_shape=(3, 224, 224))).config
+    assert (cfg.epochs, cfg.batch, cfg.lr, cfg.momentum, cfg.nesterov) == (300, 256, 0.05, 0.9, True)
+    assert (cfg.schedule, cfg.lr_min, cfg.weight_decay, cfg.label_smoothing) == ("cosine", 0.0, 4e-5, 0.1)
+    assert cfg.clip == 0 and cfg.drop_path == 0 and cfg.aux_weight == 0 and cfg.cutout == 0
+
+
 def test_eval_network_has_the_published_size_for_cifar_inputs():
     job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "darts_v2.json"), input_shape=(3, 32, 32)))
     assert job.ir.meta["costs"]["total_without_aux"]["params"] == 3_349_342
