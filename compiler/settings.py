@@ -66,6 +66,8 @@ TRAIN_SETTINGS: dict[str, tuple[tuple[type, ...], tuple[str, ...] | None, str]] 
     "cutout": ((int,), None, "cutout square side (0: off)"),
     "aux_weight": (NUMBER, None, "weight of the auxiliary head's loss (default: the network's aux weight; 0: not trained)"),
     "label_smoothing": (NUMBER, None, "label smoothing of the cross-entropy"),
+    "bn_weight_decay": ((bool,), None, "weight decay on batch-norm weights and biases too (default true, as DARTS; "
+                                       "false: ProxylessNAS' no_decay_keys = 'bn')"),
     "seed": ((int,), None, "default random seed"),
     "channels_last": ((bool,), None, "channels-last (NHWC) tensors (default true; false keeps NCHW)"),
 }

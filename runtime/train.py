@@ -248,6 +248,17 @@ def describe_train(job: TrainJob) -> dict[str, Any]:
             **environment()}
 
 
+def decay_groups(net: torch.nn.Module, bn_weight_decay: bool) -> list[Any]:
+    """The optimiser's parameters: all decayed alike (DARTS, NAS-Bench-201), or with `bn_weight_decay = false`
+    the batch norms' weights and biases in a group of their own without weight decay, as ProxylessNAS trains
+    (run_manager.py, `no_decay_keys = "bn"`)."""
+    if bn_weight_decay:
+        return list(net.parameters())
+    bn = {id(p) for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for p in m.parameters()}
+    return [{"params": [p for p in net.parameters() if id(p) not in bn]},
+            {"params": [p for p in net.parameters() if id(p) in bn], "weight_decay": 0.0}]
+
+
 class Fitter:
     """Optimiser, data and RNG state of one training run; resumable at epoch boundaries."""
 
@@ -256,7 +267,7 @@ class Fitter:
         cfg = job.config
         self.layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
         job.net.to(memory_format=self.layout)
-        self.opt = torch.optim.SGD(job.net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        self.opt = torch.optim.SGD(decay_groups(job.net, cfg.bn_weight_decay), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0)
         train = job.dataset.train
         self.batches = Batches(train, torch.arange(len(train)), cfg.batch, shuffle=True, seed=cfg.seed,

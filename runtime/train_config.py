@@ -37,6 +37,7 @@ class TrainConfig:
     cutout: int = attrs.field(default=0, validator=non_negative)
     aux_weight: float = attrs.field(default=0.0, validator=non_negative)
     label_smoothing: float = attrs.field(default=0.0, validator=fraction)
+    bn_weight_decay: bool = True  # false: batch norms' weights and biases undecayed (ProxylessNAS' no_decay_keys)
     seed: int = attrs.field(default=0, validator=seed_value)
     deterministic: bool = True
     channels_last: bool = True  # NHWC tensors, as in search: faster on a GPU and on a CPU
@@ -48,8 +49,9 @@ class TrainConfig:
         if self.epochs < 1 or self.batch < 1:  # lr: its validator (positive and finite)
             raise SearchError("epochs and batch must be positive")
         check_schedule_known(self.schedule)
-        if self.channels_last not in (True, False):
-            raise SearchError(f"channels_last must be true or false, got {self.channels_last!r}")
+        for name in ("channels_last", "bn_weight_decay"):
+            if getattr(self, name) not in (True, False):
+                raise SearchError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.schedule_gamma <= 0 or self.schedule_every < 1:
             raise SearchError(f"step(): gamma must be positive and every at least 1, got gamma = "
                               f"{self.schedule_gamma}, every = {self.schedule_every}")

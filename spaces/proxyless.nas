@@ -38,7 +38,8 @@ search:
 
 # training the derived network (`nasc train`): the official code's ImageNet defaults
 # (search/imagenet_run_exp.py and run_manager.py): 300 epochs, batch 256, SGD Nesterov 0.05
-# cosine to 0, weight decay 4e-5, label smoothing 0.1, no gradient clipping
+# cosine to 0, weight decay 4e-5 but not on batch norms (no_decay_keys = "bn"), label smoothing 0.1,
+# no gradient clipping
 train:
     epochs = 300
     batch = 256
@@ -46,3 +47,4 @@ train:
     lr_schedule = cosine(min = 0.0)
     clip = 0
     label_smoothing = 0.1
+    bn_weight_decay = false

@@ -82,6 +82,26 @@ def test_proxylessnas_trains_with_the_official_codes_defaults(tmp_path):
     assert (cfg.epochs, cfg.batch, cfg.lr, cfg.momentum, cfg.nesterov) == (300, 256, 0.05, 0.9, True)
     assert (cfg.schedule, cfg.lr_min, cfg.weight_decay, cfg.label_smoothing) == ("cosine", 0.0, 4e-5, 0.1)
     assert cfg.clip == 0 and cfg.drop_path == 0 and cfg.aux_weight == 0 and cfg.cutout == 0
+    assert cfg.bn_weight_decay is False  # no_decay_keys = "bn"
+
+
+def test_bn_weight_decay_false_leaves_batch_norms_undecayed_as_proxylessnas_does():
+    """run_manager.py puts the parameters named by no_decay_keys ("bn" by default) in a group without weight decay;
+    DARTS and NAS-Bench-201 decay every parameter, batch norms included."""
+    from nasc.runtime.train import Fitter
+
+    def groups(**overrides):
+        job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "nb201_best_cifar10.json"), params={"C": 4, "N": 1},
+                                         overrides={"epochs": 1, **overrides}))
+        bn = {id(p) for m in job.net.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+        return bn, [({id(p) for p in g["params"]}, g["weight_decay"]) for g in Fitter(job).opt.param_groups]
+
+    bn, [(decayed, wd)] = groups()
+    assert bn < decayed and wd == 5e-4
+    bn, [(decayed, wd), (undecayed, zero)] = groups(bn_weight_decay=False)
+    assert (undecayed, wd, zero) == (bn, 5e-4, 0.0) and decayed and not decayed & bn
+    with pytest.raises(SearchError, match="bn_weight_decay must be true or false"):
+        train_config({}, {"bn_weight_decay": 2})
 
 
 def test_eval_network_has_the_published_size_for_cifar_inputs():
