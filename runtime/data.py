@@ -219,6 +219,20 @@ class Batches:
             yield self.data.images[idx], self.data.labels[idx]
 
 
+@contextlib.contextmanager
+def normalisable(batch: int) -> Iterator[None]:
+    """A training pass on a batch of one image fails in batch norm once the network reaches a 1x1 map (one
+    value per channel): a MobileNet-style chain on 8x8 digits, DARTS' auxiliary head. torch's ValueError
+    reached the command line as an internal error; it is the batch size's fault, and said so."""
+    try:
+        yield
+    except ValueError as e:
+        if batch != 1 or "Expected more than 1 value per channel" not in str(e):
+            raise
+        raise DataError("batch norm cannot normalise a batch of one image in training: the network reaches a 1x1 "
+                        "map, where each channel has a single value", hint="use a batch of 2 or more (--batch)") from None
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 
 

@@ -30,7 +30,8 @@ from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
 from nasc.runtime.compiled import compile_blocker, compile_cells, summary
 from nasc.runtime.config import SearchConfig, arch_option_problem, check_search_block, make_config
-from nasc.runtime.data import Batches, Dataset, check_same_data, load_dataset, recorded_data_dir, split_indices
+from nasc.runtime.data import (Batches, Dataset, check_same_data, load_dataset, normalisable, recorded_data_dir,
+                               split_indices)
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.relaxations.base import Relaxation, load_relaxation, preset
 from nasc.runtime.rundir import RunDir, default_run_path, environment
@@ -512,7 +513,8 @@ class Trainer:
                     val_iter = self.val.epoch(order + 10_000 * val_pass)
                     xv, yv = next(val_iter)
                 xv, yv = self._batch(xv, yv, self.augment)
-            out = self.step(x, y, xv, yv, lr=lr, arch_step=arch_step)
+            with normalisable(y.numel()):
+                out = self.step(x, y, xv, yv, lr=lr, arch_step=arch_step)
             loss, logits = out.loss, out.logits
             arch_loss = None if out.arch_loss is None else float(out.arch_loss)
             loss_v = float(loss.detach())

@@ -31,7 +31,7 @@ from nasc.compiler.resolve import resolve_path
 from nasc.errors import GenotypeError, NascError, NasSemanticError, SearchError
 from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
-from nasc.runtime.data import Batches, Dataset, check_same_data, load_dataset, recorded_data_dir
+from nasc.runtime.data import Batches, Dataset, check_same_data, load_dataset, normalisable, recorded_data_dir
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
 from nasc.runtime.rundir import RunDir, default_run_path, environment
 from nasc.runtime.schedules import learning_rate
@@ -316,13 +316,14 @@ class Fitter:
             x = self.augment(xb.to(job.device), self.gen).to(job.device).contiguous(memory_format=self.layout)
             y = yb.to(job.device)
             self.opt.zero_grad(set_to_none=True)
-            if use_aux:
-                logits, aux = net(x, with_aux=True)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                loss_total = loss + cfg.aux_weight * F.cross_entropy(aux, y, label_smoothing=cfg.label_smoothing)
-            else:
-                logits = net(x)
-                loss = loss_total = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            with normalisable(y.numel()):
+                if use_aux:
+                    logits, aux = net(x, with_aux=True)
+                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                    loss_total = loss + cfg.aux_weight * F.cross_entropy(aux, y, label_smoothing=cfg.label_smoothing)
+                else:
+                    logits = net(x)
+                    loss = loss_total = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             loss_total.backward()
             self.sync.average_grads(list(net.parameters()))  # distributed hook: mean gradients over ranks
             if cfg.clip:

@@ -978,3 +978,12 @@ def test_a_min_the_schedule_does_not_read_is_refused(schedule):
         with pytest.raises(SearchError, match=f"schedule '{schedule}' takes no min"):
             build({"lr_schedule": CallValue(name=schedule, args=(), kwargs=(("min", 0.01),))}, {})
         assert build({"lr_schedule": CallValue(name="cosine_power", args=(), kwargs=(("min", 0.01),))}, {}).lr_min == 0.01
+
+
+def test_a_search_batch_of_one_image_that_batch_norm_cannot_normalise_is_a_clear_error(tmp_path):
+    """The ProxylessNAS chain on 8x8 digits reaches 1x1 maps: at batch 1 torch's batch-norm ValueError reached
+    the command line as an internal error (a bug in nasc); it is the batch size's fault, and now says so."""
+    job = prepare(Request(space="proxyless", overrides={"epochs": 1, "batch": 1}))
+    with pytest.raises(DataError, match="batch norm cannot normalise a batch of one image") as e:
+        run_search(job, tmp_path / "run")
+    assert "--batch" in e.value.hint

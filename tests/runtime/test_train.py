@@ -104,6 +104,23 @@ def test_bn_weight_decay_false_leaves_batch_norms_undecayed_as_proxylessnas_does
         train_config({}, {"bn_weight_decay": 2})
 
 
+def test_a_batch_of_one_image_that_batch_norm_cannot_normalise_is_a_clear_error(tmp_path):
+    """A chain on 8x8 digits reaches a 1x1 map, where batch norm in training mode needs more than one image:
+    torch's ValueError reached the command line as "internal error ... a bug in nasc"."""
+    from nasc.compiler import genotype as G
+    from nasc.compiler.pipeline import compile_space
+
+    ir = compile_space("proxyless", input_shape=(3, 32, 32), params={"classes": 10})
+    path = tmp_path / "chain.json"
+    G.save(G.Genotype(layers=tuple((g, info["rows"][0]["ops"][0]) for g, info in ir.alpha_groups.items()),
+                      space="proxyless"), path)
+    result = CliRunner().invoke(app, ["train", str(path), "--batch", "1", "--epochs", "1",
+                                      "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 1, result.output
+    assert "batch norm cannot normalise a batch of one image" in result.output and "--batch" in result.output
+    assert "internal error" not in result.output
+
+
 def test_eval_network_has_the_published_size_for_cifar_inputs():
     job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "darts_v2.json"), input_shape=(3, 32, 32)))
     assert job.ir.meta["costs"]["total_without_aux"]["params"] == 3_349_342
