@@ -105,7 +105,7 @@ class SearchConfig:
     momentum: float = attrs.field(default=0.9, validator=non_negative)
     weight_decay: float = attrs.field(default=3e-4, validator=non_negative)
     nesterov: bool = False
-    schedule: str = "cosine"  # cosine | cosine_power | constant | step
+    schedule: str = "cosine"  # cosine | cosine_power | constant | linear | step
     lr_min: float = attrs.field(default=0.001, validator=non_negative)
     schedule_exponent: float = attrs.field(default=2.0, validator=positive)
     warmup: int = attrs.field(default=0, validator=non_negative)

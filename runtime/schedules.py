@@ -8,7 +8,8 @@ cnn/cosine_power_annealing.py): with c_i = (1 + cos(π i / T)) / 2 and
 P_i = e^(c_i + 1), the rate is min + (max − min)(P_i − min_j P_j)/(max_j P_j − min_j P_j),
 after a linear warm-up of W epochs (i and T shifted by −W; as the code, the min and max run over
 every epoch's index, warm-up ones included); `step` is StepLR stepped once per epoch
-(DARTS' ImageNet training: × 0.97 after every epoch). `cosine`, `step` and `constant` take
+(DARTS' ImageNet training: × 0.97 after every epoch); `linear` is PC-DARTS' ImageNet decay.
+`cosine`, `linear`, `step` and `constant` take
 `warmup` as PC-DARTS' ImageNet training does (train_imagenet.py, 5 epochs at batch 1024): epoch
 e < W runs at the schedule's own rate for e times (e + 1) / W (the script scales its `current_lr`),
 later epochs at the schedule's own rate (not shifted by W).
@@ -70,6 +71,17 @@ def linear_warmup(schedule):
     return warmed
 
 
+def linear(epoch: int, epochs: int, lr: float, tail: int = 5) -> float:
+    """PC-DARTS' ImageNet decay (train_imagenet.py `adjust_lr`, its default `--lr_scheduler linear`): from lr down to
+    lr / (E - 5) over the first E - 5 epochs, then a fifth of that slope over the last 5 ("lr * 1/250 is relatively
+    large"), ending at lr / (5 (E - 5)). Runs of 5 epochs or fewer decay as lr (E - e) / E, without the tail."""
+    if epochs <= tail:
+        tail = 0
+    if epochs - epoch > tail:
+        return lr * (epochs - tail - epoch) / (epochs - tail)
+    return lr * (epochs - epoch) / ((epochs - tail) * tail)
+
+
 def step(epoch: int, lr: float, gamma: float = 0.97, every: int = 1) -> float:
     """lr · gamma^(epoch // every): epoch 0 runs at lr (DARTS' StepLR, stepped before each epoch)."""
     return lr * gamma ** (epoch // every)
@@ -83,6 +95,9 @@ SCHEDULES.add("cosine_power", lambda epoch, epochs, lr, lr_min, *, exponent=2.0,
               doc="sharpDARTS' cosine power annealing with linear warm-up", origin=__name__)
 SCHEDULES.add("constant", linear_warmup(lambda epoch, epochs, lr, lr_min, **kw: lr),
               doc="lr throughout (after an optional linear warm-up)", origin=__name__)
+SCHEDULES.add("linear", linear_warmup(lambda epoch, epochs, lr, lr_min, **kw: linear(epoch, epochs, lr)),
+              doc="PC-DARTS' ImageNet linear decay (a gentler slope over the last 5 epochs), after an optional linear "
+                  "warm-up", origin=__name__)
 SCHEDULES.add("step", linear_warmup(lambda epoch, epochs, lr, lr_min, *, gamma=0.97, every=1, **kw:
                                     step(epoch, lr, gamma, every)),
               doc="lr × gamma every `every` epochs (DARTS ImageNet: gamma 0.97, every epoch)", origin=__name__)
@@ -93,7 +108,7 @@ FIELD = {"exponent": "schedule_exponent", "warmup": "warmup", "gamma": "schedule
 # The options each built-in reads; the others would be accepted and silently ignored (`cosine(warmup = 5)`).
 # (`min` is listed for the messages only: every schedule is passed lr_min.)
 BUILTIN_OPTIONS = {"cosine": ("min", "warmup"), "cosine_power": ("min", "exponent", "warmup"), "constant": ("warmup",),
-                   "step": ("gamma", "every", "warmup")}
+                   "linear": ("warmup",), "step": ("gamma", "every", "warmup")}
 HINT = "drop it, or pick a schedule that reads it: cosine_power(min, exponent, warmup), step(gamma, every, warmup)"
 
 

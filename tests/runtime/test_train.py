@@ -445,7 +445,24 @@ def test_step_schedule_settings_are_read_and_checked():
         train_config({"lr_schedule": CallValue(name="step", args=(), kwargs=(("every", 0),))}, {})
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "step", "constant"])
+def test_linear_schedule_is_pcdarts_imagenet_decay_with_its_gentler_last_five_epochs():
+    """PC-DARTS train_imagenet.py (its default --lr_scheduler linear, with the paper's lr 0.5, 250 epochs and 5
+    warm-up epochs at batch 1024): lr (245 - e) / 245 while 250 - e > 5, then lr (250 - e) / (245 * 5); nasc had
+    only cosine, cosine_power, constant and step, so its ImageNet protocol could not be written."""
+    from nasc.runtime.schedules import learning_rate
+
+    cfg = train_config({"lr_schedule": CallValue(name="linear", args=(), kwargs=(("warmup", 5),))}, {"lr": 0.5})
+    rates = [learning_rate(cfg.schedule, e, 250, cfg.lr, cfg.lr_min, warmup=cfg.warmup) for e in range(250)]
+    assert rates[:5] == pytest.approx([0.5 * (245 - e) / 245 * (e + 1) / 5 for e in range(5)])
+    assert rates[5] == pytest.approx(0.5 * 240 / 245) and rates[244] == pytest.approx(0.5 / 245)
+    assert rates[245:] == pytest.approx([0.5 * (250 - e) / (245 * 5) for e in range(245, 250)])
+    # a short run has no 5-epoch tail to slow down: plain linear decay, never 0 or negative
+    assert [learning_rate("linear", e, 4, 1.0, 0.0) for e in range(4)] == pytest.approx([1, 0.75, 0.5, 0.25])
+    with pytest.raises(SearchError, match="takes no min"):
+        train_config({"lr_schedule": CallValue(name="linear", args=(), kwargs=(("min", 0.1),))}, {})
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step", "constant", "linear"])
 def test_warmup_is_pcdarts_linear_warmup_for_every_builtin_schedule(schedule):
     """PC-DARTS train_imagenet.py: epoch e < 5 runs at the schedule's rate for e (its `current_lr`) times
     (e + 1) / 5, then at the schedule's own rate. `warmup` was read by cosine_power only:
