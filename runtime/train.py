@@ -176,6 +176,15 @@ def fit_aux_weight(config, ir: SpaceIR):
     return attrs.evolve(config, aux_weight=0.0), [f"aux_weight {config.aux_weight:g} set to 0: {why}"]
 
 
+def fit_drop_path(config, ir: SpaceIR):
+    """Set drop path to 0 where the network has no cell edges for it to act on (a ProxylessNAS chain: its
+    choice blocks and fixed layers are never dropped), saying so, rather than train as asked and ignore it."""
+    if not config.drop_path or any(layer.kind == "cell" for layer in ir.layers()):
+        return config, []
+    return attrs.evolve(config, drop_path=0.0), [f"drop_path {config.drop_path:g} set to 0: network {ir.name!r} has "
+                                                 "no cells (drop path acts on the edges of cells only)"]
+
+
 def prepare_train(request: TrainRequest) -> TrainJob:
     """The training job of a request; a run directory as the genotype brings the plugins the run recorded."""
     genotype, run_config = read_genotype(request.genotype)
@@ -216,8 +225,9 @@ def _prepare_train(request: TrainRequest, genotype: G.Genotype, run_config: Mapp
     config = declared_aux_weight(config, ir, settings, request.overrides)
     genotype = attrs.evolve(genotype, space=derived.name)  # genotype.json names the space it was trained in
     config, aux_notes = fit_aux_weight(config, derived)
+    config, drop_notes = fit_drop_path(config, derived)
     notes += changed_since_search(decl, run_config) if space == guess_space(genotype, run_config) else []
-    derived.meta["warnings"] = derived.meta.get("warnings", []) + notes + aux_notes
+    derived.meta["warnings"] = derived.meta.get("warnings", []) + notes + aux_notes + drop_notes
     seed_everything(config.seed, config.deterministic)
     net = build_network(derived)
     if not config.aux_weight:

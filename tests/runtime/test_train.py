@@ -121,6 +121,24 @@ def test_a_batch_of_one_image_that_batch_norm_cannot_normalise_is_a_clear_error(
     assert "internal error" not in result.output
 
 
+def test_drop_path_on_a_chain_without_cells_is_set_to_0_and_said(tmp_path):
+    """Drop path acts on cell edges only; a ProxylessNAS chain has none, so `--opt drop_path=0.2` trained without it
+    and said nothing (as aux_weight on a network without an auxiliary head is set to 0 with a warning)."""
+    from nasc.compiler import genotype as G
+    from nasc.compiler.pipeline import compile_space
+
+    ir = compile_space("proxyless", input_shape=(3, 32, 32), params={"classes": 10})
+    G.save(G.Genotype(layers=tuple((g, info["rows"][0]["ops"][0]) for g, info in ir.alpha_groups.items()),
+                      space="proxyless"), tmp_path / "chain.json")
+    job = prepare_train(TrainRequest(genotype=str(tmp_path / "chain.json"), overrides={"drop_path": 0.2}))
+    assert job.config.drop_path == 0
+    assert ("drop_path 0.2 set to 0: network 'proxyless' has no cells (drop path acts on the edges of cells only)"
+            in job.ir.meta["warnings"])
+    cells = prepare_train(TrainRequest(genotype=str(GENOTYPES / "nb201_best_cifar10.json"), params={"C": 4, "N": 1},
+                                       overrides={"drop_path": 0.2}))
+    assert cells.config.drop_path == 0.2 and not any("drop_path" in w for w in cells.ir.meta["warnings"])
+
+
 def test_eval_network_has_the_published_size_for_cifar_inputs():
     job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "darts_v2.json"), input_shape=(3, 32, 32)))
     assert job.ir.meta["costs"]["total_without_aux"]["params"] == 3_349_342
