@@ -206,6 +206,15 @@ def _call_kwargs(value: Any, name: str) -> tuple[str, dict[str, Any]]:
     raise SearchError(f"search setting {name!r} must be a call such as sgd(lr = 0.025)")
 
 
+def refuse_unread_min(name: str, given: str = "") -> None:
+    """A minimum rate the schedule never reads (`step`, `constant`, `linear`) is refused, as its other options are;
+    `given` says how it was set where the file's line does not (`--opt lr_min=0.1`). Asked of a file's `min =`
+    and of the user's overrides, not of a relaxation's preset (GDAS' lr_min beside a space's `step`)."""
+    if name in SCHEDULES and "min" not in schedule_takes(name):
+        raise SearchError(f"learning-rate schedule {name!r} takes no min ({given + '; ' if given else ''}{name} takes "
+                          f"{', '.join(schedule_takes(name)) or 'no options'})", hint=SCHEDULE_HINT)
+
+
 def from_space(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Translate a space's `search:` block (already type-checked by the compiler) to config fields."""
     out: dict[str, Any] = {}
@@ -234,9 +243,8 @@ def from_space(settings: Mapping[str, Any]) -> dict[str, Any]:
         elif key == "lr_schedule":
             name, kw = _call_kwargs(value, key)
             out["schedule"] = name
-            if "min" in kw and name in SCHEDULES and "min" not in schedule_takes(name):  # lr_min has a default: asked here
-                raise SearchError(f"learning-rate schedule {name!r} takes no min ({name} takes "
-                                  f"{', '.join(schedule_takes(name)) or 'no options'})", hint=SCHEDULE_HINT)
+            if "min" in kw:  # lr_min has a default: asked here
+                refuse_unread_min(name)
             for src, dst in (("min", "lr_min"), ("exponent", "schedule_exponent"), ("warmup", "warmup"),
                              ("gamma", "schedule_gamma"), ("every", "schedule_every")):
                 if src in kw:
@@ -416,6 +424,12 @@ def build_config(cls: type, values: dict[str, Any], overrides: Mapping[str, Any]
         return cls(**values)
     except (TypeError, ValueError) as e:
         raise SearchError(f"invalid {what} settings: {e}") from None
+
+
+def refuse_unread_min_override(config, overrides: Mapping[str, Any]) -> None:
+    """`--opt lr_min` (or `lr_min=` in the Python API) for a schedule that never reads it: an error."""
+    if overrides.get("lr_min") is not None:
+        refuse_unread_min(config.schedule, f"--opt lr_min={overrides['lr_min']}")
 
 
 def make_config(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> SearchConfig:

@@ -29,7 +29,8 @@ from nasc.errors import NascError, SearchError
 from nasc.plugins import explicit_plugins, resuming_with
 from nasc.runtime.augment import Augment
 from nasc.runtime.compiled import compile_blocker, compile_cells, summary
-from nasc.runtime.config import SearchConfig, arch_option_problem, check_search_block, make_config
+from nasc.runtime.config import (SearchConfig, arch_option_problem, check_search_block, make_config,
+                                 refuse_unread_min_override)
 from nasc.runtime.data import (Batches, Dataset, check_same_data, load_dataset, normalisable, recorded_data_dir,
                                split_indices)
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
@@ -169,6 +170,7 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
         base = make_config(settings, {**preset_settings, **request.overrides})
     except SearchError as e:  # a sampling method's own refusal of second order says more than the levels rule
         raise _no_second_order(request.relax or declared, settings, {**preset_settings, **request.overrides}) or e
+    refuse_unread_min_override(base, request.overrides)
     problem = arch_option_problem(base, request.overrides)
     if problem is not None:
         raise SearchError(problem, hint="set arch_optimizer to the optimiser that reads it, or drop it")

@@ -14,7 +14,7 @@ import attrs
 from nasc.compiler.expr import CallValue
 from nasc.errors import SearchError, SourceSpan
 from nasc.runtime.config import (absolute_dir, build_config, fraction, from_space, non_negative, positive,
-                                 raise_in_file_order, seed_value, setting_errors)
+                                 raise_in_file_order, refuse_unread_min_override, seed_value, setting_errors)
 from nasc.runtime.schedules import check_known as check_schedule_known, check_weight_options
 
 
@@ -67,7 +67,9 @@ def train_config(settings: Mapping[str, Any], overrides: Mapping[str, Any]) -> T
     """A `train:` block (optimiser and schedule calls read as in search settings), then overrides."""
     values = {k: v for k, v in from_space(settings).items() if k in FIELDS}
     values.update({k: v for k, v in settings.items() if k in FIELDS and not isinstance(v, CallValue)})
-    return build_config(TrainConfig, values, overrides, "training")
+    config = build_config(TrainConfig, values, overrides, "training")
+    refuse_unread_min_override(config, overrides)
+    return config
 
 
 def check_train_block(settings: Mapping[str, Any], spans: Mapping[str, SourceSpan | None]) -> None:

@@ -969,7 +969,7 @@ def test_cosine_power_exponent_below_one_is_refused(kind):
 @pytest.mark.parametrize("schedule", ["constant", "step"])
 def test_a_min_the_schedule_does_not_read_is_refused(schedule):
     """`lr_schedule = constant(min = 0.01)` or `step(min = 0)` was accepted and changed nothing: only the cosine
-    schedules read lr_min. (A --opt lr_min cannot be told from its default; the file's call can.)"""
+    schedules read lr_min. (--opt lr_min: the next test.)"""
     from nasc.compiler.expr import CallValue
     from nasc.runtime.config import make_config
     from nasc.runtime.train import train_config
@@ -978,6 +978,22 @@ def test_a_min_the_schedule_does_not_read_is_refused(schedule):
         with pytest.raises(SearchError, match=f"schedule '{schedule}' takes no min"):
             build({"lr_schedule": CallValue(name=schedule, args=(), kwargs=(("min", 0.01),))}, {})
         assert build({"lr_schedule": CallValue(name="cosine_power", args=(), kwargs=(("min", 0.01),))}, {}).lr_min == 0.01
+
+
+@pytest.mark.parametrize("schedule", ["constant", "step", "linear"])
+def test_an_opt_lr_min_the_schedule_does_not_read_is_refused_but_not_a_presets(schedule):
+    """`--opt lr_min=0.1` beside `step` or `constant` was accepted and changed nothing, where docs/language.md says an
+    option the schedule does not read is an error, also from --opt. A relaxation preset's lr_min (GDAS: 0.001)
+    beside a space's own `step` is not the user's doing and stays accepted."""
+    from nasc.runtime.train import train_config
+
+    with pytest.raises(SearchError, match=rf"schedule '{schedule}' takes no min \(--opt lr_min=0.1; "):
+        prepare(Request(space="nb201", params=NB201_TINY, overrides={"schedule": schedule, "lr_min": 0.1}))
+    with pytest.raises(SearchError, match=rf"schedule '{schedule}' takes no min \(--opt lr_min=0.1; "):
+        train_config({}, {"schedule": schedule, "lr_min": 0.1})
+    assert train_config({}, {"schedule": "cosine", "lr_min": 0.1}).lr_min == 0.1
+    assert prepare(Request(space="nb201", params=NB201_TINY, relax="gdas",
+                           overrides={"schedule": schedule})).config.schedule == schedule
 
 
 def test_a_search_batch_of_one_image_that_batch_norm_cannot_normalise_is_a_clear_error(tmp_path):
