@@ -451,8 +451,12 @@ def prepare_resume_train(run_path: str | Path) -> tuple[TrainJob, dict[str, Any]
     run.require(config, "space_file", "request")
     req = config["request"]
     genotype_file = run.path / "genotype.json"
+    # the data it trained on: a run of `nasc train SEARCH_RUN` took the search's dataset, which the genotype file
+    # read back here does not name (it resumed on the digits, whose input shape failed the fingerprint check)
+    trained = config.get("train") if isinstance(config.get("train"), dict) else {}
+    data = {k: trained[k] for k in ("dataset", "data_dir") if trained.get(k) is not None}
     request = TrainRequest(genotype=str(genotype_file), space=config["space_file"], params=req.get("params") or {},
-                           overrides=req.get("overrides") or {})
+                           overrides={**data, **(req.get("overrides") or {})})
     job = resuming_with(config.get("plugins") or [], lambda: prepare_train(request))
     state = run.load_checkpoint(job.ir.meta["fingerprint"])
     check_same_data(config.get("data"), job.dataset, run.path)

@@ -503,7 +503,7 @@ def test_warmup_scales_the_schedules_rate_not_lr():
     assert rates == pytest.approx([1 / 3, 0.5 * 2 / 3, 0.25, 0.125])
 
 
-def test_a_search_run_is_trained_on_the_data_it_was_searched_on_unless_told_otherwise(tmp_path):
+def _register_digits3() -> None:
     import attrs
 
     from nasc.runtime.data import DATASETS, ImageSet, load_dataset
@@ -516,6 +516,9 @@ def test_a_search_run_is_trained_on_the_data_it_was_searched_on_unless_told_othe
             sets = [ImageSet(images=s.images[s.labels < 3], labels=s.labels[s.labels < 3]) for s in keep]
             return attrs.evolve(d, name="digits3", train=sets[0], test=sets[1], classes=3)
 
+
+def test_a_search_run_is_trained_on_the_data_it_was_searched_on_unless_told_otherwise(tmp_path):
+    _register_digits3()
     run = tmp_path / "search"
     run.mkdir()
     (run / "genotype.json").write_text((GENOTYPES / "darts_v2.json").read_text())
@@ -525,6 +528,24 @@ def test_a_search_run_is_trained_on_the_data_it_was_searched_on_unless_told_othe
     assert job.ir.params["classes"] == 3
     job = prepare_train(TrainRequest(genotype=str(run), params=TINY, overrides={"dataset": "digits"}))
     assert job.dataset.name == "digits" and job.ir.params["classes"] == 10
+
+
+def test_training_of_a_search_run_on_other_data_resumes_on_that_data(tmp_path):
+    """`nasc train SEARCH_RUN` trains on the search's dataset, but a resume re-read only the run's genotype.json,
+    which does not name it: the resume built the digits network and stopped with "checkpoint belongs to another
+    space ... the space file changed", so such a run (CIFAR-10 searched, then trained) could never be resumed."""
+    _register_digits3()
+    search = tmp_path / "search"
+    search.mkdir()
+    (search / "genotype.json").write_text((GENOTYPES / "darts_v2.json").read_text())
+    (search / "config.json").write_text(json.dumps({"space": "darts", "search": {"dataset": "digits3", "data_dir": None}}))
+    request = TrainRequest(genotype=str(search), params={"C": 4, "layers": 3}, overrides={"epochs": 2, "batch": 128})
+    run_train(prepare_train(request), tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        run_train(prepare_train(request), tmp_path / "resumed", stop_after=1)
+    resume_train(tmp_path / "resumed")
+    for name in ("metrics.jsonl", "result.json"):
+        assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
 
 
 def test_training_a_search_run_whose_space_file_changed_since_warns(tmp_path, spaces_dir):
