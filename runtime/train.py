@@ -442,6 +442,21 @@ def resume_train(run_path: str | Path, *, on_event: Callable[[Event], None] | No
         return run_train(job, RunDir(run_path).path, on_event=on_event, resume_state=state, stop_after=stop_after)
 
 
+def check_same_protocol(recorded: Mapping[str, Any] | None, config: TrainConfig, path: Path) -> None:
+    """Refuse to resume with other training settings than the run started with. They are rebuilt from the space
+    file's `train:` block, which the fingerprint leaves out: an edited block (lr, epochs) went on mid-run with the
+    new values while config.json kept the old. Where the data is read from and the device may change (the data
+    itself is checked by its fingerprint); a setting a run of an older nasc did not record is not compared."""
+    if not isinstance(recorded, Mapping):
+        return
+    now = attrs.asdict(config)
+    changed = [k for k, v in now.items() if k in recorded and k not in ("data_dir", "device") and recorded[k] != v]
+    if changed:
+        said = ", ".join(f"{k} {recorded[k]!r} -> {now[k]!r}" for k in changed)
+        raise SearchError(f"the training settings of {path} changed since it started ({said})",
+                          hint="the space file's train: block was edited: restore it to resume, or start a new run")
+
+
 def prepare_resume_train(run_path: str | Path) -> tuple[TrainJob, dict[str, Any]]:
     """The job and last checkpoint of an interrupted training run (`nasc.resume` keeps the job's network)."""
     run = RunDir(run_path)
@@ -460,6 +475,7 @@ def prepare_resume_train(run_path: str | Path) -> tuple[TrainJob, dict[str, Any]
     job = resuming_with(config.get("plugins") or [], lambda: prepare_train(request))
     state = run.load_checkpoint(job.ir.meta["fingerprint"])
     check_same_data(config.get("data"), job.dataset, run.path)
+    check_same_protocol(config.get("train"), job.config, run.path)
     if int(state["epoch"]) >= job.config.epochs:
         raise SearchError(f"the training run in {run.path} is already finished")
     return job, state

@@ -212,6 +212,28 @@ def test_a_checkpoint_keeps_the_cuda_generators_drop_path_draws_from(tmp_path, m
     assert cuda_state[0].tolist() == [1, 2, 3]
 
 
+def test_resume_refuses_a_train_block_edited_since_the_run_started(tmp_path, spaces_dir):
+    """The settings are rebuilt from the space file's `train:` block, which the fingerprint leaves out: a resume
+    after editing lr and epochs went on at the new values (config.json still saying the old), ending a run that is
+    neither protocol. It is refused, naming what changed; the block restored, the run resumes."""
+    import shutil
+
+    shutil.copy(spaces_dir / "darts.nas", tmp_path / "darts.nas")
+    mine = tmp_path / "mine.nas"
+    block = 'space mine extends "darts.nas"\ntrain:\n    epochs = {}\n    weights = sgd(lr = {})\n'
+    mine.write_text(block.format(2, 0.025))
+    request = TrainRequest(genotype=str(GENOTYPES / "darts_v2.json"), space=str(mine), params={"C": 4, "layers": 3},
+                           overrides={"batch": 256})
+    with pytest.raises(KeyboardInterrupt):
+        run_train(prepare_train(request), tmp_path / "run", stop_after=1)
+    mine.write_text(block.format(3, 0.5))
+    with pytest.raises(SearchError, match=r"changed since it started \(epochs 2 -> 3, lr 0.025 -> 0.5\)") as e:
+        resume_train(tmp_path / "run")
+    assert "train: block was edited" in e.value.hint
+    mine.write_text(block.format(2, 0.025))
+    assert resume_train(tmp_path / "run")["epochs"] == 2
+
+
 def test_a_training_run_records_its_data_and_resume_refuses_other_data(tmp_path, mini_mnist):
     data = mini_mnist(tmp_path / "data", seed=0)
     job = prepare_train(TrainRequest(genotype=str(GENOTYPES / "nb201_best_cifar10.json"), params={"C": 4, "N": 1},
