@@ -233,9 +233,12 @@ class Rome(AnnealedTemperature, Relaxation):
         return GroupWeights(ops, edges, active=[[i] if k else [] for i, k in zip(chosen, keep)])
 
     # ---- losses: K-sample gradient accumulation ----
-    def _accumulated(self, net: nn.Module, losses_of, reduce: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run K samples one at a time; a surrogate with value reduce·Σ L_k and gradient reduce·Σ ∇L_k."""
-        params = [p for p in net.parameters() if p.requires_grad]
+    def _accumulated(self, params: list[nn.Parameter], losses_of,
+                     reduce: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run K samples one at a time; a surrogate with value reduce·Σ L_k and gradient reduce·Σ ∇L_k in
+        `params` only: the α/β step differentiates α and β, the weight step the weights (each step discards
+        the other's gradient, so computing it too only cost backward time)."""
+        params = [p for p in params if p.requires_grad]
         total: list[torch.Tensor | None] = [None] * len(params)
         value = 0.0
         first_logits = None
@@ -259,7 +262,7 @@ class Rome(AnnealedTemperature, Relaxation):
             return loss_fn(x, y)
         if not self.accumulate:
             return sum(loss_fn(x, y) for _ in range(self.samples)) / self.samples
-        loss, _ = self._accumulated(net, lambda: (loss_fn(x, y), None), 1.0 / self.samples)
+        loss, _ = self._accumulated(net.arch_parameters(), lambda: (loss_fn(x, y), None), 1.0 / self.samples)
         return loss
 
     def weight_loss(self, net: nn.Module, x: torch.Tensor,
@@ -279,7 +282,7 @@ class Rome(AnnealedTemperature, Relaxation):
                 first = logits if first is None else first
                 losses.append(loss)
             return sum(losses), first
-        loss, logits = self._accumulated(net, one, 1.0)
+        loss, logits = self._accumulated(net.weight_parameters(), one, 1.0)
         return loss, logits
 
     # ---- selection ----

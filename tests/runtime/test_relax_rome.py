@@ -241,10 +241,13 @@ def test_arch_loss_is_the_mean_of_k_samples(ir, accumulate):
     loss = relax.arch_loss(net, lambda a, b: F.cross_entropy(net(a), b), x, y)
     assert float(loss.detach()) == pytest.approx(float(sum(losses) / 3), rel=1e-5)
     got = grads(net, loss)
-    for i, g in enumerate(got):
-        mean = sum(p[i] for p in per) / 3
-        assert torch.allclose(g, mean, atol=1e-6, rtol=1e-4)
     arch = {id(p) for p in net.arch_parameters()}
+    for i, (p, g) in enumerate(zip(net.parameters(), got)):
+        mean = sum(s[i] for s in per) / 3
+        if id(p) in arch or not accumulate:
+            assert torch.allclose(g, mean, atol=1e-6, rtol=1e-4)
+        else:  # the α/β step discards weight gradients: the accumulated surrogate carries none
+            assert not bool(g.any())
     arch_grads = [g for p, g in zip(net.parameters(), got) if id(p) in arch]
     assert len(arch_grads) == 4 and all(bool((g != 0).any()) for g in arch_grads)  # α and β of both groups
     # the samples differ (else the test proves nothing)
@@ -263,10 +266,30 @@ def test_weight_loss_is_the_sum_of_k_samples(ir, accumulate):
     assert float(total.detach()) == pytest.approx(float(sum(losses)), rel=1e-5)
     assert float(F.cross_entropy(logits.detach(), y)) == pytest.approx(float(losses[0]), rel=1e-5)
     total.backward()
+    arch = {id(p) for p in net.arch_parameters()}
     for i, p in enumerate(net.parameters()):
         expected = sum(s[i] for s in per)
         got = torch.zeros_like(p) if p.grad is None else p.grad
-        assert torch.allclose(got, expected, atol=1e-6, rtol=1e-4)
+        if id(p) in arch and accumulate:  # the weight step discards α/β gradients: none are accumulated
+            assert not bool(got.any())
+        else:
+            assert torch.allclose(got, expected, atol=1e-6, rtol=1e-4)
+
+
+def test_accumulated_arch_step_computes_no_weight_gradients(ir):
+    """The α/β step of K = 7 samples differentiated every sample w.r.t. all supernet weights too, and the
+    step threw those gradients away: each of the K backward passes did the weight-gradient work for nothing."""
+    relax = load_relaxation("rome", {"samples": 2})
+    net = supernet(ir, relax)
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    computed = []
+    for w in net.weight_parameters():
+        w.register_hook(lambda g: computed.append(g) or g)
+    relax.set_phase("arch")
+    loss = relax.arch_loss(net, lambda a, b: F.cross_entropy(net(a), b), x, y)
+    assert computed == []
+    torch.autograd.grad(loss, net.arch_parameters(), allow_unused=True)
+    assert computed == []
 
 
 def test_recompute_mode_gives_the_same_gradients(ir):
