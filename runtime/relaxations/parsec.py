@@ -9,7 +9,8 @@ choice, with logits π = the α parameters (probabilities softmax(α)):
 * every searchable edge's op: o_e ~ Cat(softmax(α_e));
 * with `topology` ("auto", the default), in spaces whose selector keeps the top
   k inputs per node (the DARTS space: k = 2), each node's *set of inputs* too:
-  m = k − (fixed input edges) distinct searchable input edges are drawn without
+  m = k distinct searchable input edges (fixed inputs stay, on top, as the
+  selector and the compiler's count keep them) are drawn without
   replacement from softmax(β_node) (Plackett-Luce; β is one logit per edge,
   initialised 0, registered by `setup` as the group's extra tensor "beta"), so
   every sampled child is a valid DARTS cell. The paper's prior covers inputs
@@ -216,7 +217,7 @@ class Parsec(Relaxation):
             for node in cell.graph["nodes"]:
                 keys = [cell.edges[src, node]["edge"].key for src in cell.predecessors(node)]
                 rows = sorted(row_of[key] for key in keys if key in row_of)
-                m = max(0, k - (len(keys) - len(rows)))  # fixed inputs take their slots first (as the selector)
+                m = k  # the selector keeps the k strongest searchable inputs, and fixed ones on top of them
                 if not rows or cell.nodes[node].get("combine", "sum") != "sum" or len(rows) <= m:
                     continue  # every input kept
                 if m == 0:

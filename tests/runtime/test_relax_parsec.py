@@ -73,6 +73,33 @@ select argmax per edge
 """
 
 
+# a node with a fixed input (n0 -> n1) and two searchable ones, under `select top 2 per node`
+FIXED = """
+space fixed(C = 4, classes = 3)
+
+op skip_connect = identity | on stride 2: factorized_reduce
+op avg_pool_3x3 = avg_pool(3, stride)
+op conv_3x3     = conv(3, stride)
+
+ops three = [skip_connect, avg_pool_3x3, conv_3x3]
+
+cell c(x0, x1):
+    nodes n0, n1 = sum
+    edges dense: three
+    edge n0 -> n1: skip_connect
+    output concat(n0, n1)
+
+network:
+    input 1 x 4 x 4
+    stem conv(3, out = C)
+    stack 1 x c, width C
+    head global_avg_pool > linear(classes)
+
+alpha shared per cell
+relax softmax
+select top 2 per node
+"""
+
 def _build(ir, **options):
     relax = load_relaxation("parsec", options)
     net = build_supernet(ir, relax, generator=torch.Generator().manual_seed(0))
@@ -171,6 +198,25 @@ def test_a_diverged_search_stops_with_an_error(which):
     relax.set_phase("weights")
     with pytest.raises(SearchError, match="became NaN or infinite"):
         net(torch.randn(2, 1, 8, 8))
+
+
+def test_a_fixed_input_does_not_take_a_sampled_slot():
+    """The selector keeps a node's 2 strongest searchable inputs and its fixed ones on top (so does the
+    compiler's count), but PARSEC gave the fixed input one of the k slots: n1's children had one of its
+    two searchable inputs, its genotype both, and the per-epoch evaluation ran a cell the genotype is not."""
+    ir, relax, net = _tiny(FIXED, samples=2)
+    genotype = load_selector("magnitude", {}).select(net, ir)
+    assert sorted(e.input for e in genotype.cells["c"].edges if e.node == 3) == [0, 1, 2]
+    torch.manual_seed(0)
+    for _ in range(5):
+        for g, a in net.alphas.items():
+            assert all(relax.sample(a, net.mask(g), net.extras(g)).on), "every searchable input is in the child"
+    calls, hooks = _record(net)
+    relax.set_phase("eval")
+    net(torch.randn(2, 1, 4, 4))
+    for h in hooks:
+        h.remove()
+    assert len({key for _, key, _ in calls}) == 4  # both nodes' searchable edges ran
 
 
 def test_genotype_is_the_mode_top_inputs_by_beta_and_best_op():
