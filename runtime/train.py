@@ -76,6 +76,8 @@ def guess_space(genotype: G.Genotype, run_config: Mapping[str, Any] | None) -> s
     cells = list(genotype.cells.values())
     if cells and all(c.n_inputs == 1 for c in cells):
         return "nb201"
+    if any(e.op == "noise" for c in cells for e in c.edges):
+        return "darts_s4"  # RobustDARTS S4's `noise` is in no other bundled space (darts' error said "did you mean 'none'?")
     if cells:
         return "darts"
     raise GenotypeError("cannot tell which space this genotype belongs to", hint="pass --space FILE")

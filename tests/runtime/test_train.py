@@ -345,6 +345,18 @@ def test_a_space_the_genotype_names_but_nobody_has_says_so_and_suggests_space(tm
     assert chosen.exit_code == 0 and "3,349,342 parameters" in " ".join(chosen.output.split())
 
 
+
+def test_a_pasted_robustdarts_s4_genotype_trains_in_darts_s4():
+    """A genotype with RobustDARTS S4's `noise` op, pasted without --space, was checked against the DARTS
+    space and refused ("op 'noise' is not a candidate (did you mean 'none'?)"); only darts_s4 has it."""
+    s4 = ("Genotype(normal=[('sep_conv_3x3', 0), ('noise', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+          "('noise', 2), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('noise', 3)], normal_concat=range(2, 6), "
+          "reduce=[('noise', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 2), ('sep_conv_3x3', 0), "
+          "('noise', 1), ('sep_conv_3x3', 2), ('sep_conv_3x3', 0)], reduce_concat=range(2, 6))")
+    result = CliRunner().invoke(app, ["train", s4, "--dry-run", "--input", "3x32x32"])
+    assert result.exit_code == 0, result.output
+    assert "network darts_s4:" in " ".join(result.output.split())
+
 def test_cli_dry_run_names_no_auxiliary_head_a_space_does_not_have_and_warns_when_one_is_dropped():
     nb = CliRunner().invoke(app, ["train", str(GENOTYPES / "nb201_best_cifar10.json"), "--dry-run"])
     assert nb.exit_code == 0, nb.output
