@@ -94,7 +94,9 @@ def _search(tmp_path, space, *extra):
     ("spaces/nb201.nas", ["--set", "N=1"]),
 ])
 def test_pt_end_to_end_and_reselection_keeps_the_original(tmp_path, space, extra):
-    run = _search(tmp_path, space, "--select", "perturbation", "--select-opt", "tune_epochs=0", *extra)
+    # two validation batches per score: every projection step runs, on less data
+    run = _search(tmp_path, space, "--select", "perturbation", "--select-opt", "tune_epochs=0",
+                  "--select-opt", "eval_batches=2", *extra)
     genotype = json.loads((run / "genotype.json").read_text())
     assert genotype["cells"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
