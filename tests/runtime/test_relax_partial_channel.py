@@ -217,7 +217,7 @@ def test_preset_loads():
 def test_end_to_end_search(tmp_path):
     from nasc.runtime.search import Request, prepare, run_search
 
-    job = prepare(Request(space="spaces/pcdarts.nas", params={"C": 8, "layers": 5},
+    job = prepare(Request(space="spaces/pcdarts.nas", params={"C": 8, "layers": 3},
                           overrides={"epochs": 2, "batch": 32, "arch_start": 1}))
     assert isinstance(job.relax, PartialChannel)
     betas0 = {k: v.detach().clone() for k, v in job.net.arch_extras.items()}
