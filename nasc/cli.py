@@ -870,7 +870,11 @@ def export_cmd(
     except NascError as e:
         fail(e)
     n_weights = sum(p.numel() for p in net.parameters())
-    console.print(f"[green]wrote[/green] {_escape(str(written[0]))} ({to}, {n_weights:,} weights, input "
+    # the papers' count leaves the auxiliary head out (as `nasc train` reports it); the file holds it too
+    n_aux = sum(p.numel() for lid in net.aux_ids for p in net.layers[lid].parameters())
+    counted = (f"{n_weights - n_aux:,} weights, {n_weights:,} with the auxiliary head" if n_aux
+               else f"{n_weights:,} weights")
+    console.print(f"[green]wrote[/green] {_escape(str(written[0]))} ({to}, {counted}, input "
                   f"{'x'.join(map(str, derived.input_shape))}"
                   + (", from " + _escape(str(weights)) if weights else ", untrained") + ")")
     for path in written[1:]:

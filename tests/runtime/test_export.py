@@ -289,6 +289,9 @@ def test_export_defaults_to_the_evaluation_network_of_the_train_block(tmp_path):
     spec.loader.exec_module(module)
     net = module.build()
     assert sum(p.numel() for n, p in net.named_parameters() if "aux" not in n) == 3_349_342
+    # the count printed is the papers' (and `nasc train`'s): the auxiliary head, kept in the file, left out
+    total = sum(p.numel() for p in net.parameters())
+    assert f"3,349,342 weights, {total:,} with the auxiliary head" in " ".join(result.output.split())
 
 
 def test_a_foreign_checkpoint_is_one_short_error_with_counts_and_a_hint(tmp_path):
