@@ -127,6 +127,8 @@ class SelectionDisplay:
                    if tune else ", no tuning")
                 + ". Shorter: --select-opt tune_epochs=N (DARTS-PT: 5; 0 skips tuning), eval_batches=N "
                   "(0: the whole validation split).")
+            if event.get("warning"):
+                self.console.print(f"[yellow]warning:[/yellow] {escape(event['warning'])}")
             self.task = self.progress.add_task("selection", total=event["evaluations"] + tune, info="timing...")
         elif not self.decisions:
             return

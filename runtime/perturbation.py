@@ -67,6 +67,19 @@ class Projection:
         return out
 
 
+def _one_path_warning(relax: Any) -> str | None:
+    """Why DARTS-PT's scores say little under a relaxation that evaluates one op per edge, else None.
+
+    Its supernet scores run the argmax op of each edge: removing any other op changes nothing, so every
+    edge's scores tie except the argmax's, and the picks are close to the magnitude rule's.
+    """
+    if not getattr(relax, "evaluates_one_path", False):
+        return None
+    return (f"{relax.name} evaluates one op per edge (the most probable), so removing any other op leaves the "
+            "scored network as it was: most scores tie and the picks are close to --select magnitude's "
+            "(DARTS-PT scores a weighted mixture, as softmax or SNAS evaluate)")
+
+
 @SELECTORS.register("perturbation")
 class Perturbation(Selector):
     """DARTS-PT: keep the op (edges) whose removal hurts val accuracy most; slow: tune_epochs=0 shortens it.
@@ -119,7 +132,8 @@ class Perturbation(Selector):
                 eval_batches = min(eval_batches, int(self.options["eval_batches"]))
             emit({"type": "select", "selector": self.name, "stage": "plan", "decisions": len(steps),
                   "evaluations": self._clock.total["eval"], "eval_batches": eval_batches,
-                  "tune_epochs": self._clock.total["tune"], "tune_batches": len(trainer.train)})
+                  "tune_epochs": self._clock.total["tune"], "tune_batches": len(trainer.train),
+                  "warning": _one_path_warning(trainer.job.relax)})
             for i, step in enumerate(steps):
                 for decide in step:
                     decide(proj, trainer, emit)

@@ -158,6 +158,9 @@ class Relaxation:
     #: True: a bi-level α step follows the weight step, on the steps where (step + 1) % arch_every == 0
     #: (ProxylessNAS' order); False: it precedes it where step % arch_every == 0 (DARTS' order)
     arch_after_weights = False
+    #: True when evaluation runs one path per edge, the most probable op (GDAS, ProxylessNAS, ROME, PARSEC), not
+    #: a mixture: a DARTS-PT removal of any other op then leaves the scored network as it was
+    evaluates_one_path = False
     #: option name -> default; options not listed here are rejected with a clear error
     defaults: dict[str, Any] = {}
     #: method presets: name -> (options, search settings), e.g. {"gdas": ({"hard": True}, {"epochs": 250})};

@@ -102,6 +102,7 @@ class BinaryGate(Relaxation):
     """ProxylessNAS binary gates: one sampled path for weights, two sampled paths for α."""
 
     name = "binary-gate"
+    evaluates_one_path = True
     arch_after_weights = True  # the code's gradient_step runs after the weight step of batch i, (i + 1) % 5 == 0
     defaults: dict[str, Any] = {"cost": "madds", "lambda": 0.0, "form": "add", "ref": None}
     presets = {

@@ -204,6 +204,7 @@ class Gumbel(AnnealedTemperature, Relaxation):
         super().__init__(options)
         self._init_temperature("gumbel")
         self.hard = flag(self.options["hard"], "gumbel option hard")
+        self.evaluates_one_path = self.hard  # soft samples (SNAS) evaluate softmax(α)
         init = self.options["init"]
         if init is None:
             init = "darts" if self.hard else "snas"

@@ -168,6 +168,7 @@ class Parsec(Relaxation):
     """PARSEC: a categorical prior over architectures, learned by importance-weighted empirical Bayes."""
 
     name = "parsec"
+    evaluates_one_path = True
     defaults: dict[str, Any] = {"samples": 16, "weight_estimator": "uniform", "topology": "auto"}
     presets = {"parsec": ({"samples": 16}, {})}  # the paper's optimisers and schedule are UNVERIFIED
 

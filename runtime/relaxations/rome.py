@@ -117,6 +117,7 @@ class Rome(AnnealedTemperature, Relaxation):
     """ROME: Gumbel-Top-k edges per node by β, one GDAS-sampled op per edge, K-sample gradient accumulation."""
 
     name = "rome"
+    evaluates_one_path = True
     defaults: dict[str, Any] = {"tau": {"from": 10.0, "to": 0.1}, "top": "auto", "samples": 7, "accumulate": True}
     presets = {
         "rome": ({"tau": Ramp(10.0, 0.1), "samples": 7},

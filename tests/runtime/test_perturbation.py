@@ -256,3 +256,19 @@ def test_each_tuning_epoch_draws_its_own_batches(tmp_path):
     assert len(epochs) == 3  # two edges: one tuning (2 epochs) between the two decisions
     for a, b in ((0, 1), (1, 2), (0, 2)):
         assert not all(torch.equal(u, v) for u, v in zip(epochs[a], epochs[b])), (a, b)
+
+
+@pytest.mark.parametrize("relax, warned", [("gdas", True), ("darts", False)])
+def test_a_relaxation_that_evaluates_one_op_per_edge_is_told_its_scores_mostly_tie(tmp_path, relax, warned):
+    """GDAS scores the argmax op of each edge: removing any other op changes nothing, so DARTS-PT's picks
+    there are close to the magnitude rule's, which the plan says (on screen and in metrics.jsonl)."""
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["search", "spaces/nb201.nas", "--set", "C=4", "--set", "N=1", "--relax", relax,
+                                      "--epochs", "1", "--batch", "32", "--opt", "train_portion=0.2",
+                                      "--select", "perturbation", "--select-opt", "tune_epochs=0",
+                                      "--select-opt", "eval_batches=1", "--run-dir", str(run)])
+    assert result.exit_code == 0, result.output
+    assert ("scores tie" in " ".join(result.output.split())) is warned
+    plan = next(r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                if r["type"] == "select" and r["stage"] == "plan")
+    assert (plan["warning"] is not None) is warned
