@@ -34,7 +34,7 @@ from nasc.runtime.config import (SearchConfig, arch_option_problem, check_search
 from nasc.runtime.data import (Batches, Dataset, check_same_data, load_dataset, normalisable, recorded_data_dir,
                                split_indices)
 from nasc.runtime import distributed as _dist  # torch.distributed hooks (runtime/distributed.py)
-from nasc.runtime.relaxations.base import Relaxation, load_relaxation, preset
+from nasc.runtime.relaxations.base import Relaxation, load_relaxation, preset, refuse_fix_alpha
 from nasc.runtime.rundir import RunDir, default_run_path, environment
 from nasc.runtime.schedules import learning_rate
 from nasc.runtime.selectors import Selector, load_selector, strengths
@@ -193,6 +193,7 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     relax_opts.update(request.relax_options)
     relax = load_relaxation(relax_name, relax_opts)
     relax.check_config(base)
+    refuse_fix_alpha(relax, base)
     select_name = request.select or ir.select.name
     select_opts = dict(ir.select.options) if select_name == ir.select.name else {}
     select_opts.update(request.select_options)

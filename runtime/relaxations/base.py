@@ -283,16 +283,16 @@ def first_order_only(name: str, config: Any, sample: str) -> None:
                           "different architectures", hint="search first-order (--first-order)")
 
 
-def argmax_evaluation(name: str, config: Any) -> None:
-    """Refuse `fix_alpha` for a relaxation that evaluates the most probable architecture (argmax of α).
+def refuse_fix_alpha(relax: Relaxation, config: Any) -> None:
+    """Refuse `fix_alpha` for a relaxation that evaluates the most probable architecture (`evaluates_one_path`).
 
     fix_alpha (DARTS-PT's fixed-α variant) holds α at zero, where every edge ties and its argmax is the
     first candidate (`none` in DARTS and NAS-Bench-201): each validation pass, and every DARTS-PT
     perturbation score, was then of the all-`none` network, so the perturbation selector picked `none`
     on every edge. softmax and soft Gumbel samples evaluate the uniform mixture instead.
     """
-    if getattr(config, "fix_alpha", False):
-        raise SearchError(f"{name} evaluates the most probable architecture (argmax of α), and fix_alpha holds "
+    if relax.evaluates_one_path and getattr(config, "fix_alpha", False):
+        raise SearchError(f"{relax.name} evaluates the most probable architecture (argmax of α), and fix_alpha holds "
                           "α at zero, where every edge ties and its argmax is the first candidate: validation "
                           "and perturbation scores would all be of that one network",
                           hint="drop fix_alpha, or use DARTS-PT's fixed-α variant with softmax (--relax darts)")

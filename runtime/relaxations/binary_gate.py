@@ -63,8 +63,7 @@ from torch import nn
 
 from nasc.errors import BuildError, SearchError
 from nasc.runtime.ops import Zero
-from nasc.runtime.relaxations.base import (RELAXATIONS, GroupWeights, MixedEdge, Relaxation, argmax_evaluation, diverged,
-                                          masked_softmax)
+from nasc.runtime.relaxations.base import RELAXATIONS, GroupWeights, MixedEdge, Relaxation, diverged, masked_softmax
 
 
 class BinaryGateEdge(MixedEdge):
@@ -149,7 +148,6 @@ class BinaryGate(Relaxation):
             raise SearchError("binary-gate has no second-order step: each forward pass of the unrolled "
                               "gradient samples other paths than the α step rescales",
                               hint="search first-order (--first-order)")
-        argmax_evaluation("binary-gate", config)
 
     def make_edge(self, candidates: list[nn.Module], names: list[str], *, channels: int, stride: int) -> nn.Module:
         return BinaryGateEdge(candidates, names)

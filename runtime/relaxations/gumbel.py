@@ -66,8 +66,8 @@ from torch import nn
 
 from nasc.compiler.expr import Ramp
 from nasc.errors import BuildError, SearchError
-from nasc.runtime.relaxations.base import (RELAXATIONS, GroupWeights, MixedEdge, Relaxation, argmax_evaluation, diverged,
-                                          first_order_only, masked_softmax)
+from nasc.runtime.relaxations.base import (RELAXATIONS, GroupWeights, MixedEdge, Relaxation, diverged, first_order_only,
+                                          masked_softmax)
 
 
 def parse_schedule(value: Any, what: str) -> tuple[float, float]:
@@ -221,8 +221,6 @@ class Gumbel(AnnealedTemperature, Relaxation):
     # ---- construction ----
     def check_config(self, config: Any) -> None:
         first_order_only("gumbel", config, "Gumbel sample")
-        if self.hard:  # soft samples evaluate softmax(α), the uniform mixture under fix_alpha
-            argmax_evaluation("gumbel(hard = true)", config)
 
     def make_edge(self, candidates: list[nn.Module], names: list[str], *, channels: int, stride: int) -> nn.Module:
         if self.scalar_others:

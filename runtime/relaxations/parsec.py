@@ -82,8 +82,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasc.errors import BuildError, SearchError
-from nasc.runtime.relaxations.base import (RELAXATIONS, GroupWeights, MixedEdge, Relaxation, argmax_evaluation, diverged,
-                                          first_order_only, masked_softmax)
+from nasc.runtime.relaxations.base import (RELAXATIONS, GroupWeights, MixedEdge, Relaxation, diverged, first_order_only,
+                                          masked_softmax)
 
 _MAX_PERMUTATIONS = 720  # m! orderings per node for the exact subset probability (m ≤ 6)
 _MAX_ENUMERATION = 20000  # subsets × orderings for exact inclusion probabilities (else softmax(β))
@@ -193,7 +193,6 @@ class Parsec(Relaxation):
                               "estimator of `arch_loss`), so with one level it would never move",
                               hint="search bi-level (--opt levels=2)")
         first_order_only("parsec", config, "architecture samples")
-        argmax_evaluation("parsec", config)
 
     def make_edge(self, candidates: list[nn.Module], names: list[str], *, channels: int, stride: int) -> nn.Module:
         return ParsecEdge(candidates, names)

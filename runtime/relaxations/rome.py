@@ -73,8 +73,8 @@ from torch import nn
 
 from nasc.compiler.expr import Ramp
 from nasc.errors import BuildError, SearchError
-from nasc.runtime.relaxations.base import (RELAXATIONS, GroupWeights, MixedEdge, Relaxation, argmax_evaluation,
-                                          first_order_only, masked_softmax)
+from nasc.runtime.relaxations.base import (RELAXATIONS, GroupWeights, MixedEdge, Relaxation, first_order_only,
+                                          masked_softmax)
 from nasc.runtime.relaxations.gumbel import AnnealedTemperature, check_redraw, flag, gumbel_noise
 
 
@@ -150,7 +150,6 @@ class Rome(AnnealedTemperature, Relaxation):
     # ---- construction ----
     def check_config(self, config: Any) -> None:
         first_order_only("rome", config, "sample of edges and ops")
-        argmax_evaluation("rome", config)
         if config.levels != 2 and self.samples > 1:  # arch_loss and weight_loss run in bi-level steps only
             raise SearchError(f"rome option samples = {self.samples} needs bi-level search (levels = 2): a "
                               "single-level step differentiates one sampled sub-network, so the K-sample gradient "
