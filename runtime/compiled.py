@@ -42,8 +42,12 @@ SLACK = 10.0
 TOLERANCE = {"fp32": 1e-4, "bf16": 1e-2}
 
 
-def compile_blocker(net: nn.Module, relax: Relaxation, cfg: Any) -> str | None:
-    """Why this search runs its cells eagerly; None when they are compiled (and checked)."""
+def compile_blocker(net: nn.Module, relax: Relaxation, cfg: Any, stage: int = 0) -> str | None:
+    """Why this search (stage `stage` of a progressive one) runs its cells eagerly; None when they are compiled.
+
+    A P-DARTS stage's skip dropout is installed after this is asked (runtime/progressive.py), so it is read from
+    the stage's settings: compiled with p = 0, its cells were recompiled unchecked once p changed.
+    """
     if cfg.torch_compile is None:
         return ("auto: off (compiling takes minutes per cell shape, and the compiled step was no faster on "
                 "a CPU; torch_compile = true turns it on)")
@@ -57,6 +61,8 @@ def compile_blocker(net: nn.Module, relax: Relaxation, cfg: Any) -> str | None:
 
     if any(isinstance(m, (Noise, nn.Dropout)) for m in net.modules()):
         return "the space has random candidates (noise, dropout)"
+    if stage < len(cfg.stages) and cfg.stages[stage].get("skip_dropout", 0):
+        return "the stage drops out its skip connections (skip_dropout), a random candidate"
     return None
 
 

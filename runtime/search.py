@@ -254,7 +254,7 @@ def prepare(request: Request, *, stage: int = 0, restrict: Mapping[str, Any] | N
     if config.cuda_graphs is True and blocker is not None:  # asked for by name: say it is not used, and why
         notes.append(f"cuda_graphs = true is not used: {blocker}")
         ir.meta["warnings"].append(notes[-1])
-    held = compile_blocker(net, relax, config)
+    held = compile_blocker(net, relax, config, stage)
     if config.torch_compile is True and held is not None:  # asked for by name, as cuda_graphs above
         notes.append(f"torch_compile = true is not used: {held}")
         ir.meta["warnings"].append(notes[-1])

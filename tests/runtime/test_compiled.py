@@ -231,3 +231,18 @@ def test_dry_run_says_whether_cells_are_compiled():
                                       "--opt", "torch_compile=true"])
     assert result.exit_code == 0, result.output
     assert "torch.compile" in result.output and "recompute mode" in result.output
+
+
+def test_a_progressive_stage_with_skip_dropout_is_not_compiled(tmp_path):
+    """P-DARTS installs its skip dropout after `prepare`: its cells were compiled with p = 0, and dynamo
+    recompiled them, unchecked, once the epoch's p was set. A stage without skip dropout still compiles."""
+    from nasc.runtime.search import Request, prepare
+
+    space = tmp_path / "staged.nas"
+    space.write_text('space staged(C = 4, layers = 3) extends "darts.nas"\nsearch:\n'
+                     '    stages = [stage(layers = 3, skip_dropout = 0.2), stage(layers = 3, keep = 4)]\n')
+    request = Request(space=str(space), overrides={"device": "cpu", "torch_compile": True, "memory": "plain"})
+    first = prepare(request).ir.meta["torch_compile"]
+    assert first["used"] is False and "skip_dropout" in first["reason"]
+    assert any("torch_compile = true is not used" in w for w in prepare(request).ir.meta["warnings"])
+    assert prepare(request, stage=1).ir.meta["torch_compile"]["used"] is True
