@@ -362,8 +362,6 @@ def _stages_in(run: RunDir, job: Any, stages: list[Any], *, on_event: Callable[[
     cfg = job.config
     run_fp = job.ir.meta["fingerprint"]
     if resume_state is None:
-        run.write("config.json", {**S.describe(job), "space_sources": run.copy_sources(job.space_files)})
-        run.write("space.ir.json", to_json_dict(job.ir))
         si, restriction, carried, state = 0, {}, None, None
     else:
         if "stage" not in resume_state:
@@ -389,6 +387,9 @@ def _stages_in(run: RunDir, job: Any, stages: list[Any], *, on_event: Callable[[
             load_alpha_by_op(sjob.net, carried)
         skips = install_skip_dropout(sjob.net) if stage.skip_dropout > 0 else []
         trainer = S.Trainer(sjob)
+        if resume_state is None and si == 0:  # after the Trainer, as run_search: it compiles the cells and records each
+            run.write("config.json", {**S.describe(job), "space_sources": run.copy_sources(job.space_files)})
+            run.write("space.ir.json", to_json_dict(job.ir))
         stage_fp = sjob.ir.meta["fingerprint"]
         if state is not None:
             if state.get("stage_fingerprint") != stage_fp:

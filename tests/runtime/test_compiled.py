@@ -246,3 +246,20 @@ def test_a_progressive_stage_with_skip_dropout_is_not_compiled(tmp_path):
     assert first["used"] is False and "skip_dropout" in first["reason"]
     assert any("torch_compile = true is not used" in w for w in prepare(request).ir.meta["warnings"])
     assert prepare(request, stage=1).ir.meta["torch_compile"]["used"] is True
+
+
+@pytest.mark.slow
+def test_a_progressive_search_asked_to_compile_records_each_cell_in_config_json(tmp_path):
+    """config.json of a progressive search was written before its first stage's cells were compiled and
+    checked: it said "each cell compiled" with no per-cell record, whatever the check found."""
+    from nasc.runtime.search import Request, prepare, run_search
+
+    space = tmp_path / "staged.nas"
+    space.write_text('space staged(C = 4, layers = 3) extends "darts.nas"\nsearch:\n'
+                     '    stages = [stage(layers = 3)]\n')
+    job = prepare(Request(space=str(space), overrides={
+        "device": "cpu", "epochs": 1, "batch": 32, "train_portion": 0.1, "torch_compile": True, "memory": "plain"}))
+    run_search(job, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "config.json").read_text())["torch_compile"]
+    assert record["cells"] == {f"cell{i}": "compiled" for i in range(3)}
+    assert record["reason"].startswith("3 of 3 cells compiled and checked against float64")
