@@ -55,6 +55,8 @@ def compile_blocker(net: nn.Module, relax: Relaxation, cfg: Any, stage: int = 0)
         return "turned off (torch_compile = false)"
     if not vars(type(relax)).get("graph_safe", False):  # declared by the class itself, never inherited
         return f"the {relax.name} relaxation changes the network from step to step, so its cells would recompile"
+    if cfg.drop_path:  # Cell.run keeps compiled code to drop_prob = 0: it would run in the first epoch only
+        return "search drop path (drop_path) rises from 0 after the first epoch, and the cells were compiled without it"
     if getattr(net, "memory_mode", "plain") == "recompute":
         return "recompute mode: its checkpointed edges break the compiled graph (memory = plain compiles)"
     from nasc.runtime.ops import Noise

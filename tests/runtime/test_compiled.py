@@ -188,6 +188,7 @@ def test_the_compiled_cell_is_judged_by_its_distance_from_float64_not_from_eager
     ({"torch_compile": False}, "softmax", "plain", "turned off"),
     ({"torch_compile": True}, "gdas", "plain", "changes the network from step to step"),
     ({"torch_compile": True}, "softmax", "recompute", "recompute mode"),
+    ({"torch_compile": True, "drop_path": 0.2}, "softmax", "plain", "drop path"),
     ({"torch_compile": True}, "softmax", "plain", None),
 ])
 def test_compile_blocker(overrides, relax, mode, expected, supernet):
