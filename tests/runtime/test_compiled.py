@@ -256,9 +256,8 @@ def test_a_progressive_search_asked_to_compile_records_each_cell_in_config_json(
     from nasc.runtime.search import Request, prepare, run_search
 
     space = tmp_path / "staged.nas"
-    space.write_text('space staged(C = 4, layers = 3) extends "darts.nas"\nsearch:\n'
-                     '    stages = [stage(layers = 3)]\n')
-    job = prepare(Request(space=str(space), overrides={
+    space.write_text(TWO_NODES.replace("darts_two_nodes", "staged") + "search:\n    stages = [stage(layers = 3)]\n")
+    job = prepare(Request(space=str(space), params={"C": 4}, overrides={
         "device": "cpu", "epochs": 1, "batch": 32, "train_portion": 0.1, "torch_compile": True, "memory": "plain"}))
     run_search(job, tmp_path / "run")
     record = json.loads((tmp_path / "run" / "config.json").read_text())["torch_compile"]
