@@ -20,7 +20,7 @@ from nasc.compiler.count import selection_rule
 from nasc.compiler.genotype import Genotype, check_against
 from nasc.compiler.infer_shapes import infer_shapes
 from nasc.compiler.ir import CellEdge, Output, SpaceIR, fingerprint
-from nasc.compiler.remove_dead_nodes import remove_dead_nodes
+from nasc.compiler.remove_dead_nodes import remove_dead_nodes, zero_edges
 from nasc.compiler.specialise_ops import specialise_ops
 from nasc.errors import GenotypeError
 
@@ -33,7 +33,8 @@ def cell_shapes(ir: SpaceIR) -> dict:
             continue
         g = ir.cells[info["cell"]]
         index = {n: g.nodes[n]["index"] for n in g.nodes}
-        allowed = {(index[e.dst], index[e.src]): set(e.candidates) for e in ir.cell_edges(info["cell"])}
+        edges = ir.cell_edges(info["cell"]) + zero_edges(ir, info["cell"])  # a zero node's edges stay fixed ones
+        allowed = {(index[e.dst], index[e.src]): set(e.candidates) for e in edges}
         shapes[group] = (len(g.graph["inputs"]), len(g.graph["nodes"]), allowed)
     return shapes
 
@@ -96,6 +97,10 @@ def specialise_to_genotype(ir: SpaceIR, genotype: Genotype) -> SpaceIR:
     check_fits(ir, genotype)
     notes = list(ir.meta.get("warnings", [])) + selection_notes(ir, genotype)
     out = ir.copy()
+    for name, g in out.cells.items():  # put back the zero edges, so that remove_dead_nodes marks their nodes again
+        for e in zero_edges(ir, name):
+            g.add_edge(e.src, e.dst, edge=e)
+            _renumber(g)
     per_instance = out.alpha_mode == "per_instance"
     for group, info in ir.alpha_groups.items():
         if info["kind"] == "choice":

@@ -18,7 +18,7 @@ After:   edges x0 -> x2, x1 -> x2;  meta.zero_nodes = {"cell": ["x1"]}
 
 from __future__ import annotations
 
-from nasc.compiler.ir import SpaceIR
+from nasc.compiler.ir import CellEdge, SpaceIR
 
 
 def _is_zero(ir: SpaceIR, op: str, stride: int) -> bool:
@@ -50,3 +50,13 @@ def remove_dead_nodes(ir: SpaceIR) -> SpaceIR:
         out.meta["zero_nodes"] = {k: v for k, v in zero_nodes.items() if v}
         out.meta["zero_sources"] = {k: {n: sources[k][n] for n in v} for k, v in zero_nodes.items() if v}
     return out
+
+
+def zero_edges(ir: SpaceIR, cell: str) -> list[CellEdge]:
+    """The edges this pass removed into the constant-zero nodes of `cell` (index -1: no α row).
+
+    They are still the space's fixed edges: a genotype keeps them (a node needs an input) and
+    the derived network puts them back, so that this pass marks the same nodes zero again.
+    """
+    return [CellEdge(src=src, dst=dst, index=-1, stride=stride, candidates=(op,))
+            for dst, sources in ir.meta.get("zero_sources", {}).get(cell, {}).items() for src, op, stride in sources]

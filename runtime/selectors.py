@@ -17,6 +17,7 @@ from nasc.catalog import selector_names
 from nasc.compiler.count import selection_rule
 from nasc.compiler.genotype import GenoCell, GenoEdge, Genotype
 from nasc.compiler.ir import SpaceIR
+from nasc.compiler.remove_dead_nodes import zero_edges
 from nasc.errors import BuildError, did_you_mean
 from nasc.runtime.registry import Registry, hook_problem
 
@@ -138,10 +139,13 @@ def derive(ir: SpaceIR, net: Network, *, per: str, k: int, exclude: frozenset[st
         index = {n: cell.nodes[n]["index"] for n in cell.nodes}
         row_of = {key: r for r, key in enumerate(net.group_rows[group])}
         edges: list[GenoEdge] = []
+        zeros = zero_edges(ir, info["cell"])
         for node in cell.graph["nodes"]:
             scored = []  # (score, input, op); a fixed edge has no score
-            for src in sorted(cell.predecessors(node), key=lambda n: index[n]):
-                e = cell.edges[src, node]["edge"]
+            into = [cell.edges[src, node]["edge"] for src in cell.predecessors(node)] or [
+                z for z in zeros if z.dst == node]  # a constant-zero node keeps its removed zero edges, fixed
+            for e in sorted(into, key=lambda e: index[e.src]):
+                src = e.src
                 if e.key in row_of:
                     r = row_of[e.key]
                     score, i = _best(table[r], ops[r], exclude)

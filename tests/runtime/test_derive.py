@@ -300,3 +300,43 @@ def test_an_alpha_per_instance_genotype_for_fewer_cells_says_to_build_as_many():
     with pytest.raises(GenotypeError, match="missing cell 'cell3'") as info:
         specialise_to_genotype(ir, _per_instance_genotype("normal", "reduce", "normal"))
     assert "one cell per cell instance: this one has 3, the network 5" in info.value.hint
+
+
+ZERO_NODE_SPACE = """space zn(C = 4, classes = 10)
+op none = zero(stride)
+op skip = identity | on stride 2: factorized_reduce
+cell c(x):
+    nodes a, b
+    edge x -> a: [none]
+    edge x -> b: [skip, conv(3, stride)]
+    edge a -> b: [identity, none]
+    output concat(a, b)
+cell r = c with stride 2 on inputs
+network:
+    input 3 x 8 x 8
+    stem conv(3, out = C) > bn
+    preprocess conv(1) > bn | on stride 2: conv(1, stride = 2) > bn
+    stack 3 x c, reduce r at [1]
+    head global_avg_pool > linear(classes)
+"""
+
+
+def test_a_constant_zero_node_survives_selection_and_derivation():
+    """A node whose only edge is `none` is a constant zero (remove_dead_nodes drops the edge): the selector keeps
+    that edge as a fixed one, so the genotype is valid, and the derived reduction cell's zero node is still at the
+    reduced resolution. The selector used to build a cell with an input-less node, and the search ended in an error."""
+    from nasc.runtime.relaxations.base import load_relaxation
+    from nasc.runtime.selectors import load_selector
+    from nasc.runtime.supernet import build_supernet
+
+    ir = compile_space("zn.nas", text=ZERO_NODE_SPACE)
+    assert ir.meta["zero_nodes"] == {"c": ["a"], "r": ["a"]}
+    net = build_supernet(ir, load_relaxation("softmax"))
+    genotype = load_selector("magnitude").select(net, ir)
+    for cell in ("c", "r"):
+        assert G.GenoEdge(node=1, input=0, op="none") in genotype.cells[cell].edges
+    derived = specialise_to_genotype(ir, genotype)
+    assert derived.meta["zero_nodes"] == {"c": ["a"], "r": ["a"]}
+    assert derived.meta["shapes"]["cell1"]["states"]["a"] == [4, 4]  # 8x8 reduced to 4x4
+    out = build_network(derived)(torch.randn(2, 3, 8, 8))
+    assert out.shape == (2, 10)
