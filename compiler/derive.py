@@ -20,7 +20,7 @@ from nasc.compiler.count import selection_rule
 from nasc.compiler.genotype import Genotype, check_against
 from nasc.compiler.infer_shapes import infer_shapes
 from nasc.compiler.ir import CellEdge, Output, SpaceIR, fingerprint
-from nasc.compiler.remove_dead_nodes import remove_dead_nodes, zero_edges
+from nasc.compiler.remove_dead_nodes import remove_dead_nodes, restore_zero_edges, zero_edges
 from nasc.compiler.specialise_ops import specialise_ops
 from nasc.errors import GenotypeError
 
@@ -96,11 +96,7 @@ def specialise_to_genotype(ir: SpaceIR, genotype: Genotype) -> SpaceIR:
     genotype = fit_cell_names(ir, genotype)
     check_fits(ir, genotype)
     notes = list(ir.meta.get("warnings", [])) + selection_notes(ir, genotype)
-    out = ir.copy()
-    for name, g in out.cells.items():  # put back the zero edges, so that remove_dead_nodes marks their nodes again
-        for e in zero_edges(ir, name):
-            g.add_edge(e.src, e.dst, edge=e)
-            _renumber(g)
+    out = restore_zero_edges(ir)  # so that remove_dead_nodes marks the constant-zero nodes again
     per_instance = out.alpha_mode == "per_instance"
     for group, info in ir.alpha_groups.items():
         if info["kind"] == "choice":

@@ -18,6 +18,8 @@ After:   edges x0 -> x2, x1 -> x2;  meta.zero_nodes = {"cell": ["x1"]}
 
 from __future__ import annotations
 
+import attrs
+
 from nasc.compiler.ir import CellEdge, SpaceIR
 
 
@@ -55,8 +57,26 @@ def remove_dead_nodes(ir: SpaceIR) -> SpaceIR:
 def zero_edges(ir: SpaceIR, cell: str) -> list[CellEdge]:
     """The edges this pass removed into the constant-zero nodes of `cell` (index -1: no α row).
 
-    They are still the space's fixed edges: a genotype keeps them (a node needs an input) and
-    the derived network puts them back, so that this pass marks the same nodes zero again.
+    They are still the space's fixed edges: a genotype keeps them (a node needs an input).
     """
     return [CellEdge(src=src, dst=dst, index=-1, stride=stride, candidates=(op,))
             for dst, sources in ir.meta.get("zero_sources", {}).get(cell, {}).items() for src, op, stride in sources]
+
+
+def restore_zero_edges(ir: SpaceIR) -> SpaceIR:
+    """A copy of `ir` with the edges into its constant-zero nodes put back.
+
+    A rewrite that runs the passes again from fresh `meta` (a genotype's network, a narrowed
+    P-DARTS stage) starts from here, so that this pass marks the same nodes zero again, with
+    the shapes their zero ops give; without the edges, a zero node of a reduction cell would
+    take the cell's input resolution.
+    """
+    out = ir.copy()
+    for name, g in out.cells.items():
+        edges = zero_edges(ir, name)
+        for e in edges:
+            g.add_edge(e.src, e.dst, edge=e)
+        index = {n: g.nodes[n]["index"] for n in g.nodes}
+        for i, (u, v) in enumerate(sorted(g.edges, key=lambda e: (index[e[1]], index[e[0]])) if edges else ()):
+            g.edges[u, v]["edge"] = attrs.evolve(g.edges[u, v]["edge"], index=i)  # α rows by (node, input)
+    return out

@@ -27,7 +27,7 @@ from nasc.compiler.bind_alpha import bind_alpha
 from nasc.compiler.compute_costs import compute_costs
 from nasc.compiler.infer_shapes import infer_shapes
 from nasc.compiler.ir import SpaceIR, fingerprint
-from nasc.compiler.remove_dead_nodes import remove_dead_nodes
+from nasc.compiler.remove_dead_nodes import remove_dead_nodes, restore_zero_edges
 from nasc.compiler.specialise_ops import specialise_ops
 from nasc.errors import NascError, did_you_mean
 
@@ -48,7 +48,7 @@ def _narrow(current: tuple[str, ...], keep: Iterable[str], where: str) -> tuple[
 
 def restrict_candidates(ir: SpaceIR, keep: Restriction) -> SpaceIR:
     """The IR with each listed edge's candidates cut to `keep[group][edge_key]` (edges not listed stay)."""
-    out = ir.copy()
+    out = restore_zero_edges(ir)  # the passes run again from fresh meta: its constant-zero nodes keep their shapes
     for group, edges in keep.items():
         info = ir.alpha_groups.get(group)
         if info is None:

@@ -107,6 +107,36 @@ def test_restrict_candidates_rejects_bad_subsets(tiny_ir, keep, message):
 # ---- pruning, α carry-over, skip dropout ----
 
 
+
+ZERO_NODE_SPACE = """space zn(C = 4, classes = 10)
+op none = zero(stride)
+op skip = identity | on stride 2: factorized_reduce
+cell c(x):
+    nodes a, b
+    edge x -> a: [none]
+    edge x -> b: [skip, conv(3, stride)]
+    edge a -> b: [skip, none]
+    output concat(a, b)
+cell r = c with stride 2 on inputs
+network:
+    input 3 x 8 x 8
+    stem conv(3, out = C) > bn
+    preprocess conv(1) > bn | on stride 2: conv(1, stride = 2) > bn
+    stack 3 x c, reduce r at [1]
+    head global_avg_pool > linear(classes)
+"""
+
+
+def test_restrict_candidates_keeps_constant_zero_nodes():
+    """A node whose only edge is `none` (dropped by remove_dead_nodes) stays a zero node of the reduced size when
+    a stage narrows the space; the rerun passes lost its zero edges and gave it the input's 8x8 in the reduction
+    cell, so the next stage failed with 'inputs of node 'b' disagree in shape'."""
+    ir = compile_space("zn.nas", text=ZERO_NODE_SPACE)
+    out = restrict_candidates(ir, {"c": {"b<-x": ["skip", "conv(3, stride)"]}, "r": {"b<-a": ["none", "skip"]}})
+    assert out.meta["zero_nodes"] == ir.meta["zero_nodes"] == {"c": ["a"], "r": ["a"]}
+    assert out.meta["shapes"]["cell1"]["states"]["a"] == [4, 4]
+    assert out.alpha_groups == ir.alpha_groups and lint(out) == []
+
 def test_prune_keeps_the_strongest_ops_in_declared_order(tiny_net):
     with torch.no_grad():
         a = tiny_net.alphas["normal"]
