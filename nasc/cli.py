@@ -201,6 +201,8 @@ def compile_cmd(
         check_space_settings(ir)
     except NascError as e:
         fail(e)
+    for w in ir.meta.get("warnings", []):  # e.g. an auxiliary head too big for the input, dropped: said, as search does
+        warn(_escape(w))
     summary = summarise(ir)
     data = json.dumps(to_json_dict(ir), indent=1, sort_keys=True)
     target = output or f"{ir.name}.ir.json"

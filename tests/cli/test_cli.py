@@ -59,6 +59,15 @@ def test_compile_summarises_a_space_with_more_architectures_than_a_float_holds(t
     assert len(line.split(":")[1].strip(" ,")) == 4376  # 2^(170 * 171 / 2) = 2^14535
 
 
+
+def test_compile_prints_the_warnings_of_the_compilation():
+    """At 8x8 DARTS' auxiliary head does not fit and is dropped (meta.warnings, docs/ir.md): `nasc compile` said
+    nothing of it, while `nasc search` and `nasc train` print it; the JSON on stdout stays clean."""
+    result = runner.invoke(app, ["compile", "darts", "--input", "1x8x8", "-o", "-"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["meta"]["warnings"][0].startswith("auxiliary head dropped")
+    assert "warning: auxiliary head dropped" in " ".join(result.stderr.split())
+
 def test_compile_default_output_name(tmp_path):
     result = runner.invoke(app, ["compile", "nb201"])
     assert result.exit_code == 0, result.output
