@@ -7,7 +7,7 @@ Cell graph (`SpaceIR.cells[name]`, an `nx.DiGraph`)
                output (`Output`), input_stride (1, or 2 for a reduction cell)
   node attrs   kind ("input" | "node"), index (DARTS numbering: inputs first),
                combine ("sum" | "mean"; nodes only)
-  edge attrs   edge (`CellEdge`): α row, stride, candidate op names, span
+  edge attrs   edge (`CellEdge`): edge number, stride, candidate op names, span
 
 Macro graph (`SpaceIR.macro`, an `nx.MultiDiGraph`)
   node attrs   layer (`Layer`): kind "stem" | "cell" | "layer" | "choice" | "head" | "aux",
@@ -82,7 +82,7 @@ class OpTemplate:
 class CellEdge:
     src: str
     dst: str
-    index: int  # α row within the cell
+    index: int  # edge number within the cell, by (dst, src); α rows number only the searchable edges
     stride: int
     candidates: tuple[str, ...]
     span: SourceSpan | None = _span_field()
