@@ -9,13 +9,14 @@ space sharpdarts extends "darts.nas"
 op sep_conv_{k}x{k}   = relu > dw_conv(k, stride) > conv(1) > bn > relu > dw_conv(k) > conv(1) > bn
 op dil_conv_{k}x{k}   = relu > dw_conv(k, stride, dilation = 2) > conv(1) > bn > relu > dw_conv(k) > conv(1) > bn
 op flood_conv_{k}x{k} = relu > dw_conv(k, stride) > conv(1, out = 4 * C) > bn > relu > dw_conv(k) > conv(1) > bn
+op dil_flood_conv_{k}x{k} = relu > dw_conv(k, stride, dilation = 2) > conv(1, out = 4 * C) > bn > relu > dw_conv(k) > conv(1) > bn
 op max_pool_3x3       = max_pool(3, stride) > bn if searching
 op avg_pool_3x3       = avg_pool(3, stride) > bn if searching
 
 ops darts_ops = [none, max_pool_3x3, avg_pool_3x3, skip_connect,
                  sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, dil_conv_5x5]
 ops sharper_ops = [none, max_pool_3x3, avg_pool_3x3, skip_connect, sep_conv_3x3, sep_conv_5x5,
-                   sep_conv_7x7, dil_conv_3x3, dil_conv_5x5, flood_conv_3x3, flood_conv_5x5]
+                   sep_conv_7x7, dil_conv_3x3, dil_conv_5x5, flood_conv_3x3, flood_conv_5x5, dil_flood_conv_3x3]
 
 relax softmax(weighting = "max_w")   # sharpDARTS' Max-W weighting; use `--relax darts` for plain DARTS
 

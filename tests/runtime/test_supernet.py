@@ -114,6 +114,19 @@ def test_pinned_supernet_weight_counts(space, expected):
     assert _weights(net) == expected
 
 
+
+def test_sharpdarts_sharper_ops_are_the_official_sharper_primitives():
+    """sharpdarts.nas' `sharper_ops` is sharpDARTS' SHARPER_PRIMITIVES (cnn/genotypes.py), dil_flood_conv_3x3
+    included; its supernet (C=16, 8 cells) holds the official model_search.Network's 9,707,002 weights. The set
+    lacked dil_flood_conv_3x3: 1,979,264 weights and an op short."""
+    text = ('space sharper extends "sharpdarts.nas"\n'
+            "cell normal(s0, s1):\n    nodes n0..n3 = sum\n    edges dense: sharper_ops\n    output concat(n0..n3)\n")
+    ir = compile_space("sharper.nas", text=text)
+    assert ir.alpha_groups["normal"]["rows"][0]["ops"] == [
+        "none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "sep_conv_7x7",
+        "dil_conv_3x3", "dil_conv_5x5", "flood_conv_3x3", "flood_conv_5x5", "dil_flood_conv_3x3"]
+    assert ir.meta["costs"]["total_without_aux"]["params"] == 9_707_002
+
 def test_pcdarts_under_softmax_is_the_darts_supernet():
     """PC-DARTS extends the DARTS space; only its relaxation narrows the edges (to C/K channels)."""
     _, net = _supernet("pcdarts")
