@@ -117,3 +117,30 @@ def test_the_fingerprint_ignores_layout(parts, rng: random.Random):
     a = compile_space("gen.nas", text=_text(parts))
     b = compile_space("other.nas", text=head + laid_out + "\n" + tail)
     assert a.meta["fingerprint"] == b.meta["fingerprint"]
+
+
+
+@settings(max_examples=40, deadline=None)
+@given(spaces())
+def test_restricting_to_every_candidate_changes_nothing(parts):
+    """restrict_candidates reruns the passes from fresh meta (a P-DARTS stage): keeping every op of every edge must
+    give the same network (cells, α, shapes and costs, constant-zero nodes included), and leave its input alone.
+
+    Not compared: `meta.removed_edges` and `impls`, which still hold what compiling removed (the zero edges into
+    nodes that keep another input, and those edges' specialised ops), and with them the fingerprint.
+    """
+    from nasc.compiler.restrict import restrict_candidates
+
+    ir = compile_space("gen.nas", text=_text(parts))
+    before = _snapshot(ir)
+    keep = {g: {r["edge"]: r["ops"] for r in info["rows"]} for g, info in ir.alpha_groups.items()}
+    out = restrict_candidates(ir, keep)
+    assert _snapshot(ir) == before
+
+    def network(x):
+        d = to_json_dict(x)
+        d["meta"] = {k: v for k, v in d["meta"].items() if v and k not in ("restricted", "removed_edges", "fingerprint")}
+        del d["impls"]
+        return d
+
+    assert network(out) == network(ir)
