@@ -769,6 +769,10 @@ def read_source(source: str) -> tuple[Genotype, dict | None]:
                 raise GenotypeError(f"{path / 'config.json'} is not a nasc run config: {wrong}",
                                     hint="nasc search and nasc train write it when a run starts; was it edited?")
         gfile = path / "genotype.json"
+        if not gfile.is_file() and config is None:  # `nasc viz .`, a folder above the run: no search to wait for
+            raise GenotypeError(f"{path} is not a nasc run directory (no config.json, no genotype.json)",
+                                hint="give the run directory nasc search or nasc train made (runs/NAME), "
+                                     "a genotype file, or a DARTS / NB201 genotype string")
         if not gfile.is_file():
             raise GenotypeError(f"{path} has no genotype.json", hint="is the search finished?")
         return load(gfile), config

@@ -579,6 +579,18 @@ def test_a_missing_file_says_which_file_is_missing(tmp_path):
     assert e.value.hint == f"there is no file or directory {tmp_path / 'missing.json'}"
 
 
+def test_a_folder_that_is_not_a_run_is_not_an_unfinished_search(tmp_path):
+    """`nasc viz .` in a project folder said '. has no genotype.json; is the search finished?', sending the
+    user to wait for a search that does not exist; a run directory without its genotype still asks that."""
+    with pytest.raises(GenotypeError, match="is not a nasc run directory") as e:
+        G.read_source(str(tmp_path))
+    assert "search finished" not in (e.value.hint or "")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(GenotypeError, match="has no genotype.json") as e:
+        G.read_source(str(tmp_path))
+    assert e.value.hint == "is the search finished?"
+
+
 def test_notation_errors_name_notations_not_python_functions():
     for bad in (lambda: G.to_darts(G.from_nb201(NB201)),
                 lambda: G.to_darts(Genotype(cells={"normal": cell(2, 2, [(2, 0, "a"), (3, 1, "c")], [2, 3])}))):
