@@ -16,7 +16,7 @@ from pathlib import Path
 
 import attrs
 
-from nasc.errors import NasSemanticError, NasSyntaxError, SourceSpan
+from nasc.errors import NasSemanticError, NasSyntaxError, SourceSpan, suggest
 from nasc.grammar import ast as A
 from nasc.grammar.parser import parse, parse_file
 
@@ -68,8 +68,12 @@ def find_file(name: str, relative_to: str | None, span: SourceSpan | None = None
     for path in candidates:
         if _is_file(path):
             return path
-    bundled = ", ".join(sorted(p.name for p in bundled_dir().glob("*.nas")))
-    raise NasSemanticError(f"cannot find {name!r}", span=span, hint=f"bundled spaces: {bundled}")
+    names = sorted(p.name for p in bundled_dir().glob("*.nas"))
+    # `nasc search dartz`: name the bundled space meant, as an op or option typo is named (a path is the user's)
+    stems = [n.removesuffix(".nas") for n in names]
+    best = suggest(name.removesuffix(".nas"), stems) if "/" not in name else None
+    hint = f"did you mean {best + name[len(name.removesuffix('.nas')):]!r}? " if best else ""
+    raise NasSemanticError(f"cannot find {name!r}", span=span, hint=f"{hint}bundled spaces: {', '.join(names)}")
 
 
 def _add_definitions(decl: SpaceDecl, stmts: tuple, *, definitions_only: bool, file: str) -> None:

@@ -450,6 +450,19 @@ def test_unusable_file_names(semantic_error):
     assert (err.message, where(err)) == ("cannot find ''", (1, 1))
 
 
+def test_a_misspelt_bundled_space_is_named():
+    """`nasc search dartz` listed the twelve bundled files without saying which was meant, where a misspelt
+    op, option or relaxation gets a "did you mean"; a name close to none (or a path) still gets the list only."""
+    for typed, meant in (("dartz", "'darts'"), ("nb210", "'nb201'"), ("pc-darts.nas", "'pcdarts.nas'")):
+        with pytest.raises(NasSemanticError) as info:
+            resolve_path(typed)
+        assert info.value.hint.startswith(f"did you mean {meant}?"), info.value.hint
+        assert "bundled spaces: darts.nas" in info.value.hint
+    with pytest.raises(NasSemanticError) as info:
+        resolve_path("qqqq")
+    assert info.value.hint.startswith("bundled spaces:")
+
+
 def test_missing_file_on_the_command_line():
     with pytest.raises(NasSyntaxError, match="no such file"):
         resolve_path("/nonexistent/dir/x.nas")
