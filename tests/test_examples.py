@@ -80,6 +80,28 @@ def test_tutorial_space_compiles_to_the_numbers_the_tutorial_shows():
     assert ir.meta["fingerprint"] in text
 
 
+def test_tutorial_quotes_what_the_code_prints_for_its_own_genotype():
+    """The tutorial's `nasc compile` line is report.architectures' text, and its `nasc viz` listing is the one
+    viz prints for the genotype its search printed: they said 5.436e+09 and listed node 3's and node 4's
+    inputs in another order than the genotype (and `nasc genotype show`) above them."""
+    from nasc.compiler import genotype as G
+    from nasc.compiler.pipeline import compile_space
+    from nasc.compiler.summary import summarise
+    from nasc.report import architectures
+    from nasc.runtime import viz as V
+
+    text = (REPO / "docs" / "tutorial.md").read_text()
+    n = summarise(compile_space("cells.nas", text=_tutorial_space()))["architectures"]
+    assert f"architectures  {architectures(n)}\n" in text
+    [printed] = re.findall(r"^(Genotype\(normal=.*\))$", text, flags=re.M)
+    shown = []
+    for name, cell in G.parse_any(printed).cells.items():
+        shown.append(f"{V.cell_title(name)} ({cell.n_inputs} inputs, {cell.n_nodes} nodes)")
+        shown += [f"  {line}" for line in V.cell_lines(cell)]
+    [quoted] = re.findall(r"\$ nasc viz runs/search -o cells.png\n(.*?)\ngenotype: ", text, flags=re.S)
+    assert quoted.splitlines() == shown
+
+
 # ---------------------------------------------------------------- slow: end to end, as documented
 
 
