@@ -57,7 +57,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from nasc.errors import SearchError
+from nasc.errors import NascError, SearchError
 from nasc.runtime.data import Batches
 from nasc.runtime.rundir import RunDir, write_json_atomic
 
@@ -131,26 +131,40 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def _cpu_barrier() -> None:
-    dist.all_reduce(torch.zeros(1))  # through gloo whatever the device backend is
-
-
 def main_first(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """`fn(...)` on each machine's local rank 0 first, then on the others (one download per machine)."""
+    """`fn(...)` on each machine's local rank 0 first, then on the others (one download per machine).
+
+    A failure on any rank stops every rank, with the failing rank's error: a data folder missing on one
+    machine failed there alone, and the command line prints such an error once, from rank 0 (every rank
+    meets a setting's error alike), so rank 0 went on to its next collective and was stopped by the
+    launcher, and the user read "interrupted" instead of the error.
+    """
     if not is_distributed():
         return fn(*args, **kwargs)
-    first = local_rank() == 0
     out: Any = None
-    error: BaseException | None = None
-    if first:
-        try:
-            out = fn(*args, **kwargs)
-        except BaseException as e:  # noqa: BLE001 - re-raised after the barrier, so no rank waits forever
-            error = e
-    _cpu_barrier()
+    for turn in (True, False):  # local rank 0 of every machine, then the others
+        error: BaseException | None = None
+        if (local_rank() == 0) == turn:
+            try:
+                out = fn(*args, **kwargs)
+            except BaseException as e:  # noqa: BLE001 - re-raised below, once every rank knows, so none waits
+                error = e
+        _raise_any(error)
+    return out
+
+
+def _raise_any(error: BaseException | None) -> None:
+    """Raise on every rank if some rank failed: its own error where it failed, the lowest failing rank's elsewhere."""
+    said = None if error is None else (error.message, error.hint) if isinstance(error, NascError) else \
+        (f"{type(error).__name__}: {error}", None)
+    everyone: list[Any] = [None] * world_size()
+    dist.all_gather_object(everyone, said)
     if error is not None:
         raise error
-    return out if first else fn(*args, **kwargs)
+    failed = next((r for r, s in enumerate(everyone) if s is not None), None)
+    if failed is not None:
+        message, hint = everyone[failed]
+        raise SearchError(f"rank {failed} of {world_size()}: {message}", hint=hint)
 
 
 def broadcast_object(obj: T, src: int = 0) -> T:

@@ -363,6 +363,26 @@ def test_a_settings_error_under_nproc_is_printed_once(tmp_path, args, code, mess
     assert not (tmp_path / "run").exists()
 
 
+def test_a_dataset_that_fails_on_one_rank_only_stops_every_rank_with_its_error(tmp_path):
+    """A data folder missing on one machine: rank 1 failed alone and, the error being a setting's, kept quiet;
+    rank 0 went on, was stopped by the launcher, and said 'interrupted' instead of the error."""
+    plugin = tmp_path / "rank_data.py"
+    plugin.write_text("import os\nfrom nasc.errors import DataError\nfrom nasc.runtime.data import DATASETS, load_dataset\n"
+                      "@DATASETS.register('rank_digits')\ndef _load(data_dir, download):\n"
+                      "    if os.environ.get('RANK') == '1':\n"
+                      "        raise DataError('rank_digits: the data folder is unreadable here', hint='mount it')\n"
+                      "    return load_dataset('digits')\n")
+    cmd = [sys.executable, "-m", "nasc", "search", "nb201", "--plugin", str(plugin), "--data", "rank_digits",
+           "--set", "C=4", "--set", "N=1", "--epochs", "1", "--batch", "16", "--device", "cpu", "--nproc", "2",
+           "--run-dir", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 1, out[-3000:]
+    assert out.count("rank 1 of 2: rank_digits: the data folder is unreadable here") == 1, out[-3000:]
+    assert "interrupted" not in out and "Traceback" not in out, out[-3000:]
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("command", [
     ["search", "nb201", "--set", "C=4"],
     ["train", str(REPO / "examples" / "genotypes" / "nb201_best_cifar10.json"), "--set", "C=4"],
