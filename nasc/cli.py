@@ -935,6 +935,13 @@ def main() -> None:
         from nasc.plugins import blame, loaded_plugins
         from nasc.report import error_text
 
+        if "torch.distributed" in sys.modules:  # a collective failed: another rank stopped first, with its error
+            from nasc.runtime.distributed import peer_stopped
+
+            stopped = peer_stopped(e)
+            if stopped is not None:
+                err_console.print(error_text(stopped.render()))
+                sys.exit(1)
         blamed = blame(e)  # raised in a loaded plugin's own code: the plugin's error, not nasc's
         if blamed is not None:
             err_console.print(error_text(blamed.render()))

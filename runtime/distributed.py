@@ -63,7 +63,7 @@ from nasc.runtime.rundir import RunDir, write_json_atomic
 
 __all__ = ["init_from_env", "shutdown", "is_distributed", "world_size", "rank", "local_rank", "is_main",
            "main_first", "broadcast_object", "ShardedBatches", "LocalSync", "attach_search", "attach_train",
-           "check_job", "run_dir", "launch", "strip_option", "cli_entry", "CHECK_ENV"]
+           "check_job", "run_dir", "launch", "strip_option", "cli_entry", "peer_stopped", "CHECK_ENV"]
 
 #: when set, every rank writes `search-rank<r>.json` / `train-rank<r>.json` there at each evaluation:
 #: α, digests of weights, buffers and RNG state, the genotype and the sample indices it saw (tests)
@@ -590,6 +590,25 @@ def cli_entry(nproc: int | None, console: Any, *, launch_ok: bool = True,
     if not is_main():
         console.quiet = True  # rank 0 alone shows progress and results; errors still print on every rank
     return None
+
+
+#: what gloo's RuntimeError says when the rank at the other end of a collective has exited
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
+
+
+def peer_stopped(error: BaseException) -> SearchError | None:
+    """What to say for a collective that failed because another rank stopped first, else None.
+
+    A rank that meets an error of its own (a plugin's, a non-finite loss on its batch) prints it and exits;
+    the others then fail in their next collective with gloo's plain RuntimeError ("Connection closed by
+    peer ... GLHF!"), which the command line reported as an internal error and a bug in nasc.
+    """
+    if not is_distributed() or not isinstance(error, RuntimeError):
+        return None
+    if not any(s in str(error) for s in _PEER_GONE):
+        return None
+    return SearchError(f"rank {rank()} of {world_size()} stopped: another process of this run stopped first",
+                       hint="its error is printed above (a process killed by the system prints none)")
 
 
 def describe() -> dict[str, Any]:

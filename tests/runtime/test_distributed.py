@@ -383,6 +383,28 @@ def test_a_dataset_that_fails_on_one_rank_only_stops_every_rank_with_its_error(t
     assert not (tmp_path / "run").exists()
 
 
+def test_an_error_one_rank_meets_mid_run_is_not_an_internal_error_on_the_others(tmp_path):
+    """Rank 1 printed its error and exited; rank 0's next all-reduce failed with gloo's 'Connection closed by
+    peer ... GLHF!', which the command line reported as an internal error, a bug in the plugin or in nasc."""
+    plugin = tmp_path / "rank_relax.py"
+    plugin.write_text("import os\nfrom nasc.errors import SearchError\nfrom nasc.runtime.relaxations.base import "
+                      "RELAXATIONS\nfrom nasc.runtime.relaxations.softmax import Softmax\n"
+                      "@RELAXATIONS.register('rank_softmax')\nclass RankSoftmax(Softmax):\n"
+                      "    name, presets = 'rank_softmax', {}\n"
+                      "    def set_progress(self, epoch, epochs, step=0):\n"
+                      "        super().set_progress(epoch, epochs, step)\n"
+                      "        if os.environ.get('RANK') == '1' and step == 1:\n"
+                      "            raise SearchError('rank_softmax: a problem only rank 1 met')\n")
+    cmd = [sys.executable, "-m", "nasc", "search", "nb201", "--plugin", str(plugin), "--relax", "rank_softmax",
+           "--set", "C=4", "--set", "N=1", "--epochs", "1", "--batch", "16", "--device", "cpu", "--nproc", "2",
+           "--run-dir", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 1, out[-3000:]
+    assert out.count("rank_softmax: a problem only rank 1 met") == 1, out[-3000:]
+    assert "internal error" not in out and "Traceback" not in out and "GLHF" not in out, out[-3000:]
+
+
 @pytest.mark.parametrize("command", [
     ["search", "nb201", "--set", "C=4"],
     ["train", str(REPO / "examples" / "genotypes" / "nb201_best_cifar10.json"), "--set", "C=4"],
