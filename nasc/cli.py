@@ -43,7 +43,7 @@ def fail(error: NascError, *, shared: bool = False) -> None:
     refused before the ranks do anything of their own), so rank 0 alone prints it, once."""
     from nasc.report import error_text
 
-    if not (shared and console.quiet):  # console.quiet: a rank other than 0 (see _distributed_entry)
+    if not ((shared or error.every_rank) and console.quiet):  # console.quiet: a rank other than 0 (_distributed_entry)
         err_console.print(error_text(error.render()))
     raise typer.Exit(code=1)
 

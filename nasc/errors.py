@@ -31,6 +31,10 @@ class SourceSpan:
 class NascError(Exception):
     """Base of every error nasc reports to a user."""
 
+    #: set where every rank of a distributed run raises this error alike (it read the same files, or was told
+    #: by rank 0): the command line then prints it once, from rank 0, not once per process
+    every_rank: bool = False
+
     def __init__(self, message: str, *, span: SourceSpan | None = None, hint: str | None = None):
         super().__init__(message)
         self.message = message

@@ -153,18 +153,52 @@ def main_first(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return out
 
 
+def agreed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(...)` on every rank, which then agree on whether it failed (`fn` must run no collective).
+
+    For what every rank reads from the run directory before a resume: an error there is the same on every
+    rank and printed once, and a rank that cannot read what rank 0 can (a run directory on a disk one machine
+    lacks) stops every rank with its error instead of failing alone and silently.
+    """
+    if not is_distributed():
+        return fn(*args, **kwargs)
+    out: Any = None
+    error: BaseException | None = None
+    try:
+        out = fn(*args, **kwargs)
+    except BaseException as e:  # noqa: BLE001 - re-raised below, once every rank knows, so none waits
+        error = e
+    _raise_any(error)
+    return out
+
+
+@contextlib.contextmanager
+def alike() -> Iterator[None]:
+    """Errors raised inside are met alike by every rank (settings every rank reads): printed once, by rank 0."""
+    try:
+        yield
+    except NascError as e:
+        e.every_rank = True
+        raise
+
+
 def _raise_any(error: BaseException | None) -> None:
-    """Raise on every rank if some rank failed: its own error where it failed, the lowest failing rank's elsewhere."""
+    """Raise on every rank if some rank failed: its own error where it failed, the lowest failing rank's elsewhere
+    (both marked `every_rank`: the command line prints the error once, from rank 0)."""
     said = None if error is None else (error.message, error.hint) if isinstance(error, NascError) else \
         (f"{type(error).__name__}: {error}", None)
     everyone: list[Any] = [None] * world_size()
     dist.all_gather_object(everyone, said)
+    if isinstance(error, NascError):
+        error.every_rank = True
     if error is not None:
         raise error
     failed = next((r for r, s in enumerate(everyone) if s is not None), None)
     if failed is not None:
         message, hint = everyone[failed]
-        raise SearchError(f"rank {failed} of {world_size()}: {message}", hint=hint)
+        shown = SearchError(f"rank {failed} of {world_size()}: {message}", hint=hint)
+        shown.every_rank = True
+        raise shown
 
 
 def broadcast_object(obj: T, src: int = 0) -> T:
@@ -461,6 +495,13 @@ def attach_train(fitter: Any) -> LocalSync:
 # ------------------------------------------------------------------------------------------- run dir
 
 
+def _told(failure: tuple[str, str | None]) -> SearchError:
+    """Rank 0's error about the run directory, raised on every rank alike (printed once)."""
+    error = SearchError(failure[0], hint=failure[1])
+    error.every_rank = True
+    return error
+
+
 class _MainRunDir(RunDir):
     """Rank 0's run directory: the usual one; config.json also records the world size."""
 
@@ -475,7 +516,7 @@ class _MainRunDir(RunDir):
                 failure = (e.message, e.hint)
             broadcast_object(failure)
             if failure is not None:
-                raise SearchError(failure[0], hint=failure[1])
+                raise _told(failure)
             yield
 
     def write(self, name: str, data: Any) -> None:
@@ -492,7 +533,7 @@ class _FollowerRunDir(RunDir):
         """Rank 0 holds the lock for every rank: this one only learns whether it got it."""
         failure = broadcast_object(None)
         if failure is not None:
-            raise SearchError(failure[0], hint=failure[1])
+            raise _told(failure)
         yield
 
     def write(self, name: str, data: Any) -> None:

@@ -653,6 +653,17 @@ def resume(run_path: str | Path, *, on_event: Callable[[Event], None] | None = N
            stop_after: int | None = None) -> SearchResult:
     """Continue an interrupted run from its last checkpoint, with the settings it started with."""
     run = _dist.run_dir(run_path)
+    # distributed: every rank reads the run and agrees on its errors, printed once
+    config, request = _dist.agreed(_resume_request, run)
+    with run.writing():  # before anything is built and the checkpoint read: another writer may still move it on
+        with _dist.alike():  # the run's recorded settings, the same on every rank
+            job = resuming_with(config.get("plugins") or [], lambda: prepare(request))
+        state = _dist.agreed(_resume_state, run, job, config)
+        return run_search(job, run.path, on_event=on_event, resume_state=state, stop_after=stop_after)
+
+
+def _resume_request(run: RunDir) -> tuple[dict[str, Any], Request]:
+    """A run's config and the request it was started with."""
     config = _search_config(run)
     req = config.get("request") or {}
     request = Request(space=config["space_file"], params=req.get("params") or {}, relax=req.get("relax"),
@@ -660,14 +671,17 @@ def resume(run_path: str | Path, *, on_event: Callable[[Event], None] | None = N
                       select_options=req.get("select_options") or {}, overrides=req.get("overrides") or {})
     if not Path(request.space).is_file():
         raise SearchError(f"the run's space file {request.space} no longer exists", hint=_copy_hint(run, config))
-    with run.writing():  # before anything is built and the checkpoint read: another writer may still move it on
-        job = resuming_with(config.get("plugins") or [], lambda: prepare(request))
-        state = run.load_checkpoint(job.ir.meta["fingerprint"])
-        check_same_data(config.get("data"), job.dataset, run.path)
-        if (run.path / "genotype.json").exists() and int(state["epoch"]) >= job.config.epochs:
-            raise SearchError(f"the run in {run.path} is already finished",
-                              hint="its genotype is in genotype.json")
-        return run_search(job, run.path, on_event=on_event, resume_state=state, stop_after=stop_after)
+    return config, request
+
+
+def _resume_state(run: RunDir, job: Job, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint to resume `run` from, unless it does not fit `job` or the run is finished."""
+    state = run.load_checkpoint(job.ir.meta["fingerprint"])
+    check_same_data(config.get("data"), job.dataset, run.path)
+    if (run.path / "genotype.json").exists() and int(state["epoch"]) >= job.config.epochs:
+        raise SearchError(f"the run in {run.path} is already finished",
+                          hint="its genotype is in genotype.json")
+    return state
 
 
 def reselect(run_path: str | Path, select: str, select_options: Mapping[str, Any] | None = None, *,

@@ -440,7 +440,8 @@ def _train_in(run: RunDir, job: TrainJob, fit: Fitter, *, on_event: Callable[[Ev
 def resume_train(run_path: str | Path, *, on_event: Callable[[Event], None] | None = None,
                  stop_after: int | None = None) -> dict[str, Any]:
     with _dist.run_dir(run_path).writing():  # locked before reading the checkpoint, which another writer moves on
-        job, state = prepare_resume_train(run_path)
+        with _dist.alike():  # read from the run, the same on every rank: its errors are printed once
+            job, state = prepare_resume_train(run_path)
         return run_train(job, RunDir(run_path).path, on_event=on_event, resume_state=state, stop_after=stop_after)
 
 

@@ -405,6 +405,17 @@ def test_an_error_one_rank_meets_mid_run_is_not_an_internal_error_on_the_others(
     assert "internal error" not in out and "Traceback" not in out and "GLHF" not in out, out[-3000:]
 
 
+@pytest.mark.parametrize("command", ["search", "train"])
+def test_a_resume_every_rank_refuses_is_printed_once(tmp_path, command):
+    """What a resume reads from the run is the same on every rank: its errors were printed once per rank."""
+    (tmp_path / "old").mkdir()
+    cmd = [sys.executable, "-m", "nasc", command, "--resume", str(tmp_path / "old"), "--nproc", "2"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 1, out[-3000:]
+    assert out.count("is not a nasc run directory (no config.json)") == 1 and "Traceback" not in out, out[-3000:]
+
+
 @pytest.mark.parametrize("command", [
     ["search", "nb201", "--set", "C=4"],
     ["train", str(REPO / "examples" / "genotypes" / "nb201_best_cifar10.json"), "--set", "C=4"],
@@ -501,5 +512,5 @@ def test_a_run_dir_in_use_stops_every_rank_with_rank_zeros_error(tmp_path):
         holder.wait()
     out = " ".join((proc.stderr + proc.stdout).split())
     assert proc.returncode != 0
-    assert out.count(f"run directory {run} is in use: another nasc process (pid {holder.pid})") == 2, out
+    assert out.count(f"run directory {run} is in use: another nasc process (pid {holder.pid})") == 1, out  # rank 0's
     assert sorted(p.name for p in run.iterdir()) == [".nasc.lock", "config.json"]
