@@ -392,10 +392,15 @@ def _value(v: Any) -> str:
 
 
 def _interrupted(command: str, run: str | None) -> None:
-    """Ctrl-C: say how to go on from the last checkpoint, naming the run (its name may be generated)."""
+    """Ctrl-C: say how to go on from the last checkpoint, naming the run (its name may be generated).
+
+    A terminal's Ctrl-C reaches every rank of a distributed run; rank 0 alone says it (console.quiet elsewhere).
+    """
     from nasc.runtime.rundir import RunDir
 
-    if run is None:
+    if console.quiet:
+        pass
+    elif run is None:
         err_console.print("[yellow]interrupted[/yellow] before the run started")
     elif not RunDir(run).checkpoint.is_file():
         err_console.print(f"[yellow]interrupted[/yellow] before the first checkpoint (written at the end of epoch 1): "
