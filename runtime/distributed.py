@@ -141,16 +141,10 @@ def main_first(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """
     if not is_distributed():
         return fn(*args, **kwargs)
-    out: Any = None
-    for turn in (True, False):  # local rank 0 of every machine, then the others
-        error: BaseException | None = None
-        if (local_rank() == 0) == turn:
-            try:
-                out = fn(*args, **kwargs)
-            except BaseException as e:  # noqa: BLE001 - re-raised below, once every rank knows, so none waits
-                error = e
-        _raise_any(error)
-    return out
+    first = local_rank() == 0
+    out = _run_then_agree(first, fn, *args, **kwargs)  # local rank 0 of every machine, then the others
+    later = _run_then_agree(not first, fn, *args, **kwargs)
+    return out if first else later
 
 
 def agreed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -162,12 +156,18 @@ def agreed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """
     if not is_distributed():
         return fn(*args, **kwargs)
+    return _run_then_agree(True, fn, *args, **kwargs)
+
+
+def _run_then_agree(run: bool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """`fn(...)` where `run` is true, then every rank learns whether it failed on some rank (`_raise_any`)."""
     out: Any = None
     error: BaseException | None = None
-    try:
-        out = fn(*args, **kwargs)
-    except BaseException as e:  # noqa: BLE001 - re-raised below, once every rank knows, so none waits
-        error = e
+    if run:
+        try:
+            out = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - re-raised below, once every rank knows, so none waits
+            error = e
     _raise_any(error)
     return out
 
