@@ -128,9 +128,7 @@ class Rome(AnnealedTemperature, Relaxation):
         super().__init__(options)
         self._init_temperature("rome")
         self._auto_top = self.options["top"] == "auto"
-        if self._auto_top:
-            self.options["top"] = 2  # the paper's in-degree until `setup` reads the space's selection rule
-        for key in ("top", "samples"):
+        for key in ("samples",) if self._auto_top else ("top", "samples"):
             value = self.options[key]
             if isinstance(value, str) and value.isdigit():
                 value = int(value)
@@ -138,9 +136,8 @@ class Rome(AnnealedTemperature, Relaxation):
                 raise BuildError(f"rome option {key} must be a positive integer"
                                  f"{' or auto' if key == 'top' else ''}, got {self.options[key]!r}")
             self.options[key] = value
-        self.top = self.options["top"]
-        if self._auto_top:
-            self.options["top"] = "auto"
+        # auto: the paper's in-degree until `setup` reads the space's selection rule
+        self.top = 2 if self._auto_top else self.options["top"]
         self.samples = self.options["samples"]
         self.accumulate = flag(self.options["accumulate"], "rome option accumulate")
         self.options["accumulate"] = self.accumulate
